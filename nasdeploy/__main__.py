@@ -1,0 +1,5 @@
+"""`python -m nasdeploy` runs the CLI."""
+
+from nasdeploy.cli.main import main
+
+main()

@@ -1,0 +1,58 @@
+"""The `nasdeploy` command: subcommands are imported only when invoked (deployment never loads search)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from nasdeploy._version import __version__
+from nasdeploy.errors import NasDeployError
+
+# command name -> "module:attribute" of its click command. Each stage adds one line here.
+SUBCOMMANDS: dict[str, str] = {
+    "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each subcommand's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nasdeploy")
+def cli() -> None:
+    """nasdeploy: neural architecture search all the way to deployment."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the CLI, turning nasdeploy errors into one-line messages and exit code 2."""
+    try:
+        return cli.main(args=argv, prog_name="nasdeploy", standalone_mode=False)
+    except NasDeployError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Candidate operations and building blocks shared by search spaces and static networks."""
+
+from nasdeploy.ops.cnn import (
+    CNN_OPS,
+    Conv7x1_1x7,
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    SepConv,
+    Zero,
+    build_op,
+    is_identity,
+)
+from nasdeploy.ops.drop_path import drop_path
+
+__all__ = [
+    "CNN_OPS",
+    "build_op",
+    "is_identity",
+    "ReLUConvBN",
+    "DilConv",
+    "SepConv",
+    "Conv7x1_1x7",
+    "Identity",
+    "Zero",
+    "FactorizedReduce",
+    "drop_path",
+]
