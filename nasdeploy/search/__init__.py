@@ -1,0 +1,1 @@
+"""Architecture search: the architect (first/second order), search loops and derivation drivers."""

@@ -1,0 +1,1 @@
+"""Search spaces: supernets whose architecture weights are real parameters (DARTS CNN, RNN, Auto-DeepLab)."""
