@@ -1,0 +1,1 @@
+"""Training static networks from scratch with the published recipes."""
