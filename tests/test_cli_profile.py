@@ -15,8 +15,10 @@ from nasdeploy.cli.main import main
 )
 def test_profile_darts_v2_json(tmp_path, capsys, net, params, macs):
     out = tmp_path / f"{net}.json"
-    main(["profile", "DARTS_V2", "--net", net, "--json", str(out)])
+    md = tmp_path / f"{net}.md"
+    main(["profile", "DARTS_V2", "--net", net, "--json", str(out), "--markdown", str(md)])
     text = capsys.readouterr().out
+    assert md.read_text().strip() in text
     report = json.loads(out.read_text())
     (target,) = report["targets"]
     assert target["params"] == params and isinstance(target["macs"], int)

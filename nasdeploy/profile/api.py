@@ -71,6 +71,15 @@ class ProfileResult:
         return out
 
 
+def _note(message: str) -> None:
+    """A progress line on stderr that does not break tqdm bars."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _latency_config_dict(cfg: LatencyConfig | None) -> dict[str, Any] | None:
     if cfg is None:
         return None
@@ -122,6 +131,8 @@ def profile_model(
     if backends:
         if onnx_path is None and any(b in ORT_BACKENDS for b in backends):
             with tempfile.TemporaryDirectory(prefix="nasdeploy-profile-") as tmp:
+                if cfg.progress:
+                    _note(f"exporting {name or type(model).__name__} to ONNX for onnxruntime timing")
                 exported = _export_for_latency(model, shape, Path(tmp) / "model.onnx")
                 results = measure_latency(backends, shape, cfg, model=model, onnx_path=exported)
         else:
