@@ -1,0 +1,1 @@
+"""Export: ONNX with onnxruntime parity, TensorRT engines, Triton model repositories."""
