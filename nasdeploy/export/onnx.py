@@ -110,6 +110,8 @@ def export_onnx(
     The file is checked with onnx.checker full_check and appears only when everything succeeded.
     """
     onnx = require("onnx", purpose="ONNX export")
+    if simplify:  # fail before the (slow) export rather than after it
+        require("onnxslim", extra="slim", purpose="ONNX graph simplification (--simplify)")
     _check_opset(opset)
     channels, height, width = _check_input_size(input_size)
     target = Path(path)
