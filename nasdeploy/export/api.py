@@ -20,7 +20,7 @@ from torch import nn
 
 from nasdeploy._version import __version__
 from nasdeploy.errors import CheckpointError, ConfigError, MissingDependencyError
-from nasdeploy.export.onnx import export_onnx, read_onnx_metadata
+from nasdeploy.export.onnx import MIN_OPSET, export_onnx, read_onnx_metadata
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL, ParityReport, check_onnx_parity
 from nasdeploy.utils.files import write_json_atomic
 
@@ -56,6 +56,8 @@ class ExportOptions:
             len(self.input_size) != 2 or not all(isinstance(s, int) and s >= 1 for s in self.input_size)
         ):
             raise ConfigError(f"input_size must be (height, width) of positive integers, got {self.input_size!r}")
+        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < MIN_OPSET):
+            raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (the dynamo ONNX exporter's minimum), got {self.opset!r}")
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"parity batch sizes must be positive integers, got {self.batch_sizes!r}")
         if not 1 <= self.opt_batch <= self.max_batch:
@@ -178,7 +180,7 @@ def build_export_model(
                 raise CheckpointError(f"{where} has an unreadable genotype in its meta: {exc}") from None
             if not _same_cells(trained, genotype):
                 label = trained.name or "a different genotype"
-                raise CheckpointError(f"{where} was trained for {label}, which differs from the target '{genotype.name or target}'")
+                raise CheckpointError(f"{where} was trained for {label}, which differs from the target '{genotype.name or 'genotype'}'")
         saved = meta.get("net_kwargs") or {}
         for key in ("channels", "layers", "num_classes"):
             if key in saved:
@@ -197,9 +199,9 @@ def build_export_model(
     return ExportSource(model, genotype.name, net, str(checkpoint) if checkpoint else None, kwargs)
 
 
-def _default_name(source: ExportSource) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", (source.genotype_name or "genotype")).strip("_") or "model"
-    return f"{base}_{source.net}".lower()
+def _default_name(genotype_name: str | None, net: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", genotype_name or "genotype").strip("_") or "model"
+    return f"{base}_{net}".lower()
 
 
 def _complexity(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[dict[str, Any] | None, str | None]:
@@ -424,11 +426,17 @@ def export_target(
     unknown = [f for f in formats if f not in FORMATS]
     if not formats or unknown:
         raise ConfigError(f"unknown export format(s) {unknown or '(none)'}; choose from: {', '.join(FORMATS)}")
-    src = build_export_model(target, net=net, checkpoint=checkpoint, channels=channels, layers=layers, num_classes=num_classes)
-    name = options.name or _default_name(src)
+    from nasdeploy.genotypes import resolve_genotype
+    from nasdeploy.nets import get_net_config
+
+    genotype = resolve_genotype(target, expected_kind=get_net_config(net).genotype_kind)
+    name = options.name or _default_name(genotype.name, net)
     out = Path(out_dir) if out_dir is not None else Path("exports") / name
-    source = {"target": str(target) if not hasattr(target, "kind") else (src.genotype_name or "genotype object"),
-              "genotype": src.genotype_name, "net": net, "checkpoint": src.checkpoint, "net_kwargs": src.net_kwargs}
+    if out.exists() and not options.overwrite:  # checked again when staging; this one saves building the model
+        raise ConfigError(f"output directory already exists: {out} (use overwrite / --overwrite to replace it)")
+    src = build_export_model(genotype, net=net, checkpoint=checkpoint, channels=channels, layers=layers, num_classes=num_classes)
+    source = {"target": str(target) if not hasattr(target, "kind") else (genotype.name or "genotype object"),
+              "genotype": genotype.name, "net": net, "checkpoint": src.checkpoint, "net_kwargs": src.net_kwargs}
     metadata = {"checkpoint": Path(src.checkpoint).name} if src.checkpoint else {}
     return export_model(src.model, out, formats=formats, options=options, name=name, metadata=metadata, source=source,
                         progress=progress)
