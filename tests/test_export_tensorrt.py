@@ -187,3 +187,29 @@ def test_tensorrt_engine_builds_runs_and_matches(tmp_path):
         trt_export.build_engine(onnx_path, plan, profile, fp16=fp16, timing_cache=tmp_path / "timing.cache")
         report = trt_export.check_tensorrt_parity(model, plan, profile, fp16=fp16, batch_sizes=(1, 3, 8), seed=0)
         assert report.passed and np.isfinite(report.max_abs_err)
+
+
+def test_export_model_tensorrt_and_triton_plan(tmp_path, monkeypatch):
+    """The export pipeline with a (fake) TensorRT: engine, its parity report and the Triton plan model."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from nasdeploy.export.api import ExportOptions, export_model
+    from nasdeploy.export.parity import onnxruntime_runner
+
+    trt, calls = fake_tensorrt("10.13.0.35", fp16_flag=True)
+    monkeypatch.setattr(trt_export, "import_tensorrt", lambda: trt)
+    # No GPU here: the "engine" runs as the ONNX model it was built from, in onnxruntime.
+    monkeypatch.setattr(trt_export, "tensorrt_runner",
+                        lambda plan, trt=None: onnxruntime_runner(plan.with_name("model.onnx"))[:2] + ("fake TensorRT",))
+    model = randomize_bn_(_Tiny()).eval()
+    options = ExportOptions(input_size=(16, 16), max_batch=8, opt_batch=4, seed=0)
+    result = export_model(model, tmp_path / "out", formats=("tensorrt", "triton"), options=options, name="tiny")
+    out = tmp_path / "out"
+    assert (out / "model.plan").read_bytes() == b"PLAN" and (out / "timing.cache").read_bytes() == b"CACHE"
+    assert ("profile.set_shape", "input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16)) in calls
+    assert result.parity["tensorrt"].passed and {c.input_shape[0] for c in result.parity["tensorrt"].cases} == {1, 2, 8}
+    assert (out / "parity_tensorrt.json").is_file() and "tensorrt" not in result.skipped
+    cfg = text_format.Parse((out / "tiny_trt" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, 16, 16] and cfg.max_batch_size == 8
+    assert (out / "tiny_trt" / "1" / "model.plan").is_file() and (out / "tiny" / "1" / "model.onnx").is_file()

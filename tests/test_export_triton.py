@@ -57,6 +57,9 @@ def test_tensorrt_plan_config(tmp_path):
     assert (cfg.platform, cfg.max_batch_size) == ("tensorrt_plan", 16)
     assert list(cfg.input[0].dims) == [3, 32, 32]
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    static = parse(config_pbtxt(tensorrt_model_config(path, "static_trt", input_hw=(32, 32), max_batch_size=0)))
+    assert static.max_batch_size == 0 and list(static.input[0].dims) == [1, 3, 32, 32]
+    assert list(static.output[0].dims) == [1, 6] and not static.HasField("dynamic_batching")
 
 
 def test_repository_layouts(tmp_path):

@@ -132,13 +132,18 @@ def tensorrt_model_config(
 ) -> TritonModelConfig:
     """A Triton config for a TensorRT plan built from `onnx_path` with a fixed H, W and dynamic batch."""
     io = onnx_io(onnx_path)
+    batched = max_batch_size > 0  # 0: a batch-1 engine whose dims include the batch axis
     inputs = []
-    for t in _tensors(io["inputs"], batched=True):
-        dims = (t.dims[0], *input_hw) if len(t.dims) == 3 else t.dims
-        inputs.append(TritonTensor(t.name, t.data_type, tuple(dims)))
+    for t in _tensors(io["inputs"], batched=batched):
+        dims = t.dims if batched else t.dims[1:]
+        dims = (dims[0], *input_hw) if len(dims) == 3 else dims
+        inputs.append(TritonTensor(t.name, t.data_type, tuple(dims) if batched else (1, *dims)))
+    outputs = tuple(
+        TritonTensor(t.name, t.data_type, t.dims if batched else (1, *t.dims[1:])) for t in _tensors(io["outputs"], batched)
+    )
     return TritonModelConfig(
         name=name, platform=TENSORRT_PLATFORM, max_batch_size=max_batch_size, inputs=tuple(inputs),
-        outputs=_tensors(io["outputs"], batched=True), preferred_batch_sizes=default_preferred_batch_sizes(max_batch_size),
+        outputs=outputs, preferred_batch_sizes=default_preferred_batch_sizes(max_batch_size),
         max_queue_delay_us=max_queue_delay_us, instance_kind="KIND_GPU", instance_count=instance_count,
     )
 
