@@ -87,9 +87,9 @@ def test_cuda_backends_run_on_a_gpu(tiny):
 
 @pytest.mark.cuda
 def test_ort_gpu_backends_use_the_provider_or_say_why(tiny, tmp_path):
-    from nasdeploy.profile._export import _export_for_latency
+    from nasdeploy.export.onnx import export_onnx
 
-    path = _export_for_latency(tiny, (3, 32, 32), tmp_path / "tiny.onnx")
+    path = export_onnx(tiny, tmp_path / "tiny.onnx", input_size=(3, 32, 32))
     res = measure_latency(["ort-cuda", "ort-trt"], (3, 32, 32), LatencyConfig(warmup=1, runs=3), onnx_path=path)
     for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider")):
         r = res[name]

@@ -14,7 +14,7 @@ from nasdeploy.cli.main import main
 from nasdeploy.errors import ConfigError
 from nasdeploy.nets import build_network
 from nasdeploy.profile import LatencyConfig, measure_latency, model_complexity
-from nasdeploy.profile._export import _export_for_latency
+from nasdeploy.export.onnx import export_onnx
 from nasdeploy.profile.onnx_complexity import onnx_complexity
 
 
@@ -38,13 +38,13 @@ class _Mixed(nn.Module):
 @pytest.fixture(scope="module")
 def tiny_darts(tmp_path_factory):
     model = build_network("DARTS_V2", "cifar", channels=8, layers=5, num_classes=10)
-    path = _export_for_latency(model, (3, 32, 32), tmp_path_factory.mktemp("onnx") / "tiny_darts.onnx")
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny_darts.onnx", input_size=(3, 32, 32))
     return model, path
 
 
 def test_onnx_macs_and_params_match_flop_counter_on_all_counted_ops(tmp_path):
     model = _Mixed()
-    path = _export_for_latency(model, (3, 20, 20), tmp_path / "mixed.onnx")
+    path = export_onnx(model, tmp_path / "mixed.onnx", input_size=(3, 20, 20), dynamic_spatial=False)
     ref = model_complexity(model, (3, 20, 20))
     got = onnx_complexity(path)
     assert got.macs == ref.macs == 20 * 20 * 8 * 27 + 10 * 10 * 8 * 25 + 10 * 10 * 12 * 18 + 10 * 10 * 12 * 2 * 16 + 6 * 7 * 400 + 42 * 5

@@ -15,6 +15,7 @@ from nasdeploy.errors import NasDeployError
 SUBCOMMANDS: dict[str, str] = {
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "profile": "nasdeploy.cli.profile_cmd:profile",
+    "export": "nasdeploy.cli.export_cmd:export",
 }
 
 

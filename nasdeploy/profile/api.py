@@ -15,7 +15,7 @@ from nasdeploy.profile.complexity import Complexity, model_complexity
 from nasdeploy.profile.environment import collect_environment
 from nasdeploy.profile.latency import ORT_BACKENDS, LatencyConfig, LatencyResult, measure_latency, parse_backends
 from nasdeploy.profile.mobile import MobileVerdict, mobile_verdict
-from nasdeploy.profile._export import _export_for_latency
+from nasdeploy.export.onnx import export_onnx
 from nasdeploy.utils.files import write_json_atomic
 
 REPORT_FORMAT = "nasdeploy.profile"
@@ -133,7 +133,7 @@ def profile_model(
             with tempfile.TemporaryDirectory(prefix="nasdeploy-profile-") as tmp:
                 if cfg.progress:
                     _note(f"exporting {name or type(model).__name__} to ONNX for onnxruntime timing")
-                exported = _export_for_latency(model, shape, Path(tmp) / "model.onnx")
+                exported = export_onnx(model, Path(tmp) / "model.onnx", input_size=shape, dynamic_spatial=False)
                 results = measure_latency(backends, shape, cfg, model=model, onnx_path=exported)
         else:
             results = measure_latency(backends, shape, cfg, model=model, onnx_path=onnx_path)

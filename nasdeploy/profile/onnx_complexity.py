@@ -39,8 +39,24 @@ def graph_inputs(model: Any) -> list[Any]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def _exported_input_size(model: Any) -> tuple[int, ...] | None:
+    """The example input size (C, H, W) that `nasdeploy export` records in the metadata, if any."""
+    import json
+
+    for prop in getattr(model, "metadata_props", []):
+        if prop.key == "example_input_shape":
+            try:
+                dims = json.loads(prop.value)
+            except ValueError:
+                return None
+            return tuple(int(d) for d in dims[1:]) if isinstance(dims, list) and len(dims) > 1 else None
+    return None
+
+
 def onnx_input_shape(model: Any, input_size: Sequence[int] | None, source: str = "model") -> list[list[int]]:
     """Concrete shapes of every runtime input: symbolic batch -> 1, other symbolic dims from input_size."""
+    if input_size is None:
+        input_size = _exported_input_size(model)
     shapes = []
     for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
