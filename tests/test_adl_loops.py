@@ -108,3 +108,34 @@ def test_cli_search_and_decode(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: adl train config: unknown key 'search' (valid: net, data, train)") and err.count("\n") == 1
+
+
+def test_demo_training_beats_majority_class_and_exports(tmp_path):
+    """The demo pipeline's claim: a trained net clearly beats predicting the majority class, and exports with parity."""
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    from nasdeploy.genotypes import get_genotype, make_adl_genotype, save_genotype
+
+    genotype = save_genotype(make_adl_genotype(get_genotype("AutoDeepLab").cell, [0, 0, 0, 1]), tmp_path / "g.json")
+    cfg = seg_train_config_from_dict({
+        "net": {"genotype": str(genotype), "filter_multiplier": 4, "aspp_channels": 16, "decoder_channels": 16,
+                "low_level_channels": 8, "dropout": 0.0},
+        "data": {"dataset": "synthetic", "image_size": [64, 64], "num_train": 64, "num_val": 16,
+                 "crop_size": [64, 64], "scale_range": [0.75, 1.25]},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 0.2, "threads": 1},
+    })
+    result = run_segmentation_training(cfg, tmp_path / "run", progress=False)
+    assert result.val_miou > result.majority_miou + 0.2, (result.val_miou, result.majority_miou)
+
+    model = load_segmentation_model(result.model_path)
+    onnx_path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(onnx_path), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}})
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 128)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

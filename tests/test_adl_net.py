@@ -126,3 +126,21 @@ def test_onnx_parity_at_two_sizes_and_batches(tmp_path):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["S", "M", "L"])
+def test_published_parameter_counts_and_recomputed_macs(variant):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nasdeploy.genotypes import PUBLISHED_COSTS
+
+    costs = PUBLISHED_COSTS["AutoDeepLab"]["segmentation"][variant]
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        model = build_network("AutoDeepLab", "segmentation", filter_multiplier=costs["filter_multiplier"]).eval()
+    params = sum(p.numel() for p in model.parameters())
+    assert params == costs["params"]
+    assert round(params / 1e6, 2) == round(costs["published_params"] / 1e6, 2)  # the paper's 10.15M / 21.62M / 44.42M
+    if variant == "S":
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(1, 3, 1024, 2048, device="meta"))
+        assert counter.get_total_flops() // 2 == costs["macs"]

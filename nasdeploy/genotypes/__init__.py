@@ -24,6 +24,7 @@ from nasdeploy.genotypes.validate import validate_cnn_genotype, validate_recurre
 from nasdeploy.genotypes.autodeeplab import (
     ADL_CELL_OPS,
     ADL_PRIMITIVES,
+    ADL_PUBLISHED_COSTS,
     AUTODEEPLAB,
     AutoDeepLabGenotype,
     _adl_from_dict,
@@ -34,6 +35,7 @@ from nasdeploy.genotypes.autodeeplab import (
 
 register_genotype_kind(AutoDeepLabGenotype, _adl_to_dict, _adl_from_dict)
 register_genotype("AutoDeepLab", AUTODEEPLAB)
+PUBLISHED_COSTS["AutoDeepLab"] = ADL_PUBLISHED_COSTS
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -182,3 +182,17 @@ AUTODEEPLAB = AutoDeepLabGenotype(
     name="AutoDeepLab",
 )  # fmt: skip
 validate_adl_genotype(AUTODEEPLAB)
+
+# Cityscapes costs at 1024x2048, 19 classes. "published": the paper's table (Auto-DeepLab-S/M/L);
+# "params"/"macs": this implementation (dense ASPP and decoder, FlopCounterMode conv/matmul MACs), which
+# a test recomputes. Parameter counts agree with the published ones to the reported precision.
+ADL_PUBLISHED_COSTS: dict[str, dict[str, dict[str, float]]] = {
+    "segmentation": {
+        "S": {"filter_multiplier": 20, "params": 10_147_427, "macs": 315_137_185_920,
+              "published_params": 10.15e6, "published_macs": 333.25e9, "published_miou": 79.74},
+        "M": {"filter_multiplier": 32, "params": 21_622_451, "macs": 431_003_281_920,
+              "published_params": 21.62e6, "published_macs": 460.93e9, "published_miou": 80.04},
+        "L": {"filter_multiplier": 48, "params": 44_424_691, "macs": 647_080_717_056,
+              "published_params": 44.42e6, "published_macs": 695.03e9, "published_miou": 80.33},
+    }
+}

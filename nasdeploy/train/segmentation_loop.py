@@ -36,7 +36,7 @@ class SegNetOptions:
     aspp_channels: int = 256
     decoder_channels: int = 256
     low_level_channels: int = 48
-    separable_heads: bool = True
+    separable_heads: bool = False
     dropout: float = 0.1
 
     def net_kwargs(self) -> dict[str, Any]:
