@@ -52,6 +52,8 @@ class ADLSupernetConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"autodeeplab supernet: {key} must be a positive integer, got {value!r}")
+        if self.aspp_channels < 0:
+            raise ConfigError(f"autodeeplab supernet: aspp_channels must be >= 0 (0: B * F), got {self.aspp_channels}")
 
 
 def node_exists(layer: int, level: int) -> bool:
