@@ -172,3 +172,18 @@ def test_decoded_genotype_builds_static_net(supernet):
                           decoder_channels=8, low_level_channels=4).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 33, 33)).shape == (1, 3, 33, 33)
+
+
+def test_search_cell_ops_are_the_static_nets_ops(supernet):
+    # A known port bug: searching with DARTS's depthwise dil_conv, then deploying dense atrous convs.
+    from nasdeploy.nets.autodeeplab import AutoDeepLabCell
+    from nasdeploy.ops import AtrousConv
+    from nasdeploy.ops.cnn import SepConv
+
+    edge = next(iter(supernet.cells.values())).edges[0]
+    assert edge.primitives == ADL_PRIMITIVES
+    by_name = dict(zip(edge.primitives, edge._ops))
+    assert isinstance(by_name["atrous_conv_3x3"], AtrousConv) and by_name["atrous_conv_3x3"].conv.groups == 1
+    assert isinstance(by_name["sep_conv_5x5"], SepConv)
+    static = AutoDeepLabCell((("atrous_conv_3x3", 0), ("sep_conv_5x5", 1)), 4, 4, 4, stride=1)
+    assert [type(op) for op in static._ops] == [type(by_name["atrous_conv_3x3"]), type(by_name["sep_conv_5x5"])]
