@@ -13,6 +13,7 @@ from nasdeploy.errors import NasDeployError
 
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
+    "adl": "nasdeploy.cli.adl_cmd:adl",
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "profile": "nasdeploy.cli.profile_cmd:profile",
     "export": "nasdeploy.cli.export_cmd:export",
