@@ -14,6 +14,8 @@ from nasdeploy.errors import NasDeployError
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
+    "search": "nasdeploy.cli.search_cmd:search",
+    "train": "nasdeploy.cli.train_cmd:train",
 }
 
 

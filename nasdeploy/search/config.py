@@ -89,7 +89,7 @@ class SearchConfig:
 
 
 # Keys that may change when a run is resumed (they do not change the result).
-RESUMABLE_CHANGES = ("data.data_dir", "data.num_workers", "search.device")
+RESUMABLE_CHANGES = ("data.data_dir", "data.num_workers", "search.device", "search.threads")
 
 
 def search_config_from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> SearchConfig:
