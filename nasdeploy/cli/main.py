@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "profile": "nasdeploy.cli.profile_cmd:profile",
     "export": "nasdeploy.cli.export_cmd:export",
+    "search": "nasdeploy.cli.search_cmd:search",
+    "train": "nasdeploy.cli.train_cmd:train",
 }
 
 
