@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "nasdeploy.cli.export_cmd:export",
     "search": "nasdeploy.cli.search_cmd:search",
     "train": "nasdeploy.cli.train_cmd:train",
+    "pipeline": "nasdeploy.cli.pipeline_cmd:pipeline",
 }
 
 
