@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from torch import nn
 from tritonclient.grpc import model_config_pb2
 
+from _export_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 from nasdeploy.cli.main import cli, main
 from nasdeploy.errors import CheckpointError, ConfigError, ExportError, GenotypeError
 from nasdeploy.export.api import ExportOptions, build_export_model, export_model, export_target
