@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import click
 
 from nasdeploy.cli.rundir_options import default_out_dir
 from nasdeploy.errors import ConfigError
 
 
-@click.command("search", context_settings={"ignore_unknown_options": False})
+@click.command("search")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Search config YAML (default: the run directory's config.yaml when resuming).")
 @click.option("--data-dir", default=None, help="Dataset root (CIFAR in torchvision layout, or an image folder).")
