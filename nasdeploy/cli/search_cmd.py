@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from nasdeploy.cli.rundir_options import default_out_dir
 from nasdeploy.errors import ConfigError
 
 
-@click.command("search", context_settings={"ignore_unknown_options": False})
+@click.command("search")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Search config YAML (default: the run directory's config.yaml when resuming).")
 @click.option("--data-dir", default=None, help="Dataset root (CIFAR in torchvision layout, or an image folder).")
@@ -23,7 +22,7 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
     from nasdeploy.search.config import load_search_config
     from nasdeploy.search.loop import run_search
 
-    out = _out_dir(out_dir, config_path, "search")
+    out = default_out_dir(out_dir, config_path, "search")
     if config_path is None:
         if not (out / "config.yaml").is_file():
             raise ConfigError("give --config FILE, or --out DIR of an existing run (its config.yaml is reused)")
@@ -34,10 +33,3 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
     click.echo(f"genotype ({result.epochs_done}/{result.epochs} epochs): normal {list(g.normal)} reduce {list(g.reduce)}")
     click.echo(f"run directory: {result.out_dir}")
 
-
-def _out_dir(out_dir: str | None, config_path: str | None, kind: str) -> Path:
-    if out_dir is not None:
-        return Path(out_dir)
-    if config_path is None:
-        raise ConfigError(f"give --config FILE (and optionally --out DIR) for a {kind} run")
-    return Path("runs") / f"{kind}-{Path(config_path).stem}"

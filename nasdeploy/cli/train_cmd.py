@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nasdeploy.cli.search_cmd import _out_dir
+from nasdeploy.cli.rundir_options import default_out_dir
 from nasdeploy.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
     from nasdeploy.train.config import load_train_config
     from nasdeploy.train.loop import run_training
 
-    out = _out_dir(out_dir, config_path, "train")
+    out = default_out_dir(out_dir, config_path, "train")
     if config_path is None:
         if not (out / "config.yaml").is_file():
             raise ConfigError("give --config FILE, or --out DIR of an existing run (its config.yaml is reused)")
