@@ -104,7 +104,8 @@ def run_rnn_pipeline(config: RNNPipelineConfig, out_dir: str | os.PathLike[str],
     summary = {
         "genotype": [list(g) for g in search.genotype.recurrent],
         "search": {"epochs": search.epochs_done, "first_valid_ppl": search.first_valid_ppl,
-                   "final_valid_ppl": search.valid_ppl, "seconds": round(search.seconds, 1)},
+                   "final_valid_ppl": search.valid_ppl, "best_valid_ppl": search.best_valid_ppl,
+                   "seconds": round(search.seconds, 1)},
         "train": {"epochs": train.epochs_done, "best_valid_ppl": train.best_valid_ppl, "test_ppl": train.test_ppl,
                   "params": train.params, "asgd_epoch": train.asgd_epoch, "seconds": round(train.seconds, 1)},
         "export": {"path": str(out / "model.onnx"), "parity_ok": bool(export.parity and export.parity.ok),
@@ -123,10 +124,11 @@ def _summary_markdown(s: dict[str, Any]) -> str:
         f"Genotype: `{s['genotype']}`", "",
         "| stage | result |", "|---|---|",
         f"| search | valid ppl {s['search']['first_valid_ppl']:.2f} (epoch 1) -> {s['search']['final_valid_ppl']:.2f} "
-        f"(epoch {s['search']['epochs']}), {s['search']['seconds']:.0f} s |",
+        f"(epoch {s['search']['epochs']}; best {s['search']['best_valid_ppl']:.2f}), {s['search']['seconds']:.0f} s |",
         f"| train | best valid ppl {s['train']['best_valid_ppl']:.2f}, test ppl {s['train']['test_ppl']:.2f}, "
         f"{s['train']['params']:,} params, {s['train']['seconds']:.0f} s |",
-        f"| export | parity {'ok' if s['export']['parity_ok'] else 'FAILED'}: {s['export']['max_abs_err']} |",
+        f"| export | onnxruntime parity {'ok' if s['export']['parity_ok'] else 'FAILED'}, max abs error "
+        + ", ".join(f"{k} {v:.1e}" for k, v in (s['export']['max_abs_err'] or {}).items()) + " |",
         f"| profile | {s['profile']['macs_per_token'] / 1e6:.3f} M MACs/token, "
         f"{s['profile']['torch_ms_per_token']:.4f} ms/token (PyTorch) |",
     ]

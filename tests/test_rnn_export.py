@@ -76,3 +76,16 @@ def test_profile_counts_and_times_torch_and_onnx(exported):
     assert prof.macs_per_token == prof.macs_per_token_analytic == (2 * NHID) * 2 * NHID + 8 * NHID * 2 * NHID + NHID * NTOKENS
     assert prof.torch_ms_per_token > 0 and prof.onnx_ms_per_token is not None and prof.onnx_ms_per_token > 0
     assert "MACs per token" in prof.to_markdown()
+
+
+def test_rnn_deployment_code_loads_no_search_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, nasdeploy.nets.rnn_export, nasdeploy.nets.rnn_profile;"
+        "from nasdeploy.nets.rnn import build_rnn_lm; build_rnn_lm('DARTS_V2_RNN', 20, emsize=4, nhid=4);"
+        "bad = [m for m in sys.modules if m.startswith(('nasdeploy.search', 'nasdeploy.spaces', 'nasdeploy.kernels', 'nasdeploy.train'))];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,7 @@ from nasdeploy.genotypes import load_genotype
 from nasdeploy.nets.rnn import load_rnn_lm
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.rnn_config import load_rnn_search_config
-from nasdeploy.search.rnn_loop import run_rnn_search
+from nasdeploy.search.rnn_loop import load_search_checkpoint_model, run_rnn_search
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.train import rnn_loop
 from nasdeploy.train.lm_common import LMBatch, architect_loss
@@ -130,3 +130,13 @@ def test_training_switches_to_asgd_saves_best_and_resumes_bitwise(tmp_path, monk
     with pytest.raises(ConfigError, match="genotype"):
         (tmp_path / "b" / "final.json").unlink()
         run_rnn_training(config, "DARTS_V1_RNN", tmp_path / "b", echo=quiet)
+
+
+def test_second_order_search_runs_and_its_checkpoint_rebuilds_the_supernet(tmp_path):
+    config = load_rnn_search_config(None, TINY_SEARCH + ["search.order=second", "search.epochs=1",
+                                                         "search.max_batches_per_epoch=1"])
+    result = run_rnn_search(config, tmp_path, echo=quiet)
+    assert result.finished and result.genotype.steps == 3
+    model, ckpt = load_search_checkpoint_model(tmp_path / "checkpoint.pt")
+    assert torch.equal(model.alphas, ckpt["model"]["alphas"])
+    assert ckpt["meta"]["genotype"]["recurrent"] == [list(e) for e in result.genotype.recurrent]

@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from nasdeploy.data.text import batchify, get_batch, load_text_corpus
-from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.derive_rnn import derive_recurrent_genotype
@@ -44,8 +44,9 @@ class RNNSearchResult:
     out_dir: Path
     genotype: RecurrentGenotype
     epochs_done: int
-    valid_ppl: float
+    valid_ppl: float  # last epoch
     first_valid_ppl: float
+    best_valid_ppl: float
     seconds: float
     finished: bool
 
@@ -60,7 +61,7 @@ def build_search_model(config: RNNSearchConfig, ntokens: int) -> RNNSearchModel:
 
 def _result_from_done(out_dir: Path, done: dict[str, Any]) -> RNNSearchResult:
     return RNNSearchResult(out_dir, genotype_from_dict(done["genotype"], "rnn_cell"), done["epochs"],
-                           done["valid_ppl"], done["first_valid_ppl"], done["seconds"], True)
+                           done["valid_ppl"], done["first_valid_ppl"], done["best_valid_ppl"], done["seconds"], True)
 
 
 def run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
@@ -145,16 +146,17 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
 
     epochs_done = max(start_epoch - 1, last_epoch)
     genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives, name=f"rnn_search_{out.name}")
-    if epochs_done >= s.epochs:
-        if valid_ppl != valid_ppl:  # resumed exactly at the end: take the logged value
-            logged = read_jsonl(out / "log.jsonl")
-            valid_ppl = float(logged[-1]["valid_ppl"]) if logged else valid_ppl
-        save_genotype(genotype, out / "genotype.json", meta={"valid_ppl": valid_ppl, "epochs": s.epochs})
-        done = {"epochs": s.epochs, "valid_ppl": valid_ppl, "first_valid_ppl": first_ppl, "seconds": seconds,
-                "genotype": genotype_to_dict(genotype), "corpus": corpus.summary()}
-        write_json_atomic(done_path, done)
-        return _result_from_done(out, done)
-    return RNNSearchResult(out, genotype, epochs_done, valid_ppl, first_ppl, seconds, False)
+    logged = [float(r["valid_ppl"]) for r in read_jsonl(out / "log.jsonl")]
+    if logged:  # a run resumed exactly at its end has no epoch left to evaluate
+        valid_ppl = logged[-1]
+    best_ppl = min(logged) if logged else valid_ppl
+    if epochs_done < s.epochs:
+        return RNNSearchResult(out, genotype, epochs_done, valid_ppl, first_ppl, best_ppl, seconds, False)
+    save_genotype(genotype, out / "genotype.json", meta={"valid_ppl": valid_ppl, "epochs": s.epochs})
+    done = {"epochs": s.epochs, "valid_ppl": valid_ppl, "first_valid_ppl": first_ppl, "best_valid_ppl": best_ppl,
+            "seconds": seconds, "genotype": genotype_to_dict(genotype), "corpus": corpus.summary()}
+    write_json_atomic(done_path, done)
+    return _result_from_done(out, done)
 
 
 def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.optim.Optimizer,
