@@ -154,8 +154,9 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
     search["seconds"] = state.stages.get("search", {}).get("seconds", 0.0)
     train = dict(outputs.get("train", {}))
     train["seconds"] = state.stages.get("train", {}).get("seconds", 0.0)
-    if isinstance(train.get("top1"), (int, float)):
-        train["top1"] = 100.0 * train["top1"] if train["top1"] <= 1.0 else train["top1"]
+    for key in ("top1", "top5"):  # the train loop records fractions; the report speaks percent
+        if isinstance(train.get(key), (int, float)):
+            train[key] = 100.0 * train[key]
     if train.get("num_classes"):
         train["chance"] = 100.0 / train["num_classes"]
     export = dict(outputs.get("export", {}))
