@@ -21,6 +21,7 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
     """Search a DARTS CNN cell; OVERRIDES are section.key=value (e.g. search.epochs=2 model.channels=8)."""
     from nasdeploy.search.config import load_search_config
     from nasdeploy.search.loop import run_search
+    from nasdeploy.utils.distributed import launched_as_main
 
     out = default_out_dir(out_dir, config_path, "search")
     if config_path is None:
@@ -29,6 +30,8 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
         config_path = str(out / "config.yaml")
     config = load_search_config(config_path, overrides)
     result = run_search(config, out, data_dir, force=force, progress=progress)
+    if not launched_as_main():
+        return
     g = result.genotype
     click.echo(f"genotype ({result.epochs_done}/{result.epochs} epochs): normal {list(g.normal)} reduce {list(g.reduce)}")
     click.echo(f"run directory: {result.out_dir}")

@@ -23,6 +23,7 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
     """Train the network of a genotype; OVERRIDES are section.key=value (e.g. train.epochs=10)."""
     from nasdeploy.train.config import load_train_config
     from nasdeploy.train.loop import run_training
+    from nasdeploy.utils.distributed import launched_as_main
 
     out = default_out_dir(out_dir, config_path, "train")
     if config_path is None:
@@ -31,6 +32,8 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
         config_path = str(out / "config.yaml")
     config = load_train_config(config_path, overrides)
     result = run_training(config, genotype, out, data_dir, force=force, progress=progress)
+    if not launched_as_main():
+        return
     if result.top1 is not None:
         click.echo(f"top1 {result.top1:.4f}  top5 {result.top5:.4f}  params {result.params:,}  "
                    f"({result.epochs_done}/{result.epochs} epochs)")
