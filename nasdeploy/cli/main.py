@@ -14,6 +14,7 @@ from nasdeploy.errors import NasDeployError
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
+    "build-ext": "nasdeploy.cli.build_ext_cmd:build_ext",
 }
 
 

@@ -63,12 +63,20 @@ def extensions_root() -> Path:
     return Path(base) / tag
 
 
-def cuda_toolkit_available() -> bool:
-    """True when torch was built with CUDA and nvcc can be found."""
+def cuda_home() -> Path | None:
+    """A CUDA toolkit root with nvcc and headers: $CUDA_HOME, torch's guess, or /usr/local/cuda."""
     from torch.utils import cpp_extension
 
-    home = cpp_extension.CUDA_HOME
-    return torch.version.cuda is not None and home is not None and Path(home, "bin", "nvcc").exists()
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for cand in candidates:
+        if cand and Path(cand, "bin", "nvcc").exists() and Path(cand, "include", "cuda_runtime.h").exists():
+            return Path(cand)
+    return None
+
+
+def cuda_toolkit_available() -> bool:
+    """True when torch was built with CUDA and a CUDA toolkit (nvcc + headers) is found."""
+    return torch.version.cuda is not None and cuda_home() is not None
 
 
 def compiler_available() -> bool:
@@ -118,6 +126,10 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
     build_dir = extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     cflags = ["-O3", "-fopenmp"] + (["-DNASDEPLOY_WITH_CUDA"] if cuda else [])
+    if cuda:
+        # torch guesses the toolkit root from nvcc on PATH, which may be a wrapper outside it
+        # (e.g. /usr/local/bin/nvcc); point it at the root that has the headers.
+        cpp_extension.CUDA_HOME = str(cuda_home())
     start = time.perf_counter()
     with _arch_list(archs) if cuda else contextlib.nullcontext():
         library = cpp_extension.load(

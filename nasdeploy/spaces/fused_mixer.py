@@ -32,6 +32,13 @@ class FusionOptions:
     fold_bn: bool = True  # conv candidates: the kernel applies their final BN(affine=False)
     pools_in_kernel: bool = True  # max/avg pool + BN and identity computed inside the kernel
     shared_relu: bool = True  # one ReLU per edge feeds every conv candidate
+    # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
+    # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
+    channels_last: bool | None = None
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        """Whether nodes on `device` run in channels-last."""
+        return self.channels_last if self.channels_last is not None else device.type == "cpu"
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,8 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         if not _fusable(inputs, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
+        if options.use_channels_last(weights.device):
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         zs: list[torch.Tensor] = []
         terms: list[Term] = []
         stat_bns: list[nn.BatchNorm2d] = []

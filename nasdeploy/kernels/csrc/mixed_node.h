@@ -17,7 +17,7 @@
 #ifdef __CUDACC__
 #define ND_HD __host__ __device__ __forceinline__
 #else
-#define ND_HD inline
+#define ND_HD inline __attribute__((always_inline))
 #endif
 
 namespace nasdeploy {
@@ -71,46 +71,119 @@ struct GradArgs {
 
 // ---- 3x3 pooling with padding 1 ---------------------------------------------------------------
 
-// Max over the clipped window of output (oh, ow); *arg = dh * 3 + dw of the first maximum in scan
-// order (NaN wins), the same rule as PyTorch's max_pool2d.
+// Which neighbours of a window centre exist: row -1 / +1 and column -1 / +1.
+struct Window {
+  bool up, down, left, right;
+};
+
+// The window of output (oh, ow) at stride s over an H x W input; its centre is input (oh*s, ow*s).
+ND_HD Window window_at(int64_t oh, int64_t ow, int s, int64_t H, int64_t W) {
+  return Window{oh * s >= 1, oh * s + 1 < H, ow * s >= 1, ow * s + 1 < W};
+}
+
+ND_HD int pool_count(Window v) { return (1 + v.up + v.down) * (1 + v.left + v.right); }
+
 template <typename T>
-ND_HD T max_pool3(const T* x, const Geom& g, int64_t n, int64_t c, int64_t oh, int64_t ow, int s, int* arg) {
-  const int64_t h0 = oh * s - 1, w0 = ow * s - 1;
-  T best = static_cast<T>(-INFINITY);
-  int best_i = -1;
-  for (int dh = 0; dh < 3; ++dh) {
-    const int64_t h = h0 + dh;
-    if (h < 0 || h >= g.H) continue;
-    for (int dw = 0; dw < 3; ++dw) {
-      const int64_t w = w0 + dw;
-      if (w < 0 || w >= g.W) continue;
-      const T v = x[g.at(n, c, h, w)];
-      if (best_i < 0 || v > best || v != v) {
-        best = v;
-        best_i = dh * 3 + dw;
-      }
-    }
-  }
-  *arg = best_i;
+ND_HD T max_step(T x, T best) {
+  const bool take = (x > best) | (x != x);  // bitwise: no branch on data; NaN propagates
+  return take ? x : best;
+}
+
+// Max over the window around `c` (sH, sW: element strides); missing neighbours read as -inf.
+template <typename T>
+ND_HD T max_pool3(const T* c, int64_t sH, int64_t sW, Window v) {
+  const T lo = static_cast<T>(-INFINITY);
+  T best = lo;
+  best = max_step(v.up && v.left ? c[-sH - sW] : lo, best);
+  best = max_step(v.up ? c[-sH] : lo, best);
+  best = max_step(v.up && v.right ? c[-sH + sW] : lo, best);
+  best = max_step(v.left ? c[-sW] : lo, best);
+  best = max_step(c[0], best);
+  best = max_step(v.right ? c[sW] : lo, best);
+  best = max_step(v.down && v.left ? c[sH - sW] : lo, best);
+  best = max_step(v.down ? c[sH] : lo, best);
+  best = max_step(v.down && v.right ? c[sH + sW] : lo, best);
   return best;
 }
 
-ND_HD int64_t avg_pool3_count(int64_t H, int64_t W, int64_t oh, int64_t ow, int s) {
-  const int64_t h0 = oh * s - 1, w0 = ow * s - 1;
-  const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + 3 > H ? H : h0 + 3;
-  const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + 3 > W ? W : w0 + 3;
-  return (he - hs) * (we - ws);
+// The argmax of the window as dh * 3 + dw: the first position in scan order holding the maximum
+// `best`, which is PyTorch's max_pool2d rule (a NaN window reports its last position). Kept apart
+// from max_pool3 and returned as T so both stay branch-free, vectorisable selects on the CPU.
+template <typename T>
+ND_HD T max_pool3_code(const T* c, int64_t sH, int64_t sW, Window v, T best) {
+  T code = 8;
+  code = v.down && v.right && c[sH + sW] == best ? T(8) : code;
+  code = v.down && c[sH] == best ? T(7) : code;
+  code = v.down && v.left && c[sH - sW] == best ? T(6) : code;
+  code = v.right && c[sW] == best ? T(5) : code;
+  code = c[0] == best ? T(4) : code;
+  code = v.left && c[-sW] == best ? T(3) : code;
+  code = v.up && v.right && c[-sH + sW] == best ? T(2) : code;
+  code = v.up && c[-sH] == best ? T(1) : code;
+  code = v.up && v.left && c[-sH - sW] == best ? T(0) : code;
+  return code;
 }
 
+// Mean over the window around `c`, padding not counted (count_include_pad=False); scan-order sum.
 template <typename T>
-ND_HD T avg_pool3(const T* x, const Geom& g, int64_t n, int64_t c, int64_t oh, int64_t ow, int s) {
-  const int64_t h0 = oh * s - 1, w0 = ow * s - 1;
-  const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + 3 > g.H ? g.H : h0 + 3;
-  const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + 3 > g.W ? g.W : w0 + 3;
+ND_HD T avg_pool3(const T* c, int64_t sH, int64_t sW, Window v) {
   T sum = 0;
-  for (int64_t h = hs; h < he; ++h)
-    for (int64_t w = ws; w < we; ++w) sum += x[g.at(n, c, h, w)];
-  return sum / static_cast<T>((he - hs) * (we - ws));
+  if (v.up) {
+    if (v.left) sum += c[-sH - sW];
+    sum += c[-sH];
+    if (v.right) sum += c[-sH + sW];
+  }
+  if (v.left) sum += c[-sW];
+  sum += c[0];
+  if (v.right) sum += c[sW];
+  if (v.down) {
+    if (v.left) sum += c[sH - sW];
+    sum += c[sH];
+    if (v.right) sum += c[sH + sW];
+  }
+  return sum / static_cast<T>(pool_count(v));
+}
+
+// Stride 1: the outputs whose windows cover input (i, j) form the 3x3 window around (i, j) in the
+// output map, so the gathers read that window. dps: pool-output gradient / window count.
+template <typename T>
+ND_HD T avg_pool3_grad_s1(const T* dps, int64_t sH, int64_t sW, Window v) {
+  T acc = 0;
+  if (v.up) {
+    if (v.left) acc += dps[-sH - sW];
+    acc += dps[-sH];
+    if (v.right) acc += dps[-sH + sW];
+  }
+  if (v.left) acc += dps[-sW];
+  acc += dps[0];
+  if (v.right) acc += dps[sW];
+  if (v.down) {
+    if (v.left) acc += dps[sH - sW];
+    acc += dps[sH];
+    if (v.right) acc += dps[sH + sW];
+  }
+  return acc;
+}
+
+// Stride 1: output (i + dh - 1, j + dw - 1) has input (i, j) at window position (2 - dh, 2 - dw).
+template <typename T, typename A>
+ND_HD T max_pool3_grad_s1(const T* dp, const A* arg, int64_t sH, int64_t sW, Window v) {
+  const T zero = 0;
+  T acc = 0;
+  if (v.up) {
+    if (v.left) acc += arg[-sH - sW] == A(8) ? dp[-sH - sW] : zero;
+    acc += arg[-sH] == A(7) ? dp[-sH] : zero;
+    if (v.right) acc += arg[-sH + sW] == A(6) ? dp[-sH + sW] : zero;
+  }
+  if (v.left) acc += arg[-sW] == A(5) ? dp[-sW] : zero;
+  acc += arg[0] == A(4) ? dp[0] : zero;
+  if (v.right) acc += arg[sW] == A(3) ? dp[sW] : zero;
+  if (v.down) {
+    if (v.left) acc += arg[sH - sW] == A(2) ? dp[sH - sW] : zero;
+    acc += arg[sH] == A(1) ? dp[sH] : zero;
+    if (v.right) acc += arg[sH + sW] == A(0) ? dp[sH + sW] : zero;
+  }
+  return acc;
 }
 
 // Output rows (or columns) whose 3x3 window at stride s covers input row i: [lo, hi].
@@ -120,22 +193,21 @@ ND_HD void covering_outputs(int64_t i, int s, int64_t n_out, int64_t* lo, int64_
   *hi = h < n_out - 1 ? h : n_out - 1;
 }
 
-// d(avgpool)/d x at input (i, j), given the output gradient dp (geometry gd over the output).
+// d(avgpool)/dx at input (i, j) from dps = d(pool output) / window count, laid out as gd.
 template <typename T>
-ND_HD T avg_pool3_grad(const T* dp, const Geom& gd, int64_t H, int64_t W, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
+ND_HD T avg_pool3_grad(const T* dps, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
   int64_t oh0, oh1, ow0, ow1;
   covering_outputs(i, s, gd.H, &oh0, &oh1);
   covering_outputs(j, s, gd.W, &ow0, &ow1);
   T acc = 0;
   for (int64_t oh = oh0; oh <= oh1; ++oh)
-    for (int64_t ow = ow0; ow <= ow1; ++ow)
-      acc += dp[gd.at(n, c, oh, ow)] / static_cast<T>(avg_pool3_count(H, W, oh, ow, s));
+    for (int64_t ow = ow0; ow <= ow1; ++ow) acc += dps[gd.at(n, c, oh, ow)];
   return acc;
 }
 
-// d(maxpool)/d x at input (i, j): the output gradients of the windows whose maximum is (i, j).
-template <typename T>
-ND_HD T max_pool3_grad(const T* dp, const uint8_t* arg, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
+// d(maxpool)/dx at input (i, j): the output gradients of the windows whose maximum is (i, j).
+template <typename T, typename A>
+ND_HD T max_pool3_grad(const T* dp, const A* arg, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
   int64_t oh0, oh1, ow0, ow1;
   covering_outputs(i, s, gd.H, &oh0, &oh1);
   covering_outputs(j, s, gd.W, &ow0, &ow1);
@@ -143,23 +215,37 @@ ND_HD T max_pool3_grad(const T* dp, const uint8_t* arg, const Geom& gd, int64_t 
   for (int64_t oh = oh0; oh <= oh1; ++oh)
     for (int64_t ow = ow0; ow <= ow1; ++ow) {
       const int64_t o = gd.at(n, c, oh, ow);
-      const int a = arg[o];
-      if (oh * s - 1 + a / 3 == i && ow * s - 1 + a % 3 == j) acc += dp[o];
+      const int code = static_cast<int>((i - oh * s + 1) * 3 + (j - ow * s + 1));
+      acc += arg[o] == static_cast<A>(code) ? dp[o] : static_cast<T>(0);
     }
   return acc;
 }
 
 // ---- terms -------------------------------------------------------------------------------------
 
+// The value before batch norm of a pool term at output (n, c, h, w) of edge input x (geometry g).
+template <typename T>
+ND_HD T pool_pre(int32_t kind, const T* x, const Geom& g, int64_t n, int64_t c, int64_t h, int64_t w, int s) {
+  const Window v = window_at(h, w, s, g.H, g.W);
+  const T* ctr = x + g.at(n, c, h * s, w * s);
+  return kind == kMaxPoolBN ? max_pool3(ctr, g.sH, g.sW, v) : avg_pool3(ctr, g.sH, g.sW, v);
+}
+
+// The argmax code (see max_pool3_code) of a max-pool term at output (n, c, h, w).
+template <typename T>
+ND_HD T pool_code(const T* x, const Geom& g, int64_t n, int64_t c, int64_t h, int64_t w, int s, T best) {
+  const Window v = window_at(h, w, s, g.H, g.W);
+  return max_pool3_code(x + g.at(n, c, h * s, w * s), g.sH, g.sW, v, best);
+}
+
 // The term's value before its batch norm, at output element (n, c, h, w).
 template <typename T>
-ND_HD T term_pre(const NodeArgs<T>& a, int t, int64_t n, int64_t c, int64_t h, int64_t w, int* arg) {
+ND_HD T term_pre(const NodeArgs<T>& a, int t, int64_t n, int64_t c, int64_t h, int64_t w) {
   const int e = a.edge[t];
   switch (a.kind[t]) {
     case kMaxPoolBN:
-      return max_pool3(a.x[e], a.in[e], n, c, h, w, a.stride[e], arg);
     case kAvgPoolBN:
-      return avg_pool3(a.x[e], a.in[e], n, c, h, w, a.stride[e]);
+      return pool_pre(a.kind[t], a.x[e], a.in[e], n, c, h, w, a.stride[e]);
     case kIdentity:
       return a.x[e][a.in[e].at(n, c, h, w)];
     default:
@@ -168,18 +254,20 @@ ND_HD T term_pre(const NodeArgs<T>& a, int t, int64_t n, int64_t c, int64_t h, i
 }
 
 template <typename T>
+ND_HD T bn_normalize(T v, T mean, T invstd) { return (v - mean) * invstd; }
+
+template <typename T>
 ND_HD T normalize(const NodeArgs<T>& a, int t, int64_t c, T pre) {
   const int s = a.stat[t];
   if (s < 0) return pre;
   const int64_t i = s * a.out.C + c;
-  return (pre - a.mean[i]) * a.invstd[i];
+  return bn_normalize(pre, a.mean[i], a.invstd[i]);
 }
 
 // y_t at output element (n, c, h, w).
 template <typename T>
 ND_HD T term_value(const NodeArgs<T>& a, int t, int64_t n, int64_t c, int64_t h, int64_t w) {
-  int arg;
-  return normalize(a, t, c, term_pre(a, t, n, c, h, w, &arg));
+  return normalize(a, t, c, term_pre(a, t, n, c, h, w));
 }
 
 // The node output at one element: terms added in a fixed order (deterministic).
@@ -206,14 +294,18 @@ ND_HD T bn_input_grad(T g, T y, T w, T invstd, T g_mean, T gy_mean) {
   return w * invstd * (g - g_mean - y * gy_mean);
 }
 
-// Gradient w.r.t. a term's pre-BN value (or a kRaw z) at one output element, given the per-channel
-// means of g and g * y_t.
+// Gradient w.r.t. a term's pre-BN value (or a kRaw / kIdentity input) at one output element,
+// given the per-channel means of g and g * y_t. invstd is ignored for terms without statistics.
+template <typename T>
+ND_HD T pre_grad(bool has_stats, T w, T invstd, T g, T y, T g_mean, T gy_mean) {
+  return has_stats ? bn_input_grad(g, y, w, invstd, g_mean, gy_mean) : w * g;
+}
+
 template <typename T>
 ND_HD T term_pre_grad(const NodeArgs<T>& a, int t, int64_t c, T g, T y, T g_mean, T gy_mean) {
-  const T w = a.weights[a.wcol[t]];
   const int s = a.stat[t];
-  if (s < 0) return w * g;
-  return bn_input_grad(g, y, w, a.invstd[s * a.out.C + c], g_mean, gy_mean);
+  const T invstd = s >= 0 ? a.invstd[s * a.out.C + c] : static_cast<T>(1);
+  return pre_grad(s >= 0, a.weights[a.wcol[t]], invstd, g, y, g_mean, gy_mean);
 }
 
 }  // namespace nasdeploy

@@ -62,8 +62,7 @@ __global__ void fwd_stats_kernel(NodeArgs<T> a, double* partial) {
   while (a.stat[t] != s) ++t;
   double sum = 0, sumsq = 0;
   for (int64_t k = threadIdx.x; k < o.H * o.W; k += kThreads) {
-    int arg;
-    const double v = term_pre(a, t, n, c, k / o.W, k % o.W, &arg);
+    const double v = term_pre(a, t, n, c, k / o.W, k % o.W);
     sum += v;
     sumsq += v * v;
   }
@@ -145,14 +144,18 @@ __global__ void bwd_elem_kernel(NodeArgs<T> a, GradArgs<T> g) {
     for (int t = 0; t < a.n_terms; ++t) {
       const int kind = a.kind[t];
       if (kind == kIdentity) continue;
-      int am = 0;
-      const T y = normalize(a, t, c, term_pre(a, t, n, c, h, w, &am));
+      const T pre = term_pre(a, t, n, c, h, w);
+      const T y = normalize(a, t, c, pre);
       const T d = term_pre_grad(a, t, c, gv, y, gm, g.gy_mean[t * a.out.C + c]);
       if (kind_is_z(kind)) {
         g.dz[t][i] = d;
-      } else {
+      } else if (kind == kMaxPoolBN) {
+        const int e = a.edge[t];
         g.dp[t][i] = d;
-        if (kind == kMaxPoolBN) g.arg[t][i] = static_cast<uint8_t>(am);
+        g.arg[t][i] = static_cast<uint8_t>(pool_code(a.x[e], a.in[e], n, c, h, w, a.stride[e], pre));
+      } else {  // average pool: pre-divided by the window count for the gather
+        const Geom& gi = a.in[a.edge[t]];
+        g.dp[t][i] = d / static_cast<T>(pool_count(window_at(h, w, a.stride[a.edge[t]], gi.H, gi.W)));
       }
     }
   }
@@ -175,10 +178,15 @@ __global__ void bwd_gather_kernel(NodeArgs<T> a, GradArgs<T> g) {
       if (kind == kIdentity) {
         const T x = a.x[e][gi.at(n, c, i, j)];
         acc += term_pre_grad(a, t, c, g.grad[a.out.at(n, c, i, j)], x, g.g_mean[c], g.gy_mean[t * a.out.C + c]);
+      } else if (s == 1) {  // the covering outputs are the window around (i, j)
+        const Window v = window_at(i, j, 1, a.out.H, a.out.W);
+        const int64_t o = a.out.at(n, c, i, j);
+        acc += kind == kMaxPoolBN ? max_pool3_grad_s1(g.dp[t] + o, g.arg[t] + o, a.out.sH, a.out.sW, v)
+                                  : avg_pool3_grad_s1(g.dp[t] + o, a.out.sH, a.out.sW, v);
       } else if (kind == kMaxPoolBN) {
         acc += max_pool3_grad(g.dp[t], g.arg[t], a.out, n, c, i, j, s);
       } else if (kind == kAvgPoolBN) {
-        acc += avg_pool3_grad(g.dp[t], a.out, gi.H, gi.W, n, c, i, j, s);
+        acc += avg_pool3_grad(g.dp[t], a.out, n, c, i, j, s);
       }
     }
     g.dx[e][gi.at(n, c, i, j)] = acc;
