@@ -13,8 +13,13 @@ from nasdeploy.errors import NasDeployError
 
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
+    "adl": "nasdeploy.cli.adl_cmd:adl",
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "build-ext": "nasdeploy.cli.build_ext_cmd:build_ext",
+    "profile": "nasdeploy.cli.profile_cmd:profile",
+    "export": "nasdeploy.cli.export_cmd:export",
+    "search": "nasdeploy.cli.search_cmd:search",
+    "train": "nasdeploy.cli.train_cmd:train",
 }
 
 

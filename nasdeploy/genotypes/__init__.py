@@ -21,6 +21,21 @@ from nasdeploy.genotypes.serialize import (
     save_genotype,
 )
 from nasdeploy.genotypes.validate import validate_cnn_genotype, validate_recurrent_genotype
+from nasdeploy.genotypes.autodeeplab import (
+    ADL_CELL_OPS,
+    ADL_PRIMITIVES,
+    ADL_PUBLISHED_COSTS,
+    AUTODEEPLAB,
+    AutoDeepLabGenotype,
+    _adl_from_dict,
+    _adl_to_dict,
+    make_adl_genotype,
+    validate_adl_genotype,
+)
+
+register_genotype_kind(AutoDeepLabGenotype, _adl_to_dict, _adl_from_dict)
+register_genotype("AutoDeepLab", AUTODEEPLAB)
+PUBLISHED_COSTS["AutoDeepLab"] = ADL_PUBLISHED_COSTS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -48,4 +63,9 @@ __all__ = [
     "save_genotype",
     "validate_cnn_genotype",
     "validate_recurrent_genotype",
+    "AutoDeepLabGenotype",
+    "ADL_PRIMITIVES",
+    "ADL_CELL_OPS",
+    "make_adl_genotype",
+    "validate_adl_genotype",
 ]

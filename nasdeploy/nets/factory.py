@@ -92,10 +92,12 @@ def build_network(
     for key, value in (("channels", channels), ("layers", layers), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    if channels % 2 != 0:
+    if cfg.genotype_kind == "cnn_cell" and channels % 2 != 0:
         raise ConfigError(f"channels must be even (FactorizedReduce halves them), got {channels}")
     model = _BUILDERS[net](resolved, cfg, channels=channels, layers=layers, num_classes=num_classes, **kwargs)
-    model.default_cfg = NetConfig(
-        cfg.name, cfg.genotype_kind, channels, layers, num_classes, cfg.input_size, cfg.mean, cfg.std, dict(cfg.extra)
-    )
+    # A builder may attach a more precise config itself (e.g. depth taken from the genotype's path).
+    if not isinstance(getattr(model, "default_cfg", None), NetConfig):
+        model.default_cfg = NetConfig(
+            cfg.name, cfg.genotype_kind, channels, layers, num_classes, cfg.input_size, cfg.mean, cfg.std, dict(cfg.extra)
+        )
     return model

@@ -13,6 +13,7 @@ from nasdeploy.ops.cnn import (
     is_identity,
 )
 from nasdeploy.ops.drop_path import drop_path
+from nasdeploy.ops.autodeeplab import ADL_OPS, AtrousConv, build_adl_op, downsample2, resize_bilinear, upsample2
 
 __all__ = [
     "CNN_OPS",
@@ -26,4 +27,10 @@ __all__ = [
     "Zero",
     "FactorizedReduce",
     "drop_path",
+    "ADL_OPS",
+    "AtrousConv",
+    "build_adl_op",
+    "resize_bilinear",
+    "upsample2",
+    "downsample2",
 ]

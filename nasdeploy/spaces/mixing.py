@@ -23,16 +23,23 @@ NodeMixer = Callable[[Sequence[torch.Tensor], Sequence["MixedEdge"], torch.Tenso
 ENV_VAR = "NASDEPLOY_MIXED_OP"
 
 
-class MixedEdge(nn.Module):
-    """All candidate ops of one edge, in primitive order (search-time BN without affine; pools get a BN)."""
+OpFactory = Callable[[str, int, int, bool], nn.Module]
 
-    def __init__(self, primitives: Sequence[str], channels: int, stride: int):
+
+class MixedEdge(nn.Module):
+    """All candidate ops of one edge, in primitive order (search-time BN without affine; pools get a BN).
+
+    `op_builder(name, channels, stride, affine)` builds each op: the DARTS registry by default; other
+    search spaces (Auto-DeepLab's dense atrous convs) pass their own.
+    """
+
+    def __init__(self, primitives: Sequence[str], channels: int, stride: int, op_builder: OpFactory = build_op):
         super().__init__()
         self.primitives = tuple(primitives)
         self.stride = stride
         ops = []
         for name in self.primitives:
-            op = build_op(name, channels, stride, affine=False)
+            op = op_builder(name, channels, stride, False)
             if "pool" in name:
                 op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
             ops.append(op)

@@ -1,0 +1,79 @@
+"""`nasdeploy export TARGET --net ... --format onnx|tensorrt|triton`: a thin layer over nasdeploy.export.api."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+
+from nasdeploy.errors import ConfigError, MissingDependencyError
+
+FORMATS = ("onnx", "tensorrt", "triton")
+
+
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """'224' or '224x192' -> (H, W)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
+    if not match:
+        raise ConfigError(f"--input-size must be S or HxW (e.g. 224 or 224x192), got {text!r}")
+    h = int(match.group(1))
+    return h, int(match.group(2)) if match.group(2) else h
+
+
+@click.command("export")
+@click.argument("target")
+@click.option("--net", default="cifar", show_default=True, help="Network family: cifar | imagenet.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="nasdeploy train checkpoint or plain state_dict.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), default=("onnx",), show_default=True,
+              help="Artifact to produce (repeatable). ONNX is always exported and verified first.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory [default: exports/<name>].")
+@click.option("--opset", type=int, help="ONNX opset (>= 18) [default: the exporter's].")
+@click.option("--dynamic-batch/--static", default=True, show_default=True,
+              help="Dynamic batch (and H/W where the network allows it), or fully static shapes.")
+@click.option("--static-hw", is_flag=True, help="Keep H and W fixed at the input size (batch stays dynamic).")
+@click.option("--fp16", is_flag=True, help="Build the TensorRT engine in FP16 (TensorRT 11: from an FP16 ONNX model).")
+@click.option("--simplify", is_flag=True, help="Simplify the ONNX graph with onnxslim (extra 'slim').")
+@click.option("--input-size", help="Export / check input size S or HxW [default: the network's].")
+@click.option("--channels", type=int, help="Initial channels (plain state_dicts / fresh networks).")
+@click.option("--layers", type=int, help="Number of cells (plain state_dicts / fresh networks).")
+@click.option("--num-classes", type=int, help="Number of classes (plain state_dicts / fresh networks).")
+@click.option("--name", help="Model name (Triton folder, metadata) [default: <genotype>_<net>].")
+@click.option("--max-batch", default=32, show_default=True, help="TensorRT profile max batch and Triton max_batch_size.")
+@click.option("--opt-batch", default=8, show_default=True, help="TensorRT profile optimum batch.")
+@click.option("--workspace", "workspace_mib", default=1024, show_default=True, help="TensorRT workspace limit (MiB).")
+@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Triton instance group kind of the ONNX model.")
+@click.option("--instances", "instance_count", default=1, show_default=True, help="Triton instances per model.")
+@click.option("--rtol", default=1e-3, show_default=True, help="Parity relative tolerance (ONNX).")
+@click.option("--atol", default=1e-5, show_default=True, help="Parity absolute tolerance (ONNX).")
+@click.option("--seed", type=int, help="Seed of the random parity inputs [default: fresh].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the export succeeded).")
+@click.option("--json", "as_json", is_flag=True, help="Print export.json instead of the summary.")
+def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ...], out_dir: str | None, opset: int | None,
+           dynamic_batch: bool, static_hw: bool, fp16: bool, simplify: bool, input_size: str | None,
+           channels: int | None, layers: int | None, num_classes: int | None, name: str | None, max_batch: int,
+           opt_batch: int, workspace_mib: int, instance_kind: str, instance_count: int, rtol: float, atol: float,
+           seed: int | None, overwrite: bool, as_json: bool) -> None:
+    """Export TARGET (registry name or genotype file) as verified ONNX, a TensorRT engine and/or a Triton repository."""
+    from nasdeploy.export.api import ExportOptions, export_target
+
+    options = ExportOptions(
+        input_size=parse_input_size(input_size), opset=opset, dynamic_batch=dynamic_batch,
+        dynamic_spatial=dynamic_batch and not static_hw, simplify=simplify, rtol=rtol, atol=atol, seed=seed, fp16=fp16,
+        max_batch=max_batch if dynamic_batch else 1, opt_batch=min(opt_batch, max_batch) if dynamic_batch else 1,
+        workspace_mib=workspace_mib, instance_kind=instance_kind, instance_count=instance_count, name=name,
+        overwrite=overwrite,
+    )
+    result = export_target(
+        target, net=net, checkpoint=checkpoint, formats=formats, out_dir=out_dir, channels=channels, layers=layers,
+        num_classes=num_classes, options=options, progress=lambda msg: click.echo(msg, err=True),
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if "tensorrt" in result.skipped:
+        raise MissingDependencyError(
+            f"TensorRT engine not built: tensorrt is not importable (pip install 'nasdeploy[tensorrt]'); "
+            f"the verified ONNX model and {result.files.get('trtexec_script', 'trtexec.sh')} are in {result.out_dir}"
+        )

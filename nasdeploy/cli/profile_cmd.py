@@ -1,0 +1,42 @@
+"""`nasdeploy profile TARGET...`: params, MACs, mobile verdict and latency per runtime."""
+
+from __future__ import annotations
+
+import click
+
+from nasdeploy.nets import list_networks
+from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.option("--net", type=click.Choice(list_networks()), default="imagenet", show_default=True,
+              help="Network family built from a genotype (ignored for .onnx targets).")
+@click.option("--channels", type=int, default=None, help="Initial channels C (default: the family's).")
+@click.option("--layers", type=int, default=None, help="Number of cells L (default: the family's).")
+@click.option("--num-classes", type=int, default=None, help="Classifier outputs (default: the family's).")
+@click.option("--input-size", type=int, default=None, help="Square input size S (default: the family's; needed for .onnx with symbolic H/W).")
+@click.option("--latency", "latency", default="none", show_default=True,
+              help=f"Comma-separated backends ({', '.join(BACKENDS)}) or groups ({', '.join(BACKEND_GROUPS)}).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size for latency.")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed warm-up runs per backend.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per backend.")
+@click.option("--breakdown/--no-breakdown", default=None, help="Per-stage and per-op tables (default: on for one target).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None, help="Write the printed report as Markdown.")
+def profile(targets, net, channels, layers, num_classes, input_size, latency, batch, warmup, runs, breakdown, json_path, md_path) -> None:
+    """Profile registry names, genotype files or .onnx files (several: one comparison table)."""
+    from nasdeploy.profile import LatencyConfig, parse_backends, profile_targets, write_report_json
+    from nasdeploy.profile.report import render_report
+    from nasdeploy.utils.files import write_text_atomic
+
+    backends = parse_backends(latency)
+    cfg = LatencyConfig(batch=batch, warmup=warmup, runs=runs, progress=True)
+    results = profile_targets(list(targets), net=net, channels=channels, layers=layers, num_classes=num_classes,
+                              input_size=input_size, latency=backends, latency_config=cfg)
+    text = render_report(results, breakdown=breakdown)
+    click.echo(text)
+    if json_path:
+        click.echo(f"wrote {write_report_json(json_path, results)}")
+    if md_path:
+        click.echo(f"wrote {write_text_atomic(md_path, text)}")

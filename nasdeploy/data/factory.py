@@ -1,0 +1,145 @@
+"""One way in to every image-classification dataset: DataConfig -> (dataset, DatasetInfo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from nasdeploy.data.arrays import ArrayImageDataset
+from nasdeploy.data.transforms import AUGMENTS, eval_transform, train_transform
+from nasdeploy.errors import ConfigError
+
+DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
+
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where, how much of it and how it is augmented."""
+
+    dataset: str = "cifar10"  # demo | cifar10 | cifar100 | imagefolder
+    data_dir: Optional[str] = None
+    subset: Optional[int] = None  # use only the first N training images
+    test_subset: Optional[int] = None  # evaluate on only the first N test images
+    num_workers: int = 0
+    augment: str = "cifar"  # cifar (pad-4 crop + flip) | imagenet | none
+    image_size: int = 32
+    cutout: int = 0  # cutout length in pixels (0: off)
+    cutout_prob: float = 1.0
+    demo_train_size: int = 5000
+    demo_test_size: int = 1000
+    demo_seed: int = 0
+    mean: Optional[tuple[float, float, float]] = None  # default: the dataset's statistics
+    std: Optional[tuple[float, float, float]] = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"data.dataset: unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"data.augment: unknown augment '{self.augment}'; choose one of: {', '.join(AUGMENTS)}")
+        for key in ("subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} must be a positive number of images, got {value}")
+        for key in ("demo_train_size", "demo_test_size", "image_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key} must be positive, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.cutout < 0:
+            raise ConfigError(f"data.cutout must be >= 0, got {self.cutout}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ConfigError(f"data.{key} must have 3 values (R, G, B), got {list(value)}")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about the data: classes, input size, normalisation."""
+
+    name: str
+    num_classes: int
+    classes: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        """A JSON-able form (for run metadata)."""
+        return {"name": self.name, "num_classes": self.num_classes, "image_size": self.image_size,
+                "mean": list(self.mean), "std": list(self.std), "classes": list(self.classes)}
+
+
+def build_dataset(cfg: DataConfig, split: str, augment: bool, data_dir: str | None = None) -> tuple[Dataset, DatasetInfo]:
+    """The 'train' or 'test' split with training augmentation (augment=True) or the eval transform.
+
+    `data_dir` overrides cfg.data_dir. `cfg.subset` / `cfg.test_subset` keep the first N images.
+    """
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    root = data_dir if data_dir is not None else cfg.data_dir
+    if cfg.dataset == "imagefolder":
+        dataset, info = _image_folder(cfg, split, augment, root)
+    else:
+        images, labels, classes = _arrays(cfg, split, root)
+        mean, std = _normalisation(cfg)
+        native = images.shape[1]
+        if augment:
+            tf = train_transform(cfg.augment, cfg.image_size, mean, std, cfg.cutout, cfg.cutout_prob, native_size=native)
+        else:
+            tf = eval_transform(cfg.augment, cfg.image_size, mean, std, native_size=native)
+        dataset = ArrayImageDataset(images, labels, tf)
+        info = DatasetInfo(cfg.dataset, len(classes), tuple(classes), cfg.image_size, mean, std)
+    limit = cfg.subset if split == "train" else cfg.test_subset
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    return dataset, info
+
+
+def _normalisation(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if cfg.dataset == "demo":
+        from nasdeploy.data.demo import DEMO_MEAN, DEMO_STD
+
+        default = (DEMO_MEAN, DEMO_STD)
+    else:
+        default = NORMALISATION[cfg.dataset]
+    mean = tuple(float(v) for v in cfg.mean) if cfg.mean is not None else default[0]
+    std = tuple(float(v) for v in cfg.std) if cfg.std is not None else default[1]
+    return mean, std
+
+
+def _arrays(cfg: DataConfig, split: str, root: str | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    if cfg.dataset == "demo":
+        from nasdeploy.data.demo import DEMO_CLASSES, generate_demo
+
+        n = cfg.demo_train_size if split == "train" else cfg.demo_test_size
+        images, labels = generate_demo(n, cfg.demo_seed, split)
+        return images, labels, DEMO_CLASSES
+    from nasdeploy.data.cifar import read_cifar
+
+    return read_cifar(cfg.dataset, root, split)
+
+
+def _image_folder(cfg: DataConfig, split: str, augment: bool, root: str | None) -> tuple[Dataset, DatasetInfo]:
+    from nasdeploy.data.image_folder import load_image_folder
+
+    mean, std = _normalisation(cfg)
+    if augment:
+        tf = train_transform(cfg.augment, cfg.image_size, mean, std, cfg.cutout, cfg.cutout_prob, native_size=None)
+    else:
+        tf = eval_transform(cfg.augment, cfg.image_size, mean, std, native_size=None)
+    classes = None
+    if split == "test":
+        classes = tuple(load_image_folder(root, "train").classes)
+    dataset = load_image_folder(root, split, tf, classes)
+    info = DatasetInfo("imagefolder", len(dataset.classes), tuple(dataset.classes), cfg.image_size, mean, std)
+    return dataset, info

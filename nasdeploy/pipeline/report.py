@@ -1,0 +1,124 @@
+"""report.md and summary.json of a pipeline run, written from one summary dict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from nasdeploy.utils.files import write_json_atomic, write_text_atomic
+
+MOBILE_MACS_LIMIT = 600e6
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _fmt_m(value: Any) -> str:
+    return f"{value / 1e6:.1f}M" if isinstance(value, (int, float)) else "-"
+
+
+def _fmt_ms(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def _profile_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]:
+    header = "| architecture | params | MACs | mobile (< 600M MACs) |" + "".join(
+        f" {b} median / p90 ms |" for b in backends
+    )
+    lines = [header, "|" + "---|" * (4 + len(backends))]
+    for row in rows:
+        macs = row.get("macs")
+        verdict = "-"
+        if isinstance(macs, (int, float)):
+            margin = (MOBILE_MACS_LIMIT - macs) / 1e6
+            verdict = f"{'pass' if macs < MOBILE_MACS_LIMIT else 'FAIL'} ({margin:+.1f}M)"
+        cells = [f"**{row['name']}**" if row.get("found") else row["name"], _fmt_int(row.get("params")), _fmt_m(macs), verdict]
+        for b in backends:
+            lat = (row.get("latency") or {}).get(b) or {}
+            cells.append(f"{_fmt_ms(lat.get('median_ms'))} / {_fmt_ms(lat.get('p90_ms'))}" if lat else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(summary: dict[str, Any]) -> str:
+    """The Markdown report of a pipeline run."""
+    out: list[str] = [f"# nasdeploy pipeline report: {summary.get('name', 'run')}", ""]
+    out.append(f"Created {summary.get('created', '')} with nasdeploy {summary.get('nasdeploy_version', '')}.")
+    out.append("")
+    figures = summary.get("figures", {})
+
+    genotype = summary.get("genotype_text")
+    out += ["## Found architecture", ""]
+    if genotype:
+        out += ["```", genotype, "```", ""]
+    for key, caption in (("cells", "Normal and reduction cells"),):
+        if key in figures:
+            out += [f"![{caption}]({figures[key]})", ""]
+
+    search = summary.get("search") or {}
+    out += ["## Search", ""]
+    if search:
+        out.append(f"{search.get('epochs', '?')} epochs in {search.get('seconds', 0):.0f} s "
+                   f"({search.get('order', 'first')}-order architecture gradient, mixed-op: {search.get('mixed_op', '?')}).")
+        if search.get("final"):
+            out.append("Final epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in search["final"].items()))
+        out.append("")
+    for key, caption in (("alphas", "Evolution of the softmaxed architecture weights"),
+                         ("alphas_final", "Final softmaxed architecture weights"),
+                         ("curves", "Search and training curves")):
+        if key in figures:
+            out += [f"![{caption}]({figures[key]})", ""]
+
+    train = summary.get("train") or {}
+    out += ["## Training", ""]
+    if train:
+        acc = train.get("top1")
+        out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; "
+                   f"final top-1 {acc:.2f}%" if isinstance(acc, (int, float)) else "no accuracy recorded")
+        if isinstance(train.get("chance"), (int, float)):
+            out.append(f"(chance: {train['chance']:.2f}%)")
+        out.append("")
+
+    export = summary.get("export") or {}
+    out += ["## Export", ""]
+    parity = export.get("parity") or {}
+    if export:
+        out.append(f"ONNX model: `{export.get('onnx', 'model.onnx')}` (opset {export.get('opset', '?')}).")
+        if parity:
+            out.append(f"Parity against PyTorch in onnxruntime: **{'passed' if parity.get('passed') else 'FAILED'}**, "
+                       f"max abs error {parity.get('max_abs_error', float('nan')):.3g}, max rel error "
+                       f"{parity.get('max_rel_error', float('nan')):.3g} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
+        for fmt, info in (export.get("other_formats") or {}).items():
+            out.append(f"{fmt}: {info}")
+        out.append("")
+
+    profile = summary.get("profile") or {}
+    out += ["## Cost", ""]
+    if profile.get("rows"):
+        out.append(f"Network: {profile.get('net_description', profile.get('net', ''))}. MACs: {profile.get('convention', '')}")
+        out.append("")
+        out += _profile_table(profile["rows"], profile.get("backends", []))
+        out.append("")
+        if profile.get("environment"):
+            out.append(f"Measured on: {profile['environment']}")
+            out.append("")
+
+    commands = summary.get("commands") or {}
+    if commands:
+        out += ["## Reproduce", "", "```bash"] + [f"# {stage}\n{cmd}" for stage, cmd in commands.items()] + ["```", ""]
+    stages = summary.get("stages") or {}
+    if stages:
+        out += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
+        out += [f"| {name} | {info.get('seconds', 0):.1f} |" for name, info in stages.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write report.md and summary.json into the run directory (atomically)."""
+    summary = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), **summary}
+    report = write_text_atomic(run_dir / "report.md", render_report(summary))
+    data = write_json_atomic(run_dir / "summary.json", summary)
+    return report, data

@@ -1,0 +1,135 @@
+"""onnxruntime latency backends: CPU (all threads / the 1-thread mobile proxy), CUDA and TensorRT providers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from nasdeploy.errors import ConfigError
+from nasdeploy.profile.latency import LatencyConfig, LatencyResult, skipped, summarize, timed_runs
+from nasdeploy.utils.optional import require
+
+ORT_OPT_LEVEL = "ORT_ENABLE_ALL"
+
+
+def _ort() -> Any:
+    return require("onnxruntime", purpose="onnxruntime latency")
+
+
+def _session_options(ort: Any, threads: int | None) -> Any:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPT_LEVEL)
+    opts.log_severity_level = 3  # errors only: provider fallbacks are reported by checking get_providers()
+    if threads is not None:
+        # The mobile proxy: one intra-op and one inter-op thread, no busy-waiting spin.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _session(ort: Any, path: Path, threads: int | None, providers: list[Any]) -> Any:
+    try:
+        return ort.InferenceSession(str(path), sess_options=_session_options(ort, threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"onnxruntime cannot load {path.name}: {first}") from None
+
+
+def _feed(session: Any, shape: tuple[int, ...], cfg: LatencyConfig) -> dict[str, np.ndarray]:
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ConfigError(f"latency timing supports models with one input; this one has {len(inputs)}")
+    inp = inputs[0]
+    declared = inp.shape
+    if declared and isinstance(declared[0], int) and declared[0] != cfg.batch:
+        raise ConfigError(f"the ONNX model has a fixed batch of {declared[0]}; cannot time batch {cfg.batch}")
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    rng = np.random.default_rng(cfg.seed)
+    return {inp.name: rng.standard_normal((cfg.batch, *shape)).astype(dtype)}
+
+
+def _cpu(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> LatencyResult:
+    ort = _ort()
+    session = _session(ort, path, threads, ["CPUExecutionProvider"])
+    feed = _feed(session, shape, cfg)
+
+    def once() -> float:
+        start = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - start) * 1000.0
+
+    times = timed_runs(once, cfg, name)
+    settings = {
+        "providers": session.get_providers(),
+        "intra_op_threads": threads if threads is not None else f"default (physical cores; {os.cpu_count()} logical CPUs)",
+        "inter_op_threads": threads if threads is not None else "default",
+        "allow_spinning": "0" if threads is not None else "default",
+        "graph_optimization": ORT_OPT_LEVEL,
+    }
+    return summarize(name, times, cfg, settings)
+
+
+def ort_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """onnxruntime CPUExecutionProvider with its default thread pool (all physical cores)."""
+    assert onnx_path is not None
+    return _cpu("ort-cpu", onnx_path, shape, cfg, None)
+
+
+def ort_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """onnxruntime CPU with the mobile-proxy settings: 1 intra-op thread, 1 inter-op thread, no spinning."""
+    assert onnx_path is not None
+    return _cpu("ort-cpu-1t", onnx_path, shape, cfg, 1)
+
+
+def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    ort = _ort()
+    available = ort.get_available_providers()
+    if provider not in available:
+        return skipped(name, cfg, f"{provider} is not in this onnxruntime build ({', '.join(available)}); install nasdeploy[gpu]")
+    providers: list[Any] = [(provider, provider_options)]
+    if provider != "CUDAExecutionProvider" and "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    providers.append("CPUExecutionProvider")
+    session = _session(ort, path, None, providers)
+    used = session.get_providers()
+    if not used or used[0] != provider:
+        # onnxruntime-gpu silently falls back to CPU when CUDA / TensorRT libraries are missing.
+        return skipped(name, cfg, f"onnxruntime did not activate {provider} (active: {', '.join(used)})", {"providers": used})
+    feed = _feed(session, shape, cfg)
+    (input_name, array), = feed.items()
+    # Input and outputs resident on the GPU so that host<->device copies are not timed.
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", 0)
+
+    def once() -> float:
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)  # synchronises the provider's stream before returning
+        return (time.perf_counter() - start) * 1000.0
+
+    once()  # untimed first run even with warmup=0: it builds the TensorRT engine / loads CUDA kernels
+    times = timed_runs(once, cfg, name)
+    settings = {"providers": used, "io_binding": "input and outputs on cuda:0", "graph_optimization": ORT_OPT_LEVEL}
+    if provider_options:
+        settings["provider_options"] = provider_options
+    return summarize(name, times, cfg, settings)
+
+
+def ort_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """onnxruntime CUDAExecutionProvider (checked active via session.get_providers())."""
+    assert onnx_path is not None
+    return _gpu("ort-cuda", "CUDAExecutionProvider", {}, onnx_path, shape, cfg)
+
+
+def ort_trt(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """onnxruntime TensorrtExecutionProvider (fp32; the engine is built during the warm-up runs)."""
+    assert onnx_path is not None
+    opts = {"trt_fp16_enable": False, "trt_engine_cache_enable": False}
+    return _gpu("ort-trt", "TensorrtExecutionProvider", opts, onnx_path, shape, cfg)

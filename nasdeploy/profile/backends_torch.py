@@ -1,0 +1,128 @@
+"""PyTorch latency backends: eager on CPU (all threads / 1 thread), eager on CUDA, CUDA graphs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from nasdeploy.profile.latency import LatencyConfig, LatencyResult, skipped, summarize, timed_runs
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Temporarily set torch's intra-op thread count (None: leave it); yields the count in use."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _input(input_shape: tuple[int, ...], cfg: LatencyConfig, device: str | torch.device = "cpu", dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(cfg.seed)
+    return torch.randn((cfg.batch, *input_shape), generator=g).to(device=device, dtype=dtype)
+
+
+def _cpu_eager(name: str, model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> LatencyResult:
+    model = copy.deepcopy(model).cpu().eval()
+    x = _input(shape, cfg)
+    with torch_threads(threads) as used, torch.inference_mode():
+
+        def once() -> float:
+            start = time.perf_counter()
+            model(x)
+            return (time.perf_counter() - start) * 1000.0
+
+        times = timed_runs(once, cfg, name)
+        settings = {"device": "cpu", "intra_op_threads": used, "interop_threads": torch.get_num_interop_threads(),
+                    "mode": "eager, inference_mode"}
+    return summarize(name, times, cfg, settings)
+
+
+def torch_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """Eager PyTorch on CPU with torch's default (all physical cores) thread count."""
+    assert model is not None
+    return _cpu_eager("torch-cpu", model, shape, cfg, None)
+
+
+def torch_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """Eager PyTorch on CPU with torch.set_num_threads(1) (the mobile proxy)."""
+    assert model is not None
+    return _cpu_eager("torch-cpu-1t", model, shape, cfg, 1)
+
+
+def _no_cuda(name: str, cfg: LatencyConfig) -> LatencyResult | None:
+    if not torch.cuda.is_available():
+        return skipped(name, cfg, "no CUDA device (torch.cuda.is_available() is False)")
+    return None
+
+
+def _cuda_settings(mode: str) -> dict[str, object]:
+    return {"device": torch.cuda.get_device_name(0), "mode": mode, "timer": "CUDA events",
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+
+
+def torch_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """Eager PyTorch on the GPU: input resident on the device, each run timed with CUDA events."""
+    assert model is not None
+    if (why := _no_cuda("torch-cuda", cfg)) is not None:
+        return why
+    device = torch.device("cuda", 0)
+    model = copy.deepcopy(model).to(device).eval()
+    x = _input(shape, cfg, device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.inference_mode():
+
+        def once() -> float:
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        torch.cuda.synchronize(device)
+        times = timed_runs(once, cfg, "torch-cuda")
+    return summarize("torch-cuda", times, cfg, _cuda_settings("eager, inference_mode"))
+
+
+def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """PyTorch on the GPU replayed from a captured CUDA graph (no per-kernel launch overhead)."""
+    assert model is not None
+    if (why := _no_cuda("torch-cuda-graph", cfg)) is not None:
+        return why
+    device = torch.device("cuda", 0)
+    model = copy.deepcopy(model).to(device).eval()
+    static_x = _input(shape, cfg, device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad():
+        # Warm up on a side stream before capture, as CUDA graph capture requires.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model(static_x)
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        with torch.cuda.graph(graph):
+            static_out = model(static_x)  # kept alive: the graph replays into this buffer
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def once() -> float:
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    torch.cuda.synchronize(device)
+    times = timed_runs(once, cfg, "torch-cuda-graph")
+    del static_out
+    return summarize("torch-cuda-graph", times, cfg, _cuda_settings("CUDA graph replay"))

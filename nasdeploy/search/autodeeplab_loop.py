@@ -1,0 +1,229 @@
+"""The Auto-DeepLab search loop: weights on half A, alpha/beta on half B (first order), mIoU on a held-out split.
+
+Run directory: config.json, log.jsonl (one record per epoch), checkpoint.pt (resumable, weights_only),
+genotype.json (decoded each epoch; final at the end), summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
+from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.genotypes import genotype_to_dict, save_genotype
+from nasdeploy.search.architect import Architect, ArchitectConfig
+from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
+from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
+from nasdeploy.train.seg_metrics import evaluate_miou
+from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
+from nasdeploy.utils.config_dict import dataclass_from_dict, dataclass_to_dict
+from nasdeploy.utils.files import write_json_atomic
+
+
+@dataclass(frozen=True)
+class ADLSearchOptions:
+    """Search protocol (paper: 40 epochs, batch 2, SGD 0.025 -> 0.001 cosine, wd 3e-4; Adam 3e-3, wd 1e-3 after epoch 20)."""
+
+    epochs: int = 40
+    arch_start_epoch: int = 20  # architecture updates begin once this many epochs are done
+    batch_size: int = 2
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 3e-3
+    arch_betas: tuple[float, float] = (0.9, 0.999)
+    arch_weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    steps_per_epoch: int = 0  # 0: one pass over half A
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+    workers: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("search: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
+        if not 0 <= self.arch_start_epoch:
+            raise ConfigError("search: arch_start_epoch must be >= 0")
+        if self.lr <= 0 or self.arch_lr <= 0 or self.lr_min < 0:
+            raise ConfigError("search: learning rates must be positive")
+
+
+@dataclass(frozen=True)
+class ADLSearchConfig:
+    """Everything an Auto-DeepLab search run needs."""
+
+    supernet: ADLSupernetConfig = field(default_factory=ADLSupernetConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    search: ADLSearchOptions = field(default_factory=ADLSearchOptions)
+
+
+def adl_search_config_from_dict(data: dict[str, Any]) -> ADLSearchConfig:
+    """Validate a nested dict (e.g. parsed YAML) into an ADLSearchConfig."""
+    return dataclass_from_dict(ADLSearchConfig, data, "adl search config")
+
+
+@dataclass
+class ADLSearchResult:
+    """What a finished (or resumed-and-finished) search produced."""
+
+    out_dir: Path
+    genotype_path: Path
+    epochs_done: int
+    val_miou: float
+    path: tuple[int, ...]
+    path_log_prob: float
+
+
+def segmentation_loss(forward: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-pixel cross entropy with ignored pixels (the loss_fn the architect calls)."""
+    x, y = batch
+    return F.cross_entropy(forward(x), y, ignore_index=IGNORE_INDEX)
+
+
+def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random split of range(n) into halves A (weights) and B (architecture)."""
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return sorted(order[: n // 2]), sorted(order[n // 2:])
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def _loaders(cfg: ADLSearchConfig) -> tuple[DataLoader, DataLoader, DataLoader, list[torch.Generator]]:
+    train = build_segmentation_dataset(cfg.data, "train", train=True)
+    val = build_segmentation_dataset(cfg.data, "val", train=False)
+    a_idx, b_idx = split_halves(len(train), cfg.search.seed)
+    if len(a_idx) < cfg.search.batch_size or len(b_idx) < cfg.search.batch_size:
+        raise ConfigError(f"search: {len(train)} training images cannot fill two halves of batch {cfg.search.batch_size}")
+    g_a, g_b = torch.Generator().manual_seed(cfg.search.seed), torch.Generator().manual_seed(cfg.search.seed + 1)
+    opts = {"batch_size": cfg.search.batch_size, "num_workers": cfg.search.workers, "drop_last": True}
+    loader_a = DataLoader(Subset(train, a_idx), shuffle=True, generator=g_a, **opts)
+    loader_b = DataLoader(Subset(train, b_idx), shuffle=True, generator=g_b, **opts)
+    loader_val = DataLoader(val, batch_size=1, shuffle=False, num_workers=cfg.search.workers)
+    return loader_a, loader_b, loader_val, [g_a, g_b]
+
+
+def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
+                   progress: bool = True, max_epochs: int | None = None) -> ADLSearchResult:
+    """Run (or resume) an Auto-DeepLab search into `out_dir`; `max_epochs` caps the epochs run by this call."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = cfg.search
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    num_classes = len(dataset_classes(cfg.data))
+    if cfg.supernet.num_classes != num_classes:
+        cfg = ADLSearchConfig(dataclass_from_dict(ADLSupernetConfig, {**dataclass_to_dict(cfg.supernet), "num_classes": num_classes}),
+                              cfg.data, cfg.search)
+    config_dict = dataclass_to_dict(cfg)
+    ckpt_path = out / "checkpoint.pt"
+    torch.manual_seed(opts.seed)
+    device = torch.device(opts.device)
+    loader_a, loader_b, loader_val, generators = _loaders(cfg)
+    model = AutoDeepLabSupernet(cfg.supernet).to(device)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=opts.epochs, eta_min=opts.lr_min)
+    architect = Architect(model, segmentation_loss, w_opt,
+                          ArchitectConfig(order="first", lr=opts.arch_lr, betas=opts.arch_betas, weight_decay=opts.arch_weight_decay))
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("kind") != "adl_search":
+            raise CheckpointError(f"{ckpt_path} is a '{state.get('kind')}' checkpoint, not an Auto-DeepLab search")
+        if state["meta"].get("config") != config_dict:
+            raise ConfigError(f"{out} holds a search with a different config; use a new directory or --restart")
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["weight_optimizer"])
+        architect.optimizer.load_state_dict(state["arch_optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["meta"]["epoch"])
+    elif not resume:
+        for name in ("log.jsonl", "genotype.json", "summary.json", "checkpoint.pt"):
+            (out / name).unlink(missing_ok=True)
+    write_json_atomic(out / "config.json", config_dict)
+    steps = opts.steps_per_epoch or len(loader_a)
+    metrics: dict[str, float] = {"miou": float("nan"), "pixel_acc": float("nan")}
+    end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        model.train()
+        arch_on = epoch >= opts.arch_start_epoch
+        lr = scheduler.get_last_lr()[0]
+        for k, g in enumerate(generators):  # shuffles depend on (seed, epoch) only: resuming repeats them
+            g.manual_seed(opts.seed * 100_003 + 2 * epoch + k)
+        total, arch_total, n = 0.0, 0.0, 0
+        stream_a, stream_b = _cycle(loader_a), _cycle(loader_b)
+        bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}", disable=not progress, leave=False)
+        for _ in bar:
+            xa, ya = (t.to(device) for t in next(stream_a))
+            if arch_on:
+                xb, yb = (t.to(device) for t in next(stream_b))
+                architect.step((xa, ya), (xb, yb), eta=lr)
+                with torch.no_grad():
+                    arch_total += float(segmentation_loss(model, (xb, yb)))
+            w_opt.zero_grad(set_to_none=True)
+            loss = segmentation_loss(model, (xa, ya))
+            loss.backward()
+            model.alphas.grad = None  # weights step only: alpha/beta move on half B alone
+            model.betas.grad = None
+            torch.nn.utils.clip_grad_norm_(list(model.weight_parameters()), opts.grad_clip)
+            w_opt.step()
+            total += float(loss.detach())
+            n += 1
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        scheduler.step()
+        metrics = evaluate_miou(model, loader_val, num_classes, device)
+        alphas = model.alphas.detach().cpu().numpy()
+        betas = model.betas.detach().cpu().numpy()
+        genotype = decode_genotype(alphas, betas, cfg.supernet.blocks, name=f"adl_search_epoch{epoch + 1}")
+        path, log_prob = viterbi_path(beta_probabilities(betas))
+        record = {"epoch": epoch + 1, "lr": lr, "arch_updates": arch_on, "train_loss": total / max(n, 1),
+                  "arch_loss": arch_total / n if arch_on and n else None, "val_miou": metrics["miou"],
+                  "val_pixel_acc": metrics["pixel_acc"], "path": list(path), "path_log_prob": log_prob,
+                  "mixer": model.mixer_name, "seconds": round(time.time() - t0, 2)}
+        save_checkpoint(ckpt_path, model.state_dict(), kind="adl_search",
+                        meta={"config": config_dict, "epoch": epoch + 1, "genotype": genotype_to_dict(genotype)},
+                        weight_optimizer=w_opt.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=torch.get_rng_state())
+        save_genotype(genotype, out / "genotype.json", meta={"epoch": epoch + 1, "val_miou": metrics["miou"]})
+        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val mIoU {metrics['miou']:.3f}  path {list(path)}")
+    betas = model.betas.detach().cpu().numpy()
+    final = decode_genotype(model.alphas.detach().cpu().numpy(), betas, cfg.supernet.blocks, name="adl_search")
+    path, log_prob = viterbi_path(beta_probabilities(betas))
+    epochs_done = max(start_epoch, end_epoch)
+    last = _last_record(out / "log.jsonl")
+    val_miou = last.get("val_miou", metrics["miou"]) if last else metrics["miou"]
+    genotype_path = save_genotype(final, out / "genotype.json", meta={"epochs": epochs_done, "val_miou": val_miou})
+    write_json_atomic(out / "summary.json", {"genotype": genotype_to_dict(final), "epochs": epochs_done,
+                                             "finished": epochs_done >= opts.epochs, "val_miou": val_miou,
+                                             "path_log_prob": log_prob})
+    return ADLSearchResult(out, genotype_path, epochs_done, float(val_miou) if val_miou is not None else math.nan,
+                           tuple(path), log_prob)
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else None

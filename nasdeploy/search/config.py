@@ -1,0 +1,111 @@
+"""DARTS CNN search configuration: YAML sections data / model / search, validated at load time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence
+
+from nasdeploy.data.factory import DataConfig
+from nasdeploy.errors import ConfigError
+from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Supernet sizes (DARTS CIFAR: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3)."""
+
+    channels: int = 16
+    layers: int = 8
+    steps: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    alpha_init: str = "normal"  # normal: alpha_init_scale * N(0, 1) (reference) | zeros (paper)
+    alpha_init_scale: float = 1e-3
+    mixed_op: Optional[str] = None  # reference | fused | auto; None: $NASDEPLOY_MIXED_OP, else auto
+
+    def __post_init__(self) -> None:
+        if self.alpha_init not in ("normal", "zeros"):
+            raise ConfigError(f"model.alpha_init must be 'normal' or 'zeros', got {self.alpha_init!r}")
+        if self.alpha_init_scale <= 0:
+            raise ConfigError(f"model.alpha_init_scale must be positive, got {self.alpha_init_scale}")
+        if self.multiplier > self.steps:
+            raise ConfigError(f"model.multiplier ({self.multiplier}) cannot exceed model.steps ({self.steps})")
+        if self.channels < 2 or self.channels % 2:
+            raise ConfigError(f"model.channels must be an even number >= 2, got {self.channels}")
+        for key in ("layers", "steps", "multiplier", "stem_multiplier"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The search schedule and optimisers (DARTS CIFAR-10 defaults)."""
+
+    epochs: int = 50
+    batch_size: int = 64  # global batch (split over DDP ranks), per half
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    train_portion: float = 0.5  # first part trains w, the rest trains alpha
+    order: str = "first"  # first | second (unrolled)
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    eval_images: Optional[int] = None  # evaluate on the first N images of the alpha half (None: all)
+    seed: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resume on CPU)
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy machine
+
+    def __post_init__(self) -> None:
+        if self.order not in ("first", "second"):
+            raise ConfigError(f"search.order must be 'first' or 'second', got {self.order!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("search.epochs and search.batch_size must be >= 1")
+        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+            raise ConfigError(f"search.lr must be positive and lr_min in [0, lr], got lr={self.lr}, lr_min={self.lr_min}")
+        if self.arch_lr <= 0:
+            raise ConfigError(f"search.arch_lr must be positive, got {self.arch_lr}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"search.grad_clip must be positive, got {self.grad_clip}")
+        if not 0.0 < self.train_portion < 1.0:
+            raise ConfigError(f"search.train_portion must be strictly between 0 and 1, got {self.train_portion}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"search.threads must be >= 1, got {self.threads}")
+        if self.eval_images is not None and self.eval_images < 1:
+            raise ConfigError(f"search.eval_images must be positive, got {self.eval_images}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A whole search run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SupernetConfig = field(default_factory=SupernetConfig)
+    search: SearchOptions = field(default_factory=SearchOptions)
+
+
+# Keys that may change when a run is resumed (they do not change the result).
+RESUMABLE_CHANGES = ("data.data_dir", "data.num_workers", "search.device", "search.threads")
+
+
+def search_config_from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> SearchConfig:
+    """Validate a config mapping (plus 'section.key=value' overrides) into a SearchConfig."""
+    return from_dict(SearchConfig, apply_overrides(data, overrides))
+
+
+def load_search_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> SearchConfig:
+    """Load a search config file (None: the defaults) and apply dotted overrides."""
+    data = load_yaml(path) if path is not None else {}
+    return search_config_from_dict(data, overrides)
+
+
+def with_overrides(config: SearchConfig, **sections: dict[str, Any]) -> SearchConfig:
+    """A copy with some fields replaced per section, e.g. with_overrides(cfg, search={"epochs": 2})."""
+    out = config
+    for name, values in sections.items():
+        out = replace(out, **{name: replace(getattr(out, name), **values)})
+    return out

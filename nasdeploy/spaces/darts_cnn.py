@@ -1,0 +1,171 @@
+"""The DARTS CNN search space: search cells of MixedEdges and the supernet with alphas as parameters.
+
+Every intermediate node calls the NodeMixer once with all of its incoming edges, so a fused
+implementation (get_node_mixer("fused")) can replace the whole node. Module names follow the
+reference search model (stem, cells.N.preprocess0, cells.N._ops.M._ops.K, classifier).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
+from nasdeploy.ops import FactorizedReduce, ReLUConvBN
+from nasdeploy.search.derive import derive_genotype
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, get_node_mixer
+
+AlphaInit = Literal["normal", "zeros"]
+
+
+def num_edges(steps: int) -> int:
+    """Edges of a cell with `steps` intermediate nodes: node i has 2 + i incoming edges."""
+    return sum(2 + i for i in range(steps))
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: every intermediate node mixes every earlier state over all primitives."""
+
+    def __init__(
+        self,
+        steps: int,
+        multiplier: int,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: Sequence[str],
+        mixer: NodeMixer,
+    ):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        self.mixer = mixer
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        self._ops = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self._ops.append(MixedEdge(primitives, channels, stride))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Cell output for softmaxed edge weights `weights` [num_edges, num_primitives]."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            n = len(states)
+            node = self.mixer(states, self._ops[offset:offset + n], weights[offset:offset + n])
+            offset += n
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class DartsSupernet(nn.Module):
+    """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3)."""
+
+    def __init__(
+        self,
+        channels: int = 16,
+        num_classes: int = 10,
+        layers: int = 8,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        primitives: Sequence[str] = CNN_PRIMITIVES,
+        mixed_op: str | None = None,
+        alpha_init: AlphaInit = "normal",
+        alpha_init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        _check_sizes(channels, num_classes, layers, steps, multiplier, stem_multiplier, primitives)
+        if alpha_init not in ("normal", "zeros"):
+            raise ConfigError(f"alpha_init must be 'normal' or 'zeros', got {alpha_init!r}")
+        self.channels = channels
+        self.num_classes = num_classes
+        self.layers = layers
+        self.steps = steps
+        self.multiplier = multiplier
+        self.primitives = tuple(primitives)
+        self.mixed_op, mixer = get_node_mixer(mixed_op)
+
+        c_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_prev_prev, c_prev, c_curr = c_curr, c_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c_curr *= 2
+            cell = SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev,
+                              self.primitives, mixer)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_prev, num_classes)
+
+        shape = (num_edges(steps), len(self.primitives))
+        init = torch.zeros(shape) if alpha_init == "zeros" else alpha_init_scale * torch.randn(shape)
+        self.alphas_normal = nn.Parameter(init)
+        init = torch.zeros(shape) if alpha_init == "zeros" else alpha_init_scale * torch.randn(shape)
+        self.alphas_reduce = nn.Parameter(init)
+
+    # -- parameter groups -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture weights [alphas_normal, alphas_reduce]."""
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not an architecture weight."""
+        return [p for _, p in self.named_weight_parameters()]
+
+    def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the network weights (alphas excluded)."""
+        for name, p in self.named_parameters():
+            if not name.startswith("alphas_"):
+                yield name, p
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the supernet with the current alphas."""
+        weights_normal = F.softmax(self.alphas_normal, dim=-1)
+        weights_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, weights_reduce if cell.reduction else weights_normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # -- derivation -------------------------------------------------------------------------------
+    def softmaxed_alphas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over primitives of each edge (normal, reduce), detached."""
+        return (F.softmax(self.alphas_normal.detach(), dim=-1), F.softmax(self.alphas_reduce.detach(), dim=-1))
+
+    def genotype(self) -> CNNGenotype:
+        """The genotype the DARTS rule derives from the current alphas."""
+        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.primitives, self.steps, self.multiplier)
+
+
+def _check_sizes(channels: int, num_classes: int, layers: int, steps: int, multiplier: int,
+                 stem_multiplier: int, primitives: Sequence[str]) -> None:
+    for key, value in (("channels", channels), ("num_classes", num_classes), ("layers", layers),
+                       ("steps", steps), ("multiplier", multiplier), ("stem_multiplier", stem_multiplier)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"supernet {key} must be a positive integer, got {value!r}")
+    if channels % 2:
+        raise ConfigError(f"supernet channels must be even (FactorizedReduce halves them), got {channels}")
+    if multiplier > steps:
+        raise ConfigError(f"supernet multiplier ({multiplier}) cannot exceed steps ({steps})")
+    unknown = [p for p in primitives if p not in CNN_PRIMITIVES]
+    if unknown or not primitives:
+        raise ConfigError(f"unknown or empty primitives {unknown!r}; valid: {', '.join(CNN_PRIMITIVES)}")

@@ -1,0 +1,203 @@
+"""Training a static Auto-DeepLab segmentation network from scratch: poly lr, random crops, mIoU per epoch.
+
+Run directory: config.json, log.jsonl, checkpoint.pt (resumable), model.pt (final weights with the
+genotype and net kwargs in meta, so export/profile rebuild the model), summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
+from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_genotype
+from nasdeploy.nets import build_network
+from nasdeploy.train.seg_metrics import evaluate_miou, majority_class_miou
+from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from nasdeploy.utils.config_dict import dataclass_from_dict, dataclass_to_dict
+from nasdeploy.utils.files import write_json_atomic
+
+
+@dataclass(frozen=True)
+class SegNetOptions:
+    """Which network: a genotype (registry name or JSON path) and the segmentation net's sizes."""
+
+    genotype: str = "AutoDeepLab"
+    filter_multiplier: int = 20
+    aspp_channels: int = 256
+    decoder_channels: int = 256
+    low_level_channels: int = 48
+    separable_heads: bool = False
+    dropout: float = 0.1
+
+    def net_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of build_network(..., 'segmentation', **kwargs) besides num_classes."""
+        return {"filter_multiplier": self.filter_multiplier, "aspp_channels": self.aspp_channels,
+                "decoder_channels": self.decoder_channels, "low_level_channels": self.low_level_channels,
+                "separable_heads": self.separable_heads, "dropout": self.dropout}
+
+
+@dataclass(frozen=True)
+class SegTrainOptions:
+    """Optimisation: SGD with momentum and DeepLab's poly schedule lr * (1 - it / max_it) ** power."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 0.05
+    poly_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # 0: off
+    steps_per_epoch: int = 0  # 0: one pass over the training set
+    seed: int = 0
+    threads: int = 0
+    workers: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("train: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
+        if self.lr <= 0:
+            raise ConfigError("train: lr must be positive")
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    """Everything a segmentation training run needs."""
+
+    net: SegNetOptions = field(default_factory=SegNetOptions)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    train: SegTrainOptions = field(default_factory=SegTrainOptions)
+
+
+def seg_train_config_from_dict(data: dict[str, Any]) -> SegTrainConfig:
+    """Validate a nested dict (e.g. parsed YAML) into a SegTrainConfig."""
+    return dataclass_from_dict(SegTrainConfig, data, "adl train config")
+
+
+@dataclass
+class SegTrainResult:
+    """What a finished training run produced."""
+
+    out_dir: Path
+    model_path: Path
+    val_miou: float
+    majority_miou: float
+    params: int
+
+
+def load_segmentation_model(path: str | os.PathLike[str]) -> torch.nn.Module:
+    """Rebuild a trained segmentation network from its model.pt (weights, genotype and net kwargs)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta", {})
+    if "genotype" not in meta or "net_kwargs" not in meta:
+        raise CheckpointError(f"{path} has no genotype/net_kwargs in its meta; it was not written by `nasdeploy adl train`")
+    model = build_network(genotype_from_dict(meta["genotype"]), "segmentation", num_classes=meta["num_classes"],
+                          **meta["net_kwargs"])
+    load_weights_into(model, ckpt, source=str(path))
+    return model.eval()
+
+
+def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
+                              progress: bool = True, max_epochs: int | None = None) -> SegTrainResult:
+    """Train (or resume training) a static segmentation network into `out_dir`; `max_epochs` caps this call."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = cfg.train
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    classes = dataset_classes(cfg.data)
+    genotype = resolve_genotype(cfg.net.genotype, expected_kind="autodeeplab")
+    config_dict = dataclass_to_dict(cfg)
+    torch.manual_seed(opts.seed)
+    device = torch.device(opts.device)
+    train_set = build_segmentation_dataset(cfg.data, "train", train=True)
+    val_set = build_segmentation_dataset(cfg.data, "val", train=False)
+    if len(train_set) < opts.batch_size:
+        raise ConfigError(f"train: {len(train_set)} training images cannot fill a batch of {opts.batch_size}")
+    gen = torch.Generator()
+    loader = DataLoader(train_set, batch_size=opts.batch_size, shuffle=True, drop_last=True, generator=gen,
+                        num_workers=opts.workers)
+    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=opts.workers)
+    model = build_network(genotype, "segmentation", num_classes=len(classes), **cfg.net.net_kwargs()).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    steps = opts.steps_per_epoch or len(loader)
+    total_steps = steps * opts.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: max(0.0, 1.0 - it / total_steps) ** opts.poly_power)
+    ckpt_path = out / "checkpoint.pt"
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("kind") != "adl_train":
+            raise CheckpointError(f"{ckpt_path} is a '{state.get('kind')}' checkpoint, not a segmentation training run")
+        if state["meta"].get("config") != config_dict:
+            raise ConfigError(f"{out} holds a training run with a different config; use a new directory or --restart")
+        load_weights_into(model, state, source=str(ckpt_path))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["meta"]["epoch"])
+    elif not resume:
+        for name in ("log.jsonl", "summary.json", "checkpoint.pt", "model.pt"):
+            (out / name).unlink(missing_ok=True)
+    write_json_atomic(out / "config.json", config_dict)
+    metrics = {"miou": float("nan"), "pixel_acc": float("nan")}
+    end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        gen.manual_seed(opts.seed * 100_003 + epoch)  # shuffles depend on (seed, epoch): resuming repeats them
+        model.train()
+        total, n = 0.0, 0
+        stream = iter(loader)
+        bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}", disable=not progress, leave=False)
+        for _ in bar:
+            try:
+                x, y = next(stream)
+            except StopIteration:
+                stream = iter(loader)
+                x, y = next(stream)
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opts.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+            n += 1
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        metrics = evaluate_miou(model, val_loader, len(classes), device)
+        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": total / max(n, 1),
+                  "val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - t0, 2)}
+        save_checkpoint(ckpt_path, model.state_dict(), kind="adl_train", meta={"config": config_dict, "epoch": epoch + 1},
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=torch.get_rng_state())
+        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val mIoU {metrics['miou']:.3f}")
+    if start_epoch >= opts.epochs:  # already finished: report the stored evaluation
+        metrics = evaluate_miou(model, val_loader, len(classes), device)
+    params = sum(p.numel() for p in model.parameters())
+    meta = {"genotype": genotype_to_dict(genotype), "net": "segmentation", "net_kwargs": cfg.net.net_kwargs(),
+            "num_classes": len(classes), "classes": list(classes), "mean": list(model.default_cfg.mean),
+            "std": list(model.default_cfg.std), "val_miou": metrics["miou"], "epochs": max(start_epoch, end_epoch)}
+    model_path = save_checkpoint(out / "model.pt", model.state_dict(), kind="train", meta=meta)
+    baseline = majority_class_miou(val_set, len(classes))
+    write_json_atomic(out / "summary.json", {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"],
+                                             "majority_class_miou": baseline, "params": params,
+                                             "genotype": genotype_to_dict(genotype), "epochs": max(start_epoch, end_epoch),
+                                             "finished": max(start_epoch, end_epoch) >= opts.epochs})
+    return SegTrainResult(out, model_path, metrics["miou"], baseline, params)

@@ -1,0 +1,111 @@
+"""DDP plumbing: init from torchrun's environment (gloo on CPU, NCCL on GPU), rank-0 writing, sharding."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from nasdeploy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: rank, world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cpu' / 'cuda' / 'cuda:N' as given (checked)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available on this machine")
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = resolve_device(device)
+    if world <= 1:
+        return DistContext(0, 1, 0, dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+    dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, initialized_here=True)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group if this context created it."""
+    if ctx.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
+    """Sum float metrics over ranks (float64 on the context's device)."""
+    if not ctx.distributed:
+        return [float(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank."""
+    if ctx.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def train_sampler(dataset: Dataset, ctx: DistContext, seed: int) -> DistributedSampler:
+    """A shuffling sampler sharded over ranks; call set_epoch(e) each epoch for a new deterministic order."""
+    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                              drop_last=True)
+
+
+class ShardSampler(Sampler[int]):
+    """Every rank-th index in order, without padding: exact evaluation over ranks."""
+
+    def __init__(self, length: int, ctx: DistContext):
+        self.indices = range(ctx.rank, length, ctx.world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,51 @@
+"""`nasdeploy profile`: the acceptance numbers through the CLI, JSON report, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nasdeploy.cli.main import main
+
+
+@pytest.mark.parametrize(
+    "net, params, macs",
+    [("imagenet", 4_718_752, 529.9e6), ("cifar", 3_349_342, 528.4e6)],
+)
+def test_profile_darts_v2_json(tmp_path, capsys, net, params, macs):
+    out = tmp_path / f"{net}.json"
+    md = tmp_path / f"{net}.md"
+    main(["profile", "DARTS_V2", "--net", net, "--json", str(out), "--markdown", str(md)])
+    text = capsys.readouterr().out
+    assert md.read_text().strip() in text
+    report = json.loads(out.read_text())
+    (target,) = report["targets"]
+    assert target["params"] == params and isinstance(target["macs"], int)
+    assert abs(target["macs"] - macs) / macs < 1e-3
+    assert "latency" in target and target["latency"]["results"] == {}
+    assert "BN folded" in target["macs_convention"] and "BN folded" in text
+    assert target["mobile_setting"]["applies"] is (net == "imagenet")
+    if net == "imagenet":
+        assert target["mobile_setting"]["passed"] is True and "pass (70.1M under)" in text
+    assert f"{params:,}" in text and "### Per stage" in text and "### Per op type" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["profile", "NOT_A_GENOTYPE"], "unknown genotype name 'NOT_A_GENOTYPE'"),
+        (["profile", "DARTS_V2", "--latency", "tpu"], "unknown latency backend 'tpu'"),
+        (["profile", "missing.onnx"], "ONNX file not found"),
+        (["profile", "DARTS_V2_RNN"], "wrong genotype kind"),
+        (["profile", "DARTS_V2", "--input-size", "8"], "needs H and W >= 32"),
+        (["profile", "DARTS_V2", "--channels", "7"], "channels must be even"),
+        (["profile", "DARTS_V2", "--batch", "0", "--latency", "torch-cpu"], "batch must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line_error(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err

@@ -1,0 +1,56 @@
+"""The demo dataset is learnable by a small CNN well above chance, but not by a linear model on pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nasdeploy.data.demo import DEMO_CLASSES, DEMO_MEAN, DEMO_STD, generate_demo
+
+
+def _tensors(n: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = generate_demo(n, seed=0, split=split)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+    mean, std = torch.tensor(DEMO_MEAN).view(1, 3, 1, 1), torch.tensor(DEMO_STD).view(1, 3, 1, 1)
+    return (t - mean) / std, torch.from_numpy(y)
+
+
+def _fit(model: nn.Module, lr: float) -> float:
+    torch.manual_seed(0)
+    x, y = _tensors(3000, "train")
+    xt, yt = _tensors(500, "test")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(6):
+        model.train()
+        for idx in torch.randperm(len(x)).split(50):
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(xt).argmax(1) == yt).float().mean().item()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_small_cnn_learns_the_demo_well_above_chance_and_a_linear_model_does_not():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, len(DEMO_CLASSES)))
+    cnn_acc = _fit(cnn, 3e-3)
+    linear_acc = _fit(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, len(DEMO_CLASSES))), 1e-3)
+    # Chance is 10%. Measured: CNN 0.55, linear 0.17 (6 epochs of 3000 images, ~6 s of CPU).
+    assert cnn_acc > 0.35, cnn_acc
+    assert linear_acc < 0.25, linear_acc
+    assert cnn_acc > linear_acc + 0.15
