@@ -5,7 +5,9 @@ nasdeploy.spaces.fused_mixer maps a search cell's mixed edges onto them.
 """
 
 from nasdeploy.kernels.build import BuildInfo, build_extension, load_extension, source_dir
-from nasdeploy.kernels.mixed_node import Term, TermKind, load_mixed_node, mixed_node
+from nasdeploy.kernels.mixed_node import load_mixed_node, mixed_node
+from nasdeploy.kernels.reference import reference_mixed_node
+from nasdeploy.kernels.terms import Term, TermKind
 
 __all__ = [
     "BuildInfo",
@@ -15,5 +17,6 @@ __all__ = [
     "load_extension",
     "load_mixed_node",
     "mixed_node",
+    "reference_mixed_node",
     "source_dir",
 ]

@@ -10,39 +10,16 @@ and pool outputs instead of storing them.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Sequence
 
 import torch
 
 from nasdeploy.kernels.build import BuildInfo, load_extension
+from nasdeploy.kernels.reference import reference_mixed_node
+from nasdeploy.kernels.terms import STAT_KINDS, Term, TermKind
 
 FWD = "nasdeploy::mixed_node_fwd"
 BWD = "nasdeploy::mixed_node_bwd"
-
-
-class TermKind(IntEnum):
-    """How a term's value is obtained (the order matches TermKind in csrc/mixed_node.h)."""
-
-    RAW = 0  # y = z (computed outside)
-    BATCH_NORM = 1  # y = BN(z), batch statistics, no affine
-    MAX_POOL_BN = 2  # y = BN(maxpool3x3(x_edge))
-    AVG_POOL_BN = 3  # y = BN(avgpool3x3(x_edge)), count_include_pad=False
-    IDENTITY = 4  # y = x_edge (stride 1)
-
-
-Z_KINDS = (TermKind.RAW, TermKind.BATCH_NORM)
-STAT_KINDS = (TermKind.BATCH_NORM, TermKind.MAX_POOL_BN, TermKind.AVG_POOL_BN)
-
-
-@dataclass(frozen=True)
-class Term:
-    """One weighted summand: its kind, the edge it reads and its flat index into the weights."""
-
-    kind: TermKind
-    edge: int
-    wcol: int
 
 
 def _memory_format(ref: torch.Tensor) -> torch.memory_format:
@@ -77,22 +54,40 @@ def _fake_bwd(grad, xs, strides, zs, weights, kinds, edges, wcols, mean, invstd)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    xs, strides, zs, weights, kinds, edges, wcols, _eps = inputs
+    xs, strides, zs, weights, kinds, edges, wcols, eps = inputs
     _out, mean, invstd = output
     ctx.save_for_backward(*xs, *zs, weights, mean, invstd)
-    ctx.layout = (len(xs), len(zs), list(strides), list(kinds), list(edges), list(wcols))
+    ctx.layout = (len(xs), len(zs), list(strides), list(kinds), list(edges), list(wcols), eps)
     ctx.mark_non_differentiable(mean, invstd)
 
 
+def _differentiable_grads(grad_out, xs, strides, zs, weights, terms, eps):
+    # create_graph=True (e.g. exact Hessian-vector products): the fused backward has no derivative
+    # of its own, so differentiate the eager definition instead; first-order training never gets here.
+    # Fresh views: a tensor passed twice (say as an edge input and as a raw z) must get its partial
+    # gradient per argument, as the fused backward gives, not the total in both places.
+    inputs = [t.view_as(t) for t in (*xs, *zs, weights)]
+    xs_v, zs_v, w_v = inputs[:len(xs)], inputs[len(xs):len(xs) + len(zs)], inputs[-1]
+    wanted = [t for t in inputs if t.requires_grad]
+    out, _, _ = reference_mixed_node(xs_v, strides, zs_v, w_v, terms, eps)
+    found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    grads = [next(found) if t.requires_grad else None for t in inputs]
+    return grads[:len(xs)], grads[len(xs):len(xs) + len(zs)], grads[-1]
+
+
 def _backward(ctx, grad_out, _grad_mean, _grad_invstd):
-    n_x, n_z, strides, kinds, edges, wcols = ctx.layout
+    n_x, n_z, strides, kinds, edges, wcols, eps = ctx.layout
     saved = ctx.saved_tensors
     xs, zs = list(saved[:n_x]), list(saved[n_x:n_x + n_z])
     weights, mean, invstd = saved[n_x + n_z:]
     if grad_out is None:
         return None, None, None, None, None, None, None, None
-    grad_xs, grad_zs, grad_w = torch.ops.nasdeploy.mixed_node_bwd(
-        grad_out, xs, strides, zs, weights, kinds, edges, wcols, mean, invstd)
+    if torch.is_grad_enabled():
+        terms = [Term(TermKind(k), e, w) for k, e, w in zip(kinds, edges, wcols)]
+        grad_xs, grad_zs, grad_w = _differentiable_grads(grad_out, xs, strides, zs, weights, terms, eps)
+    else:
+        grad_xs, grad_zs, grad_w = torch.ops.nasdeploy.mixed_node_bwd(
+            grad_out, xs, strides, zs, weights, kinds, edges, wcols, mean, invstd)
     return list(grad_xs), None, list(grad_zs), grad_w, None, None, None, None
 
 
