@@ -136,7 +136,7 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
             name=name,
             sources=[str(p) for p in source_files(cuda)],
             extra_cflags=cflags,
-            extra_cuda_cflags=["-O3", "-std=c++17"],
+            extra_cuda_cflags=["-O3"],
             extra_ldflags=["-fopenmp"],
             extra_include_paths=[str(source_dir())],
             build_directory=str(build_dir),
