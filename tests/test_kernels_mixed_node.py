@@ -102,6 +102,18 @@ def test_forward_and_backward_match_the_definition(ext, layout, dtype, tol):
         assert fused[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)])
+def test_cuda_code_paths_emulated_on_the_cpu_match_the_definition(ext, monkeypatch, layout, dtype, tol):
+    """The CUDA threads' per-element bodies, dp/argmax buffers and gathers, run serially on the CPU."""
+    monkeypatch.setenv("NASDEPLOY_EMULATE_CUDA", "1")
+    fused, ref = run_both(*make_node(dtype, layout=layout))
+    torch.testing.assert_close(fused[0], ref[0], **tol)
+    torch.testing.assert_close(fused[2], ref[2], **tol)
+    for a, b in zip(fused[3], ref[3]):
+        torch.testing.assert_close(a, b, **tol)
+
+
 @pytest.mark.parametrize("shape", [dict(n=1, c=3, h=1, w=1), dict(n=1, c=1, h=4, w=3), dict(n=2, c=5, h=2, w=9)])
 def test_batch_one_tiny_and_odd_shapes(ext, shape):
     fused, ref = run_both(*make_node(torch.float64, **shape))

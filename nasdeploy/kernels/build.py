@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 SOURCE_PACKAGE = "nasdeploy.kernels.csrc"
-CPU_SOURCES = ("mixed_node_ops.cpp", "mixed_node_cpu.cpp")
+CPU_SOURCES = ("mixed_node_ops.cpp", "mixed_node_cpu.cpp", "mixed_node_emulate.cpp")
 CUDA_SOURCES = ("mixed_node_cuda.cu",)
 HEADERS = ("mixed_node.h", "mixed_node_launch.h")
 OP_NAMESPACE = "nasdeploy"

@@ -270,12 +270,37 @@ ND_HD T term_value(const NodeArgs<T>& a, int t, int64_t n, int64_t c, int64_t h,
   return normalize(a, t, c, term_pre(a, t, n, c, h, w));
 }
 
-// The node output at one element: terms added in a fixed order (deterministic).
+// The node output at one element: terms added in a fixed order (the CUDA reduction kernel runs this
+// for four elements at once, interleaved; the CPU launcher adds term by term over a run, same order).
 template <typename T>
 ND_HD T node_value(const NodeArgs<T>& a, int64_t n, int64_t c, int64_t h, int64_t w) {
   T acc = 0;
   for (int t = 0; t < a.n_terms; ++t) acc += a.weights[a.wcol[t]] * term_value(a, t, n, c, h, w);
   return acc;
+}
+
+// Element `idx` in memory order -> (n, c, h, w), for NCHW or channels-last storage.
+template <typename I>
+ND_HD void unravel_as(const Geom& g, I idx, int64_t* n, int64_t* c, int64_t* h, int64_t* w) {
+  const I C = static_cast<I>(g.C), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  if (g.sW == 1) {
+    *w = idx % W; idx /= W;
+    *h = idx % H; idx /= H;
+    *c = idx % C; *n = idx / C;
+  } else {
+    *c = idx % C; idx /= C;
+    *w = idx % W; idx /= W;
+    *h = idx % H; *n = idx / H;
+  }
+}
+
+// 32-bit division when the tensor allows it (64-bit division costs several times more on a GPU).
+ND_HD void unravel(const Geom& g, int64_t idx, int64_t* n, int64_t* c, int64_t* h, int64_t* w) {
+  if (g.numel() < (int64_t{1} << 31)) {
+    unravel_as<uint32_t>(g, static_cast<uint32_t>(idx), n, c, h, w);
+  } else {
+    unravel_as<int64_t>(g, idx, n, c, h, w);
+  }
 }
 
 // Batch mean and 1/sqrt(var + eps) from the sum and sum of squares of `count` values.
@@ -306,6 +331,60 @@ ND_HD T term_pre_grad(const NodeArgs<T>& a, int t, int64_t c, T g, T y, T g_mean
   const int s = a.stat[t];
   const T invstd = s >= 0 ? a.invstd[s * a.out.C + c] : static_cast<T>(1);
   return pre_grad(s >= 0, a.weights[a.wcol[t]], invstd, g, y, g_mean, gy_mean);
+}
+
+// ---- backward, one element (the CUDA threads' bodies; the CPU emulation runs them serially) ------
+
+// At output element (n, c, h, w): dL/dz of every z term, and for pool terms the pool output's
+// gradient (average pool: divided by the window count) and the max-pool argmax code, which the
+// gather reads. g.dp / g.arg are laid out like the output.
+template <typename T>
+ND_HD void backward_output_element(const NodeArgs<T>& a, const GradArgs<T>& g, int64_t n, int64_t c, int64_t h,
+                                   int64_t w) {
+  const int64_t i = a.out.at(n, c, h, w);
+  const T gv = g.grad[i], gm = g.g_mean[c];
+  for (int t = 0; t < a.n_terms; ++t) {
+    const int kind = a.kind[t];
+    if (kind == kIdentity) continue;
+    const T pre = term_pre(a, t, n, c, h, w);
+    const T d = term_pre_grad(a, t, c, gv, normalize(a, t, c, pre), gm, g.gy_mean[t * a.out.C + c]);
+    const int e = a.edge[t];
+    if (kind_is_z(kind)) {
+      g.dz[t][i] = d;
+    } else if (kind == kMaxPoolBN) {
+      g.dp[t][i] = d;
+      g.arg[t][i] = static_cast<uint8_t>(pool_code(a.x[e], a.in[e], n, c, h, w, a.stride[e], pre));
+    } else {
+      g.dp[t][i] = d / static_cast<T>(pool_count(window_at(h, w, a.stride[e], a.in[e].H, a.in[e].W)));
+    }
+  }
+}
+
+// dL/dx_e at input element (n, c, i, j): the in-kernel terms of edge e, added in term order.
+template <typename T>
+ND_HD T backward_input_element(const NodeArgs<T>& a, const GradArgs<T>& g, int e, int64_t n, int64_t c, int64_t i,
+                               int64_t j) {
+  const Geom& gi = a.in[e];
+  const int s = a.stride[e];
+  T acc = 0;
+  for (int t = 0; t < a.n_terms; ++t) {
+    const int kind = a.kind[t];
+    if (a.edge[t] != e || kind_is_z(kind)) continue;  // z terms' gradients go to their z
+    if (kind == kIdentity) {
+      const T x = a.x[e][gi.at(n, c, i, j)];
+      acc += term_pre_grad(a, t, c, g.grad[a.out.at(n, c, i, j)], x, g.g_mean[c], g.gy_mean[t * a.out.C + c]);
+    } else if (s == 1) {  // the covering outputs are the window around (i, j)
+      const Window v = window_at(i, j, 1, a.out.H, a.out.W);
+      const int64_t o = a.out.at(n, c, i, j);
+      acc += kind == kMaxPoolBN ? max_pool3_grad_s1(g.dp[t] + o, g.arg[t] + o, a.out.sH, a.out.sW, v)
+                                : avg_pool3_grad_s1(g.dp[t] + o, a.out.sH, a.out.sW, v);
+    } else if (kind == kMaxPoolBN) {
+      acc += max_pool3_grad(g.dp[t], g.arg[t], a.out, n, c, i, j, s);
+    } else {
+      acc += avg_pool3_grad(g.dp[t], a.out, n, c, i, j, s);
+    }
+  }
+  return acc;
 }
 
 }  // namespace nasdeploy

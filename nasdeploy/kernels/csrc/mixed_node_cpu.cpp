@@ -187,7 +187,7 @@ void forward_reduce_impl(const NodeArgs<T>& a, T* out) {
       const Task<CL> tk = make_task<CL>(o, k);
       T* dst = out + tk.offset;
       std::fill(dst, dst + tk.size(), static_cast<T>(0));
-      // Term by term: the same additions, in the same order, as node_value() on the GPU.
+      // Term by term: per element acc = 0; acc += w_t * y_t in term order, as the CUDA kernel adds.
       for (int t = 0; t < a.n_terms; ++t) {
         const T wt = a.weights[a.wcol[t]];
         const T* pre = term_run(a, t, tk, buf.data(), static_cast<T*>(nullptr));

@@ -22,19 +22,6 @@ void check_launch(const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// Element `idx` in memory order -> (n, c, h, w), for NCHW or channels-last storage.
-__device__ __forceinline__ void unravel(const Geom& g, int64_t idx, int64_t* n, int64_t* c, int64_t* h, int64_t* w) {
-  if (g.sW == 1) {
-    *w = idx % g.W; idx /= g.W;
-    *h = idx % g.H; idx /= g.H;
-    *c = idx % g.C; *n = idx / g.C;
-  } else {
-    *c = idx % g.C; idx /= g.C;
-    *w = idx % g.W; idx /= g.W;
-    *h = idx % g.H; *n = idx / g.H;
-  }
-}
-
 __device__ __forceinline__ void block_sum2(double* a, double* b) {
   __shared__ double sa[kThreads], sb[kThreads];
   const int tid = threadIdx.x;
@@ -88,14 +75,33 @@ __global__ void fwd_finish_kernel(NodeArgs<T> a, const double* partial, double e
   finish_moments(sum, sumsq, static_cast<double>(o.N * o.H * o.W), eps, &mean[i], &invstd[i]);
 }
 
-// The node-level weighted reduction: one thread per output element, every term in one launch.
+// The node-level weighted reduction, every term in one launch. Each thread owns kElems elements a
+// block apart (coalesced), so every term issues kElems independent loads. Per element:
+// acc = 0; acc += w_t * y_t for t in order, as the CPU launcher adds (deterministic).
+constexpr int kElems = 4;
+
 template <typename T>
 __global__ void fwd_reduce_kernel(NodeArgs<T> a, T* out) {
   const int64_t total = a.out.numel();
-  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
-    int64_t n, c, h, w;
-    unravel(a.out, idx, &n, &c, &h, &w);
-    out[a.out.at(n, c, h, w)] = node_value(a, n, c, h, w);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x * kElems;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * kElems + threadIdx.x; base < total;
+       base += step) {
+    int64_t n[kElems], c[kElems], h[kElems], w[kElems];
+    T acc[kElems];
+#pragma unroll
+    for (int j = 0; j < kElems; ++j) {
+      const int64_t idx = base + static_cast<int64_t>(j) * blockDim.x;
+      unravel(a.out, idx < total ? idx : total - 1, &n[j], &c[j], &h[j], &w[j]);
+      acc[j] = 0;
+    }
+    for (int t = 0; t < a.n_terms; ++t) {
+      const T wt = a.weights[a.wcol[t]];
+#pragma unroll
+      for (int j = 0; j < kElems; ++j) acc[j] += wt * term_value(a, t, n[j], c[j], h[j], w[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kElems; ++j)
+      if (base + static_cast<int64_t>(j) * blockDim.x < total) out[a.out.at(n[j], c[j], h[j], w[j])] = acc[j];
   }
 }
 
@@ -139,57 +145,20 @@ __global__ void bwd_elem_kernel(NodeArgs<T> a, GradArgs<T> g) {
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
     int64_t n, c, h, w;
     unravel(a.out, idx, &n, &c, &h, &w);
-    const int64_t i = a.out.at(n, c, h, w);
-    const T gv = g.grad[i], gm = g.g_mean[c];
-    for (int t = 0; t < a.n_terms; ++t) {
-      const int kind = a.kind[t];
-      if (kind == kIdentity) continue;
-      const T pre = term_pre(a, t, n, c, h, w);
-      const T y = normalize(a, t, c, pre);
-      const T d = term_pre_grad(a, t, c, gv, y, gm, g.gy_mean[t * a.out.C + c]);
-      if (kind_is_z(kind)) {
-        g.dz[t][i] = d;
-      } else if (kind == kMaxPoolBN) {
-        const int e = a.edge[t];
-        g.dp[t][i] = d;
-        g.arg[t][i] = static_cast<uint8_t>(pool_code(a.x[e], a.in[e], n, c, h, w, a.stride[e], pre));
-      } else {  // average pool: pre-divided by the window count for the gather
-        const Geom& gi = a.in[a.edge[t]];
-        g.dp[t][i] = d / static_cast<T>(pool_count(window_at(h, w, a.stride[a.edge[t]], gi.H, gi.W)));
-      }
-    }
+    backward_output_element(a, g, n, c, h, w);
   }
 }
 
-// grid (blocks, n_edges): dL/dx_e at each input element, terms of edge e added in order.
+// grid (blocks, n_edges): dL/dx_e at each input element.
 template <typename T>
 __global__ void bwd_gather_kernel(NodeArgs<T> a, GradArgs<T> g) {
   const int e = blockIdx.y;
   const Geom& gi = a.in[e];
-  const int s = a.stride[e];
   const int64_t total = gi.numel();
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total; idx += (int64_t)gridDim.x * blockDim.x) {
     int64_t n, c, i, j;
     unravel(gi, idx, &n, &c, &i, &j);
-    T acc = 0;
-    for (int t = 0; t < a.n_terms; ++t) {
-      if (a.edge[t] != e) continue;
-      const int kind = a.kind[t];
-      if (kind == kIdentity) {
-        const T x = a.x[e][gi.at(n, c, i, j)];
-        acc += term_pre_grad(a, t, c, g.grad[a.out.at(n, c, i, j)], x, g.g_mean[c], g.gy_mean[t * a.out.C + c]);
-      } else if (s == 1) {  // the covering outputs are the window around (i, j)
-        const Window v = window_at(i, j, 1, a.out.H, a.out.W);
-        const int64_t o = a.out.at(n, c, i, j);
-        acc += kind == kMaxPoolBN ? max_pool3_grad_s1(g.dp[t] + o, g.arg[t] + o, a.out.sH, a.out.sW, v)
-                                  : avg_pool3_grad_s1(g.dp[t] + o, a.out.sH, a.out.sW, v);
-      } else if (kind == kMaxPoolBN) {
-        acc += max_pool3_grad(g.dp[t], g.arg[t], a.out, n, c, i, j, s);
-      } else if (kind == kAvgPoolBN) {
-        acc += avg_pool3_grad(g.dp[t], a.out, n, c, i, j, s);
-      }
-    }
-    g.dx[e][gi.at(n, c, i, j)] = acc;
+    g.dx[e][gi.at(n, c, i, j)] = backward_input_element(a, g, e, n, c, i, j);
   }
 }
 
@@ -214,7 +183,10 @@ void forward_stats_cuda(const NodeArgs<T>& a, double eps, T* mean, T* invstd, Cu
 
 template <typename T>
 void forward_reduce_cuda(const NodeArgs<T>& a, T* out, void* stream) {
-  fwd_reduce_kernel<T><<<elementwise_blocks(a.out.numel()), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a, out);
+  const int64_t per_block = static_cast<int64_t>(kThreads) * kElems;
+  const int64_t blocks = (a.out.numel() + per_block - 1) / per_block;
+  fwd_reduce_kernel<T><<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), kThreads, 0,
+                         static_cast<cudaStream_t>(stream)>>>(a, out);
   check_launch("mixed-node reduction");
 }
 

@@ -16,6 +16,13 @@ void forward_reduce_cpu(const NodeArgs<T>& a, T* out);
 template <typename T>
 void backward_cpu(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w);
 
+// The CUDA launchers' per-element bodies and buffers, run serially on the CPU
+// (mixed_node_emulate.cpp; selected with NASDEPLOY_EMULATE_CUDA=1, for tests without a GPU).
+template <typename T>
+void forward_emulated(const NodeArgs<T>& a, double eps, T* mean, T* invstd, T* out);
+template <typename T>
+void backward_emulated(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w);
+
 struct CudaScratch {
   double* partial;  // forward: 2 * n_stats * N * C; backward: (n_terms + 1) * N * C doubles
   void* means;      // backward: (n_terms + 1) * C values of T

@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -137,6 +139,12 @@ NodeArgs<T> make_args(const Plan& p, at::IntArrayRef strides, at::IntArrayRef ki
   return a;
 }
 
+// Tests set NASDEPLOY_EMULATE_CUDA=1 to run the CUDA code paths serially on the CPU.
+bool emulate_cuda() {
+  const char* v = std::getenv("NASDEPLOY_EMULATE_CUDA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
 #ifdef NASDEPLOY_WITH_CUDA
 void* current_stream(const Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 #endif
@@ -162,6 +170,9 @@ std::tuple<Tensor, Tensor, Tensor> mixed_node_fwd(at::TensorList xs, at::IntArra
 #else
       TORCH_CHECK(false, "mixed_node: this build of the extension has no CUDA kernels");
 #endif
+    } else if (emulate_cuda()) {
+      forward_emulated<scalar_t>(a, eps, mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
+                                 out.data_ptr<scalar_t>());
     } else {
       forward_stats_cpu<scalar_t>(a, eps, mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>());
       forward_reduce_cpu<scalar_t>(a, out.data_ptr<scalar_t>());
@@ -213,6 +224,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, Tensor> mixed_node_bwd(
 #else
       TORCH_CHECK(false, "mixed_node: this build of the extension has no CUDA kernels");
 #endif
+    } else if (emulate_cuda()) {
+      backward_emulated<scalar_t>(a, ga, grad_w.data_ptr<scalar_t>());
     } else {
       backward_cpu<scalar_t>(a, ga, grad_w.data_ptr<scalar_t>());
     }
