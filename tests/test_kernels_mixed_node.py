@@ -224,6 +224,27 @@ def test_fused_mixer_matches_the_eager_mixed_op(ext, single_thread, strides, cha
         torch.testing.assert_close(b.double(), a.double(), rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_fused_mixer_on_auto_deeplab_edges(ext, single_thread):
+    """Another op family (dense atrous convs): folded where the op has the ReLU..BN shape, else raw."""
+    from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES
+    from nasdeploy.ops.autodeeplab import build_adl_op
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    torch.manual_seed(0)
+    edges_ref = nn.ModuleList(MixedEdge(ADL_PRIMITIVES, 4, 1, build_adl_op) for _ in range(3))
+    edges_fused = copy.deepcopy(edges_ref)
+    xs = [torch.randn(2, 4, 9, 9) for _ in range(3)]
+    alphas = torch.randn(3, len(ADL_PRIMITIVES))
+    results = []
+    for mixer, edges in ((mix_node_reference, edges_ref), (make_fused_mixer(), edges_fused)):
+        leaves = [x.clone().requires_grad_(True) for x in xs] + [alphas.clone().requires_grad_(True)]
+        out = mixer(leaves[:-1], list(edges), leaves[-1].softmax(-1))
+        results.append((out, torch.autograd.grad(out.square().sum(), leaves + list(edges.parameters()))))
+    torch.testing.assert_close(results[1][0], results[0][0], **F32)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_fused_mixer_never_runs_the_none_op(ext, monkeypatch):
     from nasdeploy.ops import Zero
     from nasdeploy.spaces.fused_mixer import make_fused_mixer

@@ -111,7 +111,7 @@ def _fusable(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> bool:
     return (
         dtype in FUSED_DTYPES
         and all(x.dim() == 4 and x.dtype == dtype and x.device == weights.device for x in inputs)
-        and not torch.is_autocast_enabled()
+        and not torch.is_autocast_enabled(weights.device.type)
     )
 
 
