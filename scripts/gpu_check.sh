@@ -6,7 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/gpu}}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 status=0

@@ -245,6 +245,18 @@ def test_fused_mixer_on_auto_deeplab_edges(ext, single_thread):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_fused_mixer_takes_the_reference_path_for_nodes_beyond_the_kernel_tables(ext, monkeypatch):
+    from nasdeploy.kernels import MAX_EDGES
+    from nasdeploy.spaces import fused_mixer
+
+    calls = []
+    monkeypatch.setattr(fused_mixer, "mix_node_reference", lambda *a: calls.append(1) or mix_node_reference(*a))
+    edges = node_edges(2, (1,) * (MAX_EDGES + 1))
+    xs = [torch.randn(1, 2, 3, 3) for _ in edges]
+    out = fused_mixer.make_fused_mixer()(xs, list(edges), torch.rand(len(edges), len(CNN_PRIMITIVES)))
+    assert calls and out.shape == (1, 2, 3, 3)
+
+
 def test_fused_mixer_never_runs_the_none_op(ext, monkeypatch):
     from nasdeploy.ops import Zero
     from nasdeploy.spaces.fused_mixer import make_fused_mixer

@@ -7,10 +7,12 @@ nasdeploy.spaces.fused_mixer maps a search cell's mixed edges onto them.
 from nasdeploy.kernels.build import BuildInfo, build_extension, load_extension, source_dir
 from nasdeploy.kernels.mixed_node import load_mixed_node, mixed_node
 from nasdeploy.kernels.reference import reference_mixed_node
-from nasdeploy.kernels.terms import Term, TermKind
+from nasdeploy.kernels.terms import MAX_EDGES, MAX_TERMS, Term, TermKind
 
 __all__ = [
     "BuildInfo",
+    "MAX_EDGES",
+    "MAX_TERMS",
     "Term",
     "TermKind",
     "build_extension",

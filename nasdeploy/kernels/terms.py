@@ -16,6 +16,9 @@ class TermKind(IntEnum):
     IDENTITY = 4  # y = x_edge (stride 1)
 
 
+MAX_EDGES = 8  # kMaxEdges in csrc/mixed_node.h: the kernel arguments are a fixed-size struct
+MAX_TERMS = 48  # kMaxTerms
+
 Z_KINDS = (TermKind.RAW, TermKind.BATCH_NORM)
 STAT_KINDS = (TermKind.BATCH_NORM, TermKind.MAX_POOL_BN, TermKind.AVG_POOL_BN)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasdeploy.kernels import Term, TermKind, load_mixed_node, mixed_node
+from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
 
@@ -48,7 +48,6 @@ class _Part:
     kind: TermKind
     body: Callable[[torch.Tensor], torch.Tensor] | None = None  # z from the (ReLU'd) input
     bn: nn.BatchNorm2d | None = None
-    needs_relu: bool = False
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -100,16 +99,19 @@ def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | Non
     if options.fold_bn:
         seq = getattr(op, "op", None)
         if isinstance(seq, nn.Sequential) and len(seq) >= 3 and isinstance(seq[0], nn.ReLU) and _foldable(seq[-1]):
-            return _Part(TermKind.BATCH_NORM, _sequential_body(list(seq)[1:-1]), seq[-1], needs_relu=True)
+            return _Part(TermKind.BATCH_NORM, _sequential_body(list(seq)[1:-1]), seq[-1])
         if isinstance(op, FactorizedReduce) and _foldable(op.bn):
-            return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn, needs_relu=True)
+            return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn)
     return _Part(TermKind.RAW, op)
 
 
-def _fusable(inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> bool:
+def _fusable(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> bool:
     dtype = weights.dtype
+    n_terms = sum(not isinstance(op, Zero) for edge in edges for op in edge._ops)
     return (
-        dtype in FUSED_DTYPES
+        len(edges) <= MAX_EDGES
+        and n_terms <= MAX_TERMS
+        and dtype in FUSED_DTYPES
         and all(x.dim() == 4 and x.dtype == dtype and x.device == weights.device for x in inputs)
         and not torch.is_autocast_enabled(weights.device.type)
     )
@@ -129,11 +131,12 @@ def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor, inv
 
 
 def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence[str] = ("cpu",)) -> NodeMixer:
-    """A NodeMixer using the fused kernel on `devices`; other devices/dtypes take the reference path."""
+    """A NodeMixer using the fused kernel on `devices`; other devices, dtypes, autocast and nodes
+    larger than the kernel's fixed argument tables take the reference path."""
     devices = tuple(devices)
 
     def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> torch.Tensor:
-        if not _fusable(inputs, weights) or weights.device.type not in devices:
+        if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
         if options.use_channels_last(weights.device):
