@@ -15,6 +15,7 @@ from nasdeploy.errors import NasDeployError
 SUBCOMMANDS: dict[str, str] = {
     "adl": "nasdeploy.cli.adl_cmd:adl",
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
+    "build-ext": "nasdeploy.cli.build_ext_cmd:build_ext",
     "profile": "nasdeploy.cli.profile_cmd:profile",
     "export": "nasdeploy.cli.export_cmd:export",
     "search": "nasdeploy.cli.search_cmd:search",

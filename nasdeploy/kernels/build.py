@@ -1,0 +1,162 @@
+"""Build and load the fused mixed-node extension: JIT with torch.utils.cpp_extension + ninja, cached."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.resources
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+SOURCE_PACKAGE = "nasdeploy.kernels.csrc"
+CPU_SOURCES = ("mixed_node_ops.cpp", "mixed_node_cpu.cpp", "mixed_node_emulate.cpp")
+CUDA_SOURCES = ("mixed_node_cuda.cu",)
+HEADERS = ("mixed_node.h", "mixed_node_launch.h")
+OP_NAMESPACE = "nasdeploy"
+DEFAULT_CUDA_ARCHS = ("9.0",)
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What was built and loaded: variant, CUDA target architectures, library path, build time."""
+
+    name: str
+    cuda: bool
+    archs: tuple[str, ...]
+    library: str
+    build_dir: str
+    seconds: float
+    torch_version: str
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for people."""
+        target = f"CPU + CUDA (sm {', '.join(self.archs)})" if self.cuda else "CPU only"
+        return f"{self.name}: {target}, {self.seconds:.1f} s, {self.library}"
+
+
+def source_dir() -> Path:
+    """The directory holding the C++/CUDA sources shipped inside the package."""
+    return Path(str(importlib.resources.files(SOURCE_PACKAGE)))
+
+
+def source_files(cuda: bool) -> list[Path]:
+    """The translation units of the CPU or CPU + CUDA variant."""
+    names = CPU_SOURCES + (CUDA_SOURCES if cuda else ())
+    return [source_dir() / n for n in names]
+
+
+def extensions_root() -> Path:
+    """Cache root: $TORCH_EXTENSIONS_DIR, else ~/.cache/nasdeploy/extensions (per Python and torch version)."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "nasdeploy" / "extensions")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__.replace('+', '_')}"
+    return Path(base) / tag
+
+
+def cuda_home() -> Path | None:
+    """A CUDA toolkit root with nvcc and headers: $CUDA_HOME, torch's guess, or /usr/local/cuda."""
+    from torch.utils import cpp_extension
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    for cand in candidates:
+        if cand and Path(cand, "bin", "nvcc").exists() and Path(cand, "include", "cuda_runtime.h").exists():
+            return Path(cand)
+    return None
+
+
+def cuda_toolkit_available() -> bool:
+    """True when torch was built with CUDA and a CUDA toolkit (nvcc + headers) is found."""
+    return torch.version.cuda is not None and cuda_home() is not None
+
+
+def compiler_available() -> bool:
+    """True when a C++ compiler and ninja are on PATH."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None and shutil.which("ninja") is not None
+
+
+def default_archs() -> tuple[str, ...]:
+    """CUDA archs to build for: $TORCH_CUDA_ARCH_LIST, else the visible GPUs, else sm_90."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return tuple(a for a in env.replace(",", ";").replace(" ", ";").split(";") if a)
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return tuple(f"{major}.{minor}" for major, minor in sorted(caps))
+    return DEFAULT_CUDA_ARCHS
+
+
+@contextlib.contextmanager
+def _arch_list(archs: tuple[str, ...]) -> Iterator[None]:
+    # cpp_extension reads the target list from the environment; without it, it builds every arch.
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old
+
+
+def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = False) -> BuildInfo:
+    """Compile (or reuse the cached build of) one variant and load it into this process.
+
+    Raises RuntimeError with a one-line reason when no compiler, ninja or CUDA toolkit is available.
+    Only one variant can be loaded per process (both register the same operators).
+    """
+    from torch.utils import cpp_extension
+
+    if not compiler_available():
+        raise RuntimeError("no C++ compiler or ninja on PATH, cannot build the fused mixed-op extension")
+    if cuda and not cuda_toolkit_available():
+        raise RuntimeError("CUDA toolkit (nvcc) not found or torch built without CUDA, cannot build CUDA kernels")
+    archs = tuple(archs) or (default_archs() if cuda else ())
+    name = "nasdeploy_mixed_node_" + ("cuda_" + "_".join(a.replace(".", "") for a in archs) if cuda else "cpu")
+    build_dir = extensions_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cflags = ["-O3", "-fopenmp"] + (["-DNASDEPLOY_WITH_CUDA"] if cuda else [])
+    if cuda:
+        # torch guesses the toolkit root from nvcc on PATH, which may be a wrapper outside it
+        # (e.g. /usr/local/bin/nvcc); point it at the root that has the headers.
+        cpp_extension.CUDA_HOME = str(cuda_home())
+    start = time.perf_counter()
+    with _arch_list(archs) if cuda else contextlib.nullcontext():
+        library = cpp_extension.load(
+            name=name,
+            sources=[str(p) for p in source_files(cuda)],
+            extra_cflags=cflags,
+            extra_cuda_cflags=["-O3"],
+            extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(source_dir())],
+            build_directory=str(build_dir),
+            with_cuda=cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
+    return BuildInfo(name=name, cuda=cuda, archs=archs, library=str(library), build_dir=str(build_dir),
+                     seconds=time.perf_counter() - start, torch_version=torch.__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def load_extension() -> BuildInfo:
+    """Load the extension once per process: with CUDA kernels when a GPU is visible, else CPU only."""
+    return build_extension(cuda=torch.cuda.is_available() and cuda_toolkit_available())
+
+
+def loaded_devices() -> tuple[str, ...]:
+    """Device types the loaded operators have kernels for (empty when nothing is loaded)."""
+    name = f"{OP_NAMESPACE}::mixed_node_fwd"
+    if not torch._C._dispatch_has_kernel(name):
+        return ()
+    return tuple(k.lower() for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(name, k))

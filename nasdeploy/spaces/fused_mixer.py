@@ -1,0 +1,179 @@
+"""The 'fused' NodeMixer: a search node's candidate ops mapped onto the fused mixed-node kernel.
+
+Per edge, the conv candidates run eagerly up to (not including) their final BN, from one shared
+ReLU of the edge input; the kernel then folds those BNs, computes the parameter-free candidates
+(3x3 max/avg pool + BN, identity) from the edge input itself, and forms the weighted sum over all
+edges in one reduction, with a backward that recomputes instead of storing. 'none' is skipped.
+Anything it does not recognise (or BN in eval mode) is computed eagerly and summed as a raw term,
+so the result always equals mix_node_reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
+from nasdeploy.ops import FactorizedReduce, Identity, Zero
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
+
+BN_EPS = 1e-5
+FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """Which fusion steps are on (each was benchmarked separately; see scripts/bench_mixed_op.py)."""
+
+    fold_bn: bool = True  # conv candidates: the kernel applies their final BN(affine=False)
+    pools_in_kernel: bool = True  # max/avg pool + BN and identity computed inside the kernel
+    shared_relu: bool = True  # one ReLU per edge feeds every conv candidate
+    # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
+    # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
+    channels_last: bool | None = None
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        """Whether nodes on `device` run in channels-last."""
+        return self.channels_last if self.channels_last is not None else device.type == "cpu"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """How one candidate op enters the kernel."""
+
+    kind: TermKind
+    body: Callable[[torch.Tensor], torch.Tensor] | None = None  # z from the (ReLU'd) input
+    bn: nn.BatchNorm2d | None = None
+
+
+def _foldable(bn: nn.Module) -> bool:
+    # Batch statistics without affine: the only BN the kernel folds (search-time BN in train mode).
+    return isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.training and bn.eps == BN_EPS
+
+
+def _pool_kind(op: nn.Module, stride: int) -> TermKind | None:
+    if not (isinstance(op, nn.Sequential) and len(op) == 2 and _foldable(op[1])):
+        return None
+    pool = op[0]
+    three = pool.kernel_size in (3, (3, 3)) and pool.padding in (1, (1, 1)) and pool.stride in (stride, (stride, stride))
+    if isinstance(pool, nn.MaxPool2d) and three and pool.dilation in (1, (1, 1)) and not pool.ceil_mode:
+        return TermKind.MAX_POOL_BN
+    if isinstance(pool, nn.AvgPool2d) and three and not pool.ceil_mode and not pool.count_include_pad \
+            and pool.divisor_override is None:
+        return TermKind.AVG_POOL_BN
+    return None
+
+
+def _sequential_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def body(h: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            h = layer(h)
+        return h
+
+    return body
+
+
+def _factorized_body(op: FactorizedReduce) -> Callable[[torch.Tensor], torch.Tensor]:
+    # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module).
+    def body(r: torch.Tensor) -> torch.Tensor:
+        shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
+        return torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1)
+
+    return body
+
+
+def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | None:
+    """The kernel term for one candidate op (None for 'none'); RAW when it cannot be fused."""
+    if isinstance(op, Zero):
+        return None
+    if options.pools_in_kernel:
+        if isinstance(op, Identity) and stride == 1:
+            return _Part(TermKind.IDENTITY)
+        kind = _pool_kind(op, stride)
+        if kind is not None:
+            return _Part(kind, bn=op[1])
+    if options.fold_bn:
+        seq = getattr(op, "op", None)
+        if isinstance(seq, nn.Sequential) and len(seq) >= 3 and isinstance(seq[0], nn.ReLU) and _foldable(seq[-1]):
+            return _Part(TermKind.BATCH_NORM, _sequential_body(list(seq)[1:-1]), seq[-1])
+        if isinstance(op, FactorizedReduce) and _foldable(op.bn):
+            return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn)
+    return _Part(TermKind.RAW, op)
+
+
+def _fusable(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> bool:
+    dtype = weights.dtype
+    n_terms = sum(not isinstance(op, Zero) for edge in edges for op in edge._ops)
+    return (
+        len(edges) <= MAX_EDGES
+        and n_terms <= MAX_TERMS
+        and dtype in FUSED_DTYPES
+        and all(x.dim() == 4 and x.dtype == dtype and x.device == weights.device for x in inputs)
+        and not torch.is_autocast_enabled(weights.device.type)
+    )
+
+
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor, invstd: torch.Tensor, count: int) -> None:
+    """What nn.BatchNorm2d does in training mode, from the kernel's batch statistics."""
+    with torch.no_grad():
+        var = (invstd.double().pow(-2) - BN_EPS).clamp_min(0) * (count / max(count - 1, 1))
+        for row, bn in enumerate(bns):
+            if not bn.track_running_stats or bn.running_mean is None:
+                continue
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean[row].to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(var[row].to(bn.running_var.dtype), factor)
+
+
+def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence[str] = ("cpu",)) -> NodeMixer:
+    """A NodeMixer using the fused kernel on `devices`; other devices, dtypes, autocast and nodes
+    larger than the kernel's fixed argument tables take the reference path."""
+    devices = tuple(devices)
+
+    def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> torch.Tensor:
+        if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
+            return mix_node_reference(inputs, edges, weights)
+        n_cols = weights.shape[1]
+        if options.use_channels_last(weights.device):
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        zs: list[torch.Tensor] = []
+        terms: list[Term] = []
+        stat_bns: list[nn.BatchNorm2d] = []
+        for e, (x, edge) in enumerate(zip(inputs, edges)):
+            relu_x = None
+            for k, op in enumerate(edge._ops):
+                part = decompose(op, edge.stride, options)
+                if part is None:
+                    continue
+                terms.append(Term(part.kind, e, e * n_cols + k))
+                if part.bn is not None:
+                    stat_bns.append(part.bn)
+                if part.kind == TermKind.RAW:
+                    zs.append(part.body(x))
+                elif part.kind == TermKind.BATCH_NORM:
+                    if options.shared_relu:
+                        relu_x = F.relu(x) if relu_x is None else relu_x
+                        zs.append(part.body(relu_x))
+                    else:
+                        zs.append(part.body(F.relu(x)))
+        if not terms:
+            raise ValueError("a node needs at least one edge with a non-'none' op")
+        out, mean, invstd = mixed_node(list(inputs), [edge.stride for edge in edges], zs, weights, terms, BN_EPS)
+        if stat_bns:
+            _update_running_stats(stat_bns, mean, invstd, out.shape[0] * out.shape[2] * out.shape[3])
+        return out
+
+    return mix_node_fused
+
+
+def _factory() -> NodeMixer:
+    info = load_mixed_node()  # RuntimeError/OSError/ImportError when it cannot be built: 'auto' falls back
+    return make_fused_mixer(devices=("cpu", "cuda") if info.cuda else ("cpu",))
+
+
+register_mixer("fused", _factory)

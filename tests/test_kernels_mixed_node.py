@@ -1,0 +1,396 @@
+"""Fused mixed-node kernels against their plain-torch definition and against the eager mixed op.
+
+Tolerances: float64 results agree with the definition to 1e-10 (they differ only in summation
+order); float32 to rtol 1e-4 / atol 1e-5 (batch-norm statistics over a few hundred values and
+seven to forty weighted terms, each rounded in float32: errors seen are ~2e-6).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from nasdeploy.genotypes.primitives import CNN_PRIMITIVES
+from nasdeploy.kernels.build import compiler_available
+from nasdeploy.kernels.terms import Term, TermKind
+from nasdeploy.spaces import mixing
+from nasdeploy.spaces.mixing import MixedEdge, mix_node_reference
+
+F64 = dict(rtol=1e-10, atol=1e-10)
+F32 = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="session")
+def ext():
+    """The extension, built once per session (skips, with the reason, where nothing can compile it)."""
+    if not compiler_available():
+        pytest.skip("no C++ compiler/ninja: the fused kernels cannot be built here (reference path is used)")
+    from nasdeploy.kernels import load_mixed_node
+
+    return load_mixed_node()
+
+
+@pytest.fixture
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def all_terms(edge: int, n_cols: int, stride: int) -> list[Term]:
+    """Every term kind on one edge (identity only at stride 1), like a DARTS edge."""
+    base = edge * n_cols
+    kinds = [TermKind.MAX_POOL_BN, TermKind.AVG_POOL_BN]
+    kinds += [TermKind.IDENTITY] if stride == 1 else [TermKind.RAW]
+    kinds += [TermKind.BATCH_NORM, TermKind.BATCH_NORM, TermKind.RAW]
+    return [Term(k, edge, base + 1 + i) for i, k in enumerate(kinds)]
+
+
+def make_node(dtype, n=3, c=4, h=7, w=5, strides=(2, 1), layout="nchw", seed=0):
+    """Random edge inputs (stride-2 edges at twice the size, odd sizes), zs, weights and terms."""
+    g = torch.Generator().manual_seed(seed)
+    ho, wo = h, w
+    xs, zs, terms = [], [], []
+    for e, s in enumerate(strides):
+        xs.append(torch.randn(n, c, ho * s - (s - 1), wo * s, generator=g, dtype=dtype))
+        for t in all_terms(e, 8, s):
+            terms.append(t)
+            if t.kind in (TermKind.RAW, TermKind.BATCH_NORM):
+                zs.append(2 * torch.randn(n, c, ho, wo, generator=g, dtype=dtype) + 0.5)
+    weights = torch.rand(len(strides), 8, generator=g, dtype=dtype)
+    if layout == "channels_last":
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        zs = [z.contiguous(memory_format=torch.channels_last) for z in zs]
+    elif layout == "strided":  # non-contiguous views of larger tensors
+        xs = [torch.randn(n, c, x.shape[3], x.shape[2] + 1, generator=g, dtype=dtype).transpose(2, 3)[:, :, :-1]
+              .copy_(x) for x in xs]
+        zs = [torch.randn(n, 2 * c, ho, wo, generator=g, dtype=dtype)[:, ::2].copy_(z) for z in zs]
+        assert not xs[0].is_contiguous() and not zs[0].is_contiguous()
+    return xs, list(strides), zs, weights, terms
+
+
+def run_both(xs, strides, zs, weights, terms):
+    """Forward and backward of the fused op and of its definition on the same inputs and output grad."""
+    from nasdeploy.kernels import mixed_node, reference_mixed_node
+
+    results = []
+    for fn in (mixed_node, reference_mixed_node):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (*xs, *zs, weights)]
+        lx, lz, lw = leaves[:len(xs)], leaves[len(xs):-1], leaves[-1]
+        out, mean, invstd = fn(lx, strides, lz, lw, terms)
+        grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        grads = torch.autograd.grad(out, leaves, grad)
+        results.append((out, mean, invstd, grads))
+    return results
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)])
+def test_forward_and_backward_match_the_definition(ext, layout, dtype, tol):
+    fused, ref = run_both(*make_node(dtype, layout=layout))
+    torch.testing.assert_close(fused[0], ref[0], **tol)
+    torch.testing.assert_close(fused[1], ref[1], **tol)
+    torch.testing.assert_close(fused[2], ref[2], **tol)
+    for a, b in zip(fused[3], ref[3]):
+        torch.testing.assert_close(a, b, **tol)
+    if layout == "channels_last":
+        assert fused[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)])
+def test_cuda_code_paths_emulated_on_the_cpu_match_the_definition(ext, monkeypatch, layout, dtype, tol):
+    """The CUDA threads' per-element bodies, dp/argmax buffers and gathers, run serially on the CPU."""
+    monkeypatch.setenv("NASDEPLOY_EMULATE_CUDA", "1")
+    fused, ref = run_both(*make_node(dtype, layout=layout))
+    torch.testing.assert_close(fused[0], ref[0], **tol)
+    torch.testing.assert_close(fused[2], ref[2], **tol)
+    for a, b in zip(fused[3], ref[3]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("shape", [dict(n=1, c=3, h=1, w=1), dict(n=1, c=1, h=4, w=3), dict(n=2, c=5, h=2, w=9)])
+def test_batch_one_tiny_and_odd_shapes(ext, shape):
+    fused, ref = run_both(*make_node(torch.float64, **shape))
+    torch.testing.assert_close(fused[0], ref[0], **F64)
+    for a, b in zip(fused[3], ref[3]):
+        torch.testing.assert_close(a, b, **F64)
+
+
+def test_zero_weighted_ops_still_get_weight_gradients(ext):
+    xs, strides, zs, weights, terms = make_node(torch.float64)
+    weights[0, 1:5] = 0.0  # the first edge's max/avg pool, identity and one BN term contribute nothing
+    fused, ref = run_both(xs, strides, zs, weights, terms)
+    torch.testing.assert_close(fused[0], ref[0], **F64)
+    grad_w = fused[3][-1]
+    assert (grad_w[0, 1:5] != 0).all()  # d out / d w = y, whatever w is
+    torch.testing.assert_close(grad_w, ref[3][-1], **F64)
+    assert (grad_w[:, 0] == 0).all() and (grad_w[:, 7] == 0).all()  # columns without a term
+
+
+def test_gradcheck_float64_through_the_cpu_launcher(ext):
+    from nasdeploy.kernels import mixed_node
+
+    xs, strides, zs, weights, terms = make_node(torch.float64, n=2, c=2, h=3, w=3)
+    leaves = [t.requires_grad_(True) for t in (*xs, *zs, weights)]
+
+    def fn(*args):
+        return mixed_node(args[:len(xs)], strides, args[len(xs):-1], args[-1], terms)[0]
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7)
+
+
+def test_double_backward_uses_the_differentiable_definition(ext):
+    from nasdeploy.kernels import mixed_node
+
+    xs, strides, zs, weights, terms = make_node(torch.float64, n=2, c=2, h=3, w=3, strides=(1,))
+    leaves = [t.requires_grad_(True) for t in (*xs, *zs, weights)]
+    assert torch.autograd.gradgradcheck(
+        lambda *a: mixed_node(a[:1], strides, a[1:-1], a[-1], terms)[0], leaves, eps=1e-6, atol=1e-6)
+
+
+def test_opcheck_schema_fake_and_autograd_registration(ext):
+    xs, strides, zs, weights, terms = make_node(torch.float32, n=2, c=3, h=4, w=4)
+    args = ([x.requires_grad_(True) for x in xs], strides, [z.requires_grad_(True) for z in zs],
+            weights.requires_grad_(True), [int(t.kind) for t in terms], [t.edge for t in terms],
+            [t.wcol for t in terms], 1e-5)
+    torch.library.opcheck(torch.ops.nasdeploy.mixed_node_fwd.default, args)
+
+
+def test_results_are_bitwise_reproducible_across_runs_and_thread_counts(ext):
+    xs, strides, zs, weights, terms = make_node(torch.float32, n=4, c=8, h=16, w=16)
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            out, _, _, grads = run_both(xs, strides, zs, weights, terms)[0]
+            runs.append((out, grads))
+    finally:
+        torch.set_num_threads(previous)
+    for out, grads in runs[1:]:
+        assert torch.equal(out, runs[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(grads, runs[0][1]))
+
+
+def test_bad_inputs_raise_one_clear_error(ext):
+    from nasdeploy.kernels import mixed_node
+
+    xs, strides, zs, weights, terms = make_node(torch.float32)
+    with pytest.raises(RuntimeError, match="mixed_node: op output 1 has shape"):
+        mixed_node(xs, strides, [zs[0], zs[1][:, :, :-1]] + zs[2:], weights, terms)
+    with pytest.raises(RuntimeError, match="identity terms need stride 1"):
+        mixed_node(xs, strides, zs, weights, [Term(TermKind.IDENTITY, 0, 1)])
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        mixed_node([x.half() for x in xs], strides, [z.half() for z in zs], weights.half(), terms)
+
+
+# ---- the 'fused' NodeMixer -------------------------------------------------------------------------
+
+def node_edges(channels: int, strides, seed: int = 0) -> nn.ModuleList:
+    torch.manual_seed(seed)
+    return nn.ModuleList(MixedEdge(CNN_PRIMITIVES, channels, s) for s in strides)
+
+
+@pytest.mark.parametrize("strides", [(1, 1, 1), (2, 2, 1)], ids=["normal", "reduction"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_mixer_matches_the_eager_mixed_op(ext, single_thread, strides, channels_last):
+    from nasdeploy.spaces.fused_mixer import FusionOptions, make_fused_mixer
+
+    fused_mixer = make_fused_mixer(FusionOptions(channels_last=channels_last))
+    c, size = 4, 6
+    edges_ref = node_edges(c, strides)
+    edges_fused = copy.deepcopy(edges_ref)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, c, size * s, size * s, generator=g) for s in strides]
+    alphas = torch.randn(len(strides), len(CNN_PRIMITIVES), generator=g)
+    outs, grads = [], []
+    for mixer, edges in ((mix_node_reference, edges_ref), (fused_mixer, edges_fused)):
+        leaves = [x.clone().requires_grad_(True) for x in xs] + [alphas.clone().requires_grad_(True)]
+        out = mixer(leaves[:-1], list(edges), leaves[-1].softmax(-1))
+        params = list(edges.parameters())
+        grads.append(torch.autograd.grad(out.square().sum(), leaves + params))
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], **F32)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # The folded batch norms update their running statistics as nn.BatchNorm2d does.
+    for (name, a), b in zip(edges_ref.state_dict().items(), edges_fused.state_dict().values()):
+        torch.testing.assert_close(b.double(), a.double(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_mixer_on_auto_deeplab_edges(ext, single_thread):
+    """Another op family (dense atrous convs): folded where the op has the ReLU..BN shape, else raw."""
+    from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES
+    from nasdeploy.ops.autodeeplab import build_adl_op
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    torch.manual_seed(0)
+    edges_ref = nn.ModuleList(MixedEdge(ADL_PRIMITIVES, 4, 1, build_adl_op) for _ in range(3))
+    edges_fused = copy.deepcopy(edges_ref)
+    xs = [torch.randn(2, 4, 9, 9) for _ in range(3)]
+    alphas = torch.randn(3, len(ADL_PRIMITIVES))
+    results = []
+    for mixer, edges in ((mix_node_reference, edges_ref), (make_fused_mixer(), edges_fused)):
+        leaves = [x.clone().requires_grad_(True) for x in xs] + [alphas.clone().requires_grad_(True)]
+        out = mixer(leaves[:-1], list(edges), leaves[-1].softmax(-1))
+        results.append((out, torch.autograd.grad(out.square().sum(), leaves + list(edges.parameters()))))
+    torch.testing.assert_close(results[1][0], results[0][0], **F32)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_mixer_takes_the_reference_path_for_nodes_beyond_the_kernel_tables(ext, monkeypatch):
+    from nasdeploy.kernels import MAX_EDGES
+    from nasdeploy.spaces import fused_mixer
+
+    calls = []
+    monkeypatch.setattr(fused_mixer, "mix_node_reference", lambda *a: calls.append(1) or mix_node_reference(*a))
+    edges = node_edges(2, (1,) * (MAX_EDGES + 1))
+    xs = [torch.randn(1, 2, 3, 3) for _ in edges]
+    out = fused_mixer.make_fused_mixer()(xs, list(edges), torch.rand(len(edges), len(CNN_PRIMITIVES)))
+    assert calls and out.shape == (1, 2, 3, 3)
+
+
+def test_fused_mixer_never_runs_the_none_op(ext, monkeypatch):
+    from nasdeploy.ops import Zero
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    def boom(self, x):
+        raise AssertionError("the 'none' op must be skipped, not multiplied by 0")
+
+    monkeypatch.setattr(Zero, "forward", boom)
+    edges = node_edges(4, (1, 2))
+    xs = [torch.randn(2, 4, 4, 4), torch.randn(2, 4, 8, 8)]
+    make_fused_mixer()(xs, list(edges), torch.rand(2, len(CNN_PRIMITIVES)))
+
+
+def test_fused_mixer_in_eval_mode_equals_reference(ext):
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    edges = node_edges(4, (1, 1)).eval()
+    xs = [torch.randn(2, 4, 5, 5) for _ in range(2)]
+    w = torch.rand(2, len(CNN_PRIMITIVES))
+    with torch.no_grad():
+        torch.testing.assert_close(make_fused_mixer()(xs, list(edges), w), mix_node_reference(xs, list(edges), w), **F32)
+
+
+def test_env_var_and_auto_choose_the_implementation(ext, monkeypatch):
+    monkeypatch.setenv("NASDEPLOY_MIXED_OP", "reference")
+    assert mixing.get_node_mixer()[0] == "reference"
+    monkeypatch.setenv("NASDEPLOY_MIXED_OP", "fused")
+    assert mixing.get_node_mixer()[0] == "fused"
+    monkeypatch.delenv("NASDEPLOY_MIXED_OP")
+    assert mixing.get_node_mixer()[0] == "fused"  # auto: fused when it can be built
+
+
+def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monkeypatch):
+    import nasdeploy.spaces.fused_mixer  # noqa: F401  (registered)
+
+    def broken():
+        raise RuntimeError("no C++ compiler or ninja on PATH\ndetails")
+
+    monkeypatch.setitem(mixing._MIXERS, "fused", broken)
+    monkeypatch.delenv("NASDEPLOY_MIXED_OP", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        name, mixer = mixing.get_node_mixer("auto")
+    assert name == "reference" and mixer is mix_node_reference
+    assert len(caught) == 1 and "no C++ compiler" in str(caught[0].message)
+    from nasdeploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'fused' is unavailable: no C\\+\\+ compiler"):
+        mixing.get_node_mixer("fused")
+
+
+# ---- a whole search step ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_search_step_fused_and_reference_give_the_same_alphas(ext, single_thread, order):
+    from nasdeploy.search.architect import Architect, ArchitectConfig
+    from nasdeploy.search.loop import classification_loss, search_step
+    from nasdeploy.spaces.darts_cnn import DartsSupernet
+
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
+    states = {}
+    for impl in ("reference", "fused"):
+        torch.manual_seed(0)  # same initial weights and alphas
+        model = DartsSupernet(channels=4, layers=3, steps=4, multiplier=4, alpha_init_scale=0.5, mixed_op=impl)
+        assert model.mixed_op == impl
+        params = model.weight_parameters()
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=3e-4)
+        architect = Architect(model, classification_loss, opt, ArchitectConfig(order=order, lr=0.1))
+        alphas0 = [a.detach().clone() for a in model.arch_parameters()]
+        for _ in range(2):
+            search_step(model, architect, opt, params, batches[0], batches[1], lr=0.05, grad_clip=5.0)
+        states[impl] = model.state_dict()
+    ref, fused = states["reference"], states["fused"]
+    for key in ("alphas_normal", "alphas_reduce"):
+        moved = (ref[key] - alphas0[0 if key == "alphas_normal" else 1]).abs().max()
+        assert moved > 1e-3  # the step did move the alphas...
+        torch.testing.assert_close(fused[key], ref[key], rtol=0, atol=1e-5)  # ...the same way
+    for key in ref:
+        torch.testing.assert_close(fused[key].double(), ref[key].double(), rtol=1e-3, atol=1e-4, msg=key)
+
+
+# ---- CUDA (skipped without a GPU; run by scripts/gpu_check.sh) ---------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, F64), (torch.float32, F32)])
+def test_cuda_matches_the_definition(ext, layout, dtype, tol):
+    if not ext.cuda:
+        pytest.fail("the extension was built without CUDA kernels on a GPU machine")
+    xs, strides, zs, weights, terms = make_node(dtype, n=4, c=8, h=9, w=7, layout=layout)
+    cuda = [[t.cuda() for t in xs], strides, [t.cuda() for t in zs], weights.cuda(), terms]
+    fused, ref = run_both(*cuda)
+    torch.testing.assert_close(fused[0], ref[0], **tol)
+    for a, b in zip(fused[3], ref[3]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.cuda
+def test_cuda_is_bitwise_deterministic_and_agrees_with_cpu(ext):
+    xs, strides, zs, weights, terms = make_node(torch.float32, n=8, c=16, h=16, w=16)
+    cpu = run_both(xs, strides, zs, weights, terms)[0]
+    cuda_args = ([t.cuda() for t in xs], strides, [t.cuda() for t in zs], weights.cuda(), terms)
+    first, second = run_both(*cuda_args)[0], run_both(*cuda_args)[0]
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[3], second[3]))
+    torch.testing.assert_close(first[0].cpu(), cpu[0], **F32)
+    for a, b in zip(first[3], cpu[3]):
+        torch.testing.assert_close(a.cpu(), b, **F32)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck(ext):
+    xs, strides, zs, weights, terms = make_node(torch.float32, n=2, c=3, h=4, w=4)
+    args = ([x.cuda().requires_grad_(True) for x in xs], strides, [z.cuda().requires_grad_(True) for z in zs],
+            weights.cuda().requires_grad_(True), [int(t.kind) for t in terms], [t.edge for t in terms],
+            [t.wcol for t in terms], 1e-5)
+    torch.library.opcheck(torch.ops.nasdeploy.mixed_node_fwd.default, args)
+
+
+@pytest.mark.cuda
+def test_cuda_fused_mixer_matches_the_eager_mixed_op(ext):
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    edges_ref = node_edges(8, (2, 2, 1)).cuda()
+    edges_fused = copy.deepcopy(edges_ref)
+    xs = [torch.randn(4, 8, 16, 16, device="cuda"), torch.randn(4, 8, 16, 16, device="cuda"),
+          torch.randn(4, 8, 8, 8, device="cuda")]
+    alphas = torch.randn(3, len(CNN_PRIMITIVES), device="cuda")
+    results = []
+    for mixer, edges in ((mix_node_reference, edges_ref), (make_fused_mixer(devices=("cuda",)), edges_fused)):
+        leaves = [x.clone().requires_grad_(True) for x in xs] + [alphas.clone().requires_grad_(True)]
+        out = mixer(leaves[:-1], list(edges), leaves[-1].softmax(-1))
+        results.append((out, torch.autograd.grad(out.square().sum(), leaves)))
+    torch.testing.assert_close(results[1][0], results[0][0], **F32)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
