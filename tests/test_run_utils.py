@@ -65,11 +65,41 @@ def test_published_configs_hold_the_reference_hyperparameters():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_config_file_validates(name):
+    """Every shipped config loads through its family's validating loader."""
     path = CONFIGS / name
-    if "search" in load_yaml(path):
+    data = load_yaml(path)
+    if name.startswith("pipeline_"):
+        from nasdeploy.pipeline.config import load_pipeline_config
+
+        cfg = load_pipeline_config(path)
+        assert isinstance(load_search_config_from(cfg.search), SearchConfig)
+        assert isinstance(train_config_from(cfg.train), TrainConfig)
+    elif name.startswith("rnn_"):
+        from nasdeploy.search.rnn_config import load_rnn_search_config
+        from nasdeploy.train.rnn_config import load_rnn_train_config
+
+        (load_rnn_search_config if "search" in name else load_rnn_train_config)(path)
+    elif name.startswith("adl_"):
+        from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict
+        from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+
+        (adl_search_config_from_dict if "search" in name else seg_train_config_from_dict)(data)
+    elif "search" in data:
         assert isinstance(load_search_config(path), SearchConfig)
-    elif "train" in load_yaml(path):
+    else:
         assert isinstance(load_train_config(path), TrainConfig)
+
+
+def load_search_config_from(data):
+    from nasdeploy.search.config import search_config_from_dict
+
+    return search_config_from_dict(data)
+
+
+def train_config_from(data):
+    from nasdeploy.train.config import train_config_from_dict
+
+    return train_config_from_dict(data)
 
 
 def test_config_file_errors(tmp_path):
