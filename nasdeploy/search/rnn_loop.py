@@ -32,7 +32,7 @@ from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.jsonl import append_jsonl, read_jsonl, truncate_jsonl
 from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yaml_config import config_from_dict, config_to_dict
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", "done.json", "config.yaml", "vocab.json")
 
@@ -85,13 +85,13 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
     elif done_path.is_file():
         echo(f"search in {out} is already finished (use force to redo it)")
         return _result_from_done(out, json.loads(done_path.read_text(encoding="utf-8")))
-    check_same_config(out / "config.yaml", config_to_dict(config), ignore=("data.data_dir", "search.epochs",
+    check_same_config(out / "config.yaml", to_dict(config), ignore=("data.data_dir", "search.epochs",
                                                                            "search.progress", "search.device", "search.threads"))
     s = config.search
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text_atomic(out / "vocab.json", corpus.vocab.to_json())
 
     seed_everything(s.seed)
@@ -137,7 +137,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
                                             "genotype": genotype_to_dict(genotype)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_search",
                         meta={"epoch": epoch, "seconds": seconds, "first_valid_ppl": first_ppl,
-                              "config": config_to_dict(config), "genotype": genotype_to_dict(genotype),
+                              "config": to_dict(config), "genotype": genotype_to_dict(genotype),
                               "ntokens": len(corpus.vocab)},
                         optimizer=optimizer.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
                         rng=capture_rng())
@@ -183,7 +183,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
 def load_search_checkpoint_model(path: str | os.PathLike[str]) -> tuple[RNNSearchModel, dict[str, Any]]:
     """Rebuild the supernet of a search checkpoint (for inspection)."""
     ckpt = load_checkpoint(path)
-    config = config_from_dict(RNNSearchConfig, ckpt["meta"]["config"])
+    config = from_dict(RNNSearchConfig, ckpt["meta"]["config"])
     model = build_search_model(config, int(ckpt["meta"]["ntokens"]))
     load_weights_into(model, ckpt, source=str(path))
     return model, ckpt

@@ -31,7 +31,7 @@ from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.jsonl import append_jsonl, truncate_jsonl
 from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yaml_config import config_to_dict
+from nasdeploy.utils.yamlconfig import to_dict
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "final.json", "config.yaml", "genotype.json", "vocab.json")
 
@@ -109,7 +109,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
     elif (out / "final.json").is_file():
         echo(f"training in {out} is already finished (use force to redo it)")
         return _result(out, json.loads((out / "final.json").read_text(encoding="utf-8")))
-    stored = {"genotype": genotype_to_dict(genotype), **config_to_dict(config)}
+    stored = {"genotype": genotype_to_dict(genotype), **to_dict(config)}
     check_same_config(out / "config.yaml", stored, ignore=("data.data_dir", "train.epochs", "train.progress",
                                                            "train.device", "train.threads", "genotype.name"))
     s = config.train
