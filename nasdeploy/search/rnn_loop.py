@@ -30,7 +30,7 @@ from nasdeploy.train.lm_common import LMBatch, TBPTTSettings, architect_loss, ev
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.jsonl import append_jsonl, read_jsonl, truncate_jsonl
-from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
+from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
@@ -109,7 +109,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         load_weights_into(model, ckpt, source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         architect.optimizer.load_state_dict(ckpt["arch_optimizer"])
-        restore_rng(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         start_epoch = int(ckpt["meta"]["epoch"]) + 1
         seconds = float(ckpt["meta"]["seconds"])
         first_ppl = float(ckpt["meta"]["first_valid_ppl"])
@@ -140,7 +140,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
                               "config": to_dict(config), "genotype": genotype_to_dict(genotype),
                               "ntokens": len(corpus.vocab)},
                         optimizer=optimizer.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
-                        rng=capture_rng())
+                        rng=capture_rng_state())
         echo(f"search epoch {epoch}/{s.epochs}: train ppl {perplexity(train_loss):.2f}  valid ppl {valid_ppl:.2f}  "
              f"genotype {[list(e) for e in genotype.recurrent]}  ({seconds:.0f}s)")
 

@@ -29,7 +29,7 @@ from nasdeploy.train.rnn_config import RNNTrainConfig
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.jsonl import append_jsonl, truncate_jsonl
-from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
+from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
 from nasdeploy.utils.yamlconfig import to_dict
 
@@ -138,7 +138,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
         asgd_epoch, seconds, start_epoch = meta["asgd_epoch"], float(meta["seconds"]), int(meta["epoch"]) + 1
         optimizer = _make_optimizer(mode, params, s.lr, s.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         truncate_jsonl(out / "log.jsonl", start_epoch - 1)
         echo(f"resuming training in {out} from epoch {start_epoch} ({mode.upper()})")
 
@@ -170,7 +170,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_train_state",
                         meta={**net_meta, "epoch": epoch, "mode": mode, "history": history, "best_valid": best_valid,
                               "asgd_epoch": asgd_epoch, "seconds": seconds},
-                        optimizer=optimizer.state_dict(), rng=capture_rng())
+                        optimizer=optimizer.state_dict(), rng=capture_rng_state())
         echo(f"train epoch {epoch}/{s.epochs}: train ppl {perplexity(train_nll):.2f}  valid ppl "
              f"{perplexity(valid_nll):.2f}{' *' if improved else ''}  ({mode.upper()}, {seconds:.0f}s)")
 
