@@ -29,7 +29,7 @@ from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.train.lm_common import LMBatch, TBPTTSettings, architect_loss, evaluate_lm, perplexity, tbptt_epoch
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
-from nasdeploy.utils.jsonl import append_jsonl, read_jsonl, truncate_jsonl
+from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
@@ -114,7 +114,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         seconds = float(ckpt["meta"]["seconds"])
         first_ppl = float(ckpt["meta"]["first_valid_ppl"])
         for name in ("log.jsonl", "alphas.jsonl"):
-            truncate_jsonl(out / name, start_epoch - 1)
+            JsonlLog(out / name).rewind(lambda r: int(r.get("epoch", 0)) < start_epoch)
         echo(f"resuming search in {out} from epoch {start_epoch}")
 
     train_data = batchify(corpus.train, s.batch_size).to(device)
@@ -131,10 +131,10 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         seconds += time.perf_counter() - t0
         genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives)
         probs = torch.softmax(model.alphas.detach().cpu(), dim=-1)
-        append_jsonl(out / "log.jsonl", {"epoch": epoch, "train_ppl": perplexity(train_loss), "valid_ppl": valid_ppl,
-                                         "valid_loss": valid_nll, "seconds": round(seconds, 2)})
-        append_jsonl(out / "alphas.jsonl", {"epoch": epoch, "alphas": probs.tolist(),
-                                            "genotype": genotype_to_dict(genotype)})
+        JsonlLog(out / "log.jsonl").write({"epoch": epoch, "train_ppl": perplexity(train_loss), "valid_ppl": valid_ppl,
+                                           "valid_loss": valid_nll, "seconds": round(seconds, 2)})
+        JsonlLog(out / "alphas.jsonl").write({"epoch": epoch, "alphas": probs.tolist(),
+                                              "genotype": genotype_to_dict(genotype)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_search",
                         meta={"epoch": epoch, "seconds": seconds, "first_valid_ppl": first_ppl,
                               "config": to_dict(config), "genotype": genotype_to_dict(genotype),
@@ -146,7 +146,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
 
     epochs_done = max(start_epoch - 1, last_epoch)
     genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives, name=f"rnn_search_{out.name}")
-    logged = [float(r["valid_ppl"]) for r in read_jsonl(out / "log.jsonl")]
+    logged = [float(r["valid_ppl"]) for r in JsonlLog(out / "log.jsonl").read()]
     if logged:  # a run resumed exactly at its end has no epoch left to evaluate
         valid_ppl = logged[-1]
     best_ppl = min(logged) if logged else valid_ppl

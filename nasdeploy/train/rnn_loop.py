@@ -28,7 +28,7 @@ from nasdeploy.train.lm_common import TBPTTSettings, evaluate_lm, perplexity, tb
 from nasdeploy.train.rnn_config import RNNTrainConfig
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
-from nasdeploy.utils.jsonl import append_jsonl, truncate_jsonl
+from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
 from nasdeploy.utils.yamlconfig import to_dict
@@ -139,7 +139,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
         optimizer = _make_optimizer(mode, params, s.lr, s.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng_state(ckpt["rng"])
-        truncate_jsonl(out / "log.jsonl", start_epoch - 1)
+        JsonlLog(out / "log.jsonl").rewind(lambda r: int(r.get("epoch", 0)) < start_epoch)
         echo(f"resuming training in {out} from epoch {start_epoch} ({mode.upper()})")
 
     train_data = batchify(corpus.train, s.batch_size).to(device)
@@ -164,9 +164,9 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
                 echo(f"epoch {epoch}: validation stopped improving; switching to averaged SGD")
             history.append(valid_nll)
         seconds += time.perf_counter() - t0
-        append_jsonl(out / "log.jsonl", {"epoch": epoch, "optimizer": "asgd" if isinstance(optimizer, torch.optim.ASGD) else "sgd",
-                                         "train_ppl": perplexity(train_nll), "valid_ppl": perplexity(valid_nll),
-                                         "best_valid_ppl": perplexity(best_valid), "seconds": round(seconds, 2)})
+        JsonlLog(out / "log.jsonl").write({"epoch": epoch, "optimizer": "asgd" if isinstance(optimizer, torch.optim.ASGD) else "sgd",
+                                           "train_ppl": perplexity(train_nll), "valid_ppl": perplexity(valid_nll),
+                                           "best_valid_ppl": perplexity(best_valid), "seconds": round(seconds, 2)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_train_state",
                         meta={**net_meta, "epoch": epoch, "mode": mode, "history": history, "best_valid": best_valid,
                               "asgd_epoch": asgd_epoch, "seconds": seconds},
