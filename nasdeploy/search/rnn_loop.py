@@ -31,8 +31,10 @@ from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
-from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yamlconfig import from_dict, to_dict
+from nasdeploy.utils.distributed import resolve_device
+from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.runtime import runtime_settings
+from nasdeploy.utils.yamlconfig import from_dict, load_yaml, to_dict
 
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", "done.json", "config.yaml", "vocab.json")
 
@@ -68,7 +70,7 @@ def run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], *, 
                    force: bool = False, stop_after_epochs: int | None = None,
                    echo: Callable[[str], None] = tqdm.write) -> RNNSearchResult:
     """Search a recurrent cell; resumable, and a finished run is not redone unless force=True."""
-    with torch_threads(config.search.threads):
+    with runtime_settings(threads=config.search.threads):
         return _run_rnn_search(config, out_dir, data_dir, force, stop_after_epochs, echo)
 
 
@@ -85,8 +87,9 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
     elif done_path.is_file():
         echo(f"search in {out} is already finished (use force to redo it)")
         return _result_from_done(out, json.loads(done_path.read_text(encoding="utf-8")))
-    check_same_config(out / "config.yaml", to_dict(config), ignore=("data.data_dir", "search.epochs",
-                                                                           "search.progress", "search.device", "search.threads"))
+    if (out / "config.yaml").is_file():
+        check_resume_config(load_yaml(out / "config.yaml"), to_dict(config), out,
+                            allowed=("data.data_dir", "search.epochs", "search.progress", "search.device", "search.threads"))
     s = config.search
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)

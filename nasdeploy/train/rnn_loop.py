@@ -30,8 +30,10 @@ from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
-from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yamlconfig import to_dict
+from nasdeploy.utils.distributed import resolve_device
+from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.runtime import runtime_settings
+from nasdeploy.utils.yamlconfig import load_yaml, to_dict
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "final.json", "config.yaml", "genotype.json", "vocab.json")
 
@@ -91,7 +93,7 @@ def run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str |
                      out_dir: str | os.PathLike[str], *, data_dir: str | None = None, force: bool = False,
                      stop_after_epochs: int | None = None, echo: Callable[[str], None] = tqdm.write) -> RNNTrainResult:
     """Train the evaluation language model of `genotype`; resumable; a finished run is not redone."""
-    with torch_threads(config.train.threads):
+    with runtime_settings(threads=config.train.threads):
         return _run_rnn_training(config, genotype, out_dir, data_dir, force, stop_after_epochs, echo)
 
 
@@ -110,8 +112,9 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
         echo(f"training in {out} is already finished (use force to redo it)")
         return _result(out, json.loads((out / "final.json").read_text(encoding="utf-8")))
     stored = {"genotype": genotype_to_dict(genotype), **to_dict(config)}
-    check_same_config(out / "config.yaml", stored, ignore=("data.data_dir", "train.epochs", "train.progress",
-                                                           "train.device", "train.threads", "genotype.name"))
+    if (out / "config.yaml").is_file():
+        check_resume_config(load_yaml(out / "config.yaml"), stored, out, allowed=(
+            "data.data_dir", "train.epochs", "train.progress", "train.device", "train.threads", "genotype.name"))
     s = config.train
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
