@@ -19,7 +19,7 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.search.rnn_config import RNNSearchConfig
 from nasdeploy.train.rnn_config import RNNTrainConfig
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
-from nasdeploy.utils.yaml_config import config_from_dict, read_yaml
+from nasdeploy.utils.yamlconfig import load_config
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ class RNNPipelineConfig:
 
 def load_rnn_pipeline_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RNNPipelineConfig:
     """Load the pipeline YAML (dotted overrides such as search_run.search.epochs=2), validated."""
-    from nasdeploy.utils.yaml_config import apply_overrides
-
-    return config_from_dict(RNNPipelineConfig, apply_overrides(read_yaml(path), overrides), where=str(path))
+    return load_config(RNNPipelineConfig, path, overrides)
 
 
 def run_rnn_pipeline(config: RNNPipelineConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,

@@ -74,11 +74,11 @@ def test_search_protocol_artifacts_and_exact_resume(tmp_path):
 
 
 def test_config_errors_are_one_line():
-    with pytest.raises(ConfigError, match=r"unknown key 'epoch' \(valid: epochs"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'search.epoch'; did you mean 'search.epochs'\? \(valid: epochs"):
         adl_search_config_from_dict({"search": {"epoch": 3}})
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         adl_search_config_from_dict({"search": {"batch_size": 1}})
-    with pytest.raises(ConfigError, match="expected an integer"):
+    with pytest.raises(ConfigError, match="net.filter_multiplier must be an integer"):
         seg_train_config_from_dict({"net": {"filter_multiplier": "20"}})
 
 
@@ -107,7 +107,7 @@ def test_cli_search_and_decode(tmp_path, capsys):
         main(["adl", "train", str(config), "-o", str(tmp_path / "t")])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: adl train config: unknown key 'search' (valid: net, data, train)") and err.count("\n") == 1
+    assert err.startswith("error: adl train config: unknown config key 'search' (valid: net, data, train)") and err.count("\n") == 1
 
 
 def test_demo_training_beats_majority_class_and_exports(tmp_path):

@@ -40,8 +40,8 @@ def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["rnn", "search", "--out", "{tmp}/x", "search.epoch=2"], "unknown setting 'epoch'; did you mean 'epochs'?"),
-        (["rnn", "search", "--out", "{tmp}/x", "search.lr=fast"], "search.lr: expected a number, got 'fast'"),
+        (["rnn", "search", "--out", "{tmp}/x", "search.epoch=2"], "unknown config key 'search.epoch'; did you mean 'search.epochs'?"),
+        (["rnn", "search", "--out", "{tmp}/x", "search.lr=fast"], "search.lr must be a number, got 'fast'"),
         (["rnn", "search", "--out", "{tmp}/x", "model.dropout=1.5"], "model.dropout must be a probability"),
         (["rnn", "search", "--out", "{tmp}/x", "data.dataset=ptb"], "needs a data folder"),
         (["rnn", "search", "--out", "{tmp}/x", "--data-dir", "{tmp}/nope", "data.dataset=ptb"], "corpus folder not found"),

@@ -62,7 +62,7 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path):
     assert again.genotype == straight.genotype and "already finished" in messages[0]
     other = load_rnn_search_config(None, TINY_SEARCH + ["search.lr=3.0"])
     (tmp_path / "a" / "done.json").unlink()
-    with pytest.raises(ConfigError, match="holds a run with search.lr=2.0, not 3.0"):
+    with pytest.raises(ConfigError, match=r"different config .*search.lr: 2.0 there vs 3.0 now"):
         run_rnn_search(other, tmp_path / "a", echo=quiet)
 
 

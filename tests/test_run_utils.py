@@ -35,6 +35,28 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     assert _draw() == expected
 
 
+def test_rng_restore_reads_the_flat_layout_of_older_rnn_checkpoints(tmp_path):
+    random.seed(4)
+    np.random.seed(5)
+    torch.manual_seed(6)
+    np.random.randn()
+    version, words, gauss_next = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    flat = {
+        "python_version": torch.tensor(version, dtype=torch.int64),
+        "python": torch.tensor(words, dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if gauss_next is None else gauss_next], dtype=torch.float64),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_extra": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([cached], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    save_checkpoint(tmp_path / "old.pt", {}, kind="test", rng=flat)
+    expected = _draw()
+    restore_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    assert _draw() == expected
+
+
 def test_jsonl_log_rewind_drops_later_epochs_and_torn_lines(tmp_path):
     log = JsonlLog(tmp_path / "log.jsonl")
     for e in (1, 2, 3):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nasdeploy.utils.config_dict import apply_overrides, load_yaml_dict
+from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
 
 
 @click.group()
@@ -13,7 +13,7 @@ def adl() -> None:
 
 
 def _config_dict(config: str, overrides: tuple[str, ...]) -> dict:
-    return apply_overrides(load_yaml_dict(config), overrides)
+    return apply_overrides(load_yaml(config), overrides)
 
 
 @adl.command("search")

@@ -27,7 +27,7 @@ from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genot
 from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
 from nasdeploy.train.seg_metrics import evaluate_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
-from nasdeploy.utils.config_dict import dataclass_from_dict, dataclass_to_dict
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
 from nasdeploy.utils.files import write_json_atomic
 
 
@@ -72,7 +72,10 @@ class ADLSearchConfig:
 
 def adl_search_config_from_dict(data: dict[str, Any]) -> ADLSearchConfig:
     """Validate a nested dict (e.g. parsed YAML) into an ADLSearchConfig."""
-    return dataclass_from_dict(ADLSearchConfig, data, "adl search config")
+    try:
+        return from_dict(ADLSearchConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"adl search config: {exc}") from None
 
 
 @dataclass
@@ -130,9 +133,9 @@ def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, res
         torch.set_num_threads(opts.threads)
     num_classes = len(dataset_classes(cfg.data))
     if cfg.supernet.num_classes != num_classes:
-        cfg = ADLSearchConfig(dataclass_from_dict(ADLSupernetConfig, {**dataclass_to_dict(cfg.supernet), "num_classes": num_classes}),
+        cfg = ADLSearchConfig(from_dict(ADLSupernetConfig, {**to_dict(cfg.supernet), "num_classes": num_classes}),
                               cfg.data, cfg.search)
-    config_dict = dataclass_to_dict(cfg)
+    config_dict = to_dict(cfg)
     ckpt_path = out / "checkpoint.pt"
     torch.manual_seed(opts.seed)
     device = torch.device(opts.device)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.utils.yaml_config import load_config
+from nasdeploy.utils.yamlconfig import load_config
 
 
 def _check_probability(where: str, **values: float) -> None:

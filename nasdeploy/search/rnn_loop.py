@@ -29,10 +29,12 @@ from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.train.lm_common import LMBatch, TBPTTSettings, architect_loss, evaluate_lm, perplexity, tbptt_epoch
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
-from nasdeploy.utils.jsonl import append_jsonl, read_jsonl, truncate_jsonl
-from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
-from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yaml_config import config_from_dict, config_to_dict
+from nasdeploy.utils.runlog import JsonlLog
+from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from nasdeploy.utils.distributed import resolve_device
+from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.runtime import runtime_settings
+from nasdeploy.utils.yamlconfig import from_dict, load_yaml, to_dict
 
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", "done.json", "config.yaml", "vocab.json")
 
@@ -68,7 +70,7 @@ def run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], *, 
                    force: bool = False, stop_after_epochs: int | None = None,
                    echo: Callable[[str], None] = tqdm.write) -> RNNSearchResult:
     """Search a recurrent cell; resumable, and a finished run is not redone unless force=True."""
-    with torch_threads(config.search.threads):
+    with runtime_settings(threads=config.search.threads):
         return _run_rnn_search(config, out_dir, data_dir, force, stop_after_epochs, echo)
 
 
@@ -85,13 +87,14 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
     elif done_path.is_file():
         echo(f"search in {out} is already finished (use force to redo it)")
         return _result_from_done(out, json.loads(done_path.read_text(encoding="utf-8")))
-    check_same_config(out / "config.yaml", config_to_dict(config), ignore=("data.data_dir", "search.epochs",
-                                                                           "search.progress", "search.device", "search.threads"))
+    if (out / "config.yaml").is_file():
+        check_resume_config(load_yaml(out / "config.yaml"), to_dict(config), out,
+                            allowed=("data.data_dir", "search.epochs", "search.progress", "search.device", "search.threads"))
     s = config.search
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text_atomic(out / "vocab.json", corpus.vocab.to_json())
 
     seed_everything(s.seed)
@@ -109,12 +112,12 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         load_weights_into(model, ckpt, source=str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         architect.optimizer.load_state_dict(ckpt["arch_optimizer"])
-        restore_rng(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         start_epoch = int(ckpt["meta"]["epoch"]) + 1
         seconds = float(ckpt["meta"]["seconds"])
         first_ppl = float(ckpt["meta"]["first_valid_ppl"])
         for name in ("log.jsonl", "alphas.jsonl"):
-            truncate_jsonl(out / name, start_epoch - 1)
+            JsonlLog(out / name).rewind(lambda r: int(r.get("epoch", 0)) < start_epoch)
         echo(f"resuming search in {out} from epoch {start_epoch}")
 
     train_data = batchify(corpus.train, s.batch_size).to(device)
@@ -131,22 +134,22 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         seconds += time.perf_counter() - t0
         genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives)
         probs = torch.softmax(model.alphas.detach().cpu(), dim=-1)
-        append_jsonl(out / "log.jsonl", {"epoch": epoch, "train_ppl": perplexity(train_loss), "valid_ppl": valid_ppl,
-                                         "valid_loss": valid_nll, "seconds": round(seconds, 2)})
-        append_jsonl(out / "alphas.jsonl", {"epoch": epoch, "alphas": probs.tolist(),
-                                            "genotype": genotype_to_dict(genotype)})
+        JsonlLog(out / "log.jsonl").write({"epoch": epoch, "train_ppl": perplexity(train_loss), "valid_ppl": valid_ppl,
+                                           "valid_loss": valid_nll, "seconds": round(seconds, 2)})
+        JsonlLog(out / "alphas.jsonl").write({"epoch": epoch, "alphas": probs.tolist(),
+                                              "genotype": genotype_to_dict(genotype)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_search",
                         meta={"epoch": epoch, "seconds": seconds, "first_valid_ppl": first_ppl,
-                              "config": config_to_dict(config), "genotype": genotype_to_dict(genotype),
+                              "config": to_dict(config), "genotype": genotype_to_dict(genotype),
                               "ntokens": len(corpus.vocab)},
                         optimizer=optimizer.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
-                        rng=capture_rng())
+                        rng=capture_rng_state())
         echo(f"search epoch {epoch}/{s.epochs}: train ppl {perplexity(train_loss):.2f}  valid ppl {valid_ppl:.2f}  "
              f"genotype {[list(e) for e in genotype.recurrent]}  ({seconds:.0f}s)")
 
     epochs_done = max(start_epoch - 1, last_epoch)
     genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives, name=f"rnn_search_{out.name}")
-    logged = [float(r["valid_ppl"]) for r in read_jsonl(out / "log.jsonl")]
+    logged = [float(r["valid_ppl"]) for r in JsonlLog(out / "log.jsonl").read()]
     if logged:  # a run resumed exactly at its end has no epoch left to evaluate
         valid_ppl = logged[-1]
     best_ppl = min(logged) if logged else valid_ppl
@@ -183,7 +186,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
 def load_search_checkpoint_model(path: str | os.PathLike[str]) -> tuple[RNNSearchModel, dict[str, Any]]:
     """Rebuild the supernet of a search checkpoint (for inspection)."""
     ckpt = load_checkpoint(path)
-    config = config_from_dict(RNNSearchConfig, ckpt["meta"]["config"])
+    config = from_dict(RNNSearchConfig, ckpt["meta"]["config"])
     model = build_search_model(config, int(ckpt["meta"]["ntokens"]))
     load_weights_into(model, ckpt, source=str(path))
     return model, ckpt

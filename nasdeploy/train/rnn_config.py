@@ -9,7 +9,7 @@ from typing import Sequence
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.nets.rnn import RNNLMConfig
-from nasdeploy.utils.yaml_config import load_config
+from nasdeploy.utils.yamlconfig import load_config
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,12 @@ from nasdeploy.train.lm_common import TBPTTSettings, evaluate_lm, perplexity, tb
 from nasdeploy.train.rnn_config import RNNTrainConfig
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
-from nasdeploy.utils.jsonl import append_jsonl, truncate_jsonl
-from nasdeploy.utils.rng_state import capture_rng, restore_rng, seed_everything
-from nasdeploy.utils.run_dir import check_same_config, resolve_device, torch_threads
-from nasdeploy.utils.yaml_config import config_to_dict
+from nasdeploy.utils.runlog import JsonlLog
+from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from nasdeploy.utils.distributed import resolve_device
+from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.runtime import runtime_settings
+from nasdeploy.utils.yamlconfig import load_yaml, to_dict
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "final.json", "config.yaml", "genotype.json", "vocab.json")
 
@@ -91,7 +93,7 @@ def run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str |
                      out_dir: str | os.PathLike[str], *, data_dir: str | None = None, force: bool = False,
                      stop_after_epochs: int | None = None, echo: Callable[[str], None] = tqdm.write) -> RNNTrainResult:
     """Train the evaluation language model of `genotype`; resumable; a finished run is not redone."""
-    with torch_threads(config.train.threads):
+    with runtime_settings(threads=config.train.threads):
         return _run_rnn_training(config, genotype, out_dir, data_dir, force, stop_after_epochs, echo)
 
 
@@ -109,9 +111,10 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
     elif (out / "final.json").is_file():
         echo(f"training in {out} is already finished (use force to redo it)")
         return _result(out, json.loads((out / "final.json").read_text(encoding="utf-8")))
-    stored = {"genotype": genotype_to_dict(genotype), **config_to_dict(config)}
-    check_same_config(out / "config.yaml", stored, ignore=("data.data_dir", "train.epochs", "train.progress",
-                                                           "train.device", "train.threads", "genotype.name"))
+    stored = {"genotype": genotype_to_dict(genotype), **to_dict(config)}
+    if (out / "config.yaml").is_file():
+        check_resume_config(load_yaml(out / "config.yaml"), stored, out, allowed=(
+            "data.data_dir", "train.epochs", "train.progress", "train.device", "train.threads", "genotype.name"))
     s = config.train
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
@@ -138,8 +141,8 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
         asgd_epoch, seconds, start_epoch = meta["asgd_epoch"], float(meta["seconds"]), int(meta["epoch"]) + 1
         optimizer = _make_optimizer(mode, params, s.lr, s.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"])
-        truncate_jsonl(out / "log.jsonl", start_epoch - 1)
+        restore_rng_state(ckpt["rng"])
+        JsonlLog(out / "log.jsonl").rewind(lambda r: int(r.get("epoch", 0)) < start_epoch)
         echo(f"resuming training in {out} from epoch {start_epoch} ({mode.upper()})")
 
     train_data = batchify(corpus.train, s.batch_size).to(device)
@@ -164,13 +167,13 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
                 echo(f"epoch {epoch}: validation stopped improving; switching to averaged SGD")
             history.append(valid_nll)
         seconds += time.perf_counter() - t0
-        append_jsonl(out / "log.jsonl", {"epoch": epoch, "optimizer": "asgd" if isinstance(optimizer, torch.optim.ASGD) else "sgd",
-                                         "train_ppl": perplexity(train_nll), "valid_ppl": perplexity(valid_nll),
-                                         "best_valid_ppl": perplexity(best_valid), "seconds": round(seconds, 2)})
+        JsonlLog(out / "log.jsonl").write({"epoch": epoch, "optimizer": "asgd" if isinstance(optimizer, torch.optim.ASGD) else "sgd",
+                                           "train_ppl": perplexity(train_nll), "valid_ppl": perplexity(valid_nll),
+                                           "best_valid_ppl": perplexity(best_valid), "seconds": round(seconds, 2)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_train_state",
                         meta={**net_meta, "epoch": epoch, "mode": mode, "history": history, "best_valid": best_valid,
                               "asgd_epoch": asgd_epoch, "seconds": seconds},
-                        optimizer=optimizer.state_dict(), rng=capture_rng())
+                        optimizer=optimizer.state_dict(), rng=capture_rng_state())
         echo(f"train epoch {epoch}/{s.epochs}: train ppl {perplexity(train_nll):.2f}  valid ppl "
              f"{perplexity(valid_nll):.2f}{' *' if improved else ''}  ({mode.upper()}, {seconds:.0f}s)")
 

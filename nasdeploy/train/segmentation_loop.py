@@ -23,7 +23,7 @@ from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_ge
 from nasdeploy.nets import build_network
 from nasdeploy.train.seg_metrics import evaluate_miou, majority_class_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from nasdeploy.utils.config_dict import dataclass_from_dict, dataclass_to_dict
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
 from nasdeploy.utils.files import write_json_atomic
 
 
@@ -81,7 +81,10 @@ class SegTrainConfig:
 
 def seg_train_config_from_dict(data: dict[str, Any]) -> SegTrainConfig:
     """Validate a nested dict (e.g. parsed YAML) into a SegTrainConfig."""
-    return dataclass_from_dict(SegTrainConfig, data, "adl train config")
+    try:
+        return from_dict(SegTrainConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"adl train config: {exc}") from None
 
 
 @dataclass
@@ -119,7 +122,7 @@ def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[st
         torch.set_num_threads(opts.threads)
     classes = dataset_classes(cfg.data)
     genotype = resolve_genotype(cfg.net.genotype, expected_kind="autodeeplab")
-    config_dict = dataclass_to_dict(cfg)
+    config_dict = to_dict(cfg)
     torch.manual_seed(opts.seed)
     device = torch.device(opts.device)
     train_set = build_segmentation_dataset(cfg.data, "train", train=True)

@@ -71,13 +71,28 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for key in data:
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1)
-            extra = f"; did you mean '{_join(where, hint[0])}'?" if hint else f" (valid: {', '.join(names)})"
+            extra = (f"; did you mean '{_join(where, hint[0])}'?" if hint else "") + f" (valid: {', '.join(names)})"
             raise ConfigError(f"unknown config key '{_join(where, str(key))}'{extra}")
     kwargs = {key: _coerce(hints[key], value, _join(where, key)) for key, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{label}: {exc}") from None
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
+                section: str | None = None) -> T:
+    """Read YAML (its top-level `section` when present), apply dotted overrides, validate into `cls`."""
+    data = load_yaml(path) if path is not None else {}
+    if section is not None and isinstance(data.get(section), dict):
+        data = data[section]
+    data = apply_overrides(data, overrides)
+    if path is None:
+        return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:
