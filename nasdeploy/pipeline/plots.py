@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,21 +10,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nasdeploy.utils.files import write_bytes_atomic
+from nasdeploy.utils.runlog import JsonlLog
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file ([] when missing); a torn last line is ignored."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    records = []
-    for line in p.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    """Records of a JSON-lines run log ([] when missing; torn lines skipped)."""
+    return JsonlLog(path).read()
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
