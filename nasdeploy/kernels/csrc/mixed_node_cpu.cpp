@@ -253,6 +253,12 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
     const int64_t run = make_task<CL>(o, 0).size();
     std::vector<T> buf(static_cast<size_t>(run)), dp(static_cast<size_t>(run));
     std::vector<T> arg(static_cast<size_t>(run));  // argmax codes as T: see max_pool3_code()
+    int64_t in_h = 0, in_w = 0;
+    for (int e = 0; e < a.n_edges; ++e) {
+      in_h = std::max(in_h, a.in[e].H);
+      in_w = std::max(in_w, a.in[e].W);
+    }
+    std::vector<int64_t> row_lo(in_h), row_hi(in_h), col_lo(in_w), col_hi(in_w);
     const Geom run_geom = CL ? Geom{1, o.C, o.H, o.W, 0, 1, o.W * o.C, o.C} : Geom{1, 1, o.H, o.W, 0, 0, o.W, 1};
     for (int64_t k = begin; k < end; ++k) {
       const Task<CL> tk = make_task<CL>(o, k);
@@ -317,13 +323,22 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
                 for (int64_t c = 0; c < lanes; ++c) dx[base + c] += avg_pool3_grad_s1(dpp + base + c, sH, sW, v);
               });
             }
-          } else {
+          } else {  // covering ranges per row and column looked up, not divided out per element
+            for (int64_t i = 0; i < gi.H; ++i) covering_outputs(i, s, o.H, &row_lo[i], &row_hi[i]);
+            for (int64_t j = 0; j < gi.W; ++j) covering_outputs(j, s, o.W, &col_lo[j], &col_hi[j]);
+            const int64_t lanes = tk.lanes();
             for (int64_t i = 0; i < gi.H; ++i)
-              for (int64_t j = 0; j < gi.W; ++j)
-                for (int64_t c = 0; c < tk.lanes(); ++c)
-                  dx[(i * gi.W + j) * tk.lanes() + c] += is_max
-                      ? max_pool3_grad(dp.data(), arg.data(), run_geom, 0, c, i, j, s)
-                      : avg_pool3_grad(dp.data(), run_geom, 0, c, i, j, s);
+              for (int64_t j = 0; j < gi.W; ++j) {
+                T* d = dx + (i * gi.W + j) * lanes;
+                if (is_max) {
+                  for (int64_t c = 0; c < lanes; ++c)
+                    d[c] += max_pool3_grad_in(dp.data(), arg.data(), run_geom, 0, c, i, j, s, row_lo[i], row_hi[i],
+                                              col_lo[j], col_hi[j]);
+                } else {
+                  for (int64_t c = 0; c < lanes; ++c)
+                    d[c] += avg_pool3_grad_in(dp.data(), run_geom, 0, c, row_lo[i], row_hi[i], col_lo[j], col_hi[j]);
+                }
+              }
           }
         }
       }
