@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -24,3 +25,13 @@ def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, nn.Linear):
                 m.weight.mul_(5.0)  # logits of order 1 make the relative tolerance meaningful
     return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run the PyTorch reference side on one thread: on a shared 2-core machine OpenMP spin-waiting
+    made batch-1 forwards of these small nets ~50x slower (measured) than a single thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

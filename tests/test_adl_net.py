@@ -144,3 +144,19 @@ def test_published_parameter_counts_and_recomputed_macs(variant):
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.empty(1, 3, 1024, 2048, device="meta"))
         assert counter.get_total_flops() // 2 == costs["macs"]
+
+
+def test_segmentation_net_exports_through_the_generic_export_command(tmp_path):
+    """`nasdeploy export AutoDeepLab --net segmentation` builds, exports and passes parity at two sizes."""
+    import json
+
+    from nasdeploy.cli.main import main
+
+    out = tmp_path / "seg"
+    try:
+        main(["export", "AutoDeepLab", "--net", "segmentation", "--channels", "4", "--input-size", "33", "--out", str(out)])
+    except SystemExit as exc:
+        assert not exc.code
+    parity = json.loads((out / "parity_onnx.json").read_text())
+    assert parity["passed"] is True
+    assert len({tuple(c["input_shape"][2:]) for c in parity["cases"]}) == 2

@@ -49,3 +49,32 @@ def test_bad_input_is_one_line_error(capsys, args, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_profile_segmentation_net_with_filter_multiplier_and_hxw(tmp_path):
+    """Auto-DeepLab profiles through the same CLI: --filter-multiplier and an HxW input size."""
+    import json as _json
+
+    from nasdeploy.cli.main import main as _main
+    from nasdeploy.profile.api import profile_target
+
+    out = tmp_path / "seg.json"
+    try:
+        _main(["profile", "AutoDeepLab", "--net", "segmentation", "--filter-multiplier", "4",
+               "--input-size", "65x97", "--no-breakdown", "--json", str(out)])
+    except SystemExit as exc:
+        assert not exc.code
+    target = _json.loads(out.read_text())["targets"][0]
+    assert target["input_shape"] == [3, 65, 97]
+    direct = profile_target("AutoDeepLab", net="segmentation", channels=4, input_size=(3, 65, 97))
+    assert target["params"] == direct.complexity.params and target["macs"] == direct.complexity.macs > 0
+
+
+def test_profile_bad_input_size_is_one_line(capsys):
+    from nasdeploy.cli.main import main as _main
+
+    try:
+        _main(["profile", "DARTS_V2", "--input-size", "224x"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "--input-size must be S or HxW" in capsys.readouterr().err

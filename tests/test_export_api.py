@@ -14,8 +14,9 @@ from google.protobuf import text_format
 from torch import nn
 from tritonclient.grpc import model_config_pb2
 
+from _export_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 from nasdeploy.cli.main import cli, main
-from nasdeploy.errors import CheckpointError, ConfigError, ExportError, GenotypeError
+from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.export.api import ExportOptions, build_export_model, export_model, export_target
 from nasdeploy.export.parity import ToleranceError
 from nasdeploy.genotypes import genotype_to_dict, get_genotype
@@ -106,9 +107,8 @@ def test_triton_repository_parses_with_tritons_schema(cli_export):
 
 def test_missing_tensorrt_one_line_and_trtexec_script(cli_export):
     _, out, result = cli_export
-    pytest.importorskip  # noqa: B018 (documentation: this test assumes TensorRT is absent)
-    if "tensorrt" in sys.modules or _has_tensorrt():
-        pytest.skip("TensorRT is installed here")
+    if _has_tensorrt():
+        pytest.skip("TensorRT is installed here: the fallback path is covered by test_cli_missing_tensorrt_exit_code")
     assert isinstance(result.exception, Exception) and "tensorrt is not importable" in str(result.exception)
     assert "\n" not in str(result.exception)
     script = (out / "trtexec.sh").read_text()
@@ -118,11 +118,9 @@ def test_missing_tensorrt_one_line_and_trtexec_script(cli_export):
 
 
 def _has_tensorrt():
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 def test_cli_missing_tensorrt_exit_code(tmp_path, capsys, monkeypatch):
@@ -151,6 +149,15 @@ def test_cli_bad_input_one_line_no_output(tmp_path, capsys, monkeypatch, args, m
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert list(tmp_path.iterdir()) == []  # no output directory, no partial staging folder
+
+
+def test_cli_wrong_checkpoint_one_line_no_output(tmp_path, capsys):
+    _trained_checkpoint(tmp_path / "darts.pt")
+    (tmp_path / "runs").mkdir()
+    code = _run_cli(["export", "NASNet", "--checkpoint", str(tmp_path / "darts.pt"), "--out", str(tmp_path / "runs" / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "trained for DARTS_V2, which differs from the target 'NASNet'" in err
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_wrong_checkpoints(tmp_path):

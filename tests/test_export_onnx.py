@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from _export_utils import randomize_bn_
+from _export_utils import one_torch_thread, randomize_bn_  # noqa: F401 (autouse fixture)
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError, ExportError, MissingDependencyError
 from nasdeploy.export.onnx import export_onnx, onnx_files, onnx_io, read_onnx_metadata
@@ -144,6 +144,7 @@ def test_static_export_with_external_data(tmp_path):
     assert report.passed and {c.input_shape for c in report.cases} == {(1, 3, 32, 32)}
 
 
+@pytest.mark.slow
 def test_imagenet_full_size_224(tmp_path):
     """DARTS_V2 ImageNet at its real size: batch 1 and 8, at 224x224 and at a second input size."""
     model = randomize_bn_(build_network("DARTS_V2", "imagenet")).eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from _export_utils import randomize_bn_
+from _export_utils import one_torch_thread, randomize_bn_  # noqa: F401 (autouse fixture)
 from nasdeploy.errors import ConfigError, ExportError, MissingDependencyError
 from nasdeploy.export import tensorrt as trt_export
 from nasdeploy.export.fp16 import convert_onnx_to_fp16

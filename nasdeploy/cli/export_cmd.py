@@ -25,7 +25,7 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 
 @click.command("export")
 @click.argument("target")
-@click.option("--net", default="cifar", show_default=True, help="Network family: cifar | imagenet.")
+@click.option("--net", default="cifar", show_default=True, help="Network family: cifar | imagenet | segmentation (Auto-DeepLab).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="nasdeploy train checkpoint or plain state_dict.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), default=("onnx",), show_default=True,
               help="Artifact to produce (repeatable). ONNX is always exported and verified first.")

@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "nasdeploy.cli.export_cmd:export",
     "search": "nasdeploy.cli.search_cmd:search",
     "train": "nasdeploy.cli.train_cmd:train",
+    "pipeline": "nasdeploy.cli.pipeline_cmd:pipeline",
+    "rnn": "nasdeploy.cli.rnn_cmd:rnn",
 }
 
 

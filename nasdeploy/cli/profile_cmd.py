@@ -12,10 +12,12 @@ from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS
 @click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @click.option("--net", type=click.Choice(list_networks()), default="imagenet", show_default=True,
               help="Network family built from a genotype (ignored for .onnx targets).")
-@click.option("--channels", type=int, default=None, help="Initial channels C (default: the family's).")
+@click.option("--channels", "--filter-multiplier", "channels", type=int, default=None,
+              help="Initial channels C, or Auto-DeepLab's filter multiplier F (default: the family's).")
 @click.option("--layers", type=int, default=None, help="Number of cells L (default: the family's).")
 @click.option("--num-classes", type=int, default=None, help="Classifier outputs (default: the family's).")
-@click.option("--input-size", type=int, default=None, help="Square input size S (default: the family's; needed for .onnx with symbolic H/W).")
+@click.option("--input-size", default=None, metavar="S|HxW",
+              help="Input size S (square) or HxW (default: the family's; needed for .onnx with symbolic H/W).")
 @click.option("--latency", "latency", default="none", show_default=True,
               help=f"Comma-separated backends ({', '.join(BACKENDS)}) or groups ({', '.join(BACKEND_GROUPS)}).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for latency.")
@@ -30,6 +32,7 @@ def profile(targets, net, channels, layers, num_classes, input_size, latency, ba
     from nasdeploy.profile.report import render_report
     from nasdeploy.utils.files import write_text_atomic
 
+    input_size = _parse_input_size(input_size)
     backends = parse_backends(latency)
     cfg = LatencyConfig(batch=batch, warmup=warmup, runs=runs, progress=True)
     results = profile_targets(list(targets), net=net, channels=channels, layers=layers, num_classes=num_classes,
@@ -40,3 +43,15 @@ def profile(targets, net, channels, layers, num_classes, input_size, latency, ba
         click.echo(f"wrote {write_report_json(json_path, results)}")
     if md_path:
         click.echo(f"wrote {write_text_atomic(md_path, text)}")
+
+
+def _parse_input_size(text: str | None) -> int | tuple[int, int, int] | None:
+    """'224' -> 224, '1024x2048' -> (3, 1024, 2048); anything else is a one-line error."""
+    from nasdeploy.errors import ConfigError
+
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2):
+        raise ConfigError(f"--input-size must be S or HxW with positive integers, got '{text}'")
+    return int(parts[0]) if len(parts) == 1 else (3, int(parts[0]), int(parts[1]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nasdeploy.cli.search_cmd import _out_dir
+from nasdeploy.cli.rundir_options import default_out_dir
 from nasdeploy.errors import ConfigError
 
 
@@ -23,14 +23,17 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
     """Train the network of a genotype; OVERRIDES are section.key=value (e.g. train.epochs=10)."""
     from nasdeploy.train.config import load_train_config
     from nasdeploy.train.loop import run_training
+    from nasdeploy.utils.distributed import launched_as_main
 
-    out = _out_dir(out_dir, config_path, "train")
+    out = default_out_dir(out_dir, config_path, "train")
     if config_path is None:
         if not (out / "config.yaml").is_file():
             raise ConfigError("give --config FILE, or --out DIR of an existing run (its config.yaml is reused)")
         config_path = str(out / "config.yaml")
     config = load_train_config(config_path, overrides)
     result = run_training(config, genotype, out, data_dir, force=force, progress=progress)
+    if not launched_as_main():
+        return
     if result.top1 is not None:
         click.echo(f"top1 {result.top1:.4f}  top5 {result.top5:.4f}  params {result.params:,}  "
                    f"({result.epochs_done}/{result.epochs} epochs)")

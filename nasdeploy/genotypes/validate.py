@@ -98,4 +98,6 @@ def validate_recurrent_genotype(genotype: RecurrentGenotype) -> RecurrentGenotyp
     for c in genotype.concat:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c > steps:
             raise GenotypeError(f"recurrent cell: concat names node {c!r}, which does not exist; nodes are 0..{steps}")
+    if len(set(genotype.concat)) != len(genotype.concat):
+        raise GenotypeError(f"recurrent cell: concat list {list(genotype.concat)} names a node twice")
     return genotype

@@ -166,6 +166,9 @@ SEGMENTATION_CONFIG = NetConfig(
 def _build_segmentation(genotype: AutoDeepLabGenotype, cfg: NetConfig, *, channels: int, layers: int,
                         num_classes: int, filter_multiplier: int | None = None, **kwargs: Any) -> nn.Module:
     multiplier = channels if filter_multiplier is None else filter_multiplier
+    # Generic callers (export, profile) say whether they want an auxiliary head; this family has none.
+    if kwargs.pop("auxiliary", False):
+        raise ConfigError("the segmentation network has no auxiliary head (auxiliary=True is not supported)")
     if layers not in (cfg.layers, genotype.layers):
         raise ConfigError(f"layers={layers} does not match the genotype path ({genotype.layers} layers); the path sets the depth")
     model = AutoDeepLabNet(genotype, filter_multiplier=multiplier, num_classes=num_classes, **kwargs)

@@ -47,7 +47,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_alpha_evolution(history: Sequence[dict[str, Any]], primitives: Sequence[str], path: Path,
-                         cells: Sequence[str] = ("normal", "reduce")) -> Path | None:
+                         cells: Sequence[str] = ("alphas_normal", "alphas_reduce")) -> Path | None:
     """Mean softmaxed weight of each op over all edges, per epoch, one panel per cell type."""
     if not history:
         return None
@@ -57,7 +57,7 @@ def plot_alpha_evolution(history: Sequence[dict[str, Any]], primitives: Sequence
         weights = np.array([rec[cell] for rec in history], dtype=float)  # epochs x edges x ops
         for k, name in enumerate(primitives):
             ax.plot(epochs, weights[:, :, k].mean(axis=1), marker="o", ms=3, label=name)
-        ax.set_title(f"{cell} cell: mean softmax(alpha) per op")
+        ax.set_title(f"{cell.replace('alphas_', '')} cell: mean softmax(alpha) per op")
         ax.set_xlabel("epoch")
         ax.set_ylabel("weight")
         ax.grid(alpha=0.3)
@@ -67,7 +67,7 @@ def plot_alpha_evolution(history: Sequence[dict[str, Any]], primitives: Sequence
 
 def plot_final_alphas(weights: dict[str, Any], primitives: Sequence[str], path: Path) -> Path | None:
     """Heatmaps of the final softmaxed alphas (edges x ops) of each cell type."""
-    cells = [c for c in ("normal", "reduce") if c in weights]
+    cells = [c for c in ("alphas_normal", "alphas_reduce") if c in weights]
     if not cells:
         return None
     fig, axes = _figure(5.0 * len(cells), 4.8, 1, len(cells))
@@ -76,7 +76,7 @@ def plot_final_alphas(weights: dict[str, Any], primitives: Sequence[str], path: 
         im = ax.imshow(w, aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(primitives)), primitives, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("edge")
-        ax.set_title(f"final {cell} alphas")
+        ax.set_title(f"final {cell.replace('alphas_', '')} alphas")
         fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 

@@ -203,7 +203,9 @@ def profile_target(
 
     cfg = get_net_config(net)
     genotype = resolve_genotype(target, expected_kind=cfg.genotype_kind)
-    model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes, auxiliary=True)
+    # Count the auxiliary head separately where the family has one (the DARTS CNN nets).
+    extra = {"auxiliary": True} if cfg.genotype_kind == "cnn_cell" else {}
+    model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes, **extra)
     built = model.default_cfg
     net_info = {"family": built.name, "channels": built.channels, "layers": built.layers, "num_classes": built.num_classes}
     label = genotype.name or (Path(os.fspath(target)).stem if isinstance(target, (str, os.PathLike)) else "genotype")

@@ -168,9 +168,10 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
 
     log = JsonlLog(out / "log.jsonl", ctx.is_main)
     alpha_log = JsonlLog(out / "alphas.jsonl", ctx.is_main)
-    start_epoch = 0
+    start_epoch, elapsed = 0, 0.0
     if checkpoint is not None:
         start_epoch = _restore(checkpoint, model, w_opt, architect, scheduler, ctx)
+        elapsed = float(checkpoint["meta"].get("time_s", 0.0))
         log.rewind(lambda r: r.get("epoch", 0) <= start_epoch)
         alpha_log.rewind(lambda r: r.get("epoch", 0) <= start_epoch)
         console(f"resuming search in {out} after epoch {start_epoch}/{opts.epochs}", ctx.is_main)
@@ -183,7 +184,6 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
                 f"mixed op '{model.mixed_op}', {ctx.world_size} process(es) on {ctx.device}", ctx.is_main)
 
     record: dict[str, Any] = {}
-    started = time.perf_counter()
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         w_sampler.set_epoch(epoch)
@@ -218,7 +218,8 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
         console(f"epoch {epoch + 1}/{opts.epochs}  " + format_metrics(
             record, ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time_s")), ctx.is_main)
         console(f"  normal: {_cell_text(genotype.normal)}\n  reduce: {_cell_text(genotype.reduce)}", ctx.is_main)
-        _save(out, config, model, w_opt, architect, scheduler, epoch + 1, genotype, record, ctx)
+        elapsed += time.perf_counter() - t0
+        _save(out, config, model, w_opt, architect, scheduler, epoch + 1, genotype, record, elapsed, ctx)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < opts.epochs:
             return _result(out, model, epoch + 1, opts.epochs, False, record)
 
@@ -228,8 +229,7 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
                                                               "dataset": info.name})
         final = {k: v for k, v in record.items() if k != "genotype"} if record else _last_record(log)
         write_json_atomic(out / "done.json", {"finished": True, "epochs": opts.epochs, "final": final,
-                                              "genotype": genotype_to_dict(genotype),
-                                              "time_s_this_call": round(time.perf_counter() - started, 3)})
+                                              "genotype": genotype_to_dict(genotype), "time_s": round(elapsed, 3)})
         console(f"search finished: genotype written to {out / 'genotype.json'}", ctx.is_main)
     barrier(ctx)
     return _result(out, model, opts.epochs, opts.epochs, True, record or _last_record(log))
@@ -259,11 +259,12 @@ def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
 
 def _save(out: Path, config: SearchConfig, model: DartsSupernet, w_opt: torch.optim.Optimizer,
           architect: Architect, scheduler: Any, epoch: int, genotype: CNNGenotype, record: dict[str, Any],
-          ctx: DistContext) -> None:
+          elapsed: float, ctx: DistContext) -> None:
     rng = _gather_rng(ctx)
     if ctx.is_main:
         meta = {"genotype": genotype_to_dict(genotype), "epoch": epoch, "epochs": config.search.epochs,
-                "metrics": {k: v for k, v in record.items() if k != "genotype"}, "world_size": ctx.world_size}
+                "metrics": {k: v for k, v in record.items() if k != "genotype"}, "world_size": ctx.world_size,
+                "time_s": round(elapsed, 3)}
         save_checkpoint(out / "checkpoint.pt", model.state_dict(), kind="search", meta=meta,
                         optimizer=w_opt.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), rng=rng, epoch=epoch, config=to_dict(config))

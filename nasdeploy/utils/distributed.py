@@ -34,6 +34,11 @@ class DistContext:
         return self.world_size > 1
 
 
+def launched_as_main() -> bool:
+    """True unless this process is a non-zero rank of a torchrun launch (for CLI output)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available else cpu; 'cpu' / 'cuda' / 'cuda:N' as given (checked)."""
     if device == "auto":

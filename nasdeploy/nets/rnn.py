@@ -1,0 +1,189 @@
+"""The DARTS recurrent language model: a derived recurrent cell between tied embedding and decoder.
+
+Shapes follow the reference implementation: tokens [T, B] (time first), hidden [1, B, nhid],
+log-probabilities [T, B, ntokens]. Parameter names match it too (encoder, rnns.0._W0, rnns.0._Ws.i,
+decoder), so its weights map one to one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, resolve_genotype
+from nasdeploy.ops.rnn import LockedDropout, embedded_dropout, highway_update, rnn_activation, variational_mask
+from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
+
+NET_NAME = "rnn_lm"  # meta["net"] of its train checkpoints
+INIT_RANGE = 0.04  # uniform init range of the cell matrices (reference value)
+EMBED_INIT_RANGE = 0.1
+
+
+class RecurrentCellBase(nn.Module):
+    """The time loop shared by search and derived cells: variational dropout masks, W0 and s0.
+
+    Subclasses implement `nodes(s0, h_mask, **kw) -> new hidden state` for one time step.
+    """
+
+    def __init__(self, ninp: int, nhid: int, steps: int, dropouth: float, dropoutx: float):
+        super().__init__()
+        self.ninp, self.nhid, self.steps = ninp, nhid, steps
+        self.dropouth, self.dropoutx = dropouth, dropoutx
+        self._W0 = nn.Parameter(torch.empty(ninp + nhid, 2 * nhid).uniform_(-INIT_RANGE, INIT_RANGE))
+        self._Ws = nn.ParameterList(
+            nn.Parameter(torch.empty(nhid, 2 * nhid).uniform_(-INIT_RANGE, INIT_RANGE)) for _ in range(steps)
+        )
+
+    def nodes(self, s0: torch.Tensor, h_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs [T, B, ninp], hidden [B, nhid] -> (outputs [T, B, nhid], last hidden [B, nhid])."""
+        batch = inputs.size(1)
+        x_mask = h_mask = None
+        if self.training:
+            x_mask = variational_mask(inputs, (batch, self.ninp), self.dropoutx)
+            h_mask = variational_mask(inputs, (batch, self.nhid), self.dropouth)
+        x = inputs if x_mask is None else inputs * x_mask
+        # [x, h] @ W0 == x @ W0[:ninp] + h @ W0[ninp:]: the input half is done for all steps at once.
+        x_proj = x @ self._W0[: self.ninp]
+        w_h = self._W0[self.ninp:]
+        h = hidden
+        outputs = []
+        for t in range(inputs.size(0)):
+            h_in = h if h_mask is None else h * h_mask
+            s0 = highway_update(h, x_proj[t] + h_in @ w_h, torch.tanh)
+            h = self.nodes(s0, h_mask, **kwargs)
+            outputs.append(h)
+        return torch.stack(outputs), h
+
+
+class DARTSCell(RecurrentCellBase):
+    """A derived recurrent cell: node i reads one predecessor with one activation (the genotype)."""
+
+    def __init__(self, ninp: int, nhid: int, genotype: RecurrentGenotype, dropouth: float = 0.0, dropoutx: float = 0.0):
+        super().__init__(ninp, nhid, genotype.steps, dropouth, dropoutx)
+        self.genotype = genotype
+        self._acts = [rnn_activation(op) for op, _ in genotype.recurrent]
+
+    def nodes(self, s0: torch.Tensor, h_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+        states = [s0]
+        for i, (_, pred) in enumerate(self.genotype.recurrent):
+            s_prev = states[pred]
+            s_in = s_prev if h_mask is None else s_prev * h_mask
+            states.append(highway_update(s_prev, s_in @ self._Ws[i], self._acts[i]))
+        return torch.stack([states[i] for i in self.genotype.concat], dim=-1).mean(dim=-1)
+
+
+class RNNLanguageModel(nn.Module):
+    """Embedding (with word dropout) -> locked dropout -> recurrent cell -> locked dropout -> tied decoder."""
+
+    def __init__(self, cell: RecurrentCellBase, ntokens: int, *, dropout: float, dropouti: float, dropoute: float):
+        super().__init__()
+        self.ntokens, self.emsize, self.nhid = ntokens, cell.ninp, cell.nhid
+        self.dropout, self.dropouti, self.dropoute = dropout, dropouti, dropoute
+        self.lockdrop = LockedDropout()
+        self.encoder = nn.Embedding(ntokens, cell.ninp)
+        self.rnns = nn.ModuleList([cell])
+        self.decoder = nn.Linear(cell.nhid, ntokens)
+        self.decoder.weight = self.encoder.weight  # tied: needs emsize == nhid
+        nn.init.uniform_(self.encoder.weight, -EMBED_INIT_RANGE, EMBED_INIT_RANGE)
+        nn.init.zeros_(self.decoder.bias)
+
+    def run_cell(self, emb: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrent part (search models override this to pass their architecture weights)."""
+        return self.rnns[0](emb, hidden)
+
+    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor, return_h: bool = False) -> Any:
+        """tokens [T, B], hidden [1, B, nhid] -> (log_probs [T, B, ntokens], hidden [1, B, nhid]).
+
+        With return_h=True also the cell outputs before and after output dropout (for AR/TAR).
+        """
+        emb = embedded_dropout(self.encoder, tokens, self.dropoute if self.training else 0.0)
+        emb = self.lockdrop(emb, self.dropouti)
+        raw, last = self.run_cell(emb, hidden[0])
+        out = self.lockdrop(raw, self.dropout)
+        log_probs = F.log_softmax(self.decoder(out), dim=-1)
+        if return_h:
+            return log_probs, last.unsqueeze(0), raw, out
+        return log_probs, last.unsqueeze(0)
+
+    def init_hidden(self, batch_size: int) -> torch.Tensor:
+        """The zero initial state [1, B, nhid]."""
+        return self.encoder.weight.new_zeros(1, batch_size, self.nhid)
+
+
+@dataclass(frozen=True)
+class RNNLMConfig:
+    """Sizes and dropout rates of the evaluation model (defaults: the published PTB model)."""
+
+    ntokens: int = 10000
+    emsize: int = 850
+    nhid: int = 850
+    dropout: float = 0.75  # output of the cell
+    dropouth: float = 0.25  # hidden state fed to every projection
+    dropoutx: float = 0.75  # input x of the cell
+    dropouti: float = 0.2  # embedding output
+    dropoute: float = 0.1  # whole words of the embedding matrix
+    seq_len: int = 35  # default sequence length for export and profiling (the bptt)
+
+    def __post_init__(self) -> None:
+        for name in ("ntokens", "emsize", "nhid", "seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"rnn model {name} must be a positive integer, got {value!r}")
+        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"rnn model {name} must be a probability in [0, 1), got {value!r}")
+        if self.emsize != self.nhid:
+            raise ConfigError(f"tied embedding and decoder need emsize == nhid, got {self.emsize} and {self.nhid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (checkpoint meta)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RNNLMConfig":
+        """Build from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown rnn model setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        return cls(**dict(data))
+
+
+def build_rnn_lm(genotype: RecurrentGenotype | str | os.PathLike[str], ntokens: int | None = None,
+                 **overrides: Any) -> RNNLanguageModel:
+    """The evaluation language model of a recurrent genotype (object, registry name or JSON file).
+
+    Keyword overrides are RNNLMConfig fields; the model carries `default_cfg` (the RNNLMConfig used).
+    """
+    resolved = resolve_genotype(genotype, expected_kind=RecurrentGenotype.kind)
+    base = RNNLMConfig().to_dict()
+    if ntokens is not None:
+        base["ntokens"] = ntokens
+    base.update(overrides)
+    cfg = RNNLMConfig.from_dict(base)
+    cell = DARTSCell(cfg.emsize, cfg.nhid, resolved, cfg.dropouth, cfg.dropoutx)
+    model = RNNLanguageModel(cell, cfg.ntokens, dropout=cfg.dropout, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
+    model.default_cfg = cfg
+    model.genotype = resolved
+    return model
+
+
+def load_rnn_lm(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> RNNLanguageModel:
+    """The evaluation model of a train checkpoint (meta: genotype, net 'rnn_lm', net_kwargs), in eval mode."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    meta = ckpt.get("meta", {})
+    if meta.get("net") != NET_NAME or "genotype" not in meta or "net_kwargs" not in meta:
+        raise CheckpointError(f"{path} is not a recurrent language-model checkpoint (meta.net is {meta.get('net')!r})")
+    model = build_rnn_lm(genotype_from_dict(meta["genotype"], RecurrentGenotype.kind), **meta["net_kwargs"])
+    load_weights_into(model, ckpt, source=str(path))
+    return model.eval()

@@ -1,0 +1,64 @@
+"""Configuration of recurrent language-model training (defaults: the published PTB evaluation run)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from nasdeploy.data.text import TextDataConfig
+from nasdeploy.errors import ConfigError
+from nasdeploy.nets.rnn import RNNLMConfig
+from nasdeploy.utils.yaml_config import load_config
+
+
+@dataclass(frozen=True)
+class RNNTrainSettings:
+    """SGD with the learning rate scaled per window, switching to ASGD when validation stops improving."""
+
+    epochs: int = 8000  # the reference sets 8000 and stops the run by wall time
+    batch_size: int = 64
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 35
+    max_seq_len_delta: int = 20
+    lr: float = 20.0
+    clip: float = 0.25
+    weight_decay: float = 8e-7
+    nonmono: int = 5  # switch to ASGD when validation is worse than the best of all but the last nonmono epochs
+    alpha_ar: float = 0.0
+    beta_tar: float = 1e-3
+    max_batches_per_epoch: int | None = None
+    seed: int = 1267
+    threads: int | None = None  # torch CPU threads (1 is fastest for small models on busy machines)
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt", "lr", "clip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.nonmono < 1:
+            raise ConfigError(f"train.nonmono must be >= 1, got {self.nonmono}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must not be negative, got {self.weight_decay}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise ConfigError(f"train.max_batches_per_epoch must be positive, got {self.max_batches_per_epoch}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"train.threads must be positive, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class RNNTrainConfig:
+    """Data, evaluation model (sizes, dropouts; model.ntokens is set from the corpus) and loop settings."""
+
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: RNNLMConfig = field(default_factory=RNNLMConfig)
+    train: RNNTrainSettings = field(default_factory=RNNTrainSettings)
+
+
+def load_rnn_train_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> RNNTrainConfig:
+    """Load from YAML (a file with `train_run:` uses that section), apply dotted overrides, validate."""
+    return load_config(RNNTrainConfig, path, overrides, section="train_run")

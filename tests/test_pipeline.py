@@ -1,0 +1,115 @@
+"""The end-to-end pipeline on a tiny config: artifacts, resume after interruption, --force, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes import load_genotype
+from nasdeploy.pipeline.config import load_pipeline_config, pipeline_config_from_dict
+from nasdeploy.pipeline.runner import STAGE_ORDER, run_pipeline
+
+TINY = {
+    "name": "tiny",
+    "search": {
+        "data": {"dataset": "demo", "demo_train_size": 64, "demo_seed": 0, "num_workers": 0},
+        "model": {"channels": 4, "layers": 3, "steps": 2, "multiplier": 2},
+        "search": {"epochs": 1, "batch_size": 16, "eval_images": 16, "seed": 0, "threads": 1},
+    },
+    "train": {
+        "data": {"dataset": "demo", "demo_train_size": 64, "demo_test_size": 32, "demo_seed": 0, "num_workers": 0},
+        "model": {"net": "cifar", "channels": 4, "layers": 3, "auxiliary": True},
+        "train": {"epochs": 2, "batch_size": 16, "seed": 0, "threads": 1},
+    },
+    "export": {"formats": ["onnx"]},
+    "profile": {"net": "cifar", "channels": 8, "layers": 5, "compare": ["DARTS_V2"], "backends": [], "latency_for": []},
+}
+
+
+def tiny_config():
+    return pipeline_config_from_dict(json.loads(json.dumps(TINY)), Path("."), "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    first = run_pipeline(tiny_config(), run_dir, progress=False, stop_after_epoch=1)
+    return run_dir, first, run_pipeline(tiny_config(), run_dir, progress=False)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(finished_run):
+    run_dir, first, second = finished_run
+    assert first.interrupted == "train" and first.ran == ["search", "derive"]
+    assert second.skipped == ["search", "derive"] and second.ran == ["train", "export", "profile", "report"]
+    log = [json.loads(line) for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # epoch 1 was not trained again
+
+
+def test_run_directory_holds_the_deliverables(finished_run):
+    run_dir, _, second = finished_run
+    genotype = load_genotype(run_dir / "genotype.json", "cnn_cell")
+    assert genotype.normal_steps == 2
+    export_parity = json.loads((run_dir / "export" / "parity_onnx.json").read_text())
+    assert export_parity["passed"] is True
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["export"]["parity"]["passed"] is True
+    report = (run_dir / "report.md").read_text()
+    for fig in summary["figures"].values():
+        assert f"]({fig})" in report and (run_dir / fig).is_file()
+    assert {"cells", "alphas", "curves"} <= set(summary["figures"])
+    rows = {r["name"]: r for r in summary["profile"]["rows"]}
+    assert rows["DARTS_V2"]["params"] > rows["tiny (found)"]["params"] > 0
+    assert "nasdeploy train --genotype" in report and "nasdeploy export" in report
+    # The top-level model.onnx is the exported, parity-checked model and runs.
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 3, 32, 32).numpy()})[0]
+    assert out.shape == (3, 10)
+
+
+def test_finished_run_is_not_redone_and_force_redoes_later_stages(finished_run):
+    run_dir, _, _ = finished_run
+    again = run_pipeline(tiny_config(), run_dir, progress=False)
+    assert again.ran == [] and again.skipped == list(STAGE_ORDER)
+    forced = run_pipeline(tiny_config(), run_dir, progress=False, force=["profile"])
+    assert forced.ran == ["profile", "report"]
+
+
+def test_bad_input_errors(tmp_path, finished_run):
+    run_dir, _, _ = finished_run
+    with pytest.raises(ConfigError, match="unknown pipeline stage 'deploy'"):
+        run_pipeline(tiny_config(), run_dir, force=["deploy"], progress=False)
+    other = json.loads(json.dumps(TINY))
+    other["train"]["train"]["epochs"] = 5
+    with pytest.raises(ConfigError, match="different pipeline config"):
+        run_pipeline(pipeline_config_from_dict(other, Path("."), "x.yaml"), run_dir, progress=False)
+    with pytest.raises(ConfigError, match="unknown section 'serach'"):
+        pipeline_config_from_dict({**TINY, "serach": {}}, Path("."), "x.yaml")
+    with pytest.raises(ConfigError, match="unknown key 'profile.backend'"):
+        pipeline_config_from_dict({**TINY, "profile": {"backend": []}}, Path("."), "x.yaml")
+
+
+def test_builtin_demo_config_loads_and_validates():
+    from nasdeploy.search.config import search_config_from_dict
+    from nasdeploy.train.config import train_config_from_dict
+
+    cfg = load_pipeline_config(None, ["train.train.epochs=3"])
+    assert cfg.name == "demo" and cfg.train["train"]["epochs"] == 3
+    search_config_from_dict(cfg.search)
+    train_config_from_dict(cfg.train)
+
+
+@pytest.mark.parametrize("name", ["pipeline_cifar10.yaml", "pipeline_imagenet_mobile.yaml"])
+def test_shipped_pipeline_configs_validate(name):
+    from nasdeploy.search.config import search_config_from_dict
+    from nasdeploy.train.config import train_config_from_dict
+
+    cfg = load_pipeline_config(Path(__file__).parent.parent / "configs" / name)
+    search = search_config_from_dict(cfg.search)
+    train = train_config_from_dict(cfg.train)
+    assert search.search.epochs == 50 and search.model.channels == 16 and search.model.layers == 8
+    assert train.model.net == ("imagenet" if "imagenet" in name else "cifar")
