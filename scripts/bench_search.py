@@ -2,11 +2,13 @@
 """Time DARTS CNN search steps (architecture step + weight step) and report JSON.
 
 Reports per order and mixed-op implementation: median/mean step time, images/s (training images of
-the weight step per second; the architecture step's batch is extra work, not counted) and peak memory
-(CUDA max allocated on GPU; peak RSS of this process on CPU, reset before each measurement where Linux
-allows). This is the baseline the fused mixed-op kernels must beat.
+the weight step per second; the architecture step's batch is extra work, not counted), peak memory
+(CUDA max allocated on GPU; peak RSS of this process on CPU, reset before each timed step where Linux
+allows) and the bytes autograd saves for backward. With several implementations ('both' = reference
+and fused) the steps are interleaved and "comparisons" gives fused vs reference from the same run.
 
     python scripts/bench_search.py --order first second --steps 10 --out bench.json
+    python scripts/bench_search.py --impl both --order first second --device cuda --out fused_vs_ref.json
 """
 
 from __future__ import annotations
@@ -48,49 +50,114 @@ def _cpu_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def bench_one(order: str, impl: str, *, steps: int = 10, warmup: int = 2, batch_size: int = 64, channels: int = 16,
-              layers: int = 8, image_size: int = 32, num_classes: int = 10, device: str = "auto",
-              seed: int = 0) -> dict[str, Any]:
-    """Time `steps` search steps after `warmup` untimed ones; one order and one mixed-op implementation."""
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    model = DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl).to(dev)
-    weight_params = model.weight_parameters()
-    w_opt = torch.optim.SGD(weight_params, 0.025, momentum=0.9, weight_decay=3e-4)
-    architect = Architect(model, classification_loss, w_opt, ArchitectConfig(order=order))
-    gen = torch.Generator().manual_seed(seed)
+class _StepBench:
+    """One order x mixed-op implementation: its model, optimisers, batches and timings."""
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
-        y = torch.randint(0, num_classes, (batch_size,), generator=gen)
-        return x.to(dev), y.to(dev)
+    def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
+                 num_classes: int, device: str, seed: int, batches_needed: int):
+        self.dev = resolve_device(device)
+        self.order, self.batch_size = order, batch_size
+        torch.manual_seed(seed)  # the same initial weights and alphas for every implementation
+        self.model = DartsSupernet(channels=channels, num_classes=num_classes, layers=layers,
+                                   mixed_op=impl).to(self.dev)
+        self.weight_params = self.model.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.weight_params, 0.025, momentum=0.9, weight_decay=3e-4)
+        self.architect = Architect(self.model, classification_loss, self.w_opt, ArchitectConfig(order=order))
+        gen = torch.Generator().manual_seed(seed)
 
-    batches = [(batch(), batch()) for _ in range(min(steps + warmup, 4))]
-    cuda = dev.type == "cuda"
-    times = []
-    for i in range(warmup + steps):
-        if i == warmup:
+        def batch() -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
+            y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+            return x.to(self.dev), y.to(self.dev)
+
+        self.batches = [(batch(), batch()) for _ in range(min(batches_needed, 4))]
+        self.times: list[float] = []
+        self.peak = 0
+        self.reset_ok = True
+        self.done = 0
+
+    def step(self, timed: bool) -> None:
+        """One search step; timed ones also record the peak memory of that step."""
+        cuda = self.dev.type == "cuda"
+        if timed:
             if cuda:
-                torch.cuda.synchronize(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
+                torch.cuda.synchronize(self.dev)
+                torch.cuda.reset_peak_memory_stats(self.dev)
             else:
-                reset_ok = _reset_cpu_peak()
-        train_batch, arch_batch = batches[i % len(batches)]
+                self.reset_ok = _reset_cpu_peak() and self.reset_ok
+        train_batch, arch_batch = self.batches[self.done % len(self.batches)]
+        self.done += 1
         t0 = time.perf_counter()
-        search_step(model, architect, w_opt, weight_params, train_batch, arch_batch, 0.025, 5.0)
+        search_step(self.model, self.architect, self.w_opt, self.weight_params, train_batch, arch_batch, 0.025, 5.0)
         if cuda:
-            torch.cuda.synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    if cuda:
-        memory = {"peak_memory_bytes": torch.cuda.max_memory_allocated(dev), "memory_kind": "cuda_max_allocated"}
-    else:
-        memory = {"peak_memory_bytes": _cpu_peak_bytes(),
-                  "memory_kind": "cpu_peak_rss" if reset_ok else "cpu_peak_rss_process_lifetime"}
-    return {"order": order, "impl": model.mixed_op, "steps": steps, "warmup": warmup,
-            "step_time_s_median": median, "step_time_s_mean": statistics.fmean(times),
-            "step_time_s_min": min(times), "images_per_s": batch_size / median, **memory}
+            torch.cuda.synchronize(self.dev)
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.dev) if cuda else _cpu_peak_bytes())
+
+    def saved_bytes(self) -> int:
+        """Bytes autograd keeps for backward in one training forward (a device-independent memory measure)."""
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = classification_loss(self.model, self.batches[0][0])
+        del loss
+        return sum(saved.values())
+
+    def result(self, warmup: int) -> dict[str, Any]:
+        median = statistics.median(self.times)
+        if self.dev.type == "cuda":
+            memory = {"peak_memory_bytes": self.peak, "memory_kind": "cuda_max_allocated"}
+        else:
+            memory = {"peak_memory_bytes": self.peak,
+                      "memory_kind": "cpu_peak_rss" if self.reset_ok else "cpu_peak_rss_process_lifetime"}
+        return {"order": self.order, "impl": self.model.mixed_op, "steps": len(self.times), "warmup": warmup,
+                "step_time_s_median": median, "step_time_s_mean": statistics.fmean(self.times),
+                "step_time_s_min": min(self.times), "images_per_s": self.batch_size / median,
+                "saved_bytes": self.saved_bytes(), **memory}
+
+
+def bench_impls(order: str, impls: list[str], *, steps: int = 10, warmup: int = 2, batch_size: int = 64,
+                channels: int = 16, layers: int = 8, image_size: int = 32, num_classes: int = 10,
+                device: str = "auto", seed: int = 0) -> list[dict[str, Any]]:
+    """Time `steps` search steps after `warmup` untimed ones per implementation, the implementations
+    interleaved step by step (so load from other processes hits them alike); one result each."""
+    benches = [_StepBench(order, impl, batch_size=batch_size, channels=channels, layers=layers,
+                          image_size=image_size, num_classes=num_classes, device=device, seed=seed,
+                          batches_needed=steps + warmup) for impl in impls]
+    for i in range(warmup + steps):
+        for b in benches:
+            b.step(timed=i >= warmup)
+    results = [b.result(warmup) for b in benches]
+    if len(benches) > 1:
+        first = torch.cat([a.detach().flatten() for a in benches[0].model.arch_parameters()])
+        for b, r in zip(benches[1:], results[1:]):
+            other = torch.cat([a.detach().flatten() for a in b.model.arch_parameters()])
+            r["max_alpha_difference_vs_" + results[0]["impl"]] = (other - first).abs().max().item()
+    return results
+
+
+def bench_one(order: str, impl: str, **kwargs: Any) -> dict[str, Any]:
+    """Time search steps of one order and one mixed-op implementation."""
+    return bench_impls(order, [impl], **kwargs)[0]
+
+
+def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fused vs reference per order, from the same run: speed, peak memory and saved-bytes ratios."""
+    rows = []
+    for order in dict.fromkeys(r["order"] for r in results):
+        by_impl = {r["impl"]: r for r in results if r["order"] == order}
+        if "reference" in by_impl and "fused" in by_impl:
+            ref, fused = by_impl["reference"], by_impl["fused"]
+            rows.append({"order": order, "speedup": ref["step_time_s_median"] / fused["step_time_s_median"],
+                         "peak_memory_ratio": fused["peak_memory_bytes"] / ref["peak_memory_bytes"],
+                         "saved_bytes_ratio": fused["saved_bytes"] / ref["saved_bytes"],
+                         "max_alpha_difference": fused.get("max_alpha_difference_vs_reference")})
+    return rows
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -104,7 +171,8 @@ def environment(device: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--order", nargs="+", default=["first", "second"], choices=["first", "second"])
-    p.add_argument("--impl", nargs="+", default=["reference"], help="mixed-op implementations (reference, fused, auto)")
+    p.add_argument("--impl", nargs="+", default=["reference"], choices=["reference", "fused", "auto", "both"],
+                   help="mixed-op implementations; 'both' = reference and fused, interleaved, with their ratios")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
@@ -125,14 +193,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup},
         "results": [],
     }
+    impls = list(dict.fromkeys(i for name in args.impl for i in (["reference", "fused"] if name == "both" else [name])))
     for order in args.order:
-        for impl in args.impl:
-            r = bench_one(order, impl, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                          channels=args.channels, layers=args.layers, image_size=args.image_size, device=args.device)
+        for r in bench_impls(order, impls, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
+                             channels=args.channels, layers=args.layers, image_size=args.image_size,
+                             device=args.device):
             report["results"].append(r)
             print(f"{order:>6} order  {r['impl']:<9}  step {r['step_time_s_median'] * 1e3:9.1f} ms  "
-                  f"{r['images_per_s']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB ({r['memory_kind']})",
-                  file=sys.stderr)
+                  f"{r['images_per_s']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB ({r['memory_kind']})"
+                  f"  saved {r['saved_bytes'] / 2**20:8.1f} MiB", file=sys.stderr)
+    report["comparisons"] = compare(report["results"])
+    for c in report["comparisons"]:
+        print(f"{c['order']:>6} order  fused vs reference: {c['speedup']:.2f}x images/s, "
+              f"{c['peak_memory_ratio']:.2f}x peak memory, {c['saved_bytes_ratio']:.2f}x saved activations, "
+              f"alphas differ by {c['max_alpha_difference']:.1e}", file=sys.stderr)
     text = json.dumps(report, indent=2)
     if args.out:
         from nasdeploy.utils.files import write_text_atomic

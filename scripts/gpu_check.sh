@@ -26,10 +26,8 @@ step "mixed op, fusion steps" 90 "$PY" scripts/bench_mixed_op.py --device cuda -
     --repeats 9 --json "$OUT_DIR/mixed_op_normal.json"
 step "mixed op, reduction cell" 60 "$PY" scripts/bench_mixed_op.py --device cuda --impl both --batch 64 \
     --size 16 --reduction --repeats 9 --json "$OUT_DIR/mixed_op_reduction.json"
-step "search step, first order" 120 "$PY" scripts/bench_search_step.py --device cuda --order first \
-    --batch 64 --steps 10 --json "$OUT_DIR/search_first.json"
-step "search step, second order" 150 "$PY" scripts/bench_search_step.py --device cuda --order second \
-    --batch 64 --steps 6 --json "$OUT_DIR/search_second.json"
+step "search step, first + second order" 330 "$PY" scripts/bench_search.py --device cuda --impl both \
+    --order first second --batch-size 64 --steps 8 --warmup 2 --out "$OUT_DIR/search.json"
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, sys
@@ -48,11 +46,9 @@ for name, label in (("mixed_op_normal.json", "mixed op fwd+bwd (normal)"), ("mix
     if d and "fused" in d["results"]:
         f = d["results"]["fused"]
         rows.append((label, f"{f['speedup_vs_reference']:.2f}x speed, {f.get('peak_bytes_vs_reference', float('nan')):.2f}x peak mem", ""))
-for name, label in (("search_first.json", "search step, 1st order"), ("search_second.json", "search step, 2nd order")):
-    d = load(name)
-    if d and "fused" in d["results"]:
-        f = d["results"]["fused"]
-        rows.append((label, f"{f['speedup_vs_reference']:.2f}x img/s, {f.get('peak_bytes_vs_reference', float('nan')):.2f}x peak mem", ">= 2x, <= 0.7x"))
+d = load("search.json")
+for c in (d or {}).get("comparisons", []):
+    rows.append((f"search step, {c['order']} order", f"{c['speedup']:.2f}x img/s, {c['peak_memory_ratio']:.2f}x peak mem", ">= 2x, <= 0.7x"))
 gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "?"
 print(f"\n{gpu}")
 for what, got, target in rows:

@@ -224,6 +224,24 @@ def test_fused_mixer_matches_the_eager_mixed_op(ext, single_thread, strides, cha
         torch.testing.assert_close(b.double(), a.double(), rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_mixer_updates_running_statistics_like_batchnorm(ext, momentum):
+    from nasdeploy.spaces.fused_mixer import make_fused_mixer
+
+    edges_ref = node_edges(3, (1, 2))
+    for m in edges_ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+    edges_fused = copy.deepcopy(edges_ref)
+    w = torch.rand(2, len(CNN_PRIMITIVES))
+    for step in range(3):
+        xs = [torch.randn(4, 3, 5, 5), torch.randn(4, 3, 10, 10)]
+        mix_node_reference(xs, list(edges_ref), w)
+        make_fused_mixer()(xs, list(edges_fused), w)
+    for (name, a), b in zip(edges_ref.state_dict().items(), edges_fused.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_fused_mixer_on_auto_deeplab_edges(ext, single_thread):
     """Another op family (dense atrous convs): folded where the op has the ReLU..BN shape, else raw."""
     from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES

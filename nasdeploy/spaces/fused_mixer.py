@@ -118,13 +118,22 @@ def _fusable(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights
 
 
 def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: torch.Tensor, invstd: torch.Tensor, count: int) -> None:
-    """What nn.BatchNorm2d does in training mode, from the kernel's batch statistics."""
+    """What nn.BatchNorm2d does in training mode, from the kernel's batch statistics (batched: a
+    node folds dozens of BNs, and one small op per buffer would cost more than the kernel saves)."""
     with torch.no_grad():
-        var = (invstd.double().pow(-2) - BN_EPS).clamp_min(0) * (count / max(count - 1, 1))
-        for row, bn in enumerate(bns):
-            if not bn.track_running_stats or bn.running_mean is None:
-                continue
-            bn.num_batches_tracked.add_(1)
+        var = ((invstd.double().pow(-2) - BN_EPS).clamp_min(0) * (count / max(count - 1, 1))).to(mean.dtype)
+        rows = [i for i, bn in enumerate(bns) if bn.track_running_stats and bn.running_mean is not None]
+        if not rows:
+            return
+        tracked = [bns[i] for i in rows]
+        torch._foreach_add_([bn.num_batches_tracked for bn in tracked], 1)
+        momenta = {bn.momentum for bn in tracked}
+        if len(momenta) == 1 and None not in momenta and all(bn.running_mean.dtype == mean.dtype for bn in tracked):
+            factor = momenta.pop()
+            torch._foreach_lerp_([bn.running_mean for bn in tracked], list(mean[rows].unbind(0)), factor)
+            torch._foreach_lerp_([bn.running_var for bn in tracked], list(var[rows].unbind(0)), factor)
+            return
+        for row, bn in zip(rows, tracked):  # mixed momenta / cumulative averages: one BN at a time
             factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
             bn.running_mean.lerp_(mean[row].to(bn.running_mean.dtype), factor)
             bn.running_var.lerp_(var[row].to(bn.running_var.dtype), factor)

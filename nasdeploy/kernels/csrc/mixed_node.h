@@ -193,24 +193,19 @@ ND_HD void covering_outputs(int64_t i, int s, int64_t n_out, int64_t* lo, int64_
   *hi = h < n_out - 1 ? h : n_out - 1;
 }
 
-// d(avgpool)/dx at input (i, j) from dps = d(pool output) / window count, laid out as gd.
+// The gathers over given covering ranges [oh0, oh1] x [ow0, ow1] (see covering_outputs).
 template <typename T>
-ND_HD T avg_pool3_grad(const T* dps, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
-  int64_t oh0, oh1, ow0, ow1;
-  covering_outputs(i, s, gd.H, &oh0, &oh1);
-  covering_outputs(j, s, gd.W, &ow0, &ow1);
+ND_HD T avg_pool3_grad_in(const T* dps, const Geom& gd, int64_t n, int64_t c, int64_t oh0, int64_t oh1,
+                          int64_t ow0, int64_t ow1) {
   T acc = 0;
   for (int64_t oh = oh0; oh <= oh1; ++oh)
     for (int64_t ow = ow0; ow <= ow1; ++ow) acc += dps[gd.at(n, c, oh, ow)];
   return acc;
 }
 
-// d(maxpool)/dx at input (i, j): the output gradients of the windows whose maximum is (i, j).
 template <typename T, typename A>
-ND_HD T max_pool3_grad(const T* dp, const A* arg, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
-  int64_t oh0, oh1, ow0, ow1;
-  covering_outputs(i, s, gd.H, &oh0, &oh1);
-  covering_outputs(j, s, gd.W, &ow0, &ow1);
+ND_HD T max_pool3_grad_in(const T* dp, const A* arg, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j,
+                          int s, int64_t oh0, int64_t oh1, int64_t ow0, int64_t ow1) {
   T acc = 0;
   for (int64_t oh = oh0; oh <= oh1; ++oh)
     for (int64_t ow = ow0; ow <= ow1; ++ow) {
@@ -219,6 +214,24 @@ ND_HD T max_pool3_grad(const T* dp, const A* arg, const Geom& gd, int64_t n, int
       acc += arg[o] == static_cast<A>(code) ? dp[o] : static_cast<T>(0);
     }
   return acc;
+}
+
+// d(avgpool)/dx at input (i, j) from dps = d(pool output) / window count, laid out as gd.
+template <typename T>
+ND_HD T avg_pool3_grad(const T* dps, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
+  int64_t oh0, oh1, ow0, ow1;
+  covering_outputs(i, s, gd.H, &oh0, &oh1);
+  covering_outputs(j, s, gd.W, &ow0, &ow1);
+  return avg_pool3_grad_in(dps, gd, n, c, oh0, oh1, ow0, ow1);
+}
+
+// d(maxpool)/dx at input (i, j): the output gradients of the windows whose maximum is (i, j).
+template <typename T, typename A>
+ND_HD T max_pool3_grad(const T* dp, const A* arg, const Geom& gd, int64_t n, int64_t c, int64_t i, int64_t j, int s) {
+  int64_t oh0, oh1, ow0, ow1;
+  covering_outputs(i, s, gd.H, &oh0, &oh1);
+  covering_outputs(j, s, gd.W, &ow0, &ow1);
+  return max_pool3_grad_in(dp, arg, gd, n, c, i, j, s, oh0, oh1, ow0, ow1);
 }
 
 // ---- terms -------------------------------------------------------------------------------------

@@ -75,9 +75,10 @@ inline void for_each_window(const Geom& o, const Geom& in, int s, F&& f) {
   }
 }
 
-// The pre-BN values of pool term t over the task's run (and the max-pool argmax when `arg`).
+// The pre-BN values of pool term t over the task's run (and, when `code`, the max-pool argmax codes,
+// as T so that the loop stays vectorisable).
 template <typename T, bool CL>
-void load_pool(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* arg) {
+void load_pool(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* code = nullptr) {
   const int e = a.edge[t];
   const Geom& g = a.in[e];
   const int s = a.stride[e];
@@ -91,11 +92,11 @@ void load_pool(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* arg) 
       const int64_t base = (h * a.out.W + w) * lanes;
       for (int64_t k = 0; k < lanes; ++k) buf[base + k] = max_pool3(ctr + k * sC, sH, sW, v);
     });
-    if (arg) {  // a second pass: fused into the first, the loop would not vectorise
+    if (code) {  // a pass of its own: fused into the one above, neither loop would vectorise
       for_each_window(a.out, g, s, [&](int64_t h, int64_t w, Window v) {
         const T* ctr = x + (h * s) * sH + (w * s) * sW;
         const int64_t base = (h * a.out.W + w) * lanes;
-        for (int64_t k = 0; k < lanes; ++k) arg[base + k] = max_pool3_code(ctr + k * sC, sH, sW, v, buf[base + k]);
+        for (int64_t k = 0; k < lanes; ++k) code[base + k] = max_pool3_code(ctr + k * sC, sH, sW, v, buf[base + k]);
       });
     }
   } else {
@@ -109,13 +110,13 @@ void load_pool(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* arg) 
 
 // Pointer to term t's pre-BN values over the run: in place for z / identity, else pooled into buf.
 template <typename T, bool CL>
-const T* term_run(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* arg) {
+const T* term_run(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf) {
   switch (a.kind[t]) {
     case kIdentity:
       return a.x[a.edge[t]] + tk.offset;  // stride 1: same shape and layout as the output
     case kMaxPoolBN:
     case kAvgPoolBN:
-      load_pool(a, t, tk, buf, arg);
+      load_pool(a, t, tk, buf);
       return buf;
     default:
       return a.z[t] + tk.offset;
@@ -148,7 +149,7 @@ void forward_stats_impl(const NodeArgs<T>& a, double eps, T* mean, T* invstd) {
       for (int t = 0; t < a.n_terms; ++t) {
         const int s = a.stat[t];
         if (s < 0) continue;
-        const T* pre = term_run(a, t, tk, buf.data(), static_cast<T*>(nullptr));
+        const T* pre = term_run(a, t, tk, buf.data());
         s1.assign(static_cast<size_t>(tk.lanes()), 0.0);
         s2.assign(static_cast<size_t>(tk.lanes()), 0.0);
         double* p1 = s1.data();
@@ -190,7 +191,7 @@ void forward_reduce_impl(const NodeArgs<T>& a, T* out) {
       // Term by term: per element acc = 0; acc += w_t * y_t in term order, as the CUDA kernel adds.
       for (int t = 0; t < a.n_terms; ++t) {
         const T wt = a.weights[a.wcol[t]];
-        const T* pre = term_run(a, t, tk, buf.data(), static_cast<T*>(nullptr));
+        const T* pre = term_run(a, t, tk, buf.data());
         const ChannelStats<T> st = stats_of(a, t, tk.c0);
         if (st.mean) {
           stream(tk, [&](int64_t i, int64_t c) { dst[i] += wt * bn_normalize(pre[i], st.mean[c], st.invstd[c]); });
@@ -220,7 +221,7 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
           stream(tk, [&](int64_t i, int64_t c) { ac[c] += gr[i]; });
         } else {
           const int t = r - 1;
-          const T* pre = term_run(a, t, tk, buf.data(), static_cast<T*>(nullptr));
+          const T* pre = term_run(a, t, tk, buf.data());
           const ChannelStats<T> st = stats_of(a, t, tk.c0);
           if (st.mean) {
             stream(tk, [&](int64_t i, int64_t c) {
@@ -252,7 +253,13 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
   at::parallel_for(0, task_count<CL>(o), grain<CL>(o), [&](int64_t begin, int64_t end) {
     const int64_t run = make_task<CL>(o, 0).size();
     std::vector<T> buf(static_cast<size_t>(run)), dp(static_cast<size_t>(run));
-    std::vector<T> arg(static_cast<size_t>(run));  // argmax codes as T: see max_pool3_code()
+    std::vector<T> arg(static_cast<size_t>(run));  // max-pool argmax codes (see max_pool3_code)
+    int64_t in_h = 0, in_w = 0;
+    for (int e = 0; e < a.n_edges; ++e) {
+      in_h = std::max(in_h, a.in[e].H);
+      in_w = std::max(in_w, a.in[e].W);
+    }
+    std::vector<int64_t> row_lo(in_h), row_hi(in_h), col_lo(in_w), col_hi(in_w);
     const Geom run_geom = CL ? Geom{1, o.C, o.H, o.W, 0, 1, o.W * o.C, o.C} : Geom{1, 1, o.H, o.W, 0, 0, o.W, 1};
     for (int64_t k = begin; k < end; ++k) {
       const Task<CL> tk = make_task<CL>(o, k);
@@ -290,7 +297,8 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
             continue;
           }
           const bool is_max = a.kind[t] == kMaxPoolBN;
-          const T* pre = term_run(a, t, tk, buf.data(), arg.data());
+          load_pool(a, t, tk, buf.data(), is_max ? arg.data() : nullptr);
+          const T* pre = buf.data();
           const ChannelStats<T> st = stats_of(a, t, tk.c0);
           for (int64_t h = 0; h < o.H; ++h)
             for (int64_t w = 0; w < o.W; ++w) {
@@ -301,29 +309,38 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
                 dp[i] = pre_grad(true, wt, st.invstd[c], gr[i], y, gm[c], gym[c]) / count;
               }
             }
+          if (is_max) {
+            // The CPU scatters each window's gradient to its argmax (serial within the task, so
+            // deterministic; per input the additions come in output order, as the CUDA gather's).
+            const int64_t lanes = tk.lanes();
+            for (int64_t h = 0; h < o.H; ++h)
+              for (int64_t w = 0; w < o.W; ++w) {
+                const int64_t base_in = (h * s) * gi.sH + (w * s) * gi.sW, base_out = (h * o.W + w) * lanes;
+                for (int64_t c = 0; c < lanes; ++c) {
+                  const int code = static_cast<int>(arg[base_out + c]);
+                  dx[base_in + c * gi.sC + (code / 3 - 1) * gi.sH + (code % 3 - 1) * gi.sW] += dp[base_out + c];
+                }
+              }
+            continue;
+          }
+          // Average pool: gather the count-divided gradients of the windows covering each input.
+          const int64_t lanes = tk.lanes();
+          const T* dpp = dp.data();
           if (s == 1) {  // the covering outputs are the window around (i, j): vectorisable
             const int64_t sH = run_geom.sH, sW = CL ? run_geom.sW : 1;
-            const int64_t lanes = tk.lanes();
-            const T* dpp = dp.data();
-            const T* ap = arg.data();
-            if (is_max) {
-              for_each_window(o, o, 1, [&](int64_t i, int64_t j, Window v) {
-                const int64_t base = (i * o.W + j) * lanes;
-                for (int64_t c = 0; c < lanes; ++c) dx[base + c] += max_pool3_grad_s1(dpp + base + c, ap + base + c, sH, sW, v);
-              });
-            } else {
-              for_each_window(o, o, 1, [&](int64_t i, int64_t j, Window v) {
-                const int64_t base = (i * o.W + j) * lanes;
-                for (int64_t c = 0; c < lanes; ++c) dx[base + c] += avg_pool3_grad_s1(dpp + base + c, sH, sW, v);
-              });
-            }
-          } else {
+            for_each_window(o, o, 1, [&](int64_t i, int64_t j, Window v) {
+              const int64_t base = (i * o.W + j) * lanes;
+              for (int64_t c = 0; c < lanes; ++c) dx[base + c] += avg_pool3_grad_s1(dpp + base + c, sH, sW, v);
+            });
+          } else {  // covering ranges per row and column looked up, not divided out per element
+            for (int64_t i = 0; i < gi.H; ++i) covering_outputs(i, s, o.H, &row_lo[i], &row_hi[i]);
+            for (int64_t j = 0; j < gi.W; ++j) covering_outputs(j, s, o.W, &col_lo[j], &col_hi[j]);
             for (int64_t i = 0; i < gi.H; ++i)
-              for (int64_t j = 0; j < gi.W; ++j)
-                for (int64_t c = 0; c < tk.lanes(); ++c)
-                  dx[(i * gi.W + j) * tk.lanes() + c] += is_max
-                      ? max_pool3_grad(dp.data(), arg.data(), run_geom, 0, c, i, j, s)
-                      : avg_pool3_grad(dp.data(), run_geom, 0, c, i, j, s);
+              for (int64_t j = 0; j < gi.W; ++j) {
+                T* d = dx + (i * gi.W + j) * lanes;
+                for (int64_t c = 0; c < lanes; ++c)
+                  d[c] += avg_pool3_grad_in(dpp, run_geom, 0, c, row_lo[i], row_hi[i], col_lo[j], col_hi[j]);
+              }
           }
         }
       }
