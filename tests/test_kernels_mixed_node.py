@@ -228,14 +228,14 @@ def test_fused_mixer_matches_the_eager_mixed_op(ext, single_thread, strides, cha
 def test_fused_mixer_updates_running_statistics_like_batchnorm(ext, momentum):
     from nasdeploy.spaces.fused_mixer import make_fused_mixer
 
-    edges_ref = node_edges(3, (1, 2))
+    edges_ref = node_edges(4, (1, 2))
     for m in edges_ref.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = momentum
     edges_fused = copy.deepcopy(edges_ref)
     w = torch.rand(2, len(CNN_PRIMITIVES))
     for step in range(3):
-        xs = [torch.randn(4, 3, 5, 5), torch.randn(4, 3, 10, 10)]
+        xs = [torch.randn(4, 4, 5, 5), torch.randn(4, 4, 10, 10)]
         mix_node_reference(xs, list(edges_ref), w)
         make_fused_mixer()(xs, list(edges_fused), w)
     for (name, a), b in zip(edges_ref.state_dict().items(), edges_fused.state_dict().values()):
