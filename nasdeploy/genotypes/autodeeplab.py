@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 from nasdeploy.errors import GenotypeError
 from nasdeploy.genotypes.model import Edge
-from nasdeploy.genotypes.validate import _check_edge_shape, _unknown_op_message
+from nasdeploy.genotypes.validate import _check_edge_shape, check_op
 
 # Auto-DeepLab cell search space, in alpha column order (index order fixes tie-breaking).
 # "atrous_conv_kxk" is the released model's DENSE kxk conv with rate 2 (not DARTS's depthwise dil_conv).
@@ -107,10 +107,7 @@ def validate_adl_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
         block = k // 2
         op, index = _check_edge_shape(f"autodeeplab cell pair {k}", raw)
         where = f"autodeeplab cell block {block + 1} (pair {k})"
-        if op not in ADL_CELL_OPS:
-            if op == "none":
-                raise GenotypeError(f"{where}: op 'none' is search-only and cannot appear in a derived cell")
-            raise GenotypeError(_unknown_op_message(where, op, ADL_CELL_OPS))
+        check_op(where, op, ADL_CELL_OPS)
         if not 0 <= index < block + 2:
             raise GenotypeError(
                 f"{where}: input index {index} is not an earlier state; block {block + 1} can read states 0..{block + 1}"

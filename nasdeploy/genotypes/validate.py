@@ -22,6 +22,15 @@ def _unknown_op_message(where: str, op: object, valid: Sequence[str]) -> str:
     return f"{where}: unknown op '{op}'{did_you_mean} (valid ops: {', '.join(valid)})"
 
 
+def check_op(where: str, op: str, valid: Sequence[str]) -> None:
+    """Raise a one-line GenotypeError unless `op` is a valid derived-cell op ('none' is search-only)."""
+    if op in valid:
+        return
+    if op == "none":
+        raise GenotypeError(f"{where}: op 'none' is search-only and cannot appear in a derived cell")
+    raise GenotypeError(_unknown_op_message(where, op, valid))
+
+
 def _check_edge_shape(where: str, edge: object) -> Edge:
     if (
         not isinstance(edge, (tuple, list))
@@ -46,10 +55,7 @@ def validate_cnn_cell(cell_name: str, edges: Sequence[Edge], concat: Sequence[in
         node = k // 2
         op, index = _check_edge_shape(f"{cell_name} cell pair {k}", raw)
         where = f"{cell_name} cell node {node + 2} (pair {k})"
-        if op not in CNN_CELL_OPS:
-            if op == "none":
-                raise GenotypeError(f"{where}: op 'none' is search-only and cannot appear in a derived cell")
-            raise GenotypeError(_unknown_op_message(where, op, CNN_CELL_OPS))
+        check_op(where, op, CNN_CELL_OPS)
         if index < 0:
             raise GenotypeError(f"{where}: input index {index} is negative; inputs are 0..{node + 1}")
         if index >= node + 2:
@@ -84,10 +90,7 @@ def validate_recurrent_genotype(genotype: RecurrentGenotype) -> RecurrentGenotyp
     for k, raw in enumerate(genotype.recurrent):
         op, index = _check_edge_shape(f"recurrent cell node {k + 1}", raw)
         where = f"recurrent cell node {k + 1}"
-        if op not in RNN_CELL_OPS:
-            if op == "none":
-                raise GenotypeError(f"{where}: op 'none' is search-only and cannot appear in a derived cell")
-            raise GenotypeError(_unknown_op_message(where, op, RNN_CELL_OPS))
+        check_op(where, op, RNN_CELL_OPS)
         if index < 0 or index > k:
             raise GenotypeError(
                 f"{where}: predecessor {index} refers to a later or missing node; node {k + 1} can only read states 0..{k}"
