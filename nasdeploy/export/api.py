@@ -144,6 +144,16 @@ def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _saved_net_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
+    """The network sizes a training run stored in its checkpoint meta, in build_network's names."""
+    saved = dict(meta.get("net_kwargs") or {})
+    if "filter_multiplier" in saved:  # Auto-DeepLab's F is the family's `channels`
+        saved["channels"] = saved.pop("filter_multiplier")
+    if "num_classes" in meta and "num_classes" not in saved:
+        saved["num_classes"] = meta["num_classes"]
+    return saved
+
+
 def build_export_model(
     target: Any,
     *,
@@ -181,16 +191,16 @@ def build_export_model(
             if not _same_cells(trained, genotype):
                 label = trained.name or "a different genotype"
                 raise CheckpointError(f"{where} was trained for {label}, which differs from the target '{genotype.name or 'genotype'}'")
-        saved = meta.get("net_kwargs") or {}
-        for key in ("channels", "layers", "num_classes"):
-            if key in saved:
-                if key in kwargs and kwargs[key] != saved[key]:
-                    raise CheckpointError(f"{where} has {key}={saved[key]}, but {key}={kwargs[key]} was requested")
-                kwargs[key] = saved[key]
+        saved = _saved_net_kwargs(meta)
+        for key, value in saved.items():
+            if key in kwargs and kwargs[key] != value:
+                raise CheckpointError(f"{where} has {key}={value}, but {key}={kwargs[key]} was requested")
+            kwargs[key] = value
         ckpt["model"] = _strip_module_prefix(ckpt["model"])
-        has_aux = any(k.startswith("auxiliary_head.") for k in ckpt["model"])
-        kwargs["auxiliary"] = bool(saved.get("auxiliary", has_aux))
-    else:
+        if cfg.genotype_kind == "cnn_cell":
+            has_aux = any(k.startswith("auxiliary_head.") for k in ckpt["model"])
+            kwargs["auxiliary"] = bool(saved.get("auxiliary", has_aux))
+    elif cfg.genotype_kind == "cnn_cell":
         kwargs["auxiliary"] = False
     model = build_network(genotype, net, **kwargs)
     if ckpt is not None:

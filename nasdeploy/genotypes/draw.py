@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes.autodeeplab import AutoDeepLabGenotype
 from nasdeploy.genotypes.model import CNNGenotype, Genotype, RecurrentGenotype
 from nasdeploy.utils.files import write_bytes_atomic
 
@@ -87,6 +88,12 @@ def genotype_layouts(genotype: Genotype) -> list[tuple[str, dict]]:
         labels = ["0"] + [str(i + 1) for i in range(genotype.steps)]
         layout = graph_layout(("$x_t$", "$h_{t-1}$"), labels, arrows, [2 + c for c in genotype.concat], "$h_t$ (mean)")
         return [("recurrent cell", layout)]
+    if isinstance(genotype, AutoDeepLabGenotype):
+        arrows = [(src, 2 + k // 2, op) for k, (op, src) in enumerate(genotype.cell)]
+        blocks = range(2, 2 + genotype.blocks)  # the cell output concatenates every block
+        layout = graph_layout(("$h^{l-2}$", "$h^{l-1}$"), [str(i + 1) for i in range(genotype.blocks)], arrows,
+                              blocks, "$h^{l}$")
+        return [(f"cell (path: strides {'-'.join(str(s) for s in genotype.strides)})", layout)]
     layouts = getattr(genotype, "layouts", None)
     if callable(layouts):
         return layouts()

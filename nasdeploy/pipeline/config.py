@@ -12,7 +12,8 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
 
 DEMO_CONFIG = "demo.yaml"
-_SECTIONS = ("name", "data_dir", "search", "train", "export", "profile")
+_SECTIONS = ("name", "space", "data_dir", "search", "train", "export", "profile")
+SPACES = ("darts_cnn", "autodeeplab")  # the recurrent space has its own `nasdeploy rnn pipeline`
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,17 @@ class ProfileSection:
     latency_for: tuple[str, ...] = ("found", "DARTS_V2")  # which rows get latency ("found" = ours)
     warmup: int = 3
     runs: int = 20
+    input_size: tuple[int, int] | None = None  # (H, W) for MACs and latency; None: the family's (segmentation: the crop)
+    macs_at: tuple[tuple[int, int], ...] = ()  # further (H, W) sizes counted for MACs only (e.g. 1024x2048)
+
+
+# Auto-DeepLab runs compare against the published architecture at full Cityscapes resolution too.
+_PROFILE_DEFAULTS = {
+    "darts_cnn": {},
+    "autodeeplab": {"net": "segmentation", "compare": ("AutoDeepLab",), "latency_for": ("found", "AutoDeepLab"),
+                    "macs_at": ((1024, 2048),)},
+}
+_PROFILE_NETS = {"darts_cnn": ("cifar", "imagenet"), "autodeeplab": ("segmentation",)}
 
 
 @dataclass(frozen=True)
@@ -49,19 +61,30 @@ class PipelineConfig:
     profile: ProfileSection = ProfileSection()
     data_dir: str | None = None
     source: str = "(built-in demo)"
+    space: str = "darts_cnn"
 
 
-def _section(cls: type, data: Any, where: str) -> Any:
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _section(cls: type, data: Any, where: str, defaults: dict[str, Any] | None = None) -> Any:
     if data is None:
-        return cls()
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"pipeline config: '{where}' must be a mapping, got {type(data).__name__}")
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"pipeline config: unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(known))})")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values = {**(defaults or {}), **{k: _as_tuple(v) for k, v in data.items()}}
     return cls(**values)
+
+
+def _check_sizes(sizes: Any, where: str) -> None:
+    for size in sizes:
+        if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size)):
+            raise ConfigError(f"pipeline config: {where} must hold [height, width] pairs of positive integers, got {size!r}")
 
 
 def _stage_dict(data: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
@@ -90,11 +113,20 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"pipeline config {source}: unknown section '{unknown[0]}' (known: {', '.join(_SECTIONS)})")
+    space = data.get("space", "darts_cnn")
+    if space not in SPACES:
+        raise ConfigError(f"pipeline config {source}: unknown space {space!r} (known: {', '.join(SPACES)}; "
+                          f"the recurrent space runs with `nasdeploy rnn pipeline`)")
     export = _section(ExportSection, data.get("export"), "export")
-    profile = _section(ProfileSection, data.get("profile"), "profile")
-    if profile.net not in ("cifar", "imagenet"):
-        raise ConfigError(f"pipeline config: profile.net must be 'cifar' or 'imagenet', got {profile.net!r}")
+    profile = _section(ProfileSection, data.get("profile"), "profile", _PROFILE_DEFAULTS[space])
+    if profile.net not in _PROFILE_NETS[space]:
+        raise ConfigError(f"pipeline config: profile.net must be one of {', '.join(_PROFILE_NETS[space])} for the "
+                          f"{space} space, got {profile.net!r}")
+    _check_sizes(profile.macs_at, "profile.macs_at")
+    if profile.input_size is not None:
+        _check_sizes((profile.input_size,), "profile.input_size")
     return PipelineConfig(
+        space=space,
         name=str(data.get("name") or Path(source).stem),
         search=_stage_dict(data, "search", base_dir),
         train=_stage_dict(data, "train", base_dir),

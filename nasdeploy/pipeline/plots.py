@@ -95,3 +95,29 @@ def plot_curves(series: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_network_path(probabilities: np.ndarray, path: Sequence[int], out: Path,
+                      strides: Sequence[int] = (4, 8, 16, 32)) -> Path | None:
+    """Auto-DeepLab's network level: every transition drawn by its beta probability, the decoded path in red."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 3 or p.shape[0] != len(path):
+        return None
+    layers, levels, _ = p.shape
+    fig, axes = _figure(max(4.0, 0.6 * layers + 1.5), 3.2)
+    ax = axes[0][0]
+    for l in range(layers):
+        for j in range(levels):
+            for d in range(3):
+                if p[l, j, d] > 0:
+                    ax.plot([l, l + 1], [j, j + d - 1], color="#555555", lw=0.3 + 3.0 * p[l, j, d],
+                            alpha=0.25 + 0.6 * p[l, j, d], zorder=1)
+    ax.plot(range(layers + 1), [0, *path], color="#d62728", lw=2.2, marker="o", ms=4, zorder=2, label="decoded path")
+    ax.set_yticks(range(levels), [str(s) for s in strides[:levels]])
+    ax.set_ylim(levels - 0.5, -0.5)
+    ax.set_xticks(range(layers + 1), ["stem"] + [str(l + 1) for l in range(layers)])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("output stride")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("network level: beta probabilities (line width)\nand the Viterbi path", fontsize=9)
+    return _save(fig, out)

@@ -23,6 +23,27 @@ def _fmt_ms(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
+def _segmentation_table(rows: list[dict[str, Any]], sizes: list[str], backends: list[str]) -> list[str]:
+    header = "| architecture | path (output strides) | params |" + "".join(f" MACs at {s} |" for s in sizes) + "".join(
+        f" {b} median / p90 ms |" for b in backends)
+    lines = [header, "|" + "---|" * (3 + len(sizes) + len(backends))]
+    for row in rows:
+        path = "-".join(str(4 * 2 ** j) for j in row.get("path") or [])
+        cells = [f"**{row['name']}**" if row.get("found") else row["name"], path or "-", _fmt_int(row.get("params"))]
+        cells += [_fmt_g(row.get("macs_at", {}).get(s)) for s in sizes]
+        for b in backends:
+            lat = (row.get("latency") or {}).get(b) or {}
+            cells.append(f"{_fmt_ms(lat.get('median_ms'))} / {_fmt_ms(lat.get('p90_ms'))}" if lat else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt_g(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+
+
 def _profile_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]:
     header = "| architecture | params | MACs | mobile (< 600M MACs) |" + "".join(
         f" {b} median / p90 ms |" for b in backends
@@ -53,7 +74,7 @@ def render_report(summary: dict[str, Any]) -> str:
     out += ["## Found architecture", ""]
     if genotype:
         out += ["```", genotype, "```", ""]
-    for key, caption in (("cells", "Normal and reduction cells"),):
+    for key, caption in (("cells", "Searched cells"), ("path", "Network level: decoded path over the beta probabilities")):
         if key in figures:
             out += [f"![{caption}]({figures[key]})", ""]
 
@@ -73,7 +94,12 @@ def render_report(summary: dict[str, Any]) -> str:
 
     train = summary.get("train") or {}
     out += ["## Training", ""]
-    if train:
+    if train and isinstance(train.get("miou"), (int, float)):
+        baseline = train.get("majority_miou")
+        out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; final validation mIoU "
+                   f"{train['miou']:.3f}" + (f" (majority-class baseline {baseline:.3f})" if isinstance(baseline, (int, float)) else ""))
+        out.append("")
+    elif train:
         acc = train.get("top1")
         out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; "
                    f"final top-1 {acc:.2f}%" if isinstance(acc, (int, float)) else "no accuracy recorded")
@@ -99,7 +125,10 @@ def render_report(summary: dict[str, Any]) -> str:
     if profile.get("rows"):
         out.append(f"Network: {profile.get('net_description', profile.get('net', ''))}. MACs: {profile.get('convention', '')}")
         out.append("")
-        out += _profile_table(profile["rows"], profile.get("backends", []))
+        if profile.get("net") == "segmentation":
+            out += _segmentation_table(profile["rows"], profile.get("sizes", []), profile.get("backends", []))
+        else:
+            out += _profile_table(profile["rows"], profile.get("backends", []))
         out.append("")
         if profile.get("environment"):
             out.append(f"Measured on: {profile['environment']}")

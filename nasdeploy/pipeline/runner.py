@@ -14,12 +14,21 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.config import PipelineConfig
 from nasdeploy.pipeline.plots import plot_alpha_evolution, plot_curves, plot_final_alphas, read_jsonl
 from nasdeploy.pipeline.report import write_report
-from nasdeploy.pipeline.stages import STAGES, StageContext, StageInterrupted
+from nasdeploy.pipeline.stages import STAGES, StageContext, StageFn, StageInterrupted
 from nasdeploy.pipeline.state import PipelineState
 from nasdeploy.utils.files import write_text_atomic
 from nasdeploy.utils.yamlconfig import dump_yaml
 
 STAGE_ORDER: tuple[str, ...] = (*STAGES, "report")
+
+
+def stages_for(space: str) -> dict[str, StageFn]:
+    """The stage functions of a search space (same names and run-directory contract for every space)."""
+    if space == "autodeeplab":
+        from nasdeploy.pipeline.adl_stages import ADL_STAGES
+
+        return ADL_STAGES
+    return STAGES
 
 
 @dataclass
@@ -39,7 +48,9 @@ def _log(message: str, enabled: bool) -> None:
 
 
 def _config_record(config: PipelineConfig) -> dict[str, Any]:
-    return {"name": config.name, "data_dir": config.data_dir, "search": config.search, "train": config.train,
+    # The space is recorded only when it is not the default, so run directories of earlier versions still resume.
+    space = {"space": config.space} if config.space != "darts_cnn" else {}
+    return {"name": config.name, **space, "data_dir": config.data_dir, "search": config.search, "train": config.train,
             "export": {"formats": list(config.export.formats), "opset": config.export.opset, "fp16": config.export.fp16},
             "profile": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config.profile).items()}}
 
@@ -74,6 +85,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         state.invalidate(list(STAGE_ORDER[first:]))
         _clear_forced_outputs(run_dir, STAGE_ORDER[first:])
     ctx = StageContext(config, run_dir, progress, stop_after_epoch)
+    stages = stages_for(config.space)
     result = PipelineResult(run_dir)
     for stage in STAGE_ORDER:
         if only and stage not in only:
@@ -85,7 +97,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         _log(f"{stage}: running", progress)
         state.mark_started(stage)
         try:
-            outputs = write_pipeline_report(ctx, state) if stage == "report" else STAGES[stage](ctx)
+            outputs = write_pipeline_report(ctx, state) if stage == "report" else stages[stage](ctx)
         except StageInterrupted as stop:
             result.interrupted = stage
             _log(f"{stage}: {stop}; rerun the same command to resume", progress)
@@ -139,6 +151,8 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
     figures: dict[str, str] = {}
     if (figures_dir / "cells.svg").is_file():
         figures["cells"] = "figures/cells.svg"
+    if (figures_dir / "path.png").is_file():
+        figures["path"] = "figures/path.png"
     history = read_jsonl(run_dir / "search" / "alphas.jsonl")
     primitives = ctx.config.search.get("model", {}).get("primitives") or CNN_PRIMITIVES
     if plot_alpha_evolution(history, primitives, figures_dir / "alphas.png"):
@@ -166,8 +180,7 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
     profile_path = run_dir / "profile.json"
     profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
     if profile:
-        profile["net_description"] = ("ImageNet mobile setting (224x224, C=48, 14 cells)" if profile.get("net") == "imagenet"
-                                      else "CIFAR (32x32, C=36, 20 cells)")
+        profile["net_description"] = _net_description(profile)
     summary = {
         "name": ctx.config.name,
         "nasdeploy_version": __version__,
@@ -179,8 +192,32 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
         "export": export,
         "profile": profile,
         "figures": figures,
-        "commands": reproduce_commands(ctx.config, run_dir),
+        "commands": _commands(ctx.config, run_dir, profile),
         "stages": {k: {"seconds": v.get("seconds", 0.0)} for k, v in state.stages.items() if k != "report"},
     }
     write_report(run_dir, summary)
     return {"report": "report.md", "summary": "summary.json", "figures": figures}
+
+
+def _net_description(profile: dict[str, Any]) -> str:
+    net = profile.get("net")
+    if net == "imagenet":
+        return "ImageNet mobile setting (224x224, C=48, 14 cells)"
+    if net == "segmentation":
+        kw = profile.get("net_kwargs") or {}
+        sizes = ", ".join(profile.get("sizes") or [])
+        return (f"Auto-DeepLab segmentation net as trained (F={kw.get('filter_multiplier')}, ASPP {kw.get('aspp_channels')}, "
+                f"decoder {kw.get('decoder_channels')} channels, {profile.get('num_classes')} classes); MACs at {sizes}")
+    return "CIFAR (32x32, C=36, 20 cells)"
+
+
+def _commands(config: PipelineConfig, run_dir: Path, profile: dict[str, Any]) -> dict[str, str]:
+    if config.space != "autodeeplab":
+        return reproduce_commands(config, run_dir)
+    from nasdeploy.pipeline.adl_stages import adl_reproduce_commands
+
+    commands = adl_reproduce_commands(run_dir, config.export.formats, list(profile.get("sizes") or []))
+    q = shlex.quote
+    source = q(config.source) if config.source != "(built-in demo)" else ""
+    commands["pipeline"] = f"nasdeploy pipeline {source} --out {q(str(run_dir))}".replace("  ", " ")
+    return commands

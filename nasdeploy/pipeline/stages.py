@@ -97,7 +97,14 @@ def run_export_stage(ctx: StageContext) -> dict[str, Any]:
     result = export_model(source.model, ctx.path("export"), formats=section.formats, options=options,
                           name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": "train/checkpoint.pt"},
                           progress=say)
-    # The run directory's top level holds the deployable model next to genotype.json.
+    publish_onnx(ctx)
+    parity = result.parity["onnx"].to_dict()
+    return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity,
+            "opset": result.onnx.get("opset"), "skipped": result.skipped}
+
+
+def publish_onnx(ctx: StageContext) -> None:
+    """Put the exported model.onnx (and its external data) at the run directory's top level, next to genotype.json."""
     for name in ("model.onnx", "model.onnx.data"):
         src = ctx.path("export", name)
         if src.exists():
@@ -108,9 +115,6 @@ def run_export_stage(ctx: StageContext) -> dict[str, Any]:
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-    parity = result.parity["onnx"].to_dict()
-    return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity,
-            "opset": result.onnx.get("opset"), "skipped": result.skipped}
 
 
 def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
@@ -137,12 +141,12 @@ def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
                      "params": data.get("params"), "macs": data.get("macs"), "latency": latency})
     out = {"net": section.net, "backends": list(section.backends), "rows": rows,
            "convention": "multiply-accumulates of convolutions and FC layers, BN folded, activations/pooling not counted",
-           "environment": _environment_line(environment or {})}
+           "environment": environment_line(environment or {})}
     write_json_atomic(ctx.path("profile.json"), out)
     return {"file": "profile.json"}
 
 
-def _environment_line(env: dict[str, Any]) -> str:
+def environment_line(env: dict[str, Any]) -> str:
     """One readable line from the profiler's environment record."""
     parts = []
     for key in ("cpu", "logical_cpus", "gpu"):
