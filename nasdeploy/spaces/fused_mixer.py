@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
+from nasdeploy.ops.autodeeplab import AtrousConv, downsample2
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
 
 BN_EPS = 1e-5
@@ -86,6 +87,14 @@ def _factorized_body(op: FactorizedReduce) -> Callable[[torch.Tensor], torch.Ten
     return body
 
 
+def _atrous_body(op: AtrousConv) -> Callable[[torch.Tensor], torch.Tensor]:
+    # AtrousConv.forward without its ReLU and BN (Auto-DeepLab's dense rate-2 conv).
+    def body(r: torch.Tensor) -> torch.Tensor:
+        return op.conv(downsample2(r) if op.stride == 2 else r)
+
+    return body
+
+
 def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | None:
     """The kernel term for one candidate op (None for 'none'); RAW when it cannot be fused."""
     if isinstance(op, Zero):
@@ -102,6 +111,8 @@ def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | Non
             return _Part(TermKind.BATCH_NORM, _sequential_body(list(seq)[1:-1]), seq[-1])
         if isinstance(op, FactorizedReduce) and _foldable(op.bn):
             return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn)
+        if isinstance(op, AtrousConv) and _foldable(op.bn):
+            return _Part(TermKind.BATCH_NORM, _atrous_body(op), op.bn)
     return _Part(TermKind.RAW, op)
 
 
