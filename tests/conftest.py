@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(config, items):
 def _deterministic_seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny tensors; the machine is shared), restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -30,12 +30,7 @@ TINY = {"name": "tiny_adl", "space": "autodeeplab", "search": SEARCH, "train": T
                     "runs": 2}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,6 @@ def ext():
     return load_mixed_node()
 
 
-@pytest.fixture
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def all_terms(edge: int, n_cols: int, stride: int) -> list[Term]:
     """Every term kind on one edge (identity only at stride 1), like a DARTS edge."""
     base = edge * n_cols
@@ -199,7 +191,7 @@ def node_edges(channels: int, strides, seed: int = 0) -> nn.ModuleList:
 
 @pytest.mark.parametrize("strides", [(1, 1, 1), (2, 2, 1)], ids=["normal", "reduction"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_mixer_matches_the_eager_mixed_op(ext, single_thread, strides, channels_last):
+def test_fused_mixer_matches_the_eager_mixed_op(ext, one_thread, strides, channels_last):
     from nasdeploy.spaces.fused_mixer import FusionOptions, make_fused_mixer
 
     fused_mixer = make_fused_mixer(FusionOptions(channels_last=channels_last))
@@ -242,7 +234,7 @@ def test_fused_mixer_updates_running_statistics_like_batchnorm(ext, momentum):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_fused_mixer_on_auto_deeplab_edges(ext, single_thread):
+def test_fused_mixer_on_auto_deeplab_edges(ext, one_thread):
     """Another op family (dense atrous convs): folded where the op has the ReLU..BN shape, else raw."""
     from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES
     from nasdeploy.ops.autodeeplab import build_adl_op
@@ -329,7 +321,7 @@ def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monk
 # ---- a whole search step ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_search_step_fused_and_reference_give_the_same_alphas(ext, single_thread, order):
+def test_search_step_fused_and_reference_give_the_same_alphas(ext, one_thread, order):
     from nasdeploy.search.architect import Architect, ArchitectConfig
     from nasdeploy.search.loop import classification_loss, search_step
     from nasdeploy.spaces.darts_cnn import DartsSupernet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,16 +11,16 @@ from nasdeploy.cli.rundir_options import default_out_dir
 from nasdeploy.errors import ConfigError
 
 
-def resolve_config_path(config_path: str | None, out: Path) -> str:
-    """--config as given, else the config the run directory stored (to resume it)."""
-    from nasdeploy.utils.spaces import run_config_file
+def load_space_config(config_path: str | None, out: Path) -> tuple[str, dict[str, Any]]:
+    """(space, config mapping without its space key) from --config, else from the run directory's stored config."""
+    from nasdeploy.utils.spaces import config_space, run_config_file, without_space
+    from nasdeploy.utils.yamlconfig import load_yaml
 
-    if config_path is not None:
-        return config_path
-    stored = run_config_file(out)
-    if stored is None:
+    path = Path(config_path) if config_path is not None else run_config_file(out)
+    if path is None:
         raise ConfigError("give --config FILE, or --out DIR of an existing run (its stored config is reused)")
-    return str(stored)
+    data = load_yaml(path)
+    return config_space(data), without_space(data)
 
 
 @click.command("search")
@@ -35,15 +36,15 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
            overrides: tuple[str, ...]) -> None:
     """Search a DARTS CNN cell or an Auto-DeepLab cell + network path; OVERRIDES are section.key=value."""
     from nasdeploy.utils.distributed import launched_as_main
-    from nasdeploy.utils.spaces import config_space, set_data_root, without_space
-    from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
+    from nasdeploy.utils.spaces import set_data_root
+    from nasdeploy.utils.yamlconfig import apply_overrides
 
     out = default_out_dir(out_dir, config_path, "search")
-    data = load_yaml(resolve_config_path(config_path, out))
-    if config_space(data) == "autodeeplab":
+    space, data = load_space_config(config_path, out)
+    if space == "autodeeplab":
         from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
 
-        cfg = adl_search_config_from_dict(set_data_root(apply_overrides(without_space(data), overrides), data_dir))
+        cfg = adl_search_config_from_dict(set_data_root(apply_overrides(data, overrides), data_dir))
         adl = run_adl_search(cfg, out, resume=not force, progress=progress)
         if launched_as_main():
             click.echo(f"searched {adl.epochs_done}/{cfg.search.epochs} epochs; val mIoU {adl.val_miou:.4f}; "
@@ -53,7 +54,7 @@ def search(config_path: str | None, data_dir: str | None, out_dir: str | None, f
     from nasdeploy.search.config import search_config_from_dict
     from nasdeploy.search.loop import run_search
 
-    config = search_config_from_dict(without_space(data), overrides)
+    config = search_config_from_dict(data, overrides)
     result = run_search(config, out, data_dir, force=force, progress=progress)
     if not launched_as_main():
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nasdeploy.cli.rundir_options import default_out_dir
-from nasdeploy.cli.search_cmd import resolve_config_path
+from nasdeploy.cli.search_cmd import load_space_config
 
 
 @click.command("train")
@@ -23,15 +23,15 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
           progress: bool, overrides: tuple[str, ...]) -> None:
     """Train the network of a genotype; OVERRIDES are section.key=value (e.g. train.epochs=10)."""
     from nasdeploy.utils.distributed import launched_as_main
-    from nasdeploy.utils.spaces import config_space, set_data_root, without_space
-    from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
+    from nasdeploy.utils.spaces import set_data_root
+    from nasdeploy.utils.yamlconfig import apply_overrides
 
     out = default_out_dir(out_dir, config_path, "train")
-    data = load_yaml(resolve_config_path(config_path, out))
-    if config_space(data) == "autodeeplab":
+    space, data = load_space_config(config_path, out)
+    if space == "autodeeplab":
         from nasdeploy.train.segmentation_loop import run_segmentation_training, seg_train_config_from_dict
 
-        data = set_data_root(apply_overrides(without_space(data), overrides), data_dir)
+        data = set_data_root(apply_overrides(data, overrides), data_dir)
         if genotype is not None:
             data = {**data, "net": {**(data.get("net") or {}), "genotype": _genotype_file(genotype)}}
         seg = run_segmentation_training(seg_train_config_from_dict(data), out, resume=not force, progress=progress)
@@ -43,7 +43,7 @@ def train(genotype: str | None, config_path: str | None, data_dir: str | None, o
     from nasdeploy.train.config import train_config_from_dict
     from nasdeploy.train.loop import run_training
 
-    config = train_config_from_dict(without_space(data), overrides)
+    config = train_config_from_dict(data, overrides)
     result = run_training(config, genotype, out, data_dir, force=force, progress=progress)
     if not launched_as_main():
         return

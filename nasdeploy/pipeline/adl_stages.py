@@ -14,7 +14,7 @@ from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import genotype_to_dict, save_genotype
 from nasdeploy.genotypes.describe import describe_genotype
 from nasdeploy.pipeline.plots import read_jsonl
-from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, environment_line, publish_onnx
+from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, environment_line, export_trained_model
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rundir import read_json
 from nasdeploy.utils.spaces import set_data_root
@@ -118,20 +118,8 @@ def _crop_size(ctx: StageContext) -> tuple[int, int]:
 
 
 def adl_export_stage(ctx: StageContext) -> dict[str, Any]:
-    """Export the trained segmentation network to ONNX (dynamic batch and H/W) with parity checks."""
-    from nasdeploy.export.api import ExportOptions, build_export_model, export_model
-
-    source = build_export_model(ctx.path("genotype.json"), net="segmentation", checkpoint=ctx.path("train", "model.pt"))
-    section = ctx.config.export
-    options = ExportOptions(input_size=_crop_size(ctx), opset=section.opset, fp16=section.fp16, overwrite=True)
-    say = (lambda msg: print(f"[export] {msg}", flush=True)) if ctx.progress else None
-    result = export_model(source.model, ctx.path("export"), formats=section.formats, options=options,
-                          name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": "train/model.pt"},
-                          progress=say)
-    publish_onnx(ctx)
-    parity = result.parity["onnx"].to_dict()
-    return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity,
-            "opset": result.onnx.get("opset"), "skipped": result.skipped}
+    """Export the trained segmentation network to ONNX (dynamic batch and H/W), parity-checked at the crop size."""
+    return export_trained_model(ctx, "segmentation", "train/model.pt", _crop_size(ctx))
 
 
 def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:

@@ -87,15 +87,20 @@ def run_train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def run_export_stage(ctx: StageContext) -> dict[str, Any]:
     """Export the trained network to ONNX (and TensorRT/Triton when asked) and check parity."""
+    return export_trained_model(ctx, ctx.config.train.get("model", {}).get("net", "cifar"), "train/checkpoint.pt")
+
+
+def export_trained_model(ctx: StageContext, net: str, checkpoint: str,
+                         input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Rebuild the trained `net` from genotype.json + `checkpoint` (run-relative), export it and publish model.onnx."""
     from nasdeploy.export.api import ExportOptions, build_export_model, export_model
 
-    net = ctx.config.train.get("model", {}).get("net", "cifar")
-    source = build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path("train", "checkpoint.pt"))
+    source = build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
     section = ctx.config.export
-    options = ExportOptions(opset=section.opset, fp16=section.fp16, overwrite=True)
+    options = ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True)
     say = (lambda msg: print(f"[export] {msg}", flush=True)) if ctx.progress else None
     result = export_model(source.model, ctx.path("export"), formats=section.formats, options=options,
-                          name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": "train/checkpoint.pt"},
+                          name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": checkpoint},
                           progress=say)
     publish_onnx(ctx)
     parity = result.parity["onnx"].to_dict()
