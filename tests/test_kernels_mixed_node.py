@@ -195,7 +195,7 @@ def test_fused_mixer_matches_the_eager_mixed_op(ext, one_thread, strides, channe
     from nasdeploy.spaces.fused_mixer import FusionOptions, make_fused_mixer
 
     fused_mixer = make_fused_mixer(FusionOptions(channels_last=channels_last))
-    c, size = 4, 6
+    c, size = 8, 6  # >= MIN_CPU_CHANNELS_LAST, so channels-last really runs
     edges_ref = node_edges(c, strides)
     edges_fused = copy.deepcopy(edges_ref)
     g = torch.Generator().manual_seed(1)
@@ -404,3 +404,18 @@ def test_cuda_fused_mixer_matches_the_eager_mixed_op(ext):
     torch.testing.assert_close(results[1][0], results[0][0], **F32)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_narrow_cpu_nodes_stay_nchw_and_wide_ones_go_channels_last():
+    """oneDNN corrupts the heap in the channels-last backward of a 1x1 stride-2 conv with 2-7 input
+    channels on some CPUs; such nodes must not be converted."""
+    from nasdeploy.spaces.fused_mixer import MIN_CPU_CHANNELS_LAST, FusionOptions
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for forced in (None, True):
+        options = FusionOptions(channels_last=forced)
+        assert not options.use_channels_last(cpu, 4)
+        assert not options.use_channels_last(cpu, MIN_CPU_CHANNELS_LAST - 1)
+        assert options.use_channels_last(cpu, MIN_CPU_CHANNELS_LAST)
+    assert FusionOptions(channels_last=True).use_channels_last(cuda, 4)
+    assert not FusionOptions().use_channels_last(cuda, 64)

@@ -24,6 +24,10 @@ from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, re
 
 BN_EPS = 1e-5
 FUSED_DTYPES = (torch.float32, torch.float64)
+# oneDNN's channels-last backward of a 1x1 stride-2 conv (FactorizedReduce) corrupts the heap for 2-7
+# input channels on some CPUs (torch 2.14.1 on AMD EPYC without AVX-512: "free(): invalid next size");
+# nodes that narrow stay in NCHW on the CPU.
+MIN_CPU_CHANNELS_LAST = 8
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,10 @@ class FusionOptions:
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
 
-    def use_channels_last(self, device: torch.device) -> bool:
-        """Whether nodes on `device` run in channels-last."""
+    def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
+        """Whether a node of `channels` channels on `device` runs in channels-last."""
+        if device.type == "cpu" and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
+            return False
         return self.channels_last if self.channels_last is not None else device.type == "cpu"
 
 
@@ -159,7 +165,7 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
-        if options.use_channels_last(weights.device):
+        if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         zs: list[torch.Tensor] = []
         terms: list[Term] = []
