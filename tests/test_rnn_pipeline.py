@@ -53,3 +53,23 @@ def test_shipped_configs_load(name):
         assert (m.dropout, m.dropouth, m.dropoutx, m.dropouti, m.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.1)
     if name == "rnn_demo.yaml":
         assert load_rnn_pipeline_config(CONFIGS / name).export.seq_len == train.model.seq_len
+
+
+def test_the_generic_pipeline_command_runs_a_recurrent_pipeline_file(tmp_path, capsys):
+    from nasdeploy.cli.main import main
+
+    args = ["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path / "run")]
+    for item in TINY:
+        args += ["--set", item]
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr()
+    assert "summary:" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["export"]["parity_ok"] and (tmp_path / "run" / "model.onnx").is_file()
+    try:
+        main(["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path / "run"), "--only", "train"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "redoes all stages or none" in capsys.readouterr().err

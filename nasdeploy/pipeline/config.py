@@ -147,3 +147,9 @@ def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: 
     p = Path(path)
     data = apply_overrides(load_yaml(p), overrides)
     return pipeline_config_from_dict(data, p.parent, str(p))
+
+
+def is_recurrent_pipeline(path: str | os.PathLike[str]) -> bool:
+    """True for a recurrent-cell pipeline file (sections search_run/train_run; run by nasdeploy.rnn_pipeline)."""
+    data = load_yaml(Path(path))
+    return "search_run" in data or "train_run" in data
