@@ -91,11 +91,14 @@ def test_every_config_file_validates(name):
     path = CONFIGS / name
     data = load_yaml(path)
     if name.startswith("pipeline_"):
-        from nasdeploy.pipeline.config import load_pipeline_config
+        from nasdeploy.pipeline.config import load_pipeline_config, validate_stage_configs
 
         cfg = load_pipeline_config(path)
-        assert isinstance(load_search_config_from(cfg.search), SearchConfig)
-        assert isinstance(train_config_from(cfg.train), TrainConfig)
+        search, train = validate_stage_configs(cfg)
+        if cfg.space == "darts_cnn":
+            assert isinstance(search, SearchConfig) and isinstance(train, TrainConfig)
+        else:
+            assert type(search).__name__ == "ADLSearchConfig" and type(train).__name__ == "SegTrainConfig"
     elif name.startswith("rnn_"):
         from nasdeploy.search.rnn_config import load_rnn_search_config
         from nasdeploy.train.rnn_config import load_rnn_train_config
@@ -110,18 +113,6 @@ def test_every_config_file_validates(name):
         assert isinstance(load_search_config(path), SearchConfig)
     else:
         assert isinstance(load_train_config(path), TrainConfig)
-
-
-def load_search_config_from(data):
-    from nasdeploy.search.config import search_config_from_dict
-
-    return search_config_from_dict(data)
-
-
-def train_config_from(data):
-    from nasdeploy.train.config import train_config_from_dict
-
-    return train_config_from_dict(data)
 
 
 def test_config_file_errors(tmp_path):

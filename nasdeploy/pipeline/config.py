@@ -125,7 +125,7 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
     _check_sizes(profile.macs_at, "profile.macs_at")
     if profile.input_size is not None:
         _check_sizes((profile.input_size,), "profile.input_size")
-    return PipelineConfig(
+    config = PipelineConfig(
         space=space,
         name=str(data.get("name") or Path(source).stem),
         search=_stage_dict(data, "search", base_dir),
@@ -135,6 +135,8 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
         data_dir=data.get("data_dir"),
         source=source,
     )
+    validate_stage_configs(config)
+    return config
 
 
 def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -153,3 +155,16 @@ def is_recurrent_pipeline(path: str | os.PathLike[str]) -> bool:
     """True for a recurrent-cell pipeline file (sections search_run/train_run; run by nasdeploy.rnn_pipeline)."""
     data = load_yaml(Path(path))
     return "search_run" in data or "train_run" in data
+
+
+def validate_stage_configs(config: PipelineConfig) -> tuple[Any, Any]:
+    """The search and train sections validated by their space's own loaders (errors name the section)."""
+    if config.space == "autodeeplab":
+        from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict
+        from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+
+        return adl_search_config_from_dict(config.search), seg_train_config_from_dict(config.train)
+    from nasdeploy.search.config import search_config_from_dict
+    from nasdeploy.train.config import train_config_from_dict
+
+    return search_config_from_dict(config.search), train_config_from_dict(config.train)
