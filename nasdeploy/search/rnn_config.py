@@ -8,6 +8,7 @@ from typing import Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.checks import check_positive, check_run_settings
 from nasdeploy.utils.yamlconfig import load_config
 
 
@@ -15,12 +16,6 @@ def _check_probability(where: str, **values: float) -> None:
     for name, value in values.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{where}.{name} must be a probability in [0, 1), got {value}")
-
-
-def _check_positive(where: str, **values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{where}.{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class RNNSearchModelConfig:
     bn_running_stats: bool = False  # True: frozen running statistics in eval mode (reference; can diverge)
 
     def __post_init__(self) -> None:
-        _check_positive("model", emsize=self.emsize, nhid=self.nhid, steps=self.steps)
+        check_positive("model", emsize=self.emsize, nhid=self.nhid, steps=self.steps)
         _check_probability("model", dropout=self.dropout, dropouth=self.dropouth, dropoutx=self.dropoutx,
                            dropouti=self.dropouti, dropoute=self.dropoute)
         if self.emsize != self.nhid:
@@ -73,18 +68,13 @@ class RNNSearchSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check_positive("search", epochs=self.epochs, batch_size=self.batch_size, bptt=self.bptt, lr=self.lr,
+        check_positive("search", epochs=self.epochs, batch_size=self.batch_size, bptt=self.bptt, lr=self.lr,
                         clip=self.clip, arch_lr=self.arch_lr)
         if self.order not in ("first", "second"):
             raise ConfigError(f"search.order must be 'first' or 'second', got {self.order!r}")
         if self.batch_size < 2 or (self.eval_batch_size is not None and self.eval_batch_size < 2):
             raise ConfigError("search.batch_size and search.eval_batch_size must be >= 2 (BatchNorm over the batch)")
-        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
-            raise ConfigError(f"search.max_batches_per_epoch must be positive, got {self.max_batches_per_epoch}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"search.threads must be positive, got {self.threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"search.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        check_run_settings("search", self.max_batches_per_epoch, self.threads, self.device)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.checks import check_positive, check_run_settings
 from nasdeploy.nets.rnn import RNNLMConfig
 from nasdeploy.utils.yamlconfig import load_config
 
@@ -35,19 +36,13 @@ class RNNTrainSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt", "lr", "clip"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        check_positive("train", epochs=self.epochs, batch_size=self.batch_size, eval_batch_size=self.eval_batch_size,
+                       test_batch_size=self.test_batch_size, bptt=self.bptt, lr=self.lr, clip=self.clip)
         if self.nonmono < 1:
             raise ConfigError(f"train.nonmono must be >= 1, got {self.nonmono}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must not be negative, got {self.weight_decay}")
-        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
-            raise ConfigError(f"train.max_batches_per_epoch must be positive, got {self.max_batches_per_epoch}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"train.threads must be positive, got {self.threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        check_run_settings("train", self.max_batches_per_epoch, self.threads, self.device)
 
 
 @dataclass(frozen=True)
