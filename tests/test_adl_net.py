@@ -14,13 +14,7 @@ from nasdeploy.ops import AtrousConv, resize_bilinear, upsample2
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many small kernels: OpenMP threads only add contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention
 
 
 SMALL = {"aspp_channels": 16, "decoder_channels": 16, "low_level_channels": 8}

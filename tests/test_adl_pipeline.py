@@ -36,11 +36,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One tiny pipeline, interrupted after the first search epoch and resumed to the end."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    run_dir = tmp_path_factory.mktemp("adl_pipeline") / "run"
-    config = pipeline_config_from_dict(TINY, Path("."), "tiny.yaml")
-    first = run_pipeline(config, run_dir, progress=False, stop_after_epoch=1)
-    second = run_pipeline(config, run_dir, progress=False)
+    try:
+        run_dir = tmp_path_factory.mktemp("adl_pipeline") / "run"
+        config = pipeline_config_from_dict(TINY, Path("."), "tiny.yaml")
+        first = run_pipeline(config, run_dir, progress=False, stop_after_epoch=1)
+        second = run_pipeline(config, run_dir, progress=False)
+    finally:
+        torch.set_num_threads(previous)
     return run_dir, first, second
 
 

@@ -23,13 +23,7 @@ from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet,
 TINY = ADLSupernetConfig(layers=4, filter_multiplier=2, blocks=2, num_classes=3, stem_channels=4, mixer="reference")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many tiny kernels: OpenMP threads only add contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention
 
 
 @pytest.fixture(scope="module")

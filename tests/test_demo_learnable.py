@@ -33,12 +33,7 @@ def _fit(model: nn.Module, lr: float) -> float:
         return (model(xt).argmax(1) == yt).float().mean().item()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention
 
 
 def test_small_cnn_learns_the_demo_well_above_chance_and_a_linear_model_does_not():

@@ -11,12 +11,7 @@ from nasdeploy.spaces.darts_cnn import DartsSupernet, num_edges
 from nasdeploy.spaces.mixing import mix_node_reference, register_mixer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention
 
 
 def test_reference_supernet_parameter_count_and_alpha_shapes():
