@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -62,17 +64,25 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     nets: list = []
     search_loop.AutoDeepLabSupernet = _recording(search_loop.AutoDeepLabSupernet, supernets)
     train_loop.build_network = _recording(train_loop.build_network, nets)
-    dist.init_process_group("gloo")  # one group for both runs: the loops join it and leave it up
+    # One group for all runs (the loops join it and leave it up); a rank mismatch fails in 2 minutes, not 30.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    # Each rank gets its own run directories so the test can see that only rank 0 writes.
+    train_dirs = [os.path.join(root, name) for name in ("train0", "train1", "train_epoch1")]
     try:
-        # Each rank gets its own run directories so the test can see that only rank 0 writes.
         search = run_adl_search(adl_search_config_from_dict(SEARCH), os.path.join(root, f"search{rank}"), progress=False)
-        train = run_segmentation_training(seg_train_config_from_dict(TRAIN), os.path.join(root, f"train{rank}"),
-                                          progress=False)
+        # Training stops after epoch 1; rank 1 then resumes from a copy of rank 0's directory (as from a shared
+        # one), each rank restoring its own RNG state. The copy also feeds the single-process resume test.
+        run_segmentation_training(seg_train_config_from_dict(TRAIN), train_dirs[rank], progress=False, max_epochs=1)
+        if rank == 0:
+            for target in train_dirs[1:]:
+                shutil.copytree(train_dirs[0], target)
+        dist.barrier()
+        train = run_segmentation_training(seg_train_config_from_dict(TRAIN), train_dirs[rank], progress=False)
     finally:
         dist.destroy_process_group()
     torch.save({"search": dataclasses.asdict(search), "train": dataclasses.asdict(train),
-                "arch": [p.detach().clone() for p in supernets[0].arch_parameters()],
-                "weights": {k: v.detach().clone() for k, v in nets[0].state_dict().items()}},
+                "arch": [p.detach().clone() for p in supernets[-1].arch_parameters()],
+                "weights": {k: v.detach().clone() for k, v in nets[-1].state_dict().items()}},
                os.path.join(root, f"rank{rank}.pt"))
 
 
@@ -112,7 +122,12 @@ def test_only_rank0_writes(ranks):
         "checkpoint.pt", "config.json", "genotype.json", "log.jsonl", "summary.json"]
     assert sorted(p.name for p in (root / "train0").iterdir()) == [
         "checkpoint.pt", "config.json", "log.jsonl", "model.pt", "summary.json"]
-    assert not (root / "search1").exists() and not (root / "train1").exists()
+    assert not (root / "search1").exists()
+    # Rank 1 resumed training from a copy of rank 0's epoch-1 directory and left it as it was.
+    copy, snapshot = root / "train1", root / "train_epoch1"
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in snapshot.iterdir())
+    assert all((copy / p.name).read_bytes() == p.read_bytes() for p in snapshot.iterdir())
+    assert len((root / "train0" / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_training_weights_identical_on_both_ranks(ranks):
@@ -141,6 +156,18 @@ def test_sharded_val_miou_equals_single_process(ranks):
     supernet.load_state_dict(load_checkpoint(root / "search0" / "checkpoint.pt")["model"])
     val = DataLoader(build_segmentation_dataset(search_cfg.data, "val", train=False), batch_size=1)
     assert r0["search"]["val_miou"] == evaluate_miou(supernet, val, 4, torch.device("cpu"))["miou"]
+
+
+def test_single_process_resumes_a_two_process_checkpoint_deterministically(ranks, tmp_path):
+    root, _ = ranks
+    torch.set_num_threads(1)
+    cfg = seg_train_config_from_dict(TRAIN)
+    weights = []
+    for name in ("a", "b"):  # 2 saved RNG states, 1 process: re-seeded by (epoch, rank), the same every time
+        shutil.copytree(root / "train_epoch1", tmp_path / name)
+        weights.append(load_checkpoint(run_segmentation_training(cfg, tmp_path / name, progress=False).model_path)["model"])
+        assert json.loads((tmp_path / name / "summary.json").read_text())["finished"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_global_batch_must_split_over_ranks():
