@@ -131,7 +131,7 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
 
 def _loaders(cfg: ADLSearchConfig, ctx: DistContext,
              local_batch: int) -> tuple[DataLoader, DataLoader, DataLoader, list[torch.Generator]]:
-    """This rank's shards of halves A and B (one shuffle shared by all ranks), of the validation set, and the shuffle generators."""
+    """This rank's loaders of halves A and B (shuffles shared by all ranks) and validation, and the shuffle generators."""
     train = build_segmentation_dataset(cfg.data, "train", train=True)
     val = build_segmentation_dataset(cfg.data, "val", train=False)
     a_idx, b_idx = split_halves(len(train), cfg.search.seed)
@@ -139,8 +139,9 @@ def _loaders(cfg: ADLSearchConfig, ctx: DistContext,
         raise ConfigError(f"search: {len(train)} training images cannot fill two halves of batch {cfg.search.batch_size}")
     g_a, g_b = torch.Generator().manual_seed(cfg.search.seed), torch.Generator().manual_seed(cfg.search.seed + 1)
     opts = {"batch_size": local_batch, "num_workers": cfg.search.workers, "drop_last": True}
-    loader_a = DataLoader(Subset(train, a_idx), sampler=SharedShuffleSampler(len(a_idx), ctx, g_a), generator=g_a, **opts)
-    loader_b = DataLoader(Subset(train, b_idx), sampler=SharedShuffleSampler(len(b_idx), ctx, g_b), generator=g_b, **opts)
+    sampler_a, sampler_b = SharedShuffleSampler(len(a_idx), ctx, g_a), SharedShuffleSampler(len(b_idx), ctx, g_b)
+    loader_a = DataLoader(Subset(train, a_idx), sampler=sampler_a, generator=g_a, **opts)
+    loader_b = DataLoader(Subset(train, b_idx), sampler=sampler_b, generator=g_b, **opts)
     loader_val = DataLoader(val, batch_size=1, sampler=ShardSampler(len(val), ctx), num_workers=cfg.search.workers)
     return loader_a, loader_b, loader_val, [g_a, g_b]
 
@@ -189,12 +190,6 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
     ckpt_path = out / "checkpoint.pt"
     # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
     state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", config_dict)
     torch.manual_seed(opts.seed)
     device = ctx.device
     loader_a, loader_b, loader_val, generators = _loaders(cfg, ctx, local_batch)
@@ -215,6 +210,12 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["meta"]["epoch"])
         restore_rank_rng(state["rng"], ctx, start_epoch)
+    if ctx.is_main:  # (after every check, so a bad config leaves no files behind)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        write_json_atomic(out / "config.json", config_dict)
     steps = opts.steps_per_epoch or len(loader_a)
     metrics: dict[str, float] | None = None
     end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
@@ -223,12 +224,12 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
         model.train()
         arch_on = epoch >= opts.arch_start_epoch
         lr = scheduler.get_last_lr()[0]
-        for k, g in enumerate(generators):  # shuffles depend on (seed, epoch) only: resuming repeats them, ranks share them
+        for k, g in enumerate(generators):  # shuffles depend on (seed, epoch) only: resuming repeats them
             g.manual_seed(opts.seed * 100_003 + 2 * epoch + k)
         total, arch_total, n = 0.0, 0.0, 0
         stream_a, stream_b = _cycle(loader_a), _cycle(loader_b)
-        bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}", disable=not (progress and ctx.is_main),
-                   leave=False)
+        bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}",
+                   disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:
             xa, ya = (t.to(device) for t in next(stream_a))
             if arch_on:

@@ -167,12 +167,6 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
     ckpt_path = out / "checkpoint.pt"
     # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
     state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", config_dict)
     torch.manual_seed(opts.seed)
     device = ctx.device
     train_set = build_segmentation_dataset(cfg.data, "train", train=True)
@@ -199,6 +193,12 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["meta"]["epoch"])
         restore_rank_rng(state["rng"], ctx, start_epoch)
+    if ctx.is_main:  # (after every check, so a bad config leaves no files behind)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        write_json_atomic(out / "config.json", config_dict)
     metrics = {"miou": float("nan"), "pixel_acc": float("nan")}
     end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
@@ -207,8 +207,8 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         model.train()
         total, n = 0.0, 0
         stream = _cycle(loader)
-        bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}", disable=not (progress and ctx.is_main),
-                   leave=False)
+        bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}",
+                   disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:
             total += _train_step(wrapped, optimizer, scheduler, next(stream), device, opts.grad_clip)
             n += 1
