@@ -22,7 +22,7 @@ from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
 from nasdeploy.train.seg_metrics import evaluate_miou
 from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, seg_train_config_from_dict
 from nasdeploy.utils.checkpoint import load_checkpoint
-from nasdeploy.utils.distributed import DistContext, local_batch_size
+from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_worker_init
 
 # 8 training images: halves of 4, so each rank gets a different 2 of each half per step (global batch 4).
 # 3 validation images: rank 0 evaluates 2 and rank 1 one, so the summed confusion matrix must neither pad nor repeat.
@@ -177,3 +177,15 @@ def test_global_batch_must_split_over_ranks():
         local_batch_size(5, ctx, "search")
     with pytest.raises(ConfigError, match="BatchNorm needs >= 2"):
         local_batch_size(2, ctx, "train")
+
+
+def test_dataloader_workers_of_other_ranks_get_their_own_seeds():
+    assert rank_worker_init(DistContext(0, 2, 0, torch.device("cpu"))) is None  # rank 0: unchanged
+    init = rank_worker_init(DistContext(1, 2, 1, torch.device("cpu")))
+    previous = torch.initial_seed()
+    try:
+        torch.manual_seed(1234)  # what DataLoader gives worker 0 on every rank (shared generator)
+        init(0)
+        assert torch.initial_seed() == 1234 + 7919
+    finally:
+        torch.manual_seed(previous)

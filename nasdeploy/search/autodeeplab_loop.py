@@ -42,6 +42,7 @@ from nasdeploy.utils.distributed import (
     gather_rng_states,
     init_distributed,
     local_batch_size,
+    rank_worker_init,
     restore_rank_rng,
     shutdown_distributed,
     wrap_ddp,
@@ -138,7 +139,8 @@ def _loaders(cfg: ADLSearchConfig, ctx: DistContext,
     if len(a_idx) < cfg.search.batch_size or len(b_idx) < cfg.search.batch_size:
         raise ConfigError(f"search: {len(train)} training images cannot fill two halves of batch {cfg.search.batch_size}")
     g_a, g_b = torch.Generator().manual_seed(cfg.search.seed), torch.Generator().manual_seed(cfg.search.seed + 1)
-    opts = {"batch_size": local_batch, "num_workers": cfg.search.workers, "drop_last": True}
+    opts = {"batch_size": local_batch, "num_workers": cfg.search.workers, "drop_last": True,
+            "worker_init_fn": rank_worker_init(ctx)}
     sampler_a, sampler_b = SharedShuffleSampler(len(a_idx), ctx, g_a), SharedShuffleSampler(len(b_idx), ctx, g_b)
     loader_a = DataLoader(Subset(train, a_idx), sampler=sampler_a, generator=g_a, **opts)
     loader_b = DataLoader(Subset(train, b_idx), sampler=sampler_b, generator=g_b, **opts)

@@ -37,6 +37,7 @@ from nasdeploy.utils.distributed import (
     gather_rng_states,
     init_distributed,
     local_batch_size,
+    rank_worker_init,
     restore_rank_rng,
     shutdown_distributed,
     wrap_ddp,
@@ -175,7 +176,7 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         raise ConfigError(f"train: {len(train_set)} training images cannot fill a batch of {opts.batch_size}")
     gen = torch.Generator()  # one shuffle shared by all ranks, each loading its share
     loader = DataLoader(train_set, batch_size=local_batch, sampler=SharedShuffleSampler(len(train_set), ctx, gen),
-                        drop_last=True, generator=gen, num_workers=opts.workers)
+                        drop_last=True, generator=gen, num_workers=opts.workers, worker_init_fn=rank_worker_init(ctx))
     val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), ctx), num_workers=opts.workers)
     model = build_network(genotype, "segmentation", num_classes=len(classes), **cfg.net.net_kwargs()).to(device)
     if ctx.rank:  # same initial model everywhere; then each rank its own augmentation and dropout stream

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -178,3 +179,16 @@ class SharedShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def _offset_worker_seed(rank: int, worker_id: int) -> None:
+    torch.manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
+
+
+def rank_worker_init(ctx: DistContext) -> Callable[[int], None] | None:
+    """A DataLoader worker_init_fn giving each rank's workers their own torch RNG stream (None on rank 0).
+
+    Loaders whose generator every rank seeds alike (SharedShuffleSampler) hand out the same worker seeds on
+    every rank; without this the ranks' workers would draw the same augmentations.
+    """
+    return functools.partial(_offset_worker_seed, ctx.rank) if ctx.rank else None
