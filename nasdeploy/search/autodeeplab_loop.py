@@ -1,7 +1,12 @@
 """The Auto-DeepLab search loop: weights on half A, alpha/beta on half B (first order), mIoU on a held-out split.
 
 Run directory: config.json, log.jsonl (one record per epoch), checkpoint.pt (resumable, weights_only),
-genotype.json (decoded each epoch; final at the end), summary.json.
+genotype.json (decoded each epoch; final at the end), summary.json. Only rank 0 writes.
+
+DDP: `torchrun --nproc_per_node 2 -m nasdeploy.cli.main adl search CONFIG -o OUT` (gloo on CPU, NCCL on
+GPU with search.device auto/cuda). search.batch_size is the global batch; each rank trains on its shard
+of halves A and B, the architecture gradient is all-reduced (Architect.step), the validation confusion
+matrix is summed over ranks, so every rank holds the same alpha/beta and returns the same result.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
@@ -27,8 +33,25 @@ from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genot
 from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
 from nasdeploy.train.seg_metrics import evaluate_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
-from nasdeploy.utils.yamlconfig import from_dict, to_dict
+from nasdeploy.utils.distributed import (
+    DistContext,
+    ShardSampler,
+    SharedShuffleSampler,
+    all_reduce_sum,
+    barrier,
+    gather_rng_states,
+    init_distributed,
+    local_batch_size,
+    rank_worker_init,
+    restore_rank_rng,
+    shutdown_distributed,
+    wrap_ddp,
+)
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
+
+RUN_FILES = ("log.jsonl", "genotype.json", "summary.json", "checkpoint.pt")
 
 
 @dataclass(frozen=True)
@@ -107,63 +130,96 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
         yield from loader
 
 
-def _loaders(cfg: ADLSearchConfig) -> tuple[DataLoader, DataLoader, DataLoader, list[torch.Generator]]:
+def _loaders(cfg: ADLSearchConfig, ctx: DistContext,
+             local_batch: int) -> tuple[DataLoader, DataLoader, DataLoader, list[torch.Generator]]:
+    """This rank's loaders of halves A and B (shuffles shared by all ranks) and validation, and the shuffle generators."""
     train = build_segmentation_dataset(cfg.data, "train", train=True)
     val = build_segmentation_dataset(cfg.data, "val", train=False)
     a_idx, b_idx = split_halves(len(train), cfg.search.seed)
     if len(a_idx) < cfg.search.batch_size or len(b_idx) < cfg.search.batch_size:
         raise ConfigError(f"search: {len(train)} training images cannot fill two halves of batch {cfg.search.batch_size}")
     g_a, g_b = torch.Generator().manual_seed(cfg.search.seed), torch.Generator().manual_seed(cfg.search.seed + 1)
-    opts = {"batch_size": cfg.search.batch_size, "num_workers": cfg.search.workers, "drop_last": True}
-    loader_a = DataLoader(Subset(train, a_idx), shuffle=True, generator=g_a, **opts)
-    loader_b = DataLoader(Subset(train, b_idx), shuffle=True, generator=g_b, **opts)
-    loader_val = DataLoader(val, batch_size=1, shuffle=False, num_workers=cfg.search.workers)
+    opts = {"batch_size": local_batch, "num_workers": cfg.search.workers, "drop_last": True,
+            "worker_init_fn": rank_worker_init(ctx)}
+    sampler_a, sampler_b = SharedShuffleSampler(len(a_idx), ctx, g_a), SharedShuffleSampler(len(b_idx), ctx, g_b)
+    loader_a = DataLoader(Subset(train, a_idx), sampler=sampler_a, generator=g_a, **opts)
+    loader_b = DataLoader(Subset(train, b_idx), sampler=sampler_b, generator=g_b, **opts)
+    loader_val = DataLoader(val, batch_size=1, sampler=ShardSampler(len(val), ctx), num_workers=cfg.search.workers)
     return loader_a, loader_b, loader_val, [g_a, g_b]
+
+
+def _with_dataset_classes(cfg: ADLSearchConfig) -> ADLSearchConfig:
+    num_classes = len(dataset_classes(cfg.data))
+    if cfg.supernet.num_classes == num_classes:
+        return cfg
+    return ADLSearchConfig(from_dict(ADLSupernetConfig, {**to_dict(cfg.supernet), "num_classes": num_classes}),
+                           cfg.data, cfg.search)
+
+
+def _read_checkpoint(path: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    if state.get("kind") != "adl_search":
+        raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not an Auto-DeepLab search")
+    if state["meta"].get("config") != config_dict:
+        raise ConfigError(f"{path.parent} holds a search with a different config; use a new directory or --restart")
+    return state
 
 
 def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
                    progress: bool = True, max_epochs: int | None = None) -> ADLSearchResult:
-    """Run (or resume) an Auto-DeepLab search into `out_dir`; `max_epochs` caps the epochs run by this call."""
+    """Run (or resume) an Auto-DeepLab search into `out_dir`; `max_epochs` caps the epochs run by this call.
+
+    Under torchrun every rank calls this (see the module docstring) and gets the same result.
+    """
+    if cfg.search.threads:
+        torch.set_num_threads(cfg.search.threads)
+    ctx = init_distributed(cfg.search.device)
+    try:
+        return _search(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,
+            max_epochs: int | None) -> ADLSearchResult:
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     opts = cfg.search
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    num_classes = len(dataset_classes(cfg.data))
-    if cfg.supernet.num_classes != num_classes:
-        cfg = ADLSearchConfig(from_dict(ADLSupernetConfig, {**to_dict(cfg.supernet), "num_classes": num_classes}),
-                              cfg.data, cfg.search)
+    local_batch = local_batch_size(opts.batch_size, ctx, "search")
+    cfg = _with_dataset_classes(cfg)
+    num_classes = cfg.supernet.num_classes
     config_dict = to_dict(cfg)
     ckpt_path = out / "checkpoint.pt"
+    # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
+    state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
     torch.manual_seed(opts.seed)
-    device = torch.device(opts.device)
-    loader_a, loader_b, loader_val, generators = _loaders(cfg)
+    device = ctx.device
+    loader_a, loader_b, loader_val, generators = _loaders(cfg, ctx, local_batch)
     model = AutoDeepLabSupernet(cfg.supernet).to(device)
+    if ctx.rank:  # same initial model everywhere; then each rank its own augmentation stream
+        seed_everything(opts.seed + 1000 * ctx.rank)
+    wrapped = wrap_ddp(model, ctx)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=opts.epochs, eta_min=opts.lr_min)
-    architect = Architect(model, segmentation_loss, w_opt,
+    # Given the DDP wrapper, the architect computes alpha/beta gradients on the bare module and all-reduces them.
+    architect = Architect(wrapped, segmentation_loss, w_opt,
                           ArchitectConfig(order="first", lr=opts.arch_lr, betas=opts.arch_betas, weight_decay=opts.arch_weight_decay))
     start_epoch = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("kind") != "adl_search":
-            raise CheckpointError(f"{ckpt_path} is a '{state.get('kind')}' checkpoint, not an Auto-DeepLab search")
-        if state["meta"].get("config") != config_dict:
-            raise ConfigError(f"{out} holds a search with a different config; use a new directory or --restart")
+    if state is not None:
         model.load_state_dict(state["model"])
         w_opt.load_state_dict(state["weight_optimizer"])
         architect.optimizer.load_state_dict(state["arch_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch = int(state["meta"]["epoch"])
-    elif not resume:
-        for name in ("log.jsonl", "genotype.json", "summary.json", "checkpoint.pt"):
-            (out / name).unlink(missing_ok=True)
-    write_json_atomic(out / "config.json", config_dict)
+        restore_rank_rng(state["rng"], ctx, start_epoch)
+    if ctx.is_main:  # (after every check, so a bad config leaves no files behind)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        write_json_atomic(out / "config.json", config_dict)
     steps = opts.steps_per_epoch or len(loader_a)
-    metrics: dict[str, float] = {"miou": float("nan"), "pixel_acc": float("nan")}
+    metrics: dict[str, float] | None = None
     end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -174,7 +230,8 @@ def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, res
             g.manual_seed(opts.seed * 100_003 + 2 * epoch + k)
         total, arch_total, n = 0.0, 0.0, 0
         stream_a, stream_b = _cycle(loader_a), _cycle(loader_b)
-        bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}",
+                   disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:
             xa, ya = (t.to(device) for t in next(stream_a))
             if arch_on:
@@ -182,18 +239,12 @@ def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, res
                 architect.step((xa, ya), (xb, yb), eta=lr)
                 with torch.no_grad():
                     arch_total += float(segmentation_loss(model, (xb, yb)))
-            w_opt.zero_grad(set_to_none=True)
-            loss = segmentation_loss(model, (xa, ya))
-            loss.backward()
-            model.alphas.grad = None  # weights step only: alpha/beta move on half B alone
-            model.betas.grad = None
-            torch.nn.utils.clip_grad_norm_(list(model.weight_parameters()), opts.grad_clip)
-            w_opt.step()
-            total += float(loss.detach())
+            total += _weight_step(wrapped, model, w_opt, (xa, ya), opts.grad_clip)
             n += 1
             bar.set_postfix(loss=f"{total / n:.3f}")
         scheduler.step()
-        metrics = evaluate_miou(model, loader_val, num_classes, device)
+        total, arch_total, n = all_reduce_sum([total, arch_total, n], ctx)
+        metrics = evaluate_miou(model, loader_val, num_classes, device, ctx)
         alphas = model.alphas.detach().cpu().numpy()
         betas = model.betas.detach().cpu().numpy()
         genotype = decode_genotype(alphas, betas, cfg.supernet.blocks, name=f"adl_search_epoch{epoch + 1}")
@@ -202,25 +253,58 @@ def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, res
                   "arch_loss": arch_total / n if arch_on and n else None, "val_miou": metrics["miou"],
                   "val_pixel_acc": metrics["pixel_acc"], "path": list(path), "path_log_prob": log_prob,
                   "mixer": model.mixer_name, "seconds": round(time.time() - t0, 2)}
-        save_checkpoint(ckpt_path, model.state_dict(), kind="adl_search",
-                        meta={"config": config_dict, "epoch": epoch + 1, "genotype": genotype_to_dict(genotype)},
-                        weight_optimizer=w_opt.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), rng=torch.get_rng_state())
-        save_genotype(genotype, out / "genotype.json", meta={"epoch": epoch + 1, "val_miou": metrics["miou"]})
-        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if progress:
+        rng = gather_rng_states(ctx)
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, model.state_dict(), kind="adl_search",
+                            meta={"config": config_dict, "epoch": epoch + 1, "genotype": genotype_to_dict(genotype),
+                                  "val_miou": metrics["miou"], "world_size": ctx.world_size},
+                            weight_optimizer=w_opt.state_dict(), arch_optimizer=architect.optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), rng=rng)
+            save_genotype(genotype, out / "genotype.json", meta={"epoch": epoch + 1, "val_miou": metrics["miou"]})
+            with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        barrier(ctx)
+        if progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val mIoU {metrics['miou']:.3f}  path {list(path)}")
+    epochs_done = max(start_epoch, end_epoch)
+    val_miou = metrics["miou"] if metrics is not None else _stored_val_miou(state, out)
+    return _finish(cfg, out, model, epochs_done, val_miou, ctx)
+
+
+def _weight_step(wrapped: nn.Module, model: AutoDeepLabSupernet, w_opt: torch.optim.Optimizer,
+                 batch: tuple[torch.Tensor, torch.Tensor], grad_clip: float) -> float:
+    """One clipped SGD step of the weights on a half-A batch (DDP averages the gradients); returns the loss."""
+    w_opt.zero_grad(set_to_none=True)
+    loss = segmentation_loss(wrapped, batch)
+    loss.backward()
+    model.alphas.grad = None  # weights step only: alpha/beta move on half B alone
+    model.betas.grad = None
+    torch.nn.utils.clip_grad_norm_(list(model.weight_parameters()), grad_clip)
+    w_opt.step()
+    return float(loss.detach())
+
+
+def _stored_val_miou(state: dict[str, Any] | None, out: Path) -> float:
+    """The last evaluated mIoU of a run this call did not advance (checkpoint meta, else log.jsonl)."""
+    if state is not None and "val_miou" in state["meta"]:
+        return state["meta"]["val_miou"]
+    last = _last_record(out / "log.jsonl")
+    return last["val_miou"] if last and last.get("val_miou") is not None else math.nan
+
+
+def _finish(cfg: ADLSearchConfig, out: Path, model: AutoDeepLabSupernet, epochs_done: int, val_miou: float,
+            ctx: DistContext) -> ADLSearchResult:
+    """Decode the final genotype and path; rank 0 writes genotype.json and summary.json."""
     betas = model.betas.detach().cpu().numpy()
     final = decode_genotype(model.alphas.detach().cpu().numpy(), betas, cfg.supernet.blocks, name="adl_search")
     path, log_prob = viterbi_path(beta_probabilities(betas))
-    epochs_done = max(start_epoch, end_epoch)
-    last = _last_record(out / "log.jsonl")
-    val_miou = last.get("val_miou", metrics["miou"]) if last else metrics["miou"]
-    genotype_path = save_genotype(final, out / "genotype.json", meta={"epochs": epochs_done, "val_miou": val_miou})
-    write_json_atomic(out / "summary.json", {"genotype": genotype_to_dict(final), "epochs": epochs_done,
-                                             "finished": epochs_done >= opts.epochs, "val_miou": val_miou,
-                                             "path_log_prob": log_prob})
+    genotype_path = out / "genotype.json"
+    if ctx.is_main:
+        save_genotype(final, genotype_path, meta={"epochs": epochs_done, "val_miou": val_miou})
+        write_json_atomic(out / "summary.json", {"genotype": genotype_to_dict(final), "epochs": epochs_done,
+                                                 "finished": epochs_done >= cfg.search.epochs, "val_miou": val_miou,
+                                                 "path_log_prob": log_prob})
+    barrier(ctx)
     return ADLSearchResult(out, genotype_path, epochs_done, float(val_miou) if val_miou is not None else math.nan,
                            tuple(path), log_prob)
 

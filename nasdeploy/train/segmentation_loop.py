@@ -1,7 +1,11 @@
 """Training a static Auto-DeepLab segmentation network from scratch: poly lr, random crops, mIoU per epoch.
 
 Run directory: config.json, log.jsonl, checkpoint.pt (resumable), model.pt (final weights with the
-genotype and net kwargs in meta, so export/profile rebuild the model), summary.json.
+genotype and net kwargs in meta, so export/profile rebuild the model), summary.json. Only rank 0 writes.
+
+DDP: `torchrun --nproc_per_node 2 -m nasdeploy.cli.main adl train CONFIG -o OUT` (gloo on CPU, NCCL on
+GPU with train.device auto/cuda). train.batch_size is the global batch; each rank trains on its shard,
+DDP averages the gradients, validation sums the ranks' confusion matrices (the single-process mIoU).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
 from nasdeploy.errors import CheckpointError, ConfigError
@@ -23,8 +28,25 @@ from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_ge
 from nasdeploy.nets import build_network
 from nasdeploy.train.seg_metrics import evaluate_miou, majority_class_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
-from nasdeploy.utils.yamlconfig import from_dict, to_dict
+from nasdeploy.utils.distributed import (
+    DistContext,
+    ShardSampler,
+    SharedShuffleSampler,
+    all_reduce_sum,
+    barrier,
+    gather_rng_states,
+    init_distributed,
+    local_batch_size,
+    rank_worker_init,
+    restore_rank_rng,
+    shutdown_distributed,
+    wrap_ddp,
+)
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
+
+RUN_FILES = ("log.jsonl", "summary.json", "checkpoint.pt", "model.pt")
 
 
 @dataclass(frozen=True)
@@ -112,50 +134,72 @@ def load_segmentation_model(path: str | os.PathLike[str]) -> torch.nn.Module:
 
 def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
                               progress: bool = True, max_epochs: int | None = None) -> SegTrainResult:
-    """Train (or resume training) a static segmentation network into `out_dir`; `max_epochs` caps this call."""
+    """Train (or resume training) a static segmentation network into `out_dir`; `max_epochs` caps this call.
+
+    Under torchrun every rank calls this (see the module docstring) and gets the same result.
+    """
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _read_checkpoint(path: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    if state.get("kind") != "adl_train":
+        raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not a segmentation training run")
+    if state["meta"].get("config") != config_dict:
+        raise ConfigError(f"{path.parent} holds a training run with a different config; use a new directory or --restart")
+    return state
+
+
+def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,
+           max_epochs: int | None) -> SegTrainResult:
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     opts = cfg.train
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    local_batch = local_batch_size(opts.batch_size, ctx, "train")
     classes = dataset_classes(cfg.data)
     genotype = resolve_genotype(cfg.net.genotype, expected_kind="autodeeplab")
     config_dict = to_dict(cfg)
+    ckpt_path = out / "checkpoint.pt"
+    # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
+    state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
     torch.manual_seed(opts.seed)
-    device = torch.device(opts.device)
+    device = ctx.device
     train_set = build_segmentation_dataset(cfg.data, "train", train=True)
     val_set = build_segmentation_dataset(cfg.data, "val", train=False)
     if len(train_set) < opts.batch_size:
         raise ConfigError(f"train: {len(train_set)} training images cannot fill a batch of {opts.batch_size}")
-    gen = torch.Generator()
-    loader = DataLoader(train_set, batch_size=opts.batch_size, shuffle=True, drop_last=True, generator=gen,
-                        num_workers=opts.workers)
-    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=opts.workers)
+    gen = torch.Generator()  # one shuffle shared by all ranks, each loading its share
+    loader = DataLoader(train_set, batch_size=local_batch, sampler=SharedShuffleSampler(len(train_set), ctx, gen),
+                        drop_last=True, generator=gen, num_workers=opts.workers, worker_init_fn=rank_worker_init(ctx))
+    val_loader = DataLoader(val_set, batch_size=1, sampler=ShardSampler(len(val_set), ctx), num_workers=opts.workers)
     model = build_network(genotype, "segmentation", num_classes=len(classes), **cfg.net.net_kwargs()).to(device)
+    if ctx.rank:  # same initial model everywhere; then each rank its own augmentation and dropout stream
+        seed_everything(opts.seed + 1000 * ctx.rank)
+    wrapped = wrap_ddp(model, ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     steps = opts.steps_per_epoch or len(loader)
     total_steps = steps * opts.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: max(0.0, 1.0 - it / total_steps) ** opts.poly_power)
-    ckpt_path = out / "checkpoint.pt"
     start_epoch = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("kind") != "adl_train":
-            raise CheckpointError(f"{ckpt_path} is a '{state.get('kind')}' checkpoint, not a segmentation training run")
-        if state["meta"].get("config") != config_dict:
-            raise ConfigError(f"{out} holds a training run with a different config; use a new directory or --restart")
+    if state is not None:
         load_weights_into(model, state, source=str(ckpt_path))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch = int(state["meta"]["epoch"])
-    elif not resume:
-        for name in ("log.jsonl", "summary.json", "checkpoint.pt", "model.pt"):
-            (out / name).unlink(missing_ok=True)
-    write_json_atomic(out / "config.json", config_dict)
+        restore_rank_rng(state["rng"], ctx, start_epoch)
+    if ctx.is_main:  # (after every check, so a bad config leaves no files behind)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        write_json_atomic(out / "config.json", config_dict)
     metrics = {"miou": float("nan"), "pixel_acc": float("nan")}
     end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
@@ -163,44 +207,66 @@ def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[st
         gen.manual_seed(opts.seed * 100_003 + epoch)  # shuffles depend on (seed, epoch): resuming repeats them
         model.train()
         total, n = 0.0, 0
-        stream = iter(loader)
-        bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}", disable=not progress, leave=False)
+        stream = _cycle(loader)
+        bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}",
+                   disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:
-            try:
-                x, y = next(stream)
-            except StopIteration:
-                stream = iter(loader)
-                x, y = next(stream)
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opts.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach())
+            total += _train_step(wrapped, optimizer, scheduler, next(stream), device, opts.grad_clip)
             n += 1
             bar.set_postfix(loss=f"{total / n:.3f}")
-        metrics = evaluate_miou(model, val_loader, len(classes), device)
+        total, n = all_reduce_sum([total, n], ctx)
+        metrics = evaluate_miou(model, val_loader, len(classes), device, ctx)
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": total / max(n, 1),
                   "val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - t0, 2)}
-        save_checkpoint(ckpt_path, model.state_dict(), kind="adl_train", meta={"config": config_dict, "epoch": epoch + 1},
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=torch.get_rng_state())
-        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if progress:
+        rng = gather_rng_states(ctx)
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, model.state_dict(), kind="adl_train",
+                            meta={"config": config_dict, "epoch": epoch + 1, "world_size": ctx.world_size},
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
+            with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        barrier(ctx)
+        if progress and ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}  val mIoU {metrics['miou']:.3f}")
     if start_epoch >= opts.epochs:  # already finished: report the stored evaluation
-        metrics = evaluate_miou(model, val_loader, len(classes), device)
+        metrics = evaluate_miou(model, val_loader, len(classes), device, ctx)
+    epochs_done = max(start_epoch, end_epoch)
+    return _finish(cfg, out, model, genotype, classes, val_set, metrics, epochs_done, ctx)
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def _train_step(wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, grad_clip: float) -> float:
+    """One SGD step (DDP averages the gradients; optional clipping) and one poly-lr step; returns the loss."""
+    x, y = batch[0].to(device), batch[1].to(device)
+    loss = F.cross_entropy(wrapped(x), y, ignore_index=IGNORE_INDEX)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _finish(cfg: SegTrainConfig, out: Path, model: nn.Module, genotype: Any, classes: tuple[str, ...],
+            val_set: Dataset, metrics: dict[str, float], epochs_done: int, ctx: DistContext) -> SegTrainResult:
+    """Rank 0 writes model.pt and summary.json; every rank returns the same result."""
     params = sum(p.numel() for p in model.parameters())
-    meta = {"genotype": genotype_to_dict(genotype), "net": "segmentation", "net_kwargs": cfg.net.net_kwargs(),
-            "num_classes": len(classes), "classes": list(classes), "mean": list(model.default_cfg.mean),
-            "std": list(model.default_cfg.std), "val_miou": metrics["miou"], "epochs": max(start_epoch, end_epoch)}
-    model_path = save_checkpoint(out / "model.pt", model.state_dict(), kind="train", meta=meta)
     baseline = majority_class_miou(val_set, len(classes))
-    write_json_atomic(out / "summary.json", {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"],
-                                             "majority_class_miou": baseline, "params": params,
-                                             "genotype": genotype_to_dict(genotype), "epochs": max(start_epoch, end_epoch),
-                                             "finished": max(start_epoch, end_epoch) >= opts.epochs})
+    model_path = out / "model.pt"
+    if ctx.is_main:
+        meta = {"genotype": genotype_to_dict(genotype), "net": "segmentation", "net_kwargs": cfg.net.net_kwargs(),
+                "num_classes": len(classes), "classes": list(classes), "mean": list(model.default_cfg.mean),
+                "std": list(model.default_cfg.std), "val_miou": metrics["miou"], "epochs": epochs_done}
+        save_checkpoint(model_path, model.state_dict(), kind="train", meta=meta)
+        write_json_atomic(out / "summary.json", {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"],
+                                                 "majority_class_miou": baseline, "params": params,
+                                                 "genotype": genotype_to_dict(genotype), "epochs": epochs_done,
+                                                 "finished": epochs_done >= cfg.train.epochs})
+    barrier(ctx)
     return SegTrainResult(out, model_path, metrics["miou"], baseline, params)

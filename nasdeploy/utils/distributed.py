@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,47 @@ def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
     return t.tolist()
 
 
+def local_batch_size(global_batch: int, ctx: DistContext, section: str) -> int:
+    """The per-process share of a global batch (divisible by the world size, >= 2 for BatchNorm)."""
+    if global_batch % ctx.world_size:
+        raise ConfigError(f"{section}.batch_size ({global_batch}) must be divisible by the {ctx.world_size} DDP processes")
+    local = global_batch // ctx.world_size
+    if local < 2:
+        raise ConfigError(f"{section}.batch_size ({global_batch}) gives {local} image per process; "
+                          f"BatchNorm needs >= 2, use >= {2 * ctx.world_size}")
+    return local
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """`model` in DistributedDataParallel when several processes take part, else `model` itself."""
+    if not ctx.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def gather_rng_states(ctx: DistContext) -> list[dict[str, Any]]:
+    """Every rank's RNG states (capture_rng_state), in rank order, on every rank (for the checkpoint)."""
+    state = capture_rng_state()
+    if not ctx.distributed:
+        return [state]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rank_rng(states: Any, ctx: DistContext, epoch: int) -> None:
+    """Restore this rank's saved RNG state; under another world size re-seed by (epoch, rank) instead.
+
+    `states` is gather_rng_states()'s list, or a bare torch RNG tensor of a single-process checkpoint.
+    """
+    if isinstance(states, torch.Tensor) and not ctx.distributed:
+        torch.set_rng_state(states)
+    elif isinstance(states, list) and len(states) == ctx.world_size:
+        restore_rng_state(states[ctx.rank])
+    else:  # a different number of processes: continue deterministically, but not bitwise
+        seed_everything(7919 * epoch + 1000 * ctx.rank + 1)
+
+
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's buffers (BN running statistics) to every rank."""
     if ctx.distributed:
@@ -114,3 +159,36 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class SharedShuffleSampler(Sampler[int]):
+    """This rank's share (every world-th index, tail dropped) of a shuffle drawn from `generator`.
+
+    Every rank seeds its generator alike (by seed and epoch) so all draw the same permutation. Passed as
+    DataLoader(sampler=this, generator=generator), one process gets DataLoader(shuffle=True, generator=...)'s order.
+    """
+
+    def __init__(self, length: int, ctx: DistContext, generator: torch.Generator):
+        self.shuffle = RandomSampler(range(length), generator=generator)
+        self.rank, self.world = ctx.rank, ctx.world_size
+        self.per_rank = length // ctx.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.shuffle)
+        return iter(order[self.rank: self.per_rank * self.world: self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def _offset_worker_seed(rank: int, worker_id: int) -> None:
+    torch.manual_seed((torch.initial_seed() + 7919 * rank) % 2**63)
+
+
+def rank_worker_init(ctx: DistContext) -> Callable[[int], None] | None:
+    """A DataLoader worker_init_fn giving each rank's workers their own torch RNG stream (None on rank 0).
+
+    Loaders whose generator every rank seeds alike (SharedShuffleSampler) hand out the same worker seeds on
+    every rank; without this the ranks' workers would draw the same augmentations.
+    """
+    return functools.partial(_offset_worker_seed, ctx.rank) if ctx.rank else None
