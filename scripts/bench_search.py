@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time DARTS CNN search steps (architecture step + weight step) and report JSON.
+"""Time DARTS CNN or Auto-DeepLab search steps (architecture step + weight step) and report JSON.
 
 Reports per order and mixed-op implementation: median/mean step time, images/s (training images of
 the weight step per second; the architecture step's batch is extra work, not counted), peak memory
@@ -9,6 +9,8 @@ and fused) the steps are interleaved and "comparisons" gives fused vs reference 
 
     python scripts/bench_search.py --order first second --steps 10 --out bench.json
     python scripts/bench_search.py --impl both --order first second --device cuda --out fused_vs_ref.json
+    python scripts/bench_search.py --space autodeeplab --impl both --order first --channels 8 --layers 12 \
+        --blocks 5 --image-size 64 --batch-size 2    # the paper's supernet (F=8, L=12, B=5) on small crops
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.loop import classification_loss, search_step
+from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.distributed import resolve_device
 
@@ -50,24 +53,35 @@ def _cpu_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int) -> torch.nn.Module:
+    """The supernet to time: DARTS CNN (C = channels) or Auto-DeepLab (F = channels, B = blocks)."""
+    if space == "autodeeplab":
+        return AutoDeepLabSupernet(ADLSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
+                                                     num_classes=num_classes, mixer=impl))
+    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl)
+
+
 class _StepBench:
     """One order x mixed-op implementation: its model, optimisers, batches and timings."""
 
     def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
-                 num_classes: int, device: str, seed: int, batches_needed: int):
+                 num_classes: int, device: str, seed: int, batches_needed: int, space: str = "darts_cnn",
+                 blocks: int = 5):
         self.dev = resolve_device(device)
-        self.order, self.batch_size = order, batch_size
+        self.order, self.batch_size, self.space = order, batch_size, space
         torch.manual_seed(seed)  # the same initial weights and alphas for every implementation
-        self.model = DartsSupernet(channels=channels, num_classes=num_classes, layers=layers,
-                                   mixed_op=impl).to(self.dev)
-        self.weight_params = self.model.weight_parameters()
+        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes).to(self.dev)
+        self.impl = getattr(self.model, "mixed_op", None) or self.model.mixer_name
+        self.weight_params = list(self.model.weight_parameters())
         self.w_opt = torch.optim.SGD(self.weight_params, 0.025, momentum=0.9, weight_decay=3e-4)
         self.architect = Architect(self.model, classification_loss, self.w_opt, ArchitectConfig(order=order))
         gen = torch.Generator().manual_seed(seed)
 
         def batch() -> tuple[torch.Tensor, torch.Tensor]:
             x = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
-            y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+            # Per-pixel labels for segmentation (cross entropy takes both shapes).
+            shape = (batch_size,) if space == "darts_cnn" else (batch_size, image_size, image_size)
+            y = torch.randint(0, num_classes, shape, generator=gen)
             return x.to(self.dev), y.to(self.dev)
 
         self.batches = [(batch(), batch()) for _ in range(min(batches_needed, 4))]
@@ -115,7 +129,7 @@ class _StepBench:
         else:
             memory = {"peak_memory_bytes": self.peak,
                       "memory_kind": "cpu_peak_rss" if self.reset_ok else "cpu_peak_rss_process_lifetime"}
-        return {"order": self.order, "impl": self.model.mixed_op, "steps": len(self.times), "warmup": warmup,
+        return {"space": self.space, "order": self.order, "impl": self.impl, "steps": len(self.times), "warmup": warmup,
                 "step_time_s_median": median, "step_time_s_mean": statistics.fmean(self.times),
                 "step_time_s_min": min(self.times), "images_per_s": self.batch_size / median,
                 "saved_bytes": self.saved_bytes(), **memory}
@@ -123,12 +137,12 @@ class _StepBench:
 
 def bench_impls(order: str, impls: list[str], *, steps: int = 10, warmup: int = 2, batch_size: int = 64,
                 channels: int = 16, layers: int = 8, image_size: int = 32, num_classes: int = 10,
-                device: str = "auto", seed: int = 0) -> list[dict[str, Any]]:
+                device: str = "auto", seed: int = 0, space: str = "darts_cnn", blocks: int = 5) -> list[dict[str, Any]]:
     """Time `steps` search steps after `warmup` untimed ones per implementation, the implementations
     interleaved step by step (so load from other processes hits them alike); one result each."""
     benches = [_StepBench(order, impl, batch_size=batch_size, channels=channels, layers=layers,
                           image_size=image_size, num_classes=num_classes, device=device, seed=seed,
-                          batches_needed=steps + warmup) for impl in impls]
+                          batches_needed=steps + warmup, space=space, blocks=blocks) for impl in impls]
     for i in range(warmup + steps):
         for b in benches:
             b.step(timed=i >= warmup)
@@ -170,6 +184,8 @@ def environment(device: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="darts_cnn", choices=["darts_cnn", "autodeeplab"])
+    p.add_argument("--blocks", type=int, default=5, help="Auto-DeepLab blocks per cell")
     p.add_argument("--order", nargs="+", default=["first", "second"], choices=["first", "second"])
     p.add_argument("--impl", nargs="+", default=["reference"], choices=["reference", "fused", "auto", "both"],
                    help="mixed-op implementations; 'both' = reference and fused, interleaved, with their ratios")
@@ -186,10 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
-        "benchmark": "darts_cnn_search_step",
+        "benchmark": f"{args.space}_search_step",
         "images_per_s_definition": "weight-step batch size / median step time (architecture batch not counted)",
         "environment": environment(args.device),
-        "config": {"batch_size": args.batch_size, "channels": args.channels, "layers": args.layers,
+        "config": {"space": args.space, "blocks": args.blocks if args.space == "autodeeplab" else None,
+                   "batch_size": args.batch_size, "channels": args.channels, "layers": args.layers,
                    "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup},
         "results": [],
     }
@@ -197,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for order in args.order:
         for r in bench_impls(order, impls, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
                              channels=args.channels, layers=args.layers, image_size=args.image_size,
-                             device=args.device):
+                             device=args.device, space=args.space, blocks=args.blocks,
+                             num_classes=19 if args.space == "autodeeplab" else 10):
             report["results"].append(r)
             print(f"{order:>6} order  {r['impl']:<9}  step {r['step_time_s_median'] * 1e3:9.1f} ms  "
                   f"{r['images_per_s']:8.1f} img/s  peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB ({r['memory_kind']})"

@@ -43,3 +43,16 @@ def test_bench_search_compares_fused_with_reference_in_one_run(tmp_path, capsys)
     assert cmp["speedup"] == ref["step_time_s_median"] / fused["step_time_s_median"]
     assert cmp["saved_bytes_ratio"] < 0.8  # folded BN outputs, pools and products are not stored
     assert cmp["max_alpha_difference"] < 1e-5  # same start, same batches: same alphas within float32
+
+
+def test_bench_search_times_the_auto_deeplab_supernet(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_search", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--space", "autodeeplab", "--order", "first", "--steps", "1", "--warmup", "1",
+                         "--batch-size", "2", "--channels", "2", "--layers", "2", "--blocks", "2",
+                         "--image-size", "16", "--device", "cpu", "--threads", "1"])
+    assert report["benchmark"] == "autodeeplab_search_step" and report["config"]["blocks"] == 2
+    (result,) = report["results"]
+    assert result["space"] == "autodeeplab" and result["impl"] == "reference" and result["step_time_s_median"] > 0
+    assert result["saved_bytes"] > 0
