@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -35,13 +33,16 @@ from nasdeploy.utils.distributed import (
     ShardSampler,
     barrier,
     broadcast_buffers,
+    gather_rng_states,
     init_distributed,
+    restore_rank_rng,
     shutdown_distributed,
     train_sampler,
+    wrap_ddp,
 )
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.metrics import Meter
-from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.rundir import check_resume_config, clear_run_files, read_json
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
@@ -145,9 +146,7 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
     model = build_supernet(config, info.num_classes).to(ctx.device)
     if ctx.rank:
         seed_everything(opts.seed + 1000 * ctx.rank)
-    wrapped: nn.Module = model
-    if ctx.distributed:
-        wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    wrapped = wrap_ddp(model, ctx)
 
     weight_params = model.weight_parameters()
     w_opt = torch.optim.SGD(weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
@@ -248,19 +247,10 @@ def _evaluate(model: DartsSupernet, loader: DataLoader, ctx: DistContext) -> dic
     return meter.reduce(ctx)
 
 
-def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
-    state = capture_rng_state()
-    if not ctx.distributed:
-        return [state]
-    states: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _save(out: Path, config: SearchConfig, model: DartsSupernet, w_opt: torch.optim.Optimizer,
           architect: Architect, scheduler: Any, epoch: int, genotype: CNNGenotype, record: dict[str, Any],
           elapsed: float, ctx: DistContext) -> None:
-    rng = _gather_rng(ctx)
+    rng = gather_rng_states(ctx)
     if ctx.is_main:
         meta = {"genotype": genotype_to_dict(genotype), "epoch": epoch, "epochs": config.search.epochs,
                 "metrics": {k: v for k, v in record.items() if k != "genotype"}, "world_size": ctx.world_size,
@@ -289,11 +279,7 @@ def _restore(ckpt: dict[str, Any], model: DartsSupernet, w_opt: torch.optim.Opti
     architect.optimizer.load_state_dict(ckpt["arch_optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     epoch = int(ckpt["epoch"])
-    states = ckpt.get("rng") or []
-    if len(states) == ctx.world_size:
-        restore_rng_state(states[ctx.rank])
-    else:  # a different number of processes: continue deterministically, but not bitwise
-        seed_everything(7919 * epoch + 1000 * ctx.rank + 1)
+    restore_rank_rng(ckpt.get("rng") or [], ctx, epoch)
     return epoch
 
 

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,13 +30,16 @@ from nasdeploy.utils.distributed import (
     ShardSampler,
     barrier,
     broadcast_buffers,
+    gather_rng_states,
     init_distributed,
+    restore_rank_rng,
     shutdown_distributed,
     train_sampler,
+    wrap_ddp,
 )
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.metrics import Meter
-from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.rundir import check_resume_config, clear_run_files, read_json
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
 from nasdeploy.utils.runtime import runtime_settings
@@ -139,9 +140,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
     model = build_network(genotype, config.model.net, drop_path_prob=0.0, **net_kwargs).to(ctx.device)
     if ctx.rank:
         seed_everything(opts.seed + 1000 * ctx.rank)
-    wrapped: nn.Module = model
-    if ctx.distributed:
-        wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    wrapped = wrap_ddp(model, ctx)
 
     optimizer = torch.optim.SGD(model.parameters(), opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     scheduler = make_scheduler(opts, optimizer)
@@ -164,11 +163,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
         start_epoch = int(checkpoint["epoch"])
         elapsed = float(checkpoint["meta"].get("time_s", 0.0))
         last_eval = dict(checkpoint["meta"].get("eval", {}))
-        states = checkpoint.get("rng") or []
-        if len(states) == ctx.world_size:
-            restore_rng_state(states[ctx.rank])
-        else:
-            seed_everything(7919 * start_epoch + 1000 * ctx.rank + 1)
+        restore_rank_rng(checkpoint.get("rng") or [], ctx, start_epoch)
         log.rewind(lambda r: r.get("epoch", 0) <= start_epoch)
         console(f"resuming training in {out} after epoch {start_epoch}/{opts.epochs}", ctx.is_main)
     elif ctx.is_main:
@@ -234,11 +229,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
 
 def _save(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           epoch: int, meta: dict[str, Any], ctx: DistContext) -> None:
-    state = capture_rng_state()
-    rng: list[Any] = [state]
-    if ctx.distributed:
-        rng = [None] * ctx.world_size
-        dist.all_gather_object(rng, state)
+    rng = gather_rng_states(ctx)
     if ctx.is_main:
         save_checkpoint(out / "checkpoint.pt", model.state_dict(), kind="train", meta=meta,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng, epoch=epoch,
