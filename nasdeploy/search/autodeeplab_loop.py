@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +25,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
+from nasdeploy.data.cycle import cycle_loader
 from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
-from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
 from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
 from nasdeploy.train.seg_metrics import evaluate_miou
-from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
+from nasdeploy.utils.checkpoint import load_resume_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
     DistContext,
     ShardSampler,
@@ -125,11 +126,6 @@ def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[: n // 2]), sorted(order[n // 2:])
 
 
-def _cycle(loader: DataLoader) -> Iterator[Any]:
-    while True:
-        yield from loader
-
-
 def _loaders(cfg: ADLSearchConfig, ctx: DistContext,
              local_batch: int) -> tuple[DataLoader, DataLoader, DataLoader, list[torch.Generator]]:
     """This rank's loaders of halves A and B (shuffles shared by all ranks) and validation, and the shuffle generators."""
@@ -154,15 +150,6 @@ def _with_dataset_classes(cfg: ADLSearchConfig) -> ADLSearchConfig:
         return cfg
     return ADLSearchConfig(from_dict(ADLSupernetConfig, {**to_dict(cfg.supernet), "num_classes": num_classes}),
                            cfg.data, cfg.search)
-
-
-def _read_checkpoint(path: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if state.get("kind") != "adl_search":
-        raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not an Auto-DeepLab search")
-    if state["meta"].get("config") != config_dict:
-        raise ConfigError(f"{path.parent} holds a search with a different config; use a new directory or --restart")
-    return state
 
 
 def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
@@ -191,7 +178,9 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
     config_dict = to_dict(cfg)
     ckpt_path = out / "checkpoint.pt"
     # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
-    state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
+    state = None
+    if resume and ckpt_path.exists():
+        state = load_resume_checkpoint(ckpt_path, "adl_search", config_dict, "an Auto-DeepLab search")
     torch.manual_seed(opts.seed)
     device = ctx.device
     loader_a, loader_b, loader_val, generators = _loaders(cfg, ctx, local_batch)
@@ -229,7 +218,7 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
         for k, g in enumerate(generators):  # shuffles depend on (seed, epoch) only: resuming repeats them
             g.manual_seed(opts.seed * 100_003 + 2 * epoch + k)
         total, arch_total, n = 0.0, 0.0, 0
-        stream_a, stream_b = _cycle(loader_a), _cycle(loader_b)
+        stream_a, stream_b = cycle_loader(loader_a), cycle_loader(loader_b)
         bar = tqdm(range(steps), desc=f"adl search {epoch + 1}/{opts.epochs}",
                    disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:

@@ -15,19 +15,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from nasdeploy.data.cycle import cycle_loader
 from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_genotype
 from nasdeploy.nets import build_network
 from nasdeploy.train.seg_metrics import evaluate_miou, majority_class_miou
-from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from nasdeploy.utils.checkpoint import load_checkpoint, load_resume_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.distributed import (
     DistContext,
     ShardSampler,
@@ -147,15 +148,6 @@ def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[st
         shutdown_distributed(ctx)
 
 
-def _read_checkpoint(path: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if state.get("kind") != "adl_train":
-        raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not a segmentation training run")
-    if state["meta"].get("config") != config_dict:
-        raise ConfigError(f"{path.parent} holds a training run with a different config; use a new directory or --restart")
-    return state
-
-
 def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,
            max_epochs: int | None) -> SegTrainResult:
     from tqdm import tqdm
@@ -167,7 +159,9 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
     config_dict = to_dict(cfg)
     ckpt_path = out / "checkpoint.pt"
     # Every rank reads the checkpoint before the first collective (DDP's wrap), so before rank 0 can replace it.
-    state = _read_checkpoint(ckpt_path, config_dict) if resume and ckpt_path.exists() else None
+    state = None
+    if resume and ckpt_path.exists():
+        state = load_resume_checkpoint(ckpt_path, "adl_train", config_dict, "a segmentation training run")
     torch.manual_seed(opts.seed)
     device = ctx.device
     train_set = build_segmentation_dataset(cfg.data, "train", train=True)
@@ -207,7 +201,7 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         gen.manual_seed(opts.seed * 100_003 + epoch)  # shuffles depend on (seed, epoch): resuming repeats them
         model.train()
         total, n = 0.0, 0
-        stream = _cycle(loader)
+        stream = cycle_loader(loader)
         bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}",
                    disable=not (progress and ctx.is_main), leave=False)
         for _ in bar:
@@ -232,11 +226,6 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         metrics = evaluate_miou(model, val_loader, len(classes), device, ctx)
     epochs_done = max(start_epoch, end_epoch)
     return _finish(cfg, out, model, genotype, classes, val_set, metrics, epochs_done, ctx)
-
-
-def _cycle(loader: DataLoader) -> Iterator[Any]:
-    while True:
-        yield from loader
 
 
 def _train_step(wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
