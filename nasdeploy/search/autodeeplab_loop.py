@@ -41,15 +41,15 @@ from nasdeploy.utils.distributed import (
     all_reduce_sum,
     barrier,
     gather_rng_states,
-    init_distributed,
     local_batch_size,
+    process_group,
     rank_worker_init,
     restore_rank_rng,
-    shutdown_distributed,
     wrap_ddp,
 )
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
 RUN_FILES = ("log.jsonl", "genotype.json", "summary.json", "checkpoint.pt")
@@ -158,13 +158,8 @@ def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, res
 
     Under torchrun every rank calls this (see the module docstring) and gets the same result.
     """
-    if cfg.search.threads:
-        torch.set_num_threads(cfg.search.threads)
-    ctx = init_distributed(cfg.search.device)
-    try:
+    with process_group(cfg.search.device) as ctx, runtime_settings(threads=cfg.search.threads or None):
         return _search(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,

@@ -34,9 +34,8 @@ from nasdeploy.utils.distributed import (
     barrier,
     broadcast_buffers,
     gather_rng_states,
-    init_distributed,
+    process_group,
     restore_rank_rng,
-    shutdown_distributed,
     train_sampler,
     wrap_ddp,
 )
@@ -108,12 +107,8 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike[str], data_dir: 
     stop_after_epoch: return after that many epochs are done (the run stays resumable).
     """
     out = Path(out_dir)
-    ctx = init_distributed(config.search.device)
-    try:
-        with runtime_settings(config.search.deterministic, config.search.threads):
-            return _run(config, out, data_dir, ctx, force, stop_after_epoch, progress)
-    finally:
-        shutdown_distributed(ctx)
+    with process_group(config.search.device) as ctx, runtime_settings(config.search.deterministic, config.search.threads):
+        return _run(config, out, data_dir, ctx, force, stop_after_epoch, progress)
 
 
 

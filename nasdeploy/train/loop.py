@@ -31,9 +31,8 @@ from nasdeploy.utils.distributed import (
     barrier,
     broadcast_buffers,
     gather_rng_states,
-    init_distributed,
+    process_group,
     restore_rank_rng,
-    shutdown_distributed,
     train_sampler,
     wrap_ddp,
 )
@@ -89,12 +88,8 @@ def run_training(config: TrainConfig, genotype: Genotype | str | os.PathLike[str
                  progress: bool = True) -> TrainResult:
     """Train the network of `genotype` (None: config.genotype) in `out_dir`, resuming or reporting a finished run."""
     resolved = _resolve_genotype(genotype if genotype is not None else config.genotype, Path(out_dir))
-    ctx = init_distributed(config.train.device)
-    try:
-        with runtime_settings(config.train.deterministic, config.train.threads):
-            return _run(config, resolved, Path(out_dir), data_dir, ctx, force, stop_after_epoch, progress)
-    finally:
-        shutdown_distributed(ctx)
+    with process_group(config.train.device) as ctx, runtime_settings(config.train.deterministic, config.train.threads):
+        return _run(config, resolved, Path(out_dir), data_dir, ctx, force, stop_after_epoch, progress)
 
 
 def _resolve_genotype(source: Genotype | str | os.PathLike[str] | None, out: Path) -> CNNGenotype:

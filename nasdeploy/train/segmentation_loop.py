@@ -36,15 +36,15 @@ from nasdeploy.utils.distributed import (
     all_reduce_sum,
     barrier,
     gather_rng_states,
-    init_distributed,
     local_batch_size,
+    process_group,
     rank_worker_init,
     restore_rank_rng,
-    shutdown_distributed,
     wrap_ddp,
 )
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
 RUN_FILES = ("log.jsonl", "summary.json", "checkpoint.pt", "model.pt")
@@ -139,13 +139,8 @@ def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[st
 
     Under torchrun every rank calls this (see the module docstring) and gets the same result.
     """
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    ctx = init_distributed(cfg.train.device)
-    try:
+    with process_group(cfg.train.device) as ctx, runtime_settings(threads=cfg.train.threads or None):
         return _train(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
-    finally:
-        shutdown_distributed(ctx)
 
 
 def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,

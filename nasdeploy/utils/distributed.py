@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -71,6 +72,16 @@ def init_distributed(device: str = "auto") -> DistContext:
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev)
     dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, initialized_here=True)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto") -> Iterator[DistContext]:
+    """init_distributed for the duration of a run (the group is left afterwards if this call joined it)."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        shutdown_distributed(ctx)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
