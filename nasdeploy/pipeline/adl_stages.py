@@ -20,11 +20,6 @@ from nasdeploy.utils.rundir import read_json
 from nasdeploy.utils.spaces import set_data_root
 
 
-def _with_data_root(section: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
-    """The pipeline's data_dir (--data-dir) names the Cityscapes root, over the stage config's `data.root`."""
-    return set_data_root(section, data_dir)
-
-
 def _epochs_done(log: Path) -> int:
     records = read_jsonl(log)
     return int(records[-1].get("epoch", 0)) if records else 0
@@ -41,7 +36,7 @@ def adl_search_stage(ctx: StageContext) -> dict[str, Any]:
     """Search cell and network level together (resuming an interrupted search)."""
     from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
 
-    cfg = adl_search_config_from_dict(_with_data_root(ctx.config.search, ctx.config.data_dir))
+    cfg = adl_search_config_from_dict(set_data_root(ctx.config.search, ctx.config.data_dir))
     out = ctx.path("search")
     result = run_adl_search(cfg, out, resume=True, progress=ctx.progress,
                             max_epochs=_epoch_cap(ctx, out / "log.jsonl"))
@@ -56,8 +51,6 @@ def adl_search_stage(ctx: StageContext) -> dict[str, Any]:
 
 def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Decode the genotype (cell top-2 + Viterbi path) from the final alpha/beta; draw cell and path."""
-    import numpy as np
-
     from nasdeploy.genotypes.draw import draw_genotype
     from nasdeploy.pipeline.plots import plot_network_path
     from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
@@ -81,13 +74,12 @@ def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
     draw_genotype(genotype, figures / "cells.svg")
     draw_genotype(genotype, figures / "cells.png")
     plot_network_path(probabilities, path, figures / "path.png")
-    np.save(ctx.path("search", "beta_probabilities.npy"), probabilities)
     return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype), "path": list(path),
             "path_log_prob": log_prob}
 
 
 def _train_section(ctx: StageContext) -> dict[str, Any]:
-    section = _with_data_root(ctx.config.train, ctx.config.data_dir)
+    section = set_data_root(ctx.config.train, ctx.config.data_dir)
     return {**section, "net": {**(section.get("net") or {}), "genotype": str(ctx.path("genotype.json"))}}
 
 
@@ -124,6 +116,7 @@ def adl_export_stage(ctx: StageContext) -> dict[str, Any]:
 
 def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:
     """Params, MACs at the crop and at full resolution, and latency of the found net next to the published one."""
+    from nasdeploy.data.segmentation import dataset_classes
     from nasdeploy.genotypes import resolve_genotype
     from nasdeploy.nets import build_network
     from nasdeploy.profile.api import profile_model
@@ -136,8 +129,6 @@ def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:
     net_kwargs = train_cfg.net.net_kwargs()
     if section.channels is not None:
         net_kwargs["filter_multiplier"] = section.channels
-    from nasdeploy.data.segmentation import dataset_classes
-
     num_classes = len(dataset_classes(train_cfg.data))
     height, width = _crop_size(ctx)
     targets = [("found", str(ctx.path("genotype.json")))] + [(name, name) for name in section.compare]
