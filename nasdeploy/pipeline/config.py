@@ -13,7 +13,7 @@ from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
 
 DEMO_CONFIG = "demo.yaml"
 _SECTIONS = ("name", "space", "data_dir", "search", "train", "export", "profile")
-SPACES = ("darts_cnn", "autodeeplab")  # the recurrent space has its own `nasdeploy rnn pipeline`
+SPACES = ("darts_cnn", "autodeeplab")  # recurrent-cell files have their own format (see is_recurrent_pipeline)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
     space = data.get("space", "darts_cnn")
     if space not in SPACES:
         raise ConfigError(f"pipeline config {source}: unknown space {space!r} (known: {', '.join(SPACES)}; "
-                          f"the recurrent space runs with `nasdeploy rnn pipeline`)")
+                          f"recurrent cells use a file with search_run/train_run sections, e.g. configs/rnn_demo.yaml)")
     export = _section(ExportSection, data.get("export"), "export")
     profile = _section(ProfileSection, data.get("profile"), "profile", _PROFILE_DEFAULTS[space])
     if profile.net not in _PROFILE_NETS[space]:
