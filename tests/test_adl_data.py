@@ -17,7 +17,7 @@ from nasdeploy.data.segmentation import (
     generate_shapes,
 )
 from nasdeploy.errors import ConfigError, DataError
-from nasdeploy.train.seg_metrics import ConfusionMatrix
+from nasdeploy.tasks.segmentation import ConfusionMatrix
 
 IDENTITY = SegAugment(None, (1.0, 1.0), False, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 

@@ -19,7 +19,7 @@ from nasdeploy.data.segmentation import build_segmentation_dataset
 from nasdeploy.errors import ConfigError
 from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
-from nasdeploy.train.seg_metrics import evaluate_miou
+from nasdeploy.tasks.segmentation import evaluate_miou
 from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, seg_train_config_from_dict
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_worker_init

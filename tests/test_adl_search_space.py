@@ -11,7 +11,7 @@ import torch
 
 from nasdeploy.genotypes import ADL_PRIMITIVES
 from nasdeploy.nets import build_network
-from nasdeploy.search.autodeeplab_decode import (
+from nasdeploy.spaces.autodeeplab_decode import (
     beta_probabilities,
     decode_cell,
     decode_genotype,

@@ -9,7 +9,7 @@ import torch
 from nasdeploy.errors import GenotypeError
 from nasdeploy.genotypes import CNN_PRIMITIVES, genotype_from_json, genotype_to_json, get_genotype
 from nasdeploy.nets import build_network
-from nasdeploy.search.derive import derive_genotype
+from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 
 NONE = CNN_PRIMITIVES.index("none")
 

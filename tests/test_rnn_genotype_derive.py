@@ -14,7 +14,7 @@ from nasdeploy.genotypes import (
     get_genotype,
     validate_recurrent_genotype,
 )
-from nasdeploy.search.derive_rnn import derive_recurrent_genotype
+from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
 
 NONE, TANH, RELU, SIGMOID, IDENTITY = range(5)
 

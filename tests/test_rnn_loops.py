@@ -15,7 +15,7 @@ from nasdeploy.search.rnn_config import load_rnn_search_config
 from nasdeploy.search.rnn_loop import load_search_checkpoint_model, run_rnn_search
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.train import rnn_loop
-from nasdeploy.train.lm_common import LMBatch, architect_loss
+from nasdeploy.tasks.language_model import LMBatch, architect_loss
 from nasdeploy.train.rnn_config import load_rnn_train_config
 from nasdeploy.train.rnn_loop import averaged_weights, run_rnn_training, should_switch_to_asgd
 from nasdeploy.utils.checkpoint import load_checkpoint

@@ -73,7 +73,7 @@ def decode_cmd(checkpoint: str, output: str | None) -> None:
     """Decode the genotype (cell top-2, Viterbi path) from a search CHECKPOINT."""
     from nasdeploy.errors import CheckpointError
     from nasdeploy.genotypes import save_genotype
-    from nasdeploy.search.autodeeplab_decode import decode_genotype
+    from nasdeploy.spaces.autodeeplab_decode import decode_genotype
     from nasdeploy.utils.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)

@@ -53,7 +53,7 @@ def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Decode the genotype (cell top-2 + Viterbi path) from the final alpha/beta; draw cell and path."""
     from nasdeploy.genotypes.draw import draw_genotype
     from nasdeploy.pipeline.plots import plot_network_path
-    from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
+    from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
     from nasdeploy.utils.checkpoint import load_checkpoint
 
     ckpt_path = ctx.path("search", "checkpoint.pt")

@@ -56,7 +56,7 @@ def run_search_stage(ctx: StageContext) -> dict[str, Any]:
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
     from nasdeploy.genotypes.draw import draw_genotype
-    from nasdeploy.search.derive import derive_genotype
+    from nasdeploy.spaces.darts_cnn_derive import derive_genotype
     from nasdeploy.search.loop import load_search_result
 
     result = load_search_result(ctx.path("search"))

@@ -30,9 +30,9 @@ from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segme
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
+from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
 from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
-from nasdeploy.train.seg_metrics import evaluate_miou
+from nasdeploy.tasks.segmentation import evaluate_miou
 from nasdeploy.utils.checkpoint import load_resume_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
     DistContext,

@@ -23,10 +23,10 @@ from nasdeploy.data.text import batchify, get_batch, load_text_corpus
 from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.derive_rnn import derive_recurrent_genotype
+from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
 from nasdeploy.search.rnn_config import RNNSearchConfig
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
-from nasdeploy.train.lm_common import LMBatch, TBPTTSettings, architect_loss, evaluate_lm, perplexity, tbptt_epoch
+from nasdeploy.tasks.language_model import LMBatch, TBPTTSettings, architect_loss, evaluate_lm, perplexity, tbptt_epoch
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.runlog import JsonlLog

@@ -30,9 +30,10 @@ from nasdeploy.errors import ConfigError, InputSizeError
 from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, LEVEL_STRIDES, NUM_LEVELS
 from nasdeploy.nets.seg_heads import ASPP
 from nasdeploy.ops import ReLUConvBN, build_adl_op, resize_bilinear
+from nasdeploy.spaces.autodeeplab_lattice import DIRECTIONS, node_exists
+from nasdeploy.spaces.autodeeplab_lattice import transition_mask as lattice_mask
 from nasdeploy.spaces.mixing import MixedEdge, get_node_mixer
 
-DIRECTIONS = ("finer", "same", "coarser")
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,9 @@ class ADLSupernetConfig:
             raise ConfigError(f"autodeeplab supernet: aspp_channels must be >= 0 (0: B * F), got {self.aspp_channels}")
 
 
-def node_exists(layer: int, level: int) -> bool:
-    """Whether the lattice has a node at (layer, level): reachable from the stride-4 stem node."""
-    return 0 <= level < NUM_LEVELS and level <= layer
-
-
 def transition_mask(layers: int) -> torch.Tensor:
-    """Boolean [layers, levels, 3]: transition out of (l, j) in direction d exists."""
-    mask = torch.zeros(layers, NUM_LEVELS, 3, dtype=torch.bool)
-    for l in range(layers):
-        for j in range(NUM_LEVELS):
-            for d in range(3):
-                mask[l, j, d] = node_exists(l, j) and node_exists(l + 1, j + d - 1)
-    return mask
+    """Boolean [layers, levels, 3] tensor of the lattice's transitions (see autodeeplab_lattice)."""
+    return torch.from_numpy(lattice_mask(layers))
 
 
 def outgoing_softmax(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

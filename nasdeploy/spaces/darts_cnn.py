@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.ops import FactorizedReduce, ReLUConvBN
-from nasdeploy.search.derive import derive_genotype
+from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, get_node_mixer
 
 AlphaInit = Literal["normal", "zeros"]

@@ -24,7 +24,7 @@ from nasdeploy.data.text import batchify, load_text_corpus
 from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_to_dict, resolve_genotype, save_genotype
 from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm
-from nasdeploy.train.lm_common import TBPTTSettings, evaluate_lm, perplexity, tbptt_epoch
+from nasdeploy.tasks.language_model import TBPTTSettings, evaluate_lm, perplexity, tbptt_epoch
 from nasdeploy.train.rnn_config import RNNTrainConfig
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic

@@ -27,7 +27,7 @@ from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segme
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_genotype
 from nasdeploy.nets import build_network
-from nasdeploy.train.seg_metrics import evaluate_miou, majority_class_miou
+from nasdeploy.tasks.segmentation import evaluate_miou, majority_class_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, load_resume_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.distributed import (
     DistContext,
