@@ -57,7 +57,7 @@ def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: in
     """The supernet to time: DARTS CNN (C = channels) or Auto-DeepLab (F = channels, B = blocks)."""
     if space == "autodeeplab":
         return AutoDeepLabSupernet(ADLSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
-                                                     num_classes=num_classes, mixer=impl))
+                                                     num_classes=num_classes, mixed_op=impl))
     return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl)
 
 

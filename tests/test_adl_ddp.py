@@ -27,7 +27,7 @@ from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_work
 # 8 training images: halves of 4, so each rank gets a different 2 of each half per step (global batch 4).
 # 3 validation images: rank 0 evaluates 2 and rank 1 one, so the summed confusion matrix must neither pad nor repeat.
 SEARCH = {
-    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixer": "reference",
+    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference",
                  "num_classes": 4},
     "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 8, "num_val": 3, "crop_size": [16, 16]},
     "search": {"epochs": 2, "arch_start_epoch": 0, "batch_size": 4, "arch_lr": 0.01, "threads": 1},
@@ -72,12 +72,12 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         search = run_adl_search(adl_search_config_from_dict(SEARCH), os.path.join(root, f"search{rank}"), progress=False)
         # Training stops after epoch 1; rank 1 then resumes from a copy of rank 0's directory (as from a shared
         # one), each rank restoring its own RNG state. The copy also feeds the single-process resume test.
-        run_segmentation_training(seg_train_config_from_dict(TRAIN), train_dirs[rank], progress=False, max_epochs=1)
+        run_segmentation_training(seg_train_config_from_dict(TRAIN), None, train_dirs[rank], progress=False, stop_after_epoch=1)
         if rank == 0:
             for target in train_dirs[1:]:
                 shutil.copytree(train_dirs[0], target)
         dist.barrier()
-        train = run_segmentation_training(seg_train_config_from_dict(TRAIN), train_dirs[rank], progress=False)
+        train = run_segmentation_training(seg_train_config_from_dict(TRAIN), None, train_dirs[rank], progress=False)
     finally:
         dist.destroy_process_group()
     torch.save({"search": dataclasses.asdict(search), "train": dataclasses.asdict(train),
@@ -119,9 +119,9 @@ def test_search_alpha_beta_bitwise_identical_and_moved(ranks):
 def test_only_rank0_writes(ranks):
     root, _ = ranks
     assert sorted(p.name for p in (root / "search0").iterdir()) == [
-        "checkpoint.pt", "config.json", "genotype.json", "log.jsonl", "summary.json"]
+        "checkpoint.pt", "config.yaml", "done.json", "genotype.json", "log.jsonl"]
     assert sorted(p.name for p in (root / "train0").iterdir()) == [
-        "checkpoint.pt", "config.json", "log.jsonl", "model.pt", "summary.json"]
+        "checkpoint.pt", "config.yaml", "done.json", "log.jsonl", "model.pt"]
     assert not (root / "search1").exists()
     # Rank 1 resumed training from a copy of rank 0's epoch-1 directory and left it as it was.
     copy, snapshot = root / "train1", root / "train_epoch1"
@@ -148,7 +148,7 @@ def test_sharded_val_miou_equals_single_process(ranks):
     val = DataLoader(build_segmentation_dataset(train_cfg.data, "val", train=False), batch_size=1)
     single = evaluate_miou(load_segmentation_model(root / "train0" / "model.pt"), val, 4, torch.device("cpu"))
     assert r0["train"]["val_miou"] == single["miou"]
-    summary = json.loads((root / "train0" / "summary.json").read_text())
+    summary = json.loads((root / "train0" / "done.json").read_text())
     assert summary["val_pixel_acc"] == single["pixel_acc"]
     # Supernet: the last checkpoint (written right after the last evaluation).
     search_cfg = adl_search_config_from_dict(SEARCH)
@@ -165,8 +165,8 @@ def test_single_process_resumes_a_two_process_checkpoint_deterministically(ranks
     weights = []
     for name in ("a", "b"):  # 2 saved RNG states, 1 process: re-seeded by (epoch, rank), the same every time
         shutil.copytree(root / "train_epoch1", tmp_path / name)
-        weights.append(load_checkpoint(run_segmentation_training(cfg, tmp_path / name, progress=False).model_path)["model"])
-        assert json.loads((tmp_path / name / "summary.json").read_text())["finished"]
+        weights.append(load_checkpoint(run_segmentation_training(cfg, None, tmp_path / name, progress=False).model_path)["model"])
+        assert json.loads((tmp_path / name / "done.json").read_text())["finished"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 

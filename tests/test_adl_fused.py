@@ -27,7 +27,7 @@ def ext():
 
 def _supernet(mixer: str) -> AutoDeepLabSupernet:
     torch.manual_seed(0)
-    return AutoDeepLabSupernet(ADLSupernetConfig(**CONFIG, mixer=mixer)).double().train()
+    return AutoDeepLabSupernet(ADLSupernetConfig(**CONFIG, mixed_op=mixer)).double().train()
 
 
 def test_every_auto_deeplab_candidate_decomposes_into_a_kernel_term():

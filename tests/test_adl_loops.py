@@ -16,7 +16,7 @@ from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segme
 from nasdeploy.utils.checkpoint import load_checkpoint
 
 SEARCH = {
-    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixer": "reference"},
+    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
     "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 4, "num_val": 1, "crop_size": [16, 16]},
     "search": {"epochs": 2, "arch_start_epoch": 1, "batch_size": 2, "steps_per_epoch": 1, "threads": 1},
 }
@@ -51,7 +51,7 @@ def test_search_protocol_artifacts_and_exact_resume(tmp_path):
     assert g.layers == 2 and g.blocks == 2 and full.epochs_done == 2
 
     # Interrupted after epoch 1: alpha and beta are still at their initial values (no arch update yet).
-    part = run_adl_search(cfg, tmp_path / "part", progress=False, max_epochs=1)
+    part = run_adl_search(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
     assert part.epochs_done == 1
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def test_config_errors_are_one_line():
 
 
 def test_training_writes_a_model_that_reloads(tmp_path):
-    result = run_segmentation_training(seg_train_config_from_dict(TRAIN), tmp_path, progress=False)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    result = run_segmentation_training(seg_train_config_from_dict(TRAIN), None, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "done.json").read_text())
     assert summary["finished"] and 0.0 <= summary["val_miou"] <= 1.0 and summary["majority_class_miou"] > 0
     model = load_segmentation_model(result.model_path)
     x = torch.randn(1, 3, 24, 24)
@@ -100,7 +100,7 @@ def test_cli_search_and_decode(tmp_path, capsys):
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(SEARCH))
     main(["adl", "search", str(config), "-o", str(tmp_path / "run"), "--set", "search.epochs=1", "--no-progress"])
-    assert "wrote" in capsys.readouterr().out
+    assert "genotype: " in capsys.readouterr().out
     main(["adl", "decode", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "g.json")])
     assert load_genotype(tmp_path / "g.json").layers == 2
     with pytest.raises(SystemExit) as info:
@@ -124,7 +124,7 @@ def test_demo_training_beats_majority_class_and_exports(tmp_path):
                  "crop_size": [64, 64], "scale_range": [0.75, 1.25]},
         "train": {"epochs": 8, "batch_size": 8, "lr": 0.2, "threads": 1},
     })
-    result = run_segmentation_training(cfg, tmp_path / "run", progress=False)
+    result = run_segmentation_training(cfg, None, tmp_path / "run", progress=False)
     assert result.val_miou > result.majority_miou + 0.2, (result.val_miou, result.majority_miou)
 
     model = load_segmentation_model(result.model_path)

@@ -16,7 +16,7 @@ from nasdeploy.pipeline.runner import run_pipeline
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SEARCH = {
-    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixer": "reference"},
+    "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
     "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 4, "num_val": 2, "crop_size": [16, 16]},
     "search": {"epochs": 2, "arch_start_epoch": 1, "batch_size": 2, "steps_per_epoch": 1, "threads": 1},
 }
@@ -108,7 +108,7 @@ def test_finished_run_is_not_redone(finished_run):
 
 
 def test_pipeline_config_errors_name_the_problem():
-    with pytest.raises(ConfigError, match="unknown space 'nasnet'"):
+    with pytest.raises(ConfigError, match="unknown search space 'nasnet'"):
         pipeline_config_from_dict({**TINY, "space": "nasnet"}, Path("."), "x.yaml")
     with pytest.raises(ConfigError, match="profile.net must be one of segmentation"):
         pipeline_config_from_dict({**TINY, "profile": {"net": "cifar"}}, Path("."), "x.yaml")
@@ -133,7 +133,7 @@ def test_shipped_adl_pipeline_configs_validate(name):
 
 
 def test_search_and_train_commands_run_auto_deeplab_configs(tmp_path, capsys):
-    from nasdeploy.utils.yamlconfig import dump_yaml
+    from nasdeploy.utils.yamlconfig import dump_yaml, load_yaml
 
     search_cfg = tmp_path / "adl_search.yaml"
     search_cfg.write_text(dump_yaml(SEARCH))
@@ -150,22 +150,24 @@ def test_search_and_train_commands_run_auto_deeplab_configs(tmp_path, capsys):
 
     out = run(["search", "--config", str(search_cfg), "--out", str(search_dir), "--no-progress", "search.epochs=1"])
     assert "searched 1/1 epochs" in out and (search_dir / "genotype.json").is_file()
-    # Resuming from the run directory alone reuses its stored config (config.json for Auto-DeepLab runs).
+    # Resuming from the run directory alone reuses its stored config (config.yaml, headed by its space).
     out = run(["search", "--out", str(search_dir), "--no-progress"])
     assert "searched 1/1 epochs" in out
     out = run(["train", "--config", str(train_cfg), "--genotype", str(search_dir), "--out", str(train_dir),
                "--no-progress", "train.epochs=1"])
     assert "val mIoU" in out and (train_dir / "model.pt").is_file()
-    stored = json.loads((train_dir / "config.json").read_text())
+    stored = load_yaml(train_dir / "config.yaml")
+    assert stored["space"] == "autodeeplab"
     assert stored["net"]["genotype"] == str(search_dir / "genotype.json") and stored["train"]["epochs"] == 1
 
 
 def test_config_space_detection():
-    from nasdeploy.utils.spaces import config_space
+    from nasdeploy.spaces.table import space_of_config
 
-    assert config_space({"supernet": {}, "search": {}}) == "autodeeplab"
-    assert config_space({"net": {}, "train": {}}) == "autodeeplab"
-    assert config_space({"model": {}, "search": {}}) == "darts_cnn"
-    assert config_space({"space": "autodeeplab"}) == "autodeeplab"
-    with pytest.raises(ConfigError, match="unknown space"):
-        config_space({"space": "rnn"})
+    assert space_of_config({"supernet": {}, "search": {}}).name == "autodeeplab"
+    assert space_of_config({"net": {}, "train": {}}).name == "autodeeplab"
+    assert space_of_config({"model": {}, "search": {}}).name == "darts_cnn"
+    assert space_of_config({"space": "autodeeplab"}).name == "autodeeplab"
+    assert space_of_config({"space": "darts_rnn", "model": {}}).name == "darts_rnn"
+    with pytest.raises(ConfigError, match="unknown search space 'rnn'"):
+        space_of_config({"space": "rnn"})

@@ -20,7 +20,7 @@ from nasdeploy.spaces.autodeeplab_decode import (
 )
 from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet, outgoing_softmax, transition_mask
 
-TINY = ADLSupernetConfig(layers=4, filter_multiplier=2, blocks=2, num_classes=3, stem_channels=4, mixer="reference")
+TINY = ADLSupernetConfig(layers=4, filter_multiplier=2, blocks=2, num_classes=3, stem_channels=4, mixed_op="reference")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention

@@ -46,7 +46,7 @@ def test_search_then_train_through_the_cli(tmp_path, capsys):
     code, out, err = run_cli(["train", "--genotype", str(search_dir), "--config", str(CONFIGS / "demo_train.yaml"),
                               "--out", str(train_dir), "--no-progress", *TRAIN_TINY], capsys)
     assert code == 0, err
-    final = json.loads((train_dir / "final.json").read_text())
+    final = json.loads((train_dir / "done.json").read_text())
     assert final["epochs"] == 1 and final["genotype"]["normal"] == [list(p) for p in genotype.normal]
     assert "top1" in out
 

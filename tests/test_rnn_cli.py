@@ -34,7 +34,7 @@ def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
     code, out, err = run(["rnn", "train", "--genotype", str(tmp_path / "s" / "genotype.json"),
                           "--out", str(tmp_path / "t"), *train], capsys)
     assert code == 0, err
-    assert "test ppl" in out and json.loads((tmp_path / "t" / "final.json").read_text())["epochs"] == 1
+    assert "test ppl" in out and json.loads((tmp_path / "t" / "done.json").read_text())["epochs"] == 1
 
 
 @pytest.mark.parametrize(

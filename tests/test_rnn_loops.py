@@ -33,13 +33,9 @@ TINY_TRAIN = TINY_DATA + [
 ]
 
 
-def quiet(_: str) -> None:
-    pass
-
-
-def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path):
+def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path, capsys):
     config = load_rnn_search_config(None, TINY_SEARCH)
-    straight = run_rnn_search(config, tmp_path / "a", echo=quiet)
+    straight = run_rnn_search(config, tmp_path / "a", progress=False)
     assert straight.finished and straight.epochs_done == 2
     for name in ("genotype.json", "alphas.jsonl", "log.jsonl", "checkpoint.pt", "config.yaml", "vocab.json", "done.json"):
         assert (tmp_path / "a" / name).is_file(), name
@@ -47,9 +43,9 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path):
     alphas_log = [json.loads(line) for line in (tmp_path / "a" / "alphas.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in alphas_log] == [1, 2] and len(alphas_log[-1]["alphas"]) == 6
 
-    stopped = run_rnn_search(config, tmp_path / "b", stop_after_epochs=1, echo=quiet)
+    stopped = run_rnn_search(config, tmp_path / "b", stop_after_epoch=1, progress=False)
     assert not stopped.finished and not (tmp_path / "b" / "done.json").exists()
-    resumed = run_rnn_search(config, tmp_path / "b", echo=quiet)
+    resumed = run_rnn_search(config, tmp_path / "b", progress=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
     assert not torch.equal(a["alphas"], torch.zeros_like(a["alphas"]))
@@ -57,13 +53,13 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path):
     assert resumed.genotype == straight.genotype and resumed.valid_ppl == straight.valid_ppl
     assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
 
-    messages = []
-    again = run_rnn_search(config, tmp_path / "a", echo=messages.append)  # finished: not redone
-    assert again.genotype == straight.genotype and "already finished" in messages[0]
+    capsys.readouterr()
+    again = run_rnn_search(config, tmp_path / "a")  # finished: not redone
+    assert again.genotype == straight.genotype and "already finished" in capsys.readouterr().out
     other = load_rnn_search_config(None, TINY_SEARCH + ["search.lr=3.0"])
     (tmp_path / "a" / "done.json").unlink()
     with pytest.raises(ConfigError, match=r"different config .*search.lr: 2.0 there vs 3.0 now"):
-        run_rnn_search(other, tmp_path / "a", echo=quiet)
+        run_rnn_search(other, tmp_path / "a", progress=False)
 
 
 def test_architect_steps_the_alphas_with_fixed_dropout_masks():
@@ -112,30 +108,30 @@ def test_averaged_weights_swaps_in_and_restores():
 def test_training_switches_to_asgd_saves_best_and_resumes_bitwise(tmp_path, monkeypatch):
     monkeypatch.setattr(rnn_loop, "should_switch_to_asgd", lambda history, loss, nonmono: len(history) == 1)
     config = load_rnn_train_config(None, TINY_TRAIN)
-    straight = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "a", echo=quiet)
+    straight = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "a", progress=False)
     assert straight.finished and straight.asgd_epoch == 2 and straight.test_ppl > 1.0
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["optimizer"] for r in log] == ["sgd", "asgd", "asgd"]
-    final = json.loads((tmp_path / "a" / "final.json").read_text())
+    final = json.loads((tmp_path / "a" / "done.json").read_text())
     assert final["params"] == straight.params and final["genotype"]["kind"] == "rnn_cell"
     model = load_rnn_lm(tmp_path / "a" / "best.pt")
     assert model.ntokens == final["corpus"]["vocab"] and not model.training
 
-    run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", stop_after_epochs=2, echo=quiet)  # stops in ASGD
-    resumed = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", echo=quiet)
+    run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", stop_after_epoch=2, progress=False)  # stops in ASGD
+    resumed = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", progress=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert resumed.best_valid_ppl == straight.best_valid_ppl and resumed.test_ppl == straight.test_ppl
     with pytest.raises(ConfigError, match="genotype"):
-        (tmp_path / "b" / "final.json").unlink()
-        run_rnn_training(config, "DARTS_V1_RNN", tmp_path / "b", echo=quiet)
+        (tmp_path / "b" / "done.json").unlink()
+        run_rnn_training(config, "DARTS_V1_RNN", tmp_path / "b", progress=False)
 
 
 def test_second_order_search_runs_and_its_checkpoint_rebuilds_the_supernet(tmp_path):
     config = load_rnn_search_config(None, TINY_SEARCH + ["search.order=second", "search.epochs=1",
                                                          "search.max_batches_per_epoch=1"])
-    result = run_rnn_search(config, tmp_path, echo=quiet)
+    result = run_rnn_search(config, tmp_path, progress=False)
     assert result.finished and result.genotype.steps == 3
     model, ckpt = load_search_checkpoint_model(tmp_path / "checkpoint.pt")
     assert torch.equal(model.alphas, ckpt["model"]["alphas"])

@@ -1,4 +1,4 @@
-"""The recurrent pipeline (search -> train -> export -> profile) on tiny settings, and its config files."""
+"""The recurrent pipeline through the one pipeline runner (state file, --force/--only, resume, report), and its configs."""
 
 from __future__ import annotations
 
@@ -7,41 +7,130 @@ from pathlib import Path
 
 import pytest
 
-from nasdeploy.rnn_pipeline import load_rnn_pipeline_config, run_rnn_pipeline
+from nasdeploy.cli.main import main
+from nasdeploy.errors import ConfigError
+from nasdeploy.pipeline.config import load_pipeline_config
+from nasdeploy.pipeline.runner import run_pipeline
 from nasdeploy.search.rnn_config import load_rnn_search_config
 from nasdeploy.train.rnn_config import load_rnn_train_config
+from nasdeploy.utils.yamlconfig import dump_yaml, load_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA = ["demo_train_sentences=40", "demo_valid_sentences=10", "demo_test_sentences=6"]
-TINY = (
-    [f"search_run.data.{d}" for d in DATA] + [f"train_run.data.{d}" for d in DATA]
-    + ["search_run.model.emsize=8", "search_run.model.nhid=8", "search_run.model.steps=2",
-       "search_run.search.epochs=1", "search_run.search.batch_size=4", "search_run.search.bptt=5",
-       "search_run.search.max_batches_per_epoch=1", "search_run.search.progress=false",
-       "train_run.model.emsize=8", "train_run.model.nhid=8", "train_run.model.seq_len=3",
-       "train_run.train.epochs=1", "train_run.train.batch_size=4", "train_run.train.eval_batch_size=4",
-       "train_run.train.bptt=5", "train_run.train.max_batches_per_epoch=1", "train_run.train.progress=false",
-       "export.seq_len=3", "profile.seq_len=3", "profile.runs=2", "profile.warmup=1"]
-)
+SEARCH = [f"data.{d}" for d in DATA] + [
+    "model.emsize=8", "model.nhid=8", "model.steps=2", "search.epochs=1", "search.batch_size=4", "search.bptt=5",
+    "search.max_batches_per_epoch=1", "search.progress=false"]
+TRAIN = [f"data.{d}" for d in DATA] + [
+    "model.emsize=8", "model.nhid=8", "model.seq_len=3", "train.epochs=2", "train.batch_size=4",
+    "train.eval_batch_size=4", "train.bptt=5", "train.max_batches_per_epoch=1", "train.progress=false"]
+TINY = ([f"search.{o}" for o in SEARCH] + [f"train.{o}" for o in TRAIN]
+        + ["export.seq_len=3", "profile.seq_len=3", "profile.runs=2", "profile.warmup=1"])
 
 
-def test_pipeline_runs_every_stage_and_is_not_redone(tmp_path):
-    config = load_rnn_pipeline_config(CONFIGS / "rnn_demo.yaml", TINY)
-    summary = run_rnn_pipeline(config, tmp_path, echo=lambda _: None)
-    for name in ("search/genotype.json", "train/best.pt", "model.onnx", "export.json", "profile.json", "profile.md",
-                 "summary.json", "summary.md"):
-        assert (tmp_path / name).is_file(), name
-    assert summary["export"]["parity_ok"] and summary["profile"]["params"] == summary["train"]["params"]
-    assert len(summary["genotype"]) == 2 and summary["train"]["test_ppl"] > 1.0
-    messages = []
-    again = run_rnn_pipeline(config, tmp_path, echo=messages.append)
-    assert again == json.loads((tmp_path / "summary.json").read_text()) and "already finished" in messages[0]
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-@pytest.mark.parametrize("name", ["rnn_demo.yaml", "rnn_ptb_search.yaml", "rnn_ptb_train.yaml"])
+def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(run_dir), "--quiet"]
+    for item in TINY:
+        args += ["--set", item]
+    code, out, err = _cli(args, capsys)
+    assert code == 0, err
+    assert "report:" in out
+    for name in ("pipeline_state.json", "report.md", "summary.json", "genotype.json", "model.onnx", "profile.json",
+                 "figures/cells.svg", "figures/alphas.png", "figures/curves.png", "search/done.json", "train/done.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["space"] == "darts_rnn" and summary["export"]["parity"]["passed"]
+    assert summary["search"]["mixed_op"] == "reference" and summary["train"]["test_ppl"] > 1.0
+    rows = summary["profile"]["rows"]
+    assert rows[0]["found"] and rows[0]["params"] == summary["train"]["params"] and rows[1]["name"] == "DARTS_V2_RNN"
+    report = (run_dir / "report.md").read_text()
+    assert "perplexity" in report and "MACs / token" in report and "mixed-op: reference" in report
+    # The run directory stores its search config headed by its space: `nasdeploy search --out DIR` alone resumes it.
+    assert load_yaml(run_dir / "search" / "config.yaml")["space"] == "darts_rnn"
+    code, out, err = _cli(["search", "--out", str(run_dir / "search")], capsys)
+    assert code == 0 and "already finished" in out + err
+
+    onnx_before = (run_dir / "export" / "model.onnx").stat().st_mtime_ns
+    code, _, err = _cli(args + ["--only", "export"], capsys)
+    assert code == 0, err
+    assert (run_dir / "export" / "model.onnx").stat().st_mtime_ns != onnx_before
+    state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
+    train_finished = state["train"]["finished"]
+    code, _, err = _cli(args + ["--force", "train"], capsys)
+    assert code == 0, err
+    state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
+    assert state["train"]["finished"] > train_finished and state["search"]["status"] == "done"
+
+
+def test_an_interrupted_recurrent_training_resumes(tmp_path):
+    config = load_pipeline_config(CONFIGS / "rnn_demo.yaml", TINY)
+    first = run_pipeline(config, tmp_path, progress=False, stop_after_epoch=1)
+    assert first.interrupted == "train" and (tmp_path / "train" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "train" / "done.json").exists()
+    log = (tmp_path / "train" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1
+    second = run_pipeline(config, tmp_path, progress=False)
+    assert second.interrupted is None and second.ran == ["train", "export", "profile", "report"]
+    assert [json.loads(r)["epoch"] for r in (tmp_path / "train" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_force_and_only_need_a_pipeline_run_directory(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "keep.txt").write_text("mine")
+    for option in ("--force", "--only"):
+        code, _, err = _cli(["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path), option, "train"], capsys)
+        assert code == 2 and "holds no pipeline run" in err and err.count("\n") == 1
+    assert (tmp_path / "train" / "keep.txt").read_text() == "mine"
+
+
+def test_an_older_recurrent_pipeline_file_still_loads_with_a_warning(tmp_path):
+    old = {"search_run": load_yaml(CONFIGS / "rnn_demo_search.yaml"), "train_run": load_yaml(CONFIGS / "rnn_demo_train.yaml"),
+           "export": {"seq_len": 20}, "profile": {"seq_len": 20}}
+    for section in ("search_run", "train_run"):
+        old[section].pop("space")
+    path = tmp_path / "old_rnn.yaml"
+    path.write_text(dump_yaml(old))
+    with pytest.warns(DeprecationWarning, match="search_run"):
+        config = load_pipeline_config(path)
+    assert config.space == "darts_rnn" and config.export.seq_len == 20
+    assert config.search["search"]["epochs"] == 12
+
+
+def test_the_old_rnn_pipeline_functions_warn_and_run(tmp_path):
+    from nasdeploy import rnn_pipeline
+
+    with pytest.warns(DeprecationWarning, match="load_pipeline_config"):
+        config = rnn_pipeline.load_rnn_pipeline_config(CONFIGS / "rnn_demo.yaml", TINY)
+    with pytest.warns(DeprecationWarning, match="run_pipeline"):
+        summary = rnn_pipeline.run_rnn_pipeline(config, tmp_path)
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_a_stage_file_of_another_space_is_refused(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": str(CONFIGS / "adl_demo_search.yaml")},
+                               "train": {"config": str(CONFIGS / "rnn_demo_train.yaml")}}))
+    (tmp_path / "adl.yaml").write_text(dump_yaml({"space": "autodeeplab", **load_yaml(CONFIGS / "adl_demo_search.yaml")}))
+    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": "adl.yaml"},
+                               "train": {"config": str(CONFIGS / "rnn_demo_train.yaml")}}))
+    with pytest.raises(ConfigError, match="another space"):
+        load_pipeline_config(path)
+
+
+@pytest.mark.parametrize("name", ["rnn_demo_search.yaml", "rnn_ptb_search.yaml", "rnn_demo_train.yaml", "rnn_ptb_train.yaml"])
 def test_shipped_configs_load(name):
-    search = load_rnn_search_config(CONFIGS / name) if "train" not in name else None
-    train = load_rnn_train_config(CONFIGS / name) if "search" not in name else None
+    search = load_rnn_search_config(CONFIGS / name) if "search" in name else None
+    train = load_rnn_train_config(CONFIGS / name) if "train" in name else None
     if name == "rnn_ptb_search.yaml":  # the published search settings
         s, m = search.search, search.model
         assert (m.emsize, m.nhid, s.batch_size, s.bptt, s.lr, s.clip, s.epochs, s.weight_decay) == (300, 300, 256, 35, 20.0, 0.25, 50, 5e-7)
@@ -51,25 +140,5 @@ def test_shipped_configs_load(name):
         t, m = train.train, train.model
         assert (m.emsize, m.nhid, t.batch_size, t.weight_decay, t.nonmono) == (850, 850, 64, 8e-7, 5)
         assert (m.dropout, m.dropouth, m.dropoutx, m.dropouti, m.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.1)
-    if name == "rnn_demo.yaml":
-        assert load_rnn_pipeline_config(CONFIGS / name).export.seq_len == train.model.seq_len
-
-
-def test_the_generic_pipeline_command_runs_a_recurrent_pipeline_file(tmp_path, capsys):
-    from nasdeploy.cli.main import main
-
-    args = ["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path / "run")]
-    for item in TINY:
-        args += ["--set", item]
-    try:
-        main(args)
-    except SystemExit as exc:
-        assert not exc.code, capsys.readouterr()
-    assert "summary:" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["export"]["parity_ok"] and (tmp_path / "run" / "model.onnx").is_file()
-    try:
-        main(["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path / "run"), "--only", "train"])
-    except SystemExit as exc:
-        assert exc.code == 2
-    assert "redoes all stages or none" in capsys.readouterr().err
+    if name == "rnn_demo_train.yaml":
+        assert load_pipeline_config(CONFIGS / "rnn_demo.yaml").export.seq_len == train.model.seq_len

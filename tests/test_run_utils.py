@@ -90,15 +90,14 @@ def test_every_config_file_validates(name):
     """Every shipped config loads through its family's validating loader."""
     path = CONFIGS / name
     data = load_yaml(path)
-    if name.startswith("pipeline_"):
+    if name.startswith("pipeline_") or {"search", "train"} <= set(data):  # a pipeline file has both stages
         from nasdeploy.pipeline.config import load_pipeline_config, validate_stage_configs
 
         cfg = load_pipeline_config(path)
         search, train = validate_stage_configs(cfg)
-        if cfg.space == "darts_cnn":
-            assert isinstance(search, SearchConfig) and isinstance(train, TrainConfig)
-        else:
-            assert type(search).__name__ == "ADLSearchConfig" and type(train).__name__ == "SegTrainConfig"
+        expected = {"darts_cnn": ("SearchConfig", "TrainConfig"), "autodeeplab": ("ADLSearchConfig", "SegTrainConfig"),
+                    "darts_rnn": ("RNNSearchConfig", "RNNTrainConfig")}[cfg.space]
+        assert (type(search).__name__, type(train).__name__) == expected
     elif name.startswith("rnn_"):
         from nasdeploy.search.rnn_config import load_rnn_search_config
         from nasdeploy.train.rnn_config import load_rnn_train_config

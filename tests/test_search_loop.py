@@ -81,6 +81,9 @@ def test_finished_run_is_not_redone(uninterrupted, capsys):
     assert torch.equal(again.alphas_normal, result.alphas_normal)
     assert (out / "checkpoint.pt").stat().st_mtime_ns == before
     assert "finished" in capsys.readouterr().out
+    # A finished run checks its stored config before reporting "nothing to do".
+    with pytest.raises(ConfigError, match=r"different config .*search.lr"):
+        run_search(tiny_config("search.lr=0.05"), out, progress=False)
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):

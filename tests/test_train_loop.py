@@ -49,7 +49,7 @@ def test_checkpoint_follows_the_train_contract(full_run):
 
 def test_final_report_and_log(full_run):
     out, result = full_run
-    final = json.loads((out / "final.json").read_text())
+    final = json.loads((out / "done.json").read_text())
     assert final["top1"] == result.top1 and 0.0 <= final["top1"] <= final["top5"] <= 1.0
     assert final["epochs"] == 2 and final["params"] < final["params_with_aux"] and final["time_s"] > 0
     assert final["dataset"]["mean"] == pytest.approx([0.481] * 3)
@@ -62,7 +62,7 @@ def test_final_report_and_log(full_run):
 def test_resume_is_bitwise_identical_and_finished_runs_are_not_redone(tmp_path, full_run, capsys):
     full_dir, full = full_run
     partial = run_training(tiny_config(), "DARTS_V2", tmp_path, stop_after_epoch=1, progress=False)
-    assert not partial.finished and not (tmp_path / "final.json").exists()
+    assert not partial.finished and not (tmp_path / "done.json").exists()
     resumed = run_training(tiny_config(), None, tmp_path, progress=False)  # genotype from the checkpoint
     assert resumed.finished and resumed.top1 == full.top1 and resumed.top5 == full.top5
     a = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
@@ -70,6 +70,8 @@ def test_resume_is_bitwise_identical_and_finished_runs_are_not_redone(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in b)
     again = run_training(tiny_config(), "DARTS_V2", tmp_path, progress=False)
     assert again.was_finished and "finished" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="different genotype"):  # finished, but for another genotype
+        run_training(tiny_config(), "DARTS_V1", tmp_path, progress=False)
 
 
 def test_resuming_with_another_genotype_is_refused(tmp_path):

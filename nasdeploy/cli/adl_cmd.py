@@ -1,4 +1,7 @@
-"""`nasdeploy adl search|train|decode`: Auto-DeepLab search and segmentation training (thin layer over the library)."""
+"""`nasdeploy adl search|train|decode`: Auto-DeepLab search and segmentation training (thin layer over the library).
+
+search and train are the same as `nasdeploy search|train` with an Auto-DeepLab config; decode reads a search checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -20,22 +23,21 @@ def _config_dict(config: str, overrides: tuple[str, ...]) -> dict:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (e.g. search.epochs=2).")
-@click.option("--restart", is_flag=True, help="Start over instead of resuming from OUT/checkpoint.pt.")
+@click.option("--force", "--restart", "restart", is_flag=True,
+              help="Start over instead of resuming from OUT/checkpoint.pt (--restart: the older name).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def search_cmd(config: str, out_dir: str, overrides: tuple[str, ...], restart: bool, no_progress: bool) -> None:
     """Search cell and network path with the settings in CONFIG (YAML); writes OUT/genotype.json.
 
-    DDP: torchrun --nproc_per_node N -m nasdeploy.cli.main adl search CONFIG -o OUT (search.batch_size is global).
+    DDP: torchrun --nproc_per_node N -m nasdeploy search --config CONFIG --out OUT (search.batch_size is global).
     """
     from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
     from nasdeploy.utils.distributed import launched_as_main
 
     cfg = adl_search_config_from_dict(_config_dict(config, overrides))
-    result = run_adl_search(cfg, out_dir, resume=not restart, progress=not no_progress)
-    if not launched_as_main():
-        return
-    click.echo(f"searched {result.epochs_done} epochs; val mIoU {result.val_miou:.4f}; path {list(result.path)}")
-    click.echo(f"wrote {result.genotype_path}")
+    result = run_adl_search(cfg, out_dir, force=restart, progress=not no_progress)
+    if launched_as_main():
+        click.echo(result.summary())
 
 
 @adl.command("train")
@@ -43,27 +45,22 @@ def search_cmd(config: str, out_dir: str, overrides: tuple[str, ...], restart: b
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--genotype", default=None, help="Registry name or genotype.json (overrides net.genotype).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (e.g. train.epochs=2).")
-@click.option("--restart", is_flag=True, help="Start over instead of resuming from OUT/checkpoint.pt.")
+@click.option("--force", "--restart", "restart", is_flag=True,
+              help="Start over instead of resuming from OUT/checkpoint.pt (--restart: the older name).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train_cmd(config: str, out_dir: str, genotype: str | None, overrides: tuple[str, ...], restart: bool,
               no_progress: bool) -> None:
     """Train the static segmentation network of a genotype from scratch; writes OUT/model.pt.
 
-    DDP: torchrun --nproc_per_node N -m nasdeploy.cli.main adl train CONFIG -o OUT (train.batch_size is global).
+    DDP: torchrun --nproc_per_node N -m nasdeploy train --config CONFIG --out OUT (train.batch_size is global).
     """
     from nasdeploy.train.segmentation_loop import run_segmentation_training, seg_train_config_from_dict
     from nasdeploy.utils.distributed import launched_as_main
 
-    data = _config_dict(config, overrides)
-    if genotype is not None:
-        data.setdefault("net", {})["genotype"] = genotype
-    cfg = seg_train_config_from_dict(data)
-    result = run_segmentation_training(cfg, out_dir, resume=not restart, progress=not no_progress)
-    if not launched_as_main():
-        return
-    click.echo(f"val mIoU {result.val_miou:.4f} (majority-class baseline {result.majority_miou:.4f}); "
-               f"{result.params:,} parameters")
-    click.echo(f"wrote {result.model_path}")
+    cfg = seg_train_config_from_dict(_config_dict(config, overrides))
+    result = run_segmentation_training(cfg, genotype, out_dir, force=restart, progress=not no_progress)
+    if launched_as_main():
+        click.echo(result.summary())
 
 
 @adl.command("decode")

@@ -1,4 +1,4 @@
-"""`nasdeploy pipeline [CONFIG] [--out DIR]`."""
+"""`nasdeploy pipeline [CONFIG] [--out DIR]`: the whole chain for any space of the table."""
 
 from __future__ import annotations
 
@@ -11,21 +11,23 @@ import click
               help="Run directory (default: runs/<config name>). Pointing at an existing one resumes it.")
 @click.option("--force", multiple=True, metavar="STAGE", help="Redo STAGE (and the stages after it). Repeatable.")
 @click.option("--only", multiple=True, metavar="STAGE", help="Run only STAGE, from the files already in the run directory.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Dataset root (CIFAR etc.).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Dataset root (CIFAR, an image folder, a PTB-layout corpus, Cityscapes).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. train.train.epochs=2.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def pipeline(config: str | None, out_dir: str | None, force: tuple[str, ...], only: tuple[str, ...],
              data_dir: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Search, derive, train, export, profile and report; with no CONFIG, the built-in demo."""
+    """Search, derive, train, export, profile and report; with no CONFIG, the built-in demo.
+
+    CONFIG's `space:` picks the search space (darts_cnn, darts_rnn, autodeeplab); stages: search, derive,
+    train, export, profile, report.
+    """
     from dataclasses import replace
     from pathlib import Path
 
-    from nasdeploy.pipeline.config import is_recurrent_pipeline, load_pipeline_config
+    from nasdeploy.pipeline.config import load_pipeline_config
     from nasdeploy.pipeline.runner import run_pipeline
 
-    if config is not None and is_recurrent_pipeline(config):
-        _run_recurrent(config, out_dir, force, only, data_dir, overrides)
-        return
     cfg = load_pipeline_config(config, overrides)
     if data_dir:
         cfg = replace(cfg, data_dir=data_dir)
@@ -37,19 +39,3 @@ def pipeline(config: str | None, out_dir: str | None, force: tuple[str, ...], on
     if not result.ran:
         click.echo(f"{run_dir} is already finished (use --force STAGE to redo a stage)")
     click.echo(f"report: {run_dir / 'report.md'}")
-
-
-def _run_recurrent(config: str, out_dir: str | None, force: tuple[str, ...], only: tuple[str, ...],
-                   data_dir: str | None, overrides: tuple[str, ...]) -> None:
-    """A recurrent-cell pipeline file (as `nasdeploy rnn pipeline`): search -> train -> export -> profile."""
-    from pathlib import Path
-
-    from nasdeploy.errors import ConfigError
-    from nasdeploy.rnn_pipeline import load_rnn_pipeline_config, run_rnn_pipeline
-
-    if only or (force and set(force) != {"search"}):
-        raise ConfigError("the recurrent pipeline redoes all stages or none: use --force search (or no --force/--only)")
-    cfg = load_rnn_pipeline_config(config, overrides)
-    run_dir = Path(out_dir) if out_dir else Path("runs") / Path(config).stem
-    run_rnn_pipeline(cfg, run_dir, data_dir=data_dir, force=bool(force))
-    click.echo(f"summary: {run_dir / 'summary.md'}")

@@ -1,4 +1,8 @@
-"""`nasdeploy rnn search|train|export|profile|pipeline`: the DARTS recurrent cells (thin layer over the library)."""
+"""`nasdeploy rnn search|train|export|profile|pipeline`: the DARTS recurrent cells (thin layer over the library).
+
+search, train and pipeline are the same as `nasdeploy search|train|pipeline` with a recurrent config;
+export and profile work on a language-model checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,7 @@ def search_cmd(config_path: str | None, data_dir: str | None, out_dir: str, forc
     from nasdeploy.search.rnn_loop import run_rnn_search
 
     result = run_rnn_search(load_rnn_search_config(config_path, overrides), out_dir, data_dir=data_dir, force=force)
-    click.echo(f"genotype: {[list(e) for e in result.genotype.recurrent]}")
-    click.echo(f"valid ppl {result.first_valid_ppl:.2f} (epoch 1) -> {result.valid_ppl:.2f} (epoch {result.epochs_done}); "
-               f"wrote {out_dir}/genotype.json")
+    click.echo(result.summary())
 
 
 @rnn.command("train")
@@ -48,8 +50,7 @@ def train_cmd(genotype: str, config_path: str | None, data_dir: str | None, out_
 
     result = run_rnn_training(load_rnn_train_config(config_path, overrides), genotype, out_dir, data_dir=data_dir,
                               force=force)
-    test = f", test ppl {result.test_ppl:.2f}" if result.test_ppl is not None else ""
-    click.echo(f"best valid ppl {result.best_valid_ppl:.2f}{test}; {result.params:,} parameters; wrote {out_dir}/best.pt")
+    click.echo(result.summary())
 
 
 def _model_options(f):  # type: ignore[no-untyped-def]
@@ -120,14 +121,24 @@ def profile_cmd(checkpoint, genotype, ntokens, nhid, seq_len, batch_size, runs, 
 
 
 @rnn.command("pipeline")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Pipeline YAML (sections search_run, train_run, export, profile).")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Pipeline YAML with `space: darts_rnn` (or the older search_run/train_run sections).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="PTB-layout corpus folder (for data.dataset=ptb).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory (continued when it exists).")
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @_OVERRIDES
 def pipeline_cmd(config_path: str, data_dir: str | None, out_dir: str, force: bool, overrides: tuple[str, ...]) -> None:
-    """Search -> train -> export -> profile in one run directory; writes summary.json and summary.md."""
-    from nasdeploy.rnn_pipeline import load_rnn_pipeline_config, run_rnn_pipeline
+    """The same as `nasdeploy pipeline CONFIG --out DIR` (search -> derive -> train -> export -> profile -> report)."""
+    from dataclasses import replace
+    from pathlib import Path
 
-    summary = run_rnn_pipeline(load_rnn_pipeline_config(config_path, overrides), out_dir, data_dir=data_dir, force=force)
-    click.echo(json.dumps(summary, indent=2))
+    from nasdeploy.pipeline.config import load_pipeline_config
+    from nasdeploy.pipeline.runner import run_pipeline
+    from nasdeploy.pipeline.state import STATE_FILE
+
+    cfg = load_pipeline_config(config_path, overrides)
+    if data_dir:
+        cfg = replace(cfg, data_dir=data_dir)
+    redo = ("search",) if force and (Path(out_dir) / STATE_FILE).is_file() else ()
+    result = run_pipeline(cfg, out_dir, force=redo)
+    click.echo(json.dumps(result.summary, indent=2) if result.summary else f"stopped during {result.interrupted}")

@@ -6,7 +6,7 @@ Samples are (image float32 [3, H, W] normalised, label int64 [H, W]) with IGNORE
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -227,8 +227,6 @@ class SegDataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("synthetic", "cityscapes"):
             raise ConfigError(f"unknown segmentation dataset '{self.dataset}'; choose synthetic or cityscapes")
-        if self.dataset == "cityscapes" and not self.root:
-            raise ConfigError("data.root must name the local Cityscapes directory (it is never downloaded)")
 
 
 def dataset_classes(cfg: SegDataConfig) -> tuple[str, ...]:
@@ -246,5 +244,14 @@ def build_segmentation_dataset(cfg: SegDataConfig, split: str, train: bool) -> D
     if cfg.dataset == "synthetic":
         n = cfg.num_train if split == "train" else cfg.num_val
         return synthetic_segmentation(split, n, tuple(cfg.image_size), cfg.seed, augment)
+    if not cfg.root:
+        raise ConfigError("data.root (or --data-dir) must name the local Cityscapes directory (it is never downloaded)")
     return CityscapesSegmentation(cfg.root, split, augment, downsample=cfg.downsample)
 
+
+
+def with_data_dir(cfg: SegDataConfig, data_dir: str | os.PathLike[str] | None) -> SegDataConfig:
+    """The data config with `data_dir` as the Cityscapes root (when given); the synthetic data ignores it."""
+    if data_dir is None or cfg.dataset != "cityscapes":
+        return cfg
+    return replace(cfg, root=os.fspath(data_dir))

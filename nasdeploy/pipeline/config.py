@@ -9,45 +9,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.pipeline.sections import ExportSection, ProfileSection
+from nasdeploy.spaces.table import DEFAULT_SPACE, SearchSpace, get_space, resolve, space_of_pipeline
+from nasdeploy.utils.deprecation import warn_deprecated
 from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
 
 DEMO_CONFIG = "demo.yaml"
 _SECTIONS = ("name", "space", "data_dir", "search", "train", "export", "profile")
-SPACES = ("darts_cnn", "autodeeplab")  # recurrent-cell files have their own format (see is_recurrent_pipeline)
-
-
-@dataclass(frozen=True)
-class ExportSection:
-    """What the export stage produces (ONNX always; TensorRT and Triton when asked)."""
-
-    formats: tuple[str, ...] = ("onnx",)
-    opset: int | None = None
-    fp16: bool = False
-
-
-@dataclass(frozen=True)
-class ProfileSection:
-    """What the profile stage measures: the found architecture next to registry genotypes."""
-
-    net: str = "imagenet"  # the mobile setting: ImageNet 224x224
-    channels: int | None = None
-    layers: int | None = None
-    compare: tuple[str, ...] = ("DARTS_V2", "DARTS_V1", "NASNet", "AmoebaNet", "PNAS")
-    backends: tuple[str, ...] = ("torch-cpu-1t", "ort-cpu-1t")
-    latency_for: tuple[str, ...] = ("found", "DARTS_V2")  # which rows get latency ("found" = ours)
-    warmup: int = 3
-    runs: int = 20
-    input_size: tuple[int, int] | None = None  # (H, W) for MACs and latency; None: the family's (segmentation: the crop)
-    macs_at: tuple[tuple[int, int], ...] = ()  # further (H, W) sizes counted for MACs only (e.g. 1024x2048)
-
-
-# Auto-DeepLab runs compare against the published architecture at full Cityscapes resolution too.
-_PROFILE_DEFAULTS = {
-    "darts_cnn": {},
-    "autodeeplab": {"net": "segmentation", "compare": ("AutoDeepLab",), "latency_for": ("found", "AutoDeepLab"),
-                    "macs_at": ((1024, 2048),)},
-}
-_PROFILE_NETS = {"darts_cnn": ("cifar", "imagenet"), "autodeeplab": ("segmentation",)}
+# A run directory's default is runs/<name>: a name is one path component of these characters.
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 @dataclass(frozen=True)
@@ -57,11 +27,11 @@ class PipelineConfig:
     name: str
     search: dict[str, Any]
     train: dict[str, Any]
-    export: ExportSection = ExportSection()
-    profile: ProfileSection = ProfileSection()
+    export: Any = ExportSection()  # the space's export section (see its table entry)
+    profile: Any = ProfileSection()  # the space's profile section
     data_dir: str | None = None
     source: str = "(built-in demo)"
-    space: str = "darts_cnn"
+    space: str = DEFAULT_SPACE
 
 
 def _as_tuple(value: Any) -> Any:
@@ -81,13 +51,7 @@ def _section(cls: type, data: Any, where: str, defaults: dict[str, Any] | None =
     return cls(**values)
 
 
-def _check_sizes(sizes: Any, where: str) -> None:
-    for size in sizes:
-        if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size)):
-            raise ConfigError(f"pipeline config: {where} must hold [height, width] pairs of positive integers, got {size!r}")
-
-
-def _stage_dict(data: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any]:
+def _stage_dict(data: dict[str, Any], key: str, base_dir: Path, space: str) -> dict[str, Any]:
     """A stage section: inline mapping, optionally `config: FILE` (relative to the pipeline file) plus overrides."""
     section = data.get(key)
     if not isinstance(section, dict):
@@ -100,6 +64,8 @@ def _stage_dict(data: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any
     if not path.is_absolute():
         path = base_dir / path
     merged = load_yaml(path)
+    if merged.pop("space", space) != space:
+        raise ConfigError(f"pipeline config: {key}.config {path} is a config of another space than {space!r}")
     for name, value in section.items():
         if isinstance(value, dict) and isinstance(merged.get(name), dict):
             merged[name] = {**merged[name], **value}
@@ -108,28 +74,43 @@ def _stage_dict(data: dict[str, Any], key: str, base_dir: Path) -> dict[str, Any
     return merged
 
 
+def _upgrade_legacy_sections(data: dict[str, Any], space: SearchSpace, source: str) -> dict[str, Any]:
+    """An older pipeline file of `space` (e.g. search_run:/train_run:) as today's sections, with a warning."""
+    legacy = [k for k in space.legacy_pipeline_sections if k in data]
+    if not legacy:
+        return data
+    renamed = ", ".join(f"{k}: -> {space.legacy_pipeline_sections[k]}:" for k in legacy)
+    warn_deprecated(f"pipeline file {source} with sections {', '.join(k + ':' for k in legacy)}",
+                    f"space: {space.name} and the sections search:/train: ({renamed})", stacklevel=4)
+    upgraded = {space.legacy_pipeline_sections.get(k, k): v for k, v in data.items()}
+    return {"space": space.name, **upgraded}
+
+
+def _run_name(data: dict[str, Any], source: str) -> str:
+    name = str(data.get("name") or Path(source).stem)
+    if not name or name in (".", "..") or not set(name) <= _NAME_CHARS:
+        raise ConfigError(f"pipeline config {source}: name {name!r} must be one plain file name (letters, digits, "
+                          f"'.', '_', '-'): it names the default run directory runs/<name>")
+    return name
+
+
 def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str) -> PipelineConfig:
-    """Validate a pipeline config mapping."""
+    """Validate a pipeline config mapping (its space's loaders check the search and train sections)."""
+    space = space_of_pipeline(data)
+    data = _upgrade_legacy_sections(data, space, source)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"pipeline config {source}: unknown section '{unknown[0]}' (known: {', '.join(_SECTIONS)})")
-    space = data.get("space", "darts_cnn")
-    if space not in SPACES:
-        raise ConfigError(f"pipeline config {source}: unknown space {space!r} (known: {', '.join(SPACES)}; "
-                          f"recurrent cells use a file with search_run/train_run sections, e.g. configs/rnn_demo.yaml)")
-    export = _section(ExportSection, data.get("export"), "export")
-    profile = _section(ProfileSection, data.get("profile"), "profile", _PROFILE_DEFAULTS[space])
-    if profile.net not in _PROFILE_NETS[space]:
-        raise ConfigError(f"pipeline config: profile.net must be one of {', '.join(_PROFILE_NETS[space])} for the "
-                          f"{space} space, got {profile.net!r}")
-    _check_sizes(profile.macs_at, "profile.macs_at")
-    if profile.input_size is not None:
-        _check_sizes((profile.input_size,), "profile.input_size")
+    export = _section(resolve(space.export_section), data.get("export"), "export")
+    profile = _section(resolve(space.profile_section), data.get("profile"), "profile", dict(space.profile_defaults))
+    if space.profile_nets and profile.net not in space.profile_nets:
+        raise ConfigError(f"pipeline config: profile.net must be one of {', '.join(space.profile_nets)} for the "
+                          f"{space.name} space, got {profile.net!r}")
     config = PipelineConfig(
-        space=space,
-        name=str(data.get("name") or Path(source).stem),
-        search=_stage_dict(data, "search", base_dir),
-        train=_stage_dict(data, "train", base_dir),
+        space=space.name,
+        name=_run_name(data, source),
+        search=_stage_dict(data, "search", base_dir, space.name),
+        train=_stage_dict(data, "train", base_dir, space.name),
         export=export,
         profile=profile,
         data_dir=data.get("data_dir"),
@@ -151,20 +132,13 @@ def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: 
     return pipeline_config_from_dict(data, p.parent, str(p))
 
 
-def is_recurrent_pipeline(path: str | os.PathLike[str]) -> bool:
-    """True for a recurrent-cell pipeline file (sections search_run/train_run; run by nasdeploy.rnn_pipeline)."""
-    data = load_yaml(Path(path))
-    return "search_run" in data or "train_run" in data
-
-
 def validate_stage_configs(config: PipelineConfig) -> tuple[Any, Any]:
     """The search and train sections validated by their space's own loaders (errors name the section)."""
-    if config.space == "autodeeplab":
-        from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict
-        from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
-
-        return adl_search_config_from_dict(config.search), seg_train_config_from_dict(config.train)
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.train.config import train_config_from_dict
-
-    return search_config_from_dict(config.search), train_config_from_dict(config.train)
+    space = get_space(config.space)
+    results = []
+    for section, load in (("search", space.load_search_config), ("train", space.load_train_config)):
+        try:
+            results.append(load(getattr(config, section)))
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline config {config.source}, section {section}: {exc}") from None
+    return results[0], results[1]

@@ -55,9 +55,10 @@ def plot_alpha_evolution(history: Sequence[dict[str, Any]], primitives: Sequence
     return _save(fig, path)
 
 
-def plot_final_alphas(weights: dict[str, Any], primitives: Sequence[str], path: Path) -> Path | None:
+def plot_final_alphas(weights: dict[str, Any], primitives: Sequence[str], path: Path,
+                      cells: Sequence[str] = ("alphas_normal", "alphas_reduce")) -> Path | None:
     """Heatmaps of the final softmaxed alphas (edges x ops) of each cell type."""
-    cells = [c for c in ("alphas_normal", "alphas_reduce") if c in weights]
+    cells = [c for c in cells if c in weights]
     if not cells:
         return None
     fig, axes = _figure(5.0 * len(cells), 4.8, 1, len(cells))
@@ -72,7 +73,7 @@ def plot_final_alphas(weights: dict[str, Any], primitives: Sequence[str], path: 
 
 
 def plot_curves(series: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path | None:
-    """Loss and accuracy curves per epoch for each named log (e.g. search, train)."""
+    """Loss and metric (accuracy, mIoU, perplexity) curves per epoch for each named log (e.g. search, train)."""
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
@@ -86,9 +87,9 @@ def plot_curves(series: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path
                 continue
             if "loss" in key:
                 ax_loss.plot(epochs, values, marker="o", ms=3, label=f"{name}: {key}")
-            elif "acc" in key or "top1" in key or "miou" in key.lower():
+            elif any(tag in key.lower() for tag in ("acc", "top1", "miou", "ppl")):
                 ax_acc.plot(epochs, values, marker="o", ms=3, label=f"{name}: {key}")
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy / mIoU / perplexity")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

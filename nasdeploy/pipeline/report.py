@@ -19,6 +19,10 @@ def _fmt_m(value: Any) -> str:
     return f"{value / 1e6:.1f}M" if isinstance(value, (int, float)) else "-"
 
 
+def _fmt_e(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "-"
+
+
 def _fmt_ms(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
@@ -63,6 +67,30 @@ def _profile_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]
     return lines
 
 
+def _language_model_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]:
+    header = "| architecture | params | MACs / token |" + "".join(f" {b} median / p90 ms per token |" for b in backends)
+    lines = [header, "|" + "---|" * (3 + len(backends))]
+    for row in rows:
+        cells = [f"**{row['name']}**" if row.get("found") else row["name"], _fmt_int(row.get("params")),
+                 _fmt_m(row.get("macs_per_token"))]
+        for b in backends:
+            lat = (row.get("latency") or {}).get(b) or {}
+            cells.append(f"{lat.get('median_ms', float('nan')):.4f} / {lat.get('p90_ms', float('nan')):.4f}" if lat else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_table(profile: dict[str, Any]) -> list[str]:
+    """The cost table in the form the profile stage asked for (profile.json's `table`)."""
+    kind = profile.get("table", "segmentation" if profile.get("net") == "segmentation" else "mobile")
+    backends = profile.get("backends", [])
+    if kind == "segmentation":
+        return _segmentation_table(profile["rows"], profile.get("sizes", []), backends)
+    if kind == "language_model":
+        return _language_model_table(profile["rows"], backends)
+    return _profile_table(profile["rows"], backends)
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """The Markdown report of a pipeline run."""
     out: list[str] = [f"# nasdeploy pipeline report: {summary.get('name', 'run')}", ""]
@@ -74,7 +102,7 @@ def render_report(summary: dict[str, Any]) -> str:
     out += ["## Found architecture", ""]
     if genotype:
         out += ["```", genotype, "```", ""]
-    for key, caption in (("cells", "Searched cells"), ("path", "Network level: decoded path over the beta probabilities")):
+    for key, caption in (("cells", "Searched cell(s)"), ("path", "Network level: decoded path over the beta probabilities")):
         if key in figures:
             out += [f"![{caption}]({figures[key]})", ""]
 
@@ -99,6 +127,13 @@ def render_report(summary: dict[str, Any]) -> str:
         out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; final validation mIoU "
                    f"{train['miou']:.3f}" + (f" (majority-class baseline {baseline:.3f})" if isinstance(baseline, (int, float)) else ""))
         out.append("")
+    elif train and isinstance(train.get("best_valid_ppl"), (int, float)):
+        test = train.get("test_ppl")
+        out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; best validation perplexity "
+                   f"{train['best_valid_ppl']:.2f}" + (f", test perplexity {test:.2f}" if isinstance(test, (int, float)) else "")
+                   + (f" (vocabulary {train['vocab_size']:,}: a uniform model scores {train['vocab_size']:,})"
+                      if isinstance(train.get("vocab_size"), int) else ""))
+        out.append("")
     elif train:
         acc = train.get("top1")
         out.append(f"{train.get('epochs', '?')} epochs in {train.get('seconds', 0):.0f} s; "
@@ -112,10 +147,10 @@ def render_report(summary: dict[str, Any]) -> str:
     parity = export.get("parity") or {}
     if export:
         out.append(f"ONNX model: `{export.get('onnx', 'model.onnx')}` (opset {export.get('opset', '?')}).")
-        if parity:
+        if parity.get("passed") is not None:
             out.append(f"Parity against PyTorch in onnxruntime: **{'passed' if parity.get('passed') else 'FAILED'}**, "
-                       f"max abs error {parity.get('max_abs_error', float('nan')):.3g}, max rel error "
-                       f"{parity.get('max_rel_error', float('nan')):.3g} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
+                       f"max abs error {_fmt_e(parity.get('max_abs_error'))}, max rel error "
+                       f"{_fmt_e(parity.get('max_rel_error'))} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
         for fmt, info in (export.get("other_formats") or {}).items():
             out.append(f"{fmt}: {info}")
         out.append("")
@@ -125,10 +160,7 @@ def render_report(summary: dict[str, Any]) -> str:
     if profile.get("rows"):
         out.append(f"Network: {profile.get('net_description', profile.get('net', ''))}. MACs: {profile.get('convention', '')}")
         out.append("")
-        if profile.get("net") == "segmentation":
-            out += _segmentation_table(profile["rows"], profile.get("sizes", []), profile.get("backends", []))
-        else:
-            out += _profile_table(profile["rows"], profile.get("backends", []))
+        out += _cost_table(profile)
         out.append("")
         if profile.get("environment"):
             out.append(f"Measured on: {profile['environment']}")

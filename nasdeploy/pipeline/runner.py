@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,23 +11,20 @@ from typing import Any, Sequence
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.config import PipelineConfig
-from nasdeploy.pipeline.plots import plot_alpha_evolution, plot_curves, plot_final_alphas, read_jsonl
+from nasdeploy.pipeline.plots import plot_curves, read_jsonl
 from nasdeploy.pipeline.report import write_report
-from nasdeploy.pipeline.stages import STAGES, StageContext, StageFn, StageInterrupted
-from nasdeploy.pipeline.state import PipelineState
+from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, quote_path, source_arg
+from nasdeploy.pipeline.state import STATE_FILE, PipelineState
+from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve
 from nasdeploy.utils.files import write_text_atomic
-from nasdeploy.utils.yamlconfig import dump_yaml
+from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
 
-STAGE_ORDER: tuple[str, ...] = (*STAGES, "report")
+STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "profile", "report")
 
 
 def stages_for(space: str) -> dict[str, StageFn]:
-    """The stage functions of a search space (same names and run-directory contract for every space)."""
-    if space == "autodeeplab":
-        from nasdeploy.pipeline.adl_stages import ADL_STAGES
-
-        return ADL_STAGES
-    return STAGES
+    """The stage functions of a search space, from its table entry (same names and run-directory contract)."""
+    return get_space(space).pipeline_stages()
 
 
 @dataclass
@@ -49,10 +45,9 @@ def _log(message: str, enabled: bool) -> None:
 
 def _config_record(config: PipelineConfig) -> dict[str, Any]:
     # The space is recorded only when it is not the default, so run directories of earlier versions still resume.
-    space = {"space": config.space} if config.space != "darts_cnn" else {}
+    space = {"space": config.space} if config.space != DEFAULT_SPACE else {}
     return {"name": config.name, **space, "data_dir": config.data_dir, "search": config.search, "train": config.train,
-            "export": {"formats": list(config.export.formats), "opset": config.export.opset, "fp16": config.export.fp16},
-            "profile": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config.profile).items()}}
+            "export": to_dict(config.export), "profile": to_dict(config.profile)}
 
 
 def _check_same_config(run_dir: Path, config: PipelineConfig, state: PipelineState) -> None:
@@ -77,6 +72,11 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         if name not in STAGE_ORDER:
             raise ConfigError(f"unknown pipeline stage '{name}'; stages: {', '.join(STAGE_ORDER)}")
     run_dir = Path(out_dir)
+    if (force or only) and not (run_dir / STATE_FILE).is_file():
+        option = "--force" if force else "--only"
+        raise ConfigError(f"{run_dir} holds no pipeline run ({STATE_FILE} is missing): {option} acts only on a "
+                          f"pipeline run directory; run the pipeline without {option} first")
+    stages = stages_for(config.space)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = PipelineState.load(run_dir)
     _check_same_config(run_dir, config, state)
@@ -85,7 +85,6 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         state.invalidate(list(STAGE_ORDER[first:]))
         _clear_forced_outputs(run_dir, STAGE_ORDER[first:])
     ctx = StageContext(config, run_dir, progress, stop_after_epoch)
-    stages = stages_for(config.space)
     result = PipelineResult(run_dir)
     for stage in STAGE_ORDER:
         if only and stage not in only:
@@ -121,44 +120,19 @@ def _clear_forced_outputs(run_dir: Path, stages: Sequence[str]) -> None:
             shutil.rmtree(run_dir / stage)
 
 
-def reproduce_commands(config: PipelineConfig, run_dir: Path) -> dict[str, str]:
-    """The exact commands that redo each stage by hand (the stage CLIs over the same files)."""
-    q = lambda p: shlex.quote(str(p))  # noqa: E731
-    data = f" --data-dir {q(config.data_dir)}" if config.data_dir else ""
-    net = config.train.get("model", {}).get("net", "cifar")
-    prof = config.profile
-    targets = " ".join([q(run_dir / "genotype.json"), *prof.compare])
-    formats = " ".join(f"--format {f}" for f in config.export.formats)
-    return {
-        "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
-        "derive": f"nasdeploy pipeline {q(config.source) if config.source != '(built-in demo)' else ''} --out {q(run_dir)} --only derive".replace("  ", " "),
-        "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
-        "export": f"nasdeploy export {q(run_dir / 'genotype.json')} --net {net} --checkpoint {q(run_dir / 'train' / 'checkpoint.pt')} {formats} --out {q(run_dir / 'export')}",
-        "profile": f"nasdeploy profile {targets} --net {prof.net} --latency {','.join(prof.backends)}",
-        "pipeline": f"nasdeploy pipeline {q(config.source) if config.source != '(built-in demo)' else ''} --out {q(run_dir)}".replace("  ", " "),
-    }
-
-
 def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, Any]:
     """Figures, report.md and summary.json from the files the other stages left."""
     import json
 
-    from nasdeploy.genotypes import CNN_PRIMITIVES
-
     run_dir = ctx.run_dir
+    stage_module = resolve(get_space(ctx.config.space).pipeline)
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
     figures: dict[str, str] = {}
-    if (figures_dir / "cells.svg").is_file():
-        figures["cells"] = "figures/cells.svg"
-    if (figures_dir / "path.png").is_file():
-        figures["path"] = "figures/path.png"
-    history = read_jsonl(run_dir / "search" / "alphas.jsonl")
-    primitives = ctx.config.search.get("model", {}).get("primitives") or CNN_PRIMITIVES
-    if plot_alpha_evolution(history, primitives, figures_dir / "alphas.png"):
-        figures["alphas"] = "figures/alphas.png"
-    if history and plot_final_alphas(history[-1], primitives, figures_dir / "alphas_final.png"):
-        figures["alphas_final"] = "figures/alphas_final.png"
+    for key, name in (("cells", "cells.svg"), ("path", "path.png")):
+        if (figures_dir / name).is_file():
+            figures[key] = f"figures/{name}"
+    figures.update(stage_module.report_figures(ctx))
     curves = {"search": read_jsonl(run_dir / "search" / "log.jsonl"), "train": read_jsonl(run_dir / "train" / "log.jsonl")}
     if plot_curves(curves, figures_dir / "curves.png"):
         figures["curves"] = "figures/curves.png"
@@ -179,10 +153,11 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
                         "max_rel_error": parity.get("max_rel_err"), "rtol": parity.get("rtol"), "atol": parity.get("atol")}
     profile_path = run_dir / "profile.json"
     profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
-    if profile:
-        profile["net_description"] = _net_description(profile)
+    commands = stage_module.reproduce_commands(ctx)
+    commands["pipeline"] = f"nasdeploy pipeline{source_arg(ctx.config)} --out {quote_path(run_dir)}"
     summary = {
         "name": ctx.config.name,
+        "space": ctx.config.space,
         "nasdeploy_version": __version__,
         "config": ctx.config.source,
         "genotype": outputs.get("derive", {}).get("genotype"),
@@ -192,32 +167,8 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
         "export": export,
         "profile": profile,
         "figures": figures,
-        "commands": _commands(ctx.config, run_dir, profile),
+        "commands": commands,
         "stages": {k: {"seconds": v.get("seconds", 0.0)} for k, v in state.stages.items() if k != "report"},
     }
     write_report(run_dir, summary)
     return {"report": "report.md", "summary": "summary.json", "figures": figures}
-
-
-def _net_description(profile: dict[str, Any]) -> str:
-    net = profile.get("net")
-    if net == "imagenet":
-        return "ImageNet mobile setting (224x224, C=48, 14 cells)"
-    if net == "segmentation":
-        kw = profile.get("net_kwargs") or {}
-        sizes = ", ".join(profile.get("sizes") or [])
-        return (f"Auto-DeepLab segmentation net as trained (F={kw.get('filter_multiplier')}, ASPP {kw.get('aspp_channels')}, "
-                f"decoder {kw.get('decoder_channels')} channels, {profile.get('num_classes')} classes); MACs at {sizes}")
-    return "CIFAR (32x32, C=36, 20 cells)"
-
-
-def _commands(config: PipelineConfig, run_dir: Path, profile: dict[str, Any]) -> dict[str, str]:
-    if config.space != "autodeeplab":
-        return reproduce_commands(config, run_dir)
-    from nasdeploy.pipeline.adl_stages import adl_reproduce_commands
-
-    commands = adl_reproduce_commands(run_dir, config.export.formats, list(profile.get("sizes") or []))
-    q = shlex.quote
-    source = q(config.source) if config.source != "(built-in demo)" else ""
-    commands["pipeline"] = f"nasdeploy pipeline {source} --out {q(str(run_dir))}".replace("  ", " ")
-    return commands

@@ -1,9 +1,9 @@
 """The Auto-DeepLab search loop: weights on half A, alpha/beta on half B (first order), mIoU on a held-out split.
 
-Run directory: config.json, log.jsonl (one record per epoch), checkpoint.pt (resumable, weights_only),
-genotype.json (decoded each epoch; final at the end), summary.json. Only rank 0 writes.
+Run directory: config.yaml, log.jsonl (one record per epoch), checkpoint.pt (resumable, weights_only),
+genotype.json (decoded each epoch; final at the end), done.json once finished. Only rank 0 writes.
 
-DDP: `torchrun --nproc_per_node 2 -m nasdeploy.cli.main adl search CONFIG -o OUT` (gloo on CPU, NCCL on
+DDP: `torchrun --nproc_per_node 2 -m nasdeploy search --config CONFIG --out OUT` (gloo on CPU, NCCL on
 GPU with search.device auto/cuda). search.batch_size is the global batch; each rank trains on its shard
 of halves A and B, the architecture gradient is all-reduced (Architect.step), the validation confusion
 matrix is summed over ranks, so every rank holds the same alpha/beta and returns the same result.
@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,18 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from nasdeploy.data.cycle import cycle_loader
-from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
+from nasdeploy.data.segmentation import (
+    IGNORE_INDEX,
+    SegDataConfig,
+    build_segmentation_dataset,
+    dataset_classes,
+    with_data_dir,
+)
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
-from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
+from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet, upgrade_mixer_key
 from nasdeploy.tasks.segmentation import evaluate_miou
 from nasdeploy.utils.checkpoint import load_resume_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
@@ -47,12 +53,15 @@ from nasdeploy.utils.distributed import (
     restore_rank_rng,
     wrap_ddp,
 )
+from nasdeploy.utils.deprecation import legacy_loop_keywords
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, write_run_config
 from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
-RUN_FILES = ("log.jsonl", "genotype.json", "summary.json", "checkpoint.pt")
+SPACE = "autodeeplab"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
+RUN_FILES = ("log.jsonl", "genotype.json", DONE_FILE, "checkpoint.pt", CONFIG_FILE)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class ADLSearchConfig:
 
 def adl_search_config_from_dict(data: dict[str, Any]) -> ADLSearchConfig:
     """Validate a nested dict (e.g. parsed YAML) into an ADLSearchConfig."""
+    data = upgrade_mixer_key(data)
     try:
         return from_dict(ADLSearchConfig, data)
     except ConfigError as exc:
@@ -112,6 +122,13 @@ class ADLSearchResult:
     val_miou: float
     path: tuple[int, ...]
     path_log_prob: float
+    epochs: int = 0
+    finished: bool = True
+
+    def summary(self) -> str:
+        """The path found and the mIoU reached, for the console."""
+        return (f"searched {self.epochs_done}/{self.epochs} epochs; val mIoU {self.val_miou:.4f}; path {list(self.path)}\n"
+                f"genotype: {self.genotype_path}")
 
 
 def segmentation_loss(forward: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -152,18 +169,22 @@ def _with_dataset_classes(cfg: ADLSearchConfig) -> ADLSearchConfig:
                            cfg.data, cfg.search)
 
 
-def run_adl_search(cfg: ADLSearchConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
-                   progress: bool = True, max_epochs: int | None = None) -> ADLSearchResult:
-    """Run (or resume) an Auto-DeepLab search into `out_dir`; `max_epochs` caps the epochs run by this call.
+@legacy_loop_keywords
+def run_adl_search(config: ADLSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
+                   force: bool = False, stop_after_epoch: int | None = None, progress: bool = True,
+                   max_epochs: int | None = None) -> ADLSearchResult:
+    """Run (or resume) an Auto-DeepLab search into `out_dir`; stop_after_epoch: return once that many are done.
 
+    data_dir: the Cityscapes root (the synthetic data ignores it). max_epochs (deprecated): epochs this call runs.
     Under torchrun every rank calls this (see the module docstring) and gets the same result.
     """
+    cfg = replace(config, data=with_data_dir(config.data, data_dir))
     with process_group(cfg.search.device) as ctx, runtime_settings(threads=cfg.search.threads or None):
-        return _search(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
+        return _search(cfg, Path(out_dir), ctx, not force, progress, stop_after_epoch, max_epochs)
 
 
 def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,
-            max_epochs: int | None) -> ADLSearchResult:
+            stop_after_epoch: int | None, max_epochs: int | None) -> ADLSearchResult:
     from tqdm import tqdm
 
     opts = cfg.search
@@ -201,10 +222,10 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
         if not resume:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", config_dict)
+        write_run_config(out, config_dict, SPACE)
     steps = opts.steps_per_epoch or len(loader_a)
     metrics: dict[str, float] | None = None
-    end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
+    end_epoch = epoch_limit(opts.epochs, start_epoch, stop_after_epoch, max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         model.train()
@@ -236,7 +257,7 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
         record = {"epoch": epoch + 1, "lr": lr, "arch_updates": arch_on, "train_loss": total / max(n, 1),
                   "arch_loss": arch_total / n if arch_on and n else None, "val_miou": metrics["miou"],
                   "val_pixel_acc": metrics["pixel_acc"], "path": list(path), "path_log_prob": log_prob,
-                  "mixer": model.mixer_name, "seconds": round(time.time() - t0, 2)}
+                  "mixed_op": model.mixer_name, "seconds": round(time.time() - t0, 2)}
         rng = gather_rng_states(ctx)
         if ctx.is_main:
             save_checkpoint(ckpt_path, model.state_dict(), kind="adl_search",
@@ -285,12 +306,12 @@ def _finish(cfg: ADLSearchConfig, out: Path, model: AutoDeepLabSupernet, epochs_
     genotype_path = out / "genotype.json"
     if ctx.is_main:
         save_genotype(final, genotype_path, meta={"epochs": epochs_done, "val_miou": val_miou})
-        write_json_atomic(out / "summary.json", {"genotype": genotype_to_dict(final), "epochs": epochs_done,
-                                                 "finished": epochs_done >= cfg.search.epochs, "val_miou": val_miou,
-                                                 "path_log_prob": log_prob})
+        if epochs_done >= cfg.search.epochs:
+            write_json_atomic(out / DONE_FILE, {"finished": True, "genotype": genotype_to_dict(final),
+                                                "epochs": epochs_done, "val_miou": val_miou, "path_log_prob": log_prob})
     barrier(ctx)
     return ADLSearchResult(out, genotype_path, epochs_done, float(val_miou) if val_miou is not None else math.nan,
-                           tuple(path), log_prob)
+                           tuple(path), log_prob, cfg.search.epochs, epochs_done >= cfg.search.epochs)
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:

@@ -39,15 +39,17 @@ from nasdeploy.utils.distributed import (
     train_sampler,
     wrap_ddp,
 )
-from nasdeploy.utils.files import write_json_atomic, write_text_atomic
+from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.metrics import Meter
 from nasdeploy.utils.rng import seed_everything
-from nasdeploy.utils.rundir import check_resume_config, clear_run_files, read_json
+from nasdeploy.utils.deprecation import legacy_loop_keywords
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, read_done, write_run_config
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
-from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
+from nasdeploy.utils.yamlconfig import to_dict
 
-RUN_FILES = ("config.yaml", "checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", "done.json")
+SPACE = "darts_cnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
+RUN_FILES = (CONFIG_FILE, "checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", DONE_FILE)
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -64,6 +66,12 @@ class SearchResult:
     finished: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     was_finished: bool = False  # True when this call found a finished run and did nothing
+
+    def summary(self) -> str:
+        """The genotype found and where the run is, for the console."""
+        g = self.genotype
+        return (f"genotype ({self.epochs_done}/{self.epochs} epochs): normal {list(g.normal)} reduce {list(g.reduce)}\n"
+                f"run directory: {self.out_dir}")
 
 
 def classification_loss(forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
@@ -100,7 +108,8 @@ def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.
     return loss.detach(), logits.detach()
 
 
-def run_search(config: SearchConfig, out_dir: str | os.PathLike[str], data_dir: str | None = None, *,
+@legacy_loop_keywords
+def run_search(config: SearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
                force: bool = False, stop_after_epoch: int | None = None, progress: bool = True) -> SearchResult:
     """Search (or resume, or report a finished run) in `out_dir`; under torchrun every rank calls this.
 
@@ -116,14 +125,14 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike[str], data_dir: 
 def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext, force: bool,
          stop_after_epoch: int | None, progress: bool) -> SearchResult:
     opts = config.search
-    if (out / "done.json").is_file() and not force:
-        console(f"search in {out} is finished; nothing to do (use --force to redo it)", ctx.is_main)
-        return load_search_result(out, was_finished=True)
     if force:
         if ctx.is_main:
             clear_run_files(out, RUN_FILES)
         barrier(ctx)
-    checkpoint = _load_resume_checkpoint(out, config)
+    checkpoint = _load_resume_checkpoint(out, config)  # refuses a changed config, finished run or not
+    if read_done(out) is not None:
+        console(f"search in {out} is finished; nothing to do (use --force to redo it)", ctx.is_main)
+        return load_search_result(out, was_finished=True)
 
     if opts.batch_size % ctx.world_size:
         raise ConfigError(f"search.batch_size ({opts.batch_size}) must be divisible by the {ctx.world_size} DDP processes")
@@ -172,7 +181,7 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
     elif ctx.is_main:
         log.rewind(lambda r: False)
         alpha_log.rewind(lambda r: False)
-        write_text_atomic(out / "config.yaml", dump_yaml(config))
+        write_run_config(out, config, SPACE)
         console(f"searching in {out}: {info.name} ({len(weight_idx)} weight / {len(arch_idx)} alpha images), "
                 f"supernet C={config.model.channels} L={config.model.layers}, {opts.order} order, "
                 f"mixed op '{model.mixed_op}', {ctx.world_size} process(es) on {ctx.device}", ctx.is_main)
@@ -204,7 +213,8 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
         genotype = model.genotype()
         record = {"epoch": epoch + 1, "epochs": opts.epochs, "lr": lr, "train_loss": train["loss"],
                   "train_acc": train["top1"], "valid_loss": valid["loss"], "valid_acc": valid["top1"],
-                  "epoch_time_s": round(time.perf_counter() - t0, 3), "genotype": genotype_to_dict(genotype)}
+                  "epoch_time_s": round(time.perf_counter() - t0, 3), "mixed_op": model.mixed_op,
+                  "genotype": genotype_to_dict(genotype)}
         normal, reduce = model.softmaxed_alphas()
         log.write(record)
         alpha_log.write({"epoch": epoch + 1, "alphas_normal": normal.cpu().tolist(),
@@ -222,7 +232,7 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
         save_genotype(genotype, out / "genotype.json", meta={"source": "nasdeploy search", "epochs": opts.epochs,
                                                               "dataset": info.name})
         final = {k: v for k, v in record.items() if k != "genotype"} if record else _last_record(log)
-        write_json_atomic(out / "done.json", {"finished": True, "epochs": opts.epochs, "final": final,
+        write_json_atomic(out / DONE_FILE, {"finished": True, "epochs": opts.epochs, "final": final,
                                               "genotype": genotype_to_dict(genotype), "time_s": round(elapsed, 3)})
         console(f"search finished: genotype written to {out / 'genotype.json'}", ctx.is_main)
     barrier(ctx)
@@ -297,7 +307,7 @@ def _cell_text(edges: tuple[tuple[str, int], ...]) -> str:
 def load_search_result(out_dir: str | os.PathLike[str], was_finished: bool = False) -> SearchResult:
     """The result of a finished search run directory (genotype.json, done.json, checkpoint.pt)."""
     out = Path(out_dir)
-    done = read_json(out / "done.json")
+    done = read_done(out)
     if done is None:
         raise CheckpointError(f"{out} holds no finished search (done.json missing or unreadable)")
     genotype_path = out / "genotype.json"

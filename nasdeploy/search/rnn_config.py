@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.checks import check_positive, check_run_settings
-from nasdeploy.utils.yamlconfig import load_config
+from nasdeploy.utils.yamlconfig import from_dict, load_config
 
 
 def _check_probability(where: str, **values: float) -> None:
@@ -84,6 +84,11 @@ class RNNSearchConfig:
     data: TextDataConfig = field(default_factory=TextDataConfig)
     model: RNNSearchModelConfig = field(default_factory=RNNSearchModelConfig)
     search: RNNSearchSettings = field(default_factory=RNNSearchSettings)
+
+
+def rnn_search_config_from_dict(data: dict[str, Any]) -> RNNSearchConfig:
+    """Validate a config mapping into an RNNSearchConfig."""
+    return from_dict(RNNSearchConfig, data)
 
 
 def load_rnn_search_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> RNNSearchConfig:

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
-from tqdm import tqdm
 
 from nasdeploy.data.text import batchify, get_batch, load_text_corpus
 from nasdeploy.errors import CheckpointError
@@ -32,10 +30,15 @@ from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.distributed import resolve_device
-from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.deprecation import legacy_loop_keywords
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, read_run_config, write_run_config
+from nasdeploy.utils.runlog import console_writer
 from nasdeploy.utils.runtime import runtime_settings
-from nasdeploy.utils.yamlconfig import from_dict, load_yaml, to_dict
+from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
+# The recurrent cell mixes its candidate activations in PyTorch (no fused kernel for this space).
+MIXED_OP = "reference"
+SPACE = "darts_rnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", "done.json", "config.yaml", "vocab.json")
 
 
@@ -52,6 +55,12 @@ class RNNSearchResult:
     seconds: float
     finished: bool
 
+    def summary(self) -> str:
+        """The genotype found and the perplexity reached, for the console."""
+        return (f"genotype: {[list(e) for e in self.genotype.recurrent]}\n"
+                f"valid ppl {self.first_valid_ppl:.2f} (epoch 1) -> {self.valid_ppl:.2f} (epoch {self.epochs_done}); "
+                f"run directory: {self.out_dir}")
+
 
 def build_search_model(config: RNNSearchConfig, ntokens: int) -> RNNSearchModel:
     """The supernet a config describes."""
@@ -66,35 +75,38 @@ def _result_from_done(out_dir: Path, done: dict[str, Any]) -> RNNSearchResult:
                            done["valid_ppl"], done["first_valid_ppl"], done["best_valid_ppl"], done["seconds"], True)
 
 
+@legacy_loop_keywords
 def run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
-                   force: bool = False, stop_after_epochs: int | None = None,
-                   echo: Callable[[str], None] = tqdm.write) -> RNNSearchResult:
+                   force: bool = False, stop_after_epoch: int | None = None, progress: bool = True) -> RNNSearchResult:
     """Search a recurrent cell; resumable, and a finished run is not redone unless force=True."""
+    echo = console_writer(progress)
+    if not progress:
+        config = replace(config, search=replace(config.search, progress=False))
     with runtime_settings(threads=config.search.threads):
-        return _run_rnn_search(config, out_dir, data_dir, force, stop_after_epochs, echo)
+        return _run_rnn_search(config, out_dir, data_dir, force, stop_after_epoch, echo)
 
 
 def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], data_dir: str | None, force: bool,
-                    stop_after_epochs: int | None, echo: Callable[[str], None]) -> RNNSearchResult:
+                    stop_after_epoch: int | None, echo: Callable[[str], None]) -> RNNSearchResult:
     out = Path(out_dir)
     if data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=str(data_dir)))
-    done_path = out / "done.json"
+    done_path = out / DONE_FILE
     if force:
         for name in RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
-    elif done_path.is_file():
-        echo(f"search in {out} is already finished (use force to redo it)")
-        return _result_from_done(out, json.loads(done_path.read_text(encoding="utf-8")))
-    if (out / "config.yaml").is_file():
-        check_resume_config(load_yaml(out / "config.yaml"), to_dict(config), out,
+    if (out / CONFIG_FILE).is_file():  # a finished run is checked too: a changed config is not "nothing to do"
+        check_resume_config(read_run_config(out), to_dict(config), out,
                             allowed=("data.data_dir", "search.epochs", "search.progress", "search.device", "search.threads"))
+    if not force and done_path.is_file():
+        echo(f"search in {out} is already finished (use --force to redo it)")
+        return _result_from_done(out, json.loads(done_path.read_text(encoding="utf-8")))
     s = config.search
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_run_config(out, config, SPACE)
     write_text_atomic(out / "vocab.json", corpus.vocab.to_json())
 
     seed_everything(s.seed)
@@ -122,7 +134,7 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
 
     train_data = batchify(corpus.train, s.batch_size).to(device)
     search_data = batchify(corpus.valid, s.batch_size).to(device)
-    last_epoch = s.epochs if stop_after_epochs is None else min(s.epochs, stop_after_epochs)
+    last_epoch = s.epochs if stop_after_epoch is None else min(s.epochs, stop_after_epoch)
     valid_ppl = float("nan")
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
@@ -135,7 +147,8 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
         genotype = derive_recurrent_genotype(model.alphas.detach().cpu(), model.primitives)
         probs = torch.softmax(model.alphas.detach().cpu(), dim=-1)
         JsonlLog(out / "log.jsonl").write({"epoch": epoch, "train_ppl": perplexity(train_loss), "valid_ppl": valid_ppl,
-                                           "valid_loss": valid_nll, "seconds": round(seconds, 2)})
+                                           "valid_loss": valid_nll, "seconds": round(seconds, 2),
+                                           "mixed_op": MIXED_OP})
         JsonlLog(out / "alphas.jsonl").write({"epoch": epoch, "alphas": probs.tolist(),
                                               "genotype": genotype_to_dict(genotype)})
         save_checkpoint(ckpt_path, model.state_dict(), kind="rnn_search",

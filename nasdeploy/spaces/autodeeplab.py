@@ -30,7 +30,7 @@ from nasdeploy.errors import ConfigError, InputSizeError
 from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, LEVEL_STRIDES, NUM_LEVELS
 from nasdeploy.nets.seg_heads import ASPP
 from nasdeploy.ops import ReLUConvBN, build_adl_op, resize_bilinear
-from nasdeploy.spaces.autodeeplab_lattice import DIRECTIONS, node_exists
+from nasdeploy.spaces.autodeeplab_lattice import node_exists
 from nasdeploy.spaces.autodeeplab_lattice import transition_mask as lattice_mask
 from nasdeploy.spaces.mixing import MixedEdge, get_node_mixer
 
@@ -46,7 +46,7 @@ class ADLSupernetConfig:
     num_classes: int = 19
     stem_channels: int = 64
     aspp_channels: int = 0  # 0: B * F
-    mixer: str | None = None  # reference | fused | auto (None: $NASDEPLOY_MIXED_OP, default auto)
+    mixed_op: str | None = None  # reference | fused | auto (None: $NASDEPLOY_MIXED_OP, default auto)
 
     def __post_init__(self) -> None:
         for key in ("layers", "filter_multiplier", "blocks", "num_classes", "stem_channels"):
@@ -55,6 +55,18 @@ class ADLSupernetConfig:
                 raise ConfigError(f"autodeeplab supernet: {key} must be a positive integer, got {value!r}")
         if self.aspp_channels < 0:
             raise ConfigError(f"autodeeplab supernet: aspp_channels must be >= 0 (0: B * F), got {self.aspp_channels}")
+
+
+def upgrade_mixer_key(data: dict) -> dict:
+    """A search config whose supernet uses the old key `mixer:` as `mixed_op:` (with a deprecation warning)."""
+    supernet = data.get("supernet")
+    if not isinstance(supernet, dict) or "mixer" not in supernet:
+        return data
+    from nasdeploy.utils.deprecation import warn_deprecated
+
+    warn_deprecated("supernet.mixer", "supernet.mixed_op (the one mixed-op setting name of every space)", stacklevel=4)
+    upgraded = {("mixed_op" if k == "mixer" else k): v for k, v in supernet.items()}
+    return {**data, "supernet": upgraded}
 
 
 def transition_mask(layers: int) -> torch.Tensor:
@@ -102,7 +114,7 @@ class AutoDeepLabSupernet(nn.Module):
     def __init__(self, config: ADLSupernetConfig = ADLSupernetConfig()):
         super().__init__()
         self.config = config
-        self.mixer_name, self._mixer = get_node_mixer(config.mixer)
+        self.mixer_name, self._mixer = get_node_mixer(config.mixed_op)
         L, F, B = config.layers, config.filter_multiplier, config.blocks
         self.block_channels = [F * 2**j for j in range(NUM_LEVELS)]
         self.node_channels = [B * c for c in self.block_channels]

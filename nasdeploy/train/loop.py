@@ -1,7 +1,7 @@
 """Training a static network from a genotype: published recipes, top-1/top-5, checkpoints, resume, DDP.
 
 Run directory: config.yaml, checkpoint.pt (the train checkpoint contract the exporter reads),
-log.jsonl (per-epoch metrics) and final.json (top1/top5, params, epochs, time) once finished.
+log.jsonl (per-epoch metrics) and done.json (top1/top5, params, epochs, time) once finished.
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ from nasdeploy.utils.distributed import (
     train_sampler,
     wrap_ddp,
 )
-from nasdeploy.utils.files import write_json_atomic, write_text_atomic
+from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.metrics import Meter
 from nasdeploy.utils.rng import seed_everything
-from nasdeploy.utils.rundir import check_resume_config, clear_run_files, read_json
+from nasdeploy.utils.deprecation import legacy_loop_keywords
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, read_done, read_json, write_run_config
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
 from nasdeploy.utils.runtime import runtime_settings
-from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
+from nasdeploy.utils.yamlconfig import to_dict
 
-RUN_FILES = ("config.yaml", "checkpoint.pt", "log.jsonl", "final.json")
+SPACE = "darts_cnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
+RUN_FILES = (CONFIG_FILE, "checkpoint.pt", "log.jsonl", DONE_FILE)
 
 
 @dataclass
@@ -61,6 +63,12 @@ class TrainResult:
     checkpoint: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     was_finished: bool = False  # True when this call found a finished run and did nothing
+
+    def summary(self) -> str:
+        """What the run reached, in one or two lines for the console."""
+        line = (f"top1 {self.top1:.4f}  top5 {self.top5:.4f}  params {self.params:,}  "
+                f"({self.epochs_done}/{self.epochs} epochs)\n") if self.top1 is not None else ""
+        return f"{line}run directory: {self.out_dir}"
 
 
 def count_parameters(model: nn.Module, with_auxiliary: bool = False) -> int:
@@ -83,8 +91,9 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, criterion: 
     return meter.reduce(ctx)
 
 
+@legacy_loop_keywords
 def run_training(config: TrainConfig, genotype: Genotype | str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
-                 data_dir: str | None = None, *, force: bool = False, stop_after_epoch: int | None = None,
+                 *, data_dir: str | None = None, force: bool = False, stop_after_epoch: int | None = None,
                  progress: bool = True) -> TrainResult:
     """Train the network of `genotype` (None: config.genotype) in `out_dir`, resuming or reporting a finished run."""
     resolved = _resolve_genotype(genotype if genotype is not None else config.genotype, Path(out_dir))
@@ -95,7 +104,7 @@ def run_training(config: TrainConfig, genotype: Genotype | str | os.PathLike[str
 def _resolve_genotype(source: Genotype | str | os.PathLike[str] | None, out: Path) -> CNNGenotype:
     """A genotype object, registry name, JSON file or search run directory; None: the run's own checkpoint."""
     if source is None:
-        for name in ("checkpoint.pt", "final.json"):
+        for name in ("checkpoint.pt", DONE_FILE, "final.json"):
             if (out / name).is_file():
                 data = load_checkpoint(out / name)["meta"] if name == "checkpoint.pt" else read_json(out / name)
                 if data and data.get("genotype"):
@@ -112,14 +121,14 @@ def _resolve_genotype(source: Genotype | str | os.PathLike[str] | None, out: Pat
 def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | None, ctx: DistContext,
          force: bool, stop_after_epoch: int | None, progress: bool) -> TrainResult:
     opts = config.train
-    if (out / "final.json").is_file() and not force:
-        console(f"training in {out} is finished; nothing to do (use --force to redo it)", ctx.is_main)
-        return load_train_result(out, was_finished=True)
     if force:
         if ctx.is_main:
             clear_run_files(out, RUN_FILES)
         barrier(ctx)
-    checkpoint = _load_resume_checkpoint(out, config, genotype)
+    checkpoint = _load_resume_checkpoint(out, config, genotype)  # refuses a changed config or genotype
+    if read_done(out) is not None:
+        console(f"training in {out} is finished; nothing to do (use --force to redo it)", ctx.is_main)
+        return load_train_result(out, was_finished=True)
     if opts.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size ({opts.batch_size}) must be divisible by the {ctx.world_size} DDP processes")
     local_batch = opts.batch_size // ctx.world_size
@@ -163,7 +172,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
         console(f"resuming training in {out} after epoch {start_epoch}/{opts.epochs}", ctx.is_main)
     elif ctx.is_main:
         log.rewind(lambda r: False)
-        write_text_atomic(out / "config.yaml", dump_yaml(config))
+        write_run_config(out, config, SPACE)
         console(f"training in {out}: {config.model.net} network C={config.model.channels} L={config.model.layers} "
                 f"({params / 1e6:.3f}M params) on {info.name}, {opts.epochs} epochs, {ctx.world_size} process(es) "
                 f"on {ctx.device}", ctx.is_main)
@@ -214,9 +223,9 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
              "params": params, "params_with_aux": count_parameters(model, with_auxiliary=True),
              "epochs": opts.epochs, "time_s": round(elapsed, 3), **meta_base}
     if ctx.is_main:
-        write_json_atomic(out / "final.json", final)
+        write_json_atomic(out / DONE_FILE, final)
         console(f"training finished: top1 {final['top1']:.4f}  top5 {final['top5']:.4f}  in {elapsed:.1f} s "
-                f"({out / 'final.json'})", ctx.is_main)
+                f"({out / DONE_FILE})", ctx.is_main)
     barrier(ctx)
     return TrainResult(out, final["top1"], final["top5"], params, opts.epochs, opts.epochs, True,
                        out / "checkpoint.pt", final)
@@ -246,11 +255,11 @@ def _load_resume_checkpoint(out: Path, config: TrainConfig, genotype: CNNGenotyp
 
 
 def load_train_result(out_dir: str | os.PathLike[str], was_finished: bool = False) -> TrainResult:
-    """The result recorded in a finished training run directory (final.json)."""
+    """The result recorded in a finished training run directory (done.json)."""
     out = Path(out_dir)
-    final = read_json(out / "final.json")
+    final = read_done(out)
     if final is None:
-        raise CheckpointError(f"{out} holds no finished training run (final.json missing or unreadable)")
+        raise CheckpointError(f"{out} holds no finished training run ({DONE_FILE} missing or unreadable)")
     epochs = int(final.get("epochs", 0))
     return TrainResult(out, final.get("top1"), final.get("top5"), int(final.get("params", 0)), epochs, epochs, True,
                        out / "checkpoint.pt", final, was_finished)

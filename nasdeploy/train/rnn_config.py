@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.checks import check_positive, check_run_settings
 from nasdeploy.nets.rnn import RNNLMConfig
-from nasdeploy.utils.yamlconfig import load_config
+from nasdeploy.utils.yamlconfig import from_dict, load_config
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ class RNNTrainConfig:
     data: TextDataConfig = field(default_factory=TextDataConfig)
     model: RNNLMConfig = field(default_factory=RNNLMConfig)
     train: RNNTrainSettings = field(default_factory=RNNTrainSettings)
+
+
+def rnn_train_config_from_dict(data: dict[str, Any]) -> RNNTrainConfig:
+    """Validate a config mapping into an RNNTrainConfig."""
+    return from_dict(RNNTrainConfig, data)
 
 
 def load_rnn_train_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> RNNTrainConfig:

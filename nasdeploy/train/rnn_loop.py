@@ -2,13 +2,12 @@
 
 Run directory: config.yaml, genotype.json, vocab.json, log.jsonl (per epoch), checkpoint.pt (latest,
 for resume), best.pt (best validation weights -- the averaged ones once ASGD runs -- in the train
-checkpoint format export and profile read) and final.json when finished. Pointed at again, a run
+checkpoint format export and profile read) and done.json when finished. Pointed at again, a run
 resumes from checkpoint.pt; a finished run is returned as it is unless force=True.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -17,11 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import yaml
-from tqdm import tqdm
 
 from nasdeploy.data.text import batchify, load_text_corpus
-from nasdeploy.errors import CheckpointError
+from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_to_dict, resolve_genotype, save_genotype
 from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm
 from nasdeploy.tasks.language_model import TBPTTSettings, evaluate_lm, perplexity, tbptt_epoch
@@ -31,11 +28,14 @@ from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.distributed import resolve_device
-from nasdeploy.utils.rundir import check_resume_config
+from nasdeploy.utils.deprecation import legacy_loop_keywords
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, read_done, read_run_config, write_run_config
+from nasdeploy.utils.runlog import console_writer
 from nasdeploy.utils.runtime import runtime_settings
-from nasdeploy.utils.yamlconfig import load_yaml, to_dict
+from nasdeploy.utils.yamlconfig import to_dict
 
-RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", "final.json", "config.yaml", "genotype.json", "vocab.json")
+SPACE = "darts_rnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
+RUN_FILES = ("checkpoint.pt", "best.pt", "log.jsonl", DONE_FILE, CONFIG_FILE, "genotype.json", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,22 @@ class RNNTrainResult:
     asgd_epoch: int | None
     seconds: float
     finished: bool
+
+    def summary(self) -> str:
+        """The perplexities reached, for the console."""
+        test = f", test ppl {self.test_ppl:.2f}" if self.test_ppl is not None else ""
+        return f"best valid ppl {self.best_valid_ppl:.2f}{test}; {self.params:,} parameters; run directory: {self.out_dir}"
+
+
+def _genotype_source(genotype: Any, out: Path) -> Any:
+    """None: the run's own genotype.json (resuming); a search run directory: its genotype.json."""
+    if genotype is None:
+        if not (out / "genotype.json").is_file():
+            raise ConfigError("no genotype given: pass --genotype NAME|FILE|SEARCH_DIR")
+        return out / "genotype.json"
+    if isinstance(genotype, (str, os.PathLike)) and Path(genotype).is_dir():
+        return Path(genotype) / "genotype.json"
+    return genotype
 
 
 def _make_optimizer(mode: str, params: list[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -89,38 +105,42 @@ def _result(out: Path, final: dict[str, Any]) -> RNNTrainResult:
                           final["asgd_epoch"], final["seconds"], True)
 
 
-def run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str | os.PathLike[str],
+@legacy_loop_keywords
+def run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str | os.PathLike[str] | None,
                      out_dir: str | os.PathLike[str], *, data_dir: str | None = None, force: bool = False,
-                     stop_after_epochs: int | None = None, echo: Callable[[str], None] = tqdm.write) -> RNNTrainResult:
+                     stop_after_epoch: int | None = None, progress: bool = True) -> RNNTrainResult:
     """Train the evaluation language model of `genotype`; resumable; a finished run is not redone."""
+    echo = console_writer(progress)
+    if not progress:
+        config = replace(config, train=replace(config.train, progress=False))
     with runtime_settings(threads=config.train.threads):
-        return _run_rnn_training(config, genotype, out_dir, data_dir, force, stop_after_epochs, echo)
+        return _run_rnn_training(config, genotype, out_dir, data_dir, force, stop_after_epoch, echo)
 
 
 def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str | os.PathLike[str],
                       out_dir: str | os.PathLike[str], data_dir: str | None, force: bool,
-                      stop_after_epochs: int | None, echo: Callable[[str], None]) -> RNNTrainResult:
+                      stop_after_epoch: int | None, echo: Callable[[str], None]) -> RNNTrainResult:
     out = Path(out_dir)
-    genotype = resolve_genotype(genotype, expected_kind=RecurrentGenotype.kind)
+    genotype = resolve_genotype(_genotype_source(genotype, out), expected_kind=RecurrentGenotype.kind)
     if data_dir is not None:
         config = replace(config, data=replace(config.data, data_dir=str(data_dir)))
     if force:
         for name in RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
-    elif (out / "final.json").is_file():
-        echo(f"training in {out} is already finished (use force to redo it)")
-        return _result(out, json.loads((out / "final.json").read_text(encoding="utf-8")))
     stored = {"genotype": genotype_to_dict(genotype), **to_dict(config)}
-    if (out / "config.yaml").is_file():
-        check_resume_config(load_yaml(out / "config.yaml"), stored, out, allowed=(
+    if (out / CONFIG_FILE).is_file():  # a finished run is checked too: a changed config is not "nothing to do"
+        check_resume_config(read_run_config(out), stored, out, allowed=(
             "data.data_dir", "train.epochs", "train.progress", "train.device", "train.threads", "genotype.name"))
+    if not force and read_done(out) is not None:
+        echo(f"training in {out} is already finished (use --force to redo it)")
+        return _result(out, read_done(out))
     s = config.train
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
     model_cfg = replace(config.model, ntokens=len(corpus.vocab))
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(stored, sort_keys=False))
+    write_run_config(out, stored, SPACE)
     write_text_atomic(out / "vocab.json", corpus.vocab.to_json())
     save_genotype(genotype, out / "genotype.json")
 
@@ -149,7 +169,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
     settings = TBPTTSettings(s.bptt, s.max_seq_len_delta, s.lr, s.clip, s.alpha_ar, s.beta_tar,
                              s.max_batches_per_epoch, s.progress)
     net_meta = {"genotype": genotype_to_dict(genotype), "net": NET_NAME, "net_kwargs": model_cfg.to_dict()}
-    last_epoch = s.epochs if stop_after_epochs is None else min(s.epochs, stop_after_epochs)
+    last_epoch = s.epochs if stop_after_epoch is None else min(s.epochs, stop_after_epoch)
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
         train_nll = tbptt_epoch(model, optimizer, train_data, params, settings, desc=f"train epoch {epoch}")
@@ -186,7 +206,7 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
     final = {"epochs": s.epochs, "best_valid_ppl": perplexity(best_valid), "test_ppl": perplexity(test_nll),
              "best_epoch": int(best["meta"]["epoch"]), "params": n_params, "asgd_epoch": asgd_epoch,
              "seconds": seconds, "corpus": corpus.summary(), "genotype": genotype_to_dict(genotype)}
-    write_json_atomic(out / "final.json", final)
+    write_json_atomic(out / DONE_FILE, final)
     echo(f"finished: best valid ppl {final['best_valid_ppl']:.2f}, test ppl {final['test_ppl']:.2f}, "
          f"{n_params:,} parameters")
     return _result(out, final)

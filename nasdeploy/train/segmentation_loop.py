@@ -1,9 +1,9 @@
 """Training a static Auto-DeepLab segmentation network from scratch: poly lr, random crops, mIoU per epoch.
 
-Run directory: config.json, log.jsonl, checkpoint.pt (resumable), model.pt (final weights with the
-genotype and net kwargs in meta, so export/profile rebuild the model), summary.json. Only rank 0 writes.
+Run directory: config.yaml, log.jsonl, checkpoint.pt (resumable), model.pt (final weights with the
+genotype and net kwargs in meta, so export/profile rebuild the model), done.json once finished. Only rank 0 writes.
 
-DDP: `torchrun --nproc_per_node 2 -m nasdeploy.cli.main adl train CONFIG -o OUT` (gloo on CPU, NCCL on
+DDP: `torchrun --nproc_per_node 2 -m nasdeploy train --config CONFIG --out OUT` (gloo on CPU, NCCL on
 GPU with train.device auto/cuda). train.batch_size is the global batch; each rank trains on its shard,
 DDP averages the gradients, validation sums the ranks' confusion matrices (the single-process mIoU).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nasdeploy.data.cycle import cycle_loader
-from nasdeploy.data.segmentation import IGNORE_INDEX, SegDataConfig, build_segmentation_dataset, dataset_classes
+from nasdeploy.data.segmentation import (
+    IGNORE_INDEX,
+    SegDataConfig,
+    build_segmentation_dataset,
+    dataset_classes,
+    with_data_dir,
+)
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_genotype
 from nasdeploy.nets import build_network
@@ -42,12 +48,15 @@ from nasdeploy.utils.distributed import (
     restore_rank_rng,
     wrap_ddp,
 )
+from nasdeploy.utils.deprecation import legacy_loop_keywords
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, write_run_config
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
-RUN_FILES = ("log.jsonl", "summary.json", "checkpoint.pt", "model.pt")
+SPACE = "autodeeplab"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
+RUN_FILES = ("log.jsonl", DONE_FILE, "checkpoint.pt", "model.pt", CONFIG_FILE)
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,14 @@ class SegTrainResult:
     val_miou: float
     majority_miou: float
     params: int
+    epochs_done: int = 0
+    epochs: int = 0
+    finished: bool = True
+
+    def summary(self) -> str:
+        """The mIoU reached against the majority-class baseline, for the console."""
+        return (f"val mIoU {self.val_miou:.4f} (majority-class baseline {self.majority_miou:.4f}); "
+                f"{self.params:,} parameters ({self.epochs_done}/{self.epochs} epochs)\nmodel: {self.model_path}")
 
 
 def load_segmentation_model(path: str | os.PathLike[str]) -> torch.nn.Module:
@@ -133,18 +150,31 @@ def load_segmentation_model(path: str | os.PathLike[str]) -> torch.nn.Module:
     return model.eval()
 
 
-def run_segmentation_training(cfg: SegTrainConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
-                              progress: bool = True, max_epochs: int | None = None) -> SegTrainResult:
-    """Train (or resume training) a static segmentation network into `out_dir`; `max_epochs` caps this call.
+@legacy_loop_keywords
+def run_segmentation_training(config: SegTrainConfig, genotype: str | os.PathLike[str] | None,
+                              out_dir: str | os.PathLike[str], *, data_dir: str | None = None, force: bool = False,
+                              stop_after_epoch: int | None = None, progress: bool = True,
+                              max_epochs: int | None = None) -> SegTrainResult:
+    """Train (or resume training) the static segmentation network of `genotype` (None: net.genotype) into `out_dir`.
 
+    data_dir: the Cityscapes root (the synthetic data ignores it); stop_after_epoch: return once that many
+    epochs are done; max_epochs (deprecated): epochs this call runs.
     Under torchrun every rank calls this (see the module docstring) and gets the same result.
     """
+    net = config.net if genotype is None else replace(config.net, genotype=os.fspath(_genotype_file(genotype)))
+    cfg = replace(config, net=net, data=with_data_dir(config.data, data_dir))
     with process_group(cfg.train.device) as ctx, runtime_settings(threads=cfg.train.threads or None):
-        return _train(cfg, Path(out_dir), ctx, resume, progress, max_epochs)
+        return _train(cfg, Path(out_dir), ctx, not force, progress, stop_after_epoch, max_epochs)
+
+
+def _genotype_file(genotype: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """A search run directory stands for its genotype.json; names and files pass through."""
+    path = Path(genotype)
+    return path / "genotype.json" if path.is_dir() else genotype
 
 
 def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progress: bool,
-           max_epochs: int | None) -> SegTrainResult:
+           stop_after_epoch: int | None, max_epochs: int | None) -> SegTrainResult:
     from tqdm import tqdm
 
     opts = cfg.train
@@ -188,9 +218,9 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         if not resume:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", config_dict)
+        write_run_config(out, config_dict, SPACE)
     metrics = {"miou": float("nan"), "pixel_acc": float("nan")}
-    end_epoch = opts.epochs if max_epochs is None else min(opts.epochs, start_epoch + max_epochs)
+    end_epoch = epoch_limit(opts.epochs, start_epoch, stop_after_epoch, max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         gen.manual_seed(opts.seed * 100_003 + epoch)  # shuffles depend on (seed, epoch): resuming repeats them
@@ -239,7 +269,7 @@ def _train_step(wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
 
 def _finish(cfg: SegTrainConfig, out: Path, model: nn.Module, genotype: Any, classes: tuple[str, ...],
             val_set: Dataset, metrics: dict[str, float], epochs_done: int, ctx: DistContext) -> SegTrainResult:
-    """Rank 0 writes model.pt and summary.json; every rank returns the same result."""
+    """Rank 0 writes model.pt and, once finished, done.json; every rank returns the same result."""
     params = sum(p.numel() for p in model.parameters())
     baseline = majority_class_miou(val_set, len(classes))
     model_path = out / "model.pt"
@@ -248,9 +278,11 @@ def _finish(cfg: SegTrainConfig, out: Path, model: nn.Module, genotype: Any, cla
                 "num_classes": len(classes), "classes": list(classes), "mean": list(model.default_cfg.mean),
                 "std": list(model.default_cfg.std), "val_miou": metrics["miou"], "epochs": epochs_done}
         save_checkpoint(model_path, model.state_dict(), kind="train", meta=meta)
-        write_json_atomic(out / "summary.json", {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"],
-                                                 "majority_class_miou": baseline, "params": params,
-                                                 "genotype": genotype_to_dict(genotype), "epochs": epochs_done,
-                                                 "finished": epochs_done >= cfg.train.epochs})
+        if epochs_done >= cfg.train.epochs:
+            write_json_atomic(out / DONE_FILE, {"finished": True, "val_miou": metrics["miou"],
+                                                "val_pixel_acc": metrics["pixel_acc"], "majority_class_miou": baseline,
+                                                "params": params, "genotype": genotype_to_dict(genotype),
+                                                "epochs": epochs_done})
     barrier(ctx)
-    return SegTrainResult(out, model_path, metrics["miou"], baseline, params)
+    return SegTrainResult(out, model_path, metrics["miou"], baseline, params, epochs_done, cfg.train.epochs,
+                          epochs_done >= cfg.train.epochs)

@@ -68,6 +68,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{label} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
+    if not where and "space" not in names:  # a top-level `space:` names the search space, not a field
+        data = {k: v for k, v in data.items() if k != "space"}
     for key in data:
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1)
@@ -82,7 +84,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
                 section: str | None = None) -> T:
-    """Read YAML (its top-level `section` when present), apply dotted overrides, validate into `cls`."""
+    """Read YAML (its top-level `section` when present), apply dotted overrides, validate into `cls`.
+    """
     data = load_yaml(path) if path is not None else {}
     if section is not None and isinstance(data.get(section), dict):
         data = data[section]

@@ -1,0 +1,140 @@
+"""The pipeline stages of the DARTS CNN space: search, derive (DARTS rule), train, export, profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nasdeploy.genotypes import genotype_to_dict, load_genotype, save_genotype
+from nasdeploy.genotypes.describe import describe_genotype
+from nasdeploy.pipeline.stages import (
+    StageContext,
+    StageFn,
+    StageInterrupted,
+    environment_line,
+    export_trained_model,
+    last_log_record,
+    latency_summary,
+    quote_path,
+    source_arg,
+)
+from nasdeploy.pipeline.plots import plot_alpha_evolution, plot_final_alphas, read_jsonl
+
+_NET_DESCRIPTIONS = {"imagenet": "ImageNet mobile setting (224x224, C=48, 14 cells)", "cifar": "CIFAR (32x32, C=36, 20 cells)"}
+from nasdeploy.utils.files import write_json_atomic
+
+
+def run_search_stage(ctx: StageContext) -> dict[str, Any]:
+    """Search the supernet (resuming an interrupted search)."""
+    from nasdeploy.search.config import search_config_from_dict
+    from nasdeploy.search.loop import run_search
+
+    config = search_config_from_dict(ctx.config.search)
+    result = run_search(config, ctx.path("search"), **ctx.loop_options())
+    if not result.finished:
+        raise StageInterrupted(f"search stopped after epoch {result.epochs_done}/{result.epochs}")
+    return {"dir": "search", "epochs": result.epochs, "final": result.metrics, "order": config.search.order,
+            "mixed_op": last_log_record(ctx.path("search", "log.jsonl")).get("mixed_op", "unknown")}
+
+
+def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
+    """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
+    from nasdeploy.genotypes.draw import draw_genotype
+    from nasdeploy.spaces.darts_cnn_derive import derive_genotype
+    from nasdeploy.search.loop import load_search_result
+
+    result = load_search_result(ctx.path("search"))
+    model_cfg = ctx.config.search.get("model", {})
+    genotype = derive_genotype(result.alphas_normal, result.alphas_reduce, steps=model_cfg.get("steps", 4),
+                               multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found")
+    save_genotype(genotype, ctx.path("genotype.json"), meta={"source": "search", "epochs": result.epochs})
+    ctx.path("figures").mkdir(exist_ok=True)
+    draw_genotype(genotype, ctx.path("figures", "cells.svg"))
+    draw_genotype(genotype, ctx.path("figures", "cells.png"))
+    return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype)}
+
+
+def run_train_stage(ctx: StageContext) -> dict[str, Any]:
+    """Train the derived network from scratch (resuming from the training checkpoint)."""
+    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.train.loop import run_training
+
+    config = train_config_from_dict(ctx.config.train)
+    result = run_training(config, load_genotype(ctx.path("genotype.json"), "cnn_cell"), ctx.path("train"),
+                          **ctx.loop_options())
+    if not result.finished:
+        raise StageInterrupted(f"training stopped after epoch {result.epochs_done}/{result.epochs}")
+    return {"dir": "train", "epochs": result.epochs, "top1": result.top1, "top5": result.top5,
+            "params": result.params, "checkpoint": "train/checkpoint.pt", "net": config.model.net,
+            "num_classes": result.metrics.get("dataset", {}).get("num_classes")}
+
+
+def run_export_stage(ctx: StageContext) -> dict[str, Any]:
+    """Export the trained network to ONNX (and TensorRT/Triton when asked) and check parity."""
+    return export_trained_model(ctx, ctx.config.train.get("model", {}).get("net", "cifar"), "train/checkpoint.pt")
+
+
+def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
+    """Params, MACs (mobile setting) and latency of the found architecture next to registry genotypes."""
+    from nasdeploy.profile.api import profile_target
+    from nasdeploy.profile.latency import LatencyConfig
+
+    section = ctx.config.profile
+    targets = [("found", str(ctx.path("genotype.json")))] + [(name, name) for name in section.compare]
+    rows = []
+    environment = None
+    for label, target in targets:
+        backends = ",".join(section.backends) if label in section.latency_for else "none"
+        result = profile_target(target, net=section.net, channels=section.channels, layers=section.layers,
+                                latency=backends,
+                                latency_config=LatencyConfig(warmup=section.warmup, runs=section.runs, progress=False))
+        data = result.to_dict()
+        environment = environment or data.get("environment")
+        latency = latency_summary(data)
+        rows.append({"name": ctx.config.name + " (found)" if label == "found" else label, "found": label == "found",
+                     "params": data.get("params"), "macs": data.get("macs"), "latency": latency})
+    out = {"net": section.net, "table": "mobile", "net_description": _NET_DESCRIPTIONS.get(section.net, section.net),
+           "backends": list(section.backends), "rows": rows,
+           "convention": "multiply-accumulates of convolutions and FC layers, BN folded, activations/pooling not counted",
+           "environment": environment_line(environment or {})}
+    write_json_atomic(ctx.path("profile.json"), out)
+    return {"file": "profile.json"}
+
+
+STAGES: dict[str, StageFn] = {
+    "search": run_search_stage,
+    "derive": run_derive_stage,
+    "train": run_train_stage,
+    "export": run_export_stage,
+    "profile": run_profile_stage,
+}
+
+
+def report_figures(ctx: StageContext) -> dict[str, str]:
+    """The alpha evolution and final alphas figures (the cell diagrams are drawn by derive)."""
+    from nasdeploy.genotypes import CNN_PRIMITIVES
+
+    figures: dict[str, str] = {}
+    history = read_jsonl(ctx.path("search", "alphas.jsonl"))
+    primitives = ctx.config.search.get("model", {}).get("primitives") or CNN_PRIMITIVES
+    if plot_alpha_evolution(history, primitives, ctx.path("figures", "alphas.png")):
+        figures["alphas"] = "figures/alphas.png"
+    if history and plot_final_alphas(history[-1], primitives, ctx.path("figures", "alphas_final.png")):
+        figures["alphas_final"] = "figures/alphas_final.png"
+    return figures
+
+
+def reproduce_commands(ctx: StageContext) -> dict[str, str]:
+    """The exact commands that redo each stage by hand (the stage CLIs over the same files)."""
+    config, run_dir, q = ctx.config, ctx.run_dir, quote_path
+    data = f" --data-dir {q(config.data_dir)}" if config.data_dir else ""
+    net = config.train.get("model", {}).get("net", "cifar")
+    prof = config.profile
+    targets = " ".join([q(run_dir / "genotype.json"), *prof.compare])
+    formats = " ".join(f"--format {f}" for f in config.export.formats)
+    return {
+        "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
+        "derive": f"nasdeploy pipeline{source_arg(config)} --out {q(run_dir)} --only derive",
+        "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
+        "export": f"nasdeploy export {q(run_dir / 'genotype.json')} --net {net} --checkpoint {q(run_dir / 'train' / 'checkpoint.pt')} {formats} --out {q(run_dir / 'export')}",
+        "profile": f"nasdeploy profile {targets} --net {prof.net} --latency {','.join(prof.backends)}",
+    }

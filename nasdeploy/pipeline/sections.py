@@ -1,0 +1,74 @@
+"""The export: and profile: sections of a pipeline file (each space's table entry names the pair it uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nasdeploy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """What the export stage produces for an image network (ONNX always; TensorRT and Triton when asked)."""
+
+    formats: tuple[str, ...] = ("onnx",)
+    opset: int | None = None
+    fp16: bool = False
+
+
+@dataclass(frozen=True)
+class ProfileSection:
+    """What the profile stage measures for an image network: the found architecture next to registry genotypes."""
+
+    net: str = "imagenet"  # the mobile setting: ImageNet 224x224
+    channels: int | None = None
+    layers: int | None = None
+    compare: tuple[str, ...] = ("DARTS_V2", "DARTS_V1", "NASNet", "AmoebaNet", "PNAS")
+    backends: tuple[str, ...] = ("torch-cpu-1t", "ort-cpu-1t")
+    latency_for: tuple[str, ...] = ("found", "DARTS_V2")  # which rows get latency ("found" = ours)
+    warmup: int = 3
+    runs: int = 20
+    input_size: tuple[int, int] | None = None  # (H, W) for MACs and latency; None: the family's (segmentation: the crop)
+    macs_at: tuple[tuple[int, int], ...] = ()  # further (H, W) sizes counted for MACs only (e.g. 1024x2048)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.runs < 1:
+            raise ConfigError("pipeline config: profile.warmup must be >= 0 and profile.runs >= 1")
+        sizes = self.macs_at + ((self.input_size,) if self.input_size is not None else ())
+        for size in sizes:
+            if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size)):
+                raise ConfigError(f"pipeline config: profile.input_size/macs_at must hold [height, width] pairs of "
+                                  f"positive integers, got {size!r}")
+
+
+@dataclass(frozen=True)
+class LMExportSection:
+    """ONNX export of a language model: the fixed sequence length and batch size, and the parity tolerance."""
+
+    seq_len: int = 35
+    batch_size: int = 1
+    dynamic_batch: bool = False
+    opset: int | None = None
+    rtol: float = 1e-3
+    atol: float = 1e-5
+    windows: int = 3
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.batch_size < 1 or self.windows < 1:
+            raise ConfigError("pipeline config: export.seq_len, export.batch_size and export.windows must be positive")
+
+
+@dataclass(frozen=True)
+class LMProfileSection:
+    """Profiling a language model: window, batch, timing runs and CPU threads."""
+
+    seq_len: int = 35
+    batch_size: int = 1
+    warmup: int = 3
+    runs: int = 20
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.seq_len, self.batch_size, self.runs, self.threads) < 1 or self.warmup < 0:
+            raise ConfigError("pipeline config: profile.seq_len, batch_size, runs and threads must be positive, "
+                              "warmup not negative")
