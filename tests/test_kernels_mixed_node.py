@@ -182,6 +182,106 @@ def test_bad_inputs_raise_one_clear_error(ext):
         mixed_node([x.half() for x in xs], strides, [z.half() for z in zs], weights.half(), terms)
 
 
+# ---- NaN and infinity: the fused op follows PyTorch's reference path, in bounds ------------------
+# PyTorch's max_pool2d (checked on the CPU): a window holding NaN outputs NaN and sends its gradient to
+# its last NaN; else the first maximum wins; a window of -inf reports its first position. Max-pool
+# terms carry a batch norm, so a non-finite max turns the whole channel NaN and the argmax shows up
+# as the NaN-or-zero pattern of dL/dx, which assert_close(equal_nan=True) compares exactly.
+
+NAN, INF = float("nan"), float("inf")
+NONFINITE_TERMS = {
+    "all": lambda: all_terms(0, 8, 2) + all_terms(1, 8, 1),
+    "max_pool": lambda: [Term(TermKind.MAX_POOL_BN, 0, 1), Term(TermKind.MAX_POOL_BN, 1, 9)],
+    "avg_pool": lambda: [Term(TermKind.AVG_POOL_BN, 0, 2), Term(TermKind.AVG_POOL_BN, 1, 10)],
+    "identity": lambda: [Term(TermKind.IDENTITY, 1, 11), Term(TermKind.RAW, 0, 4)],
+}
+
+
+def poison(x: torch.Tensor, case: str) -> None:
+    """Write NaN / +-inf into a (2, 4, H, W) tensor in place; channel 1 stays finite but for one -inf."""
+    if case == "nan_border":
+        x[-1, -1, -1, -1] = NAN  # bottom-right corner of the last plane: its window has no row/column +1
+        x[0, 0, 0, 0] = NAN
+        x[0, 2, -1, 0] = NAN
+        x[1, 0, 0, -1] = NAN
+        x[0, 3, 1, 1] = x[0, 3, 1, 2] = NAN  # two NaNs in one window: the gradient goes to the last
+    elif case == "nan_windows":
+        x[0, 0, 1:4, 1:4] = NAN  # all-NaN windows inside
+        x[1, 3] = NAN  # a whole plane, border windows included
+        x[0, 2, -2:, -2:] = NAN  # all-NaN bottom-right corner window
+    elif case == "inf":
+        x[0, 0, 1, 1] = x[0, 0, 1, 2] = INF  # a tie of +inf: the first wins
+        x[1, 2, :3, :3] = -INF  # all--inf windows at the top-left corner
+        x[1, 3, -1, -1], x[1, 3, -1, -2] = INF, -INF
+        x[0, 1, 2, 2] = -INF  # never a whole window: the max stays finite
+    else:
+        raise ValueError(case)
+
+
+def nonfinite_node(case: str, terms_name: str, dtype, layout: str):
+    """Edges at stride 2 (9 x 7 input, odd sizes) and 1 (5 x 4) into a 5 x 4 node, NaN / inf poisoned."""
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(2, 4, 9, 7, generator=g, dtype=dtype), torch.randn(2, 4, 5, 4, generator=g, dtype=dtype)]
+    terms = NONFINITE_TERMS[terms_name]()
+    n_z = sum(t.kind in (TermKind.RAW, TermKind.BATCH_NORM) for t in terms)
+    zs = [torch.randn(2, 4, 5, 4, generator=g, dtype=dtype) for _ in range(n_z)]
+    for x in xs + zs[:2]:
+        poison(x, case)
+    weights = torch.rand(2, 8, generator=g, dtype=dtype) + 0.1
+    if layout == "channels_last":
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        zs = [z.contiguous(memory_format=torch.channels_last) for z in zs]
+    return xs, [2, 1], zs, weights, terms
+
+
+def run_both_unused(xs, strides, zs, weights, terms):
+    """run_both, where some inputs may feed no term (their gradient: zeros)."""
+    from nasdeploy.kernels import mixed_node, reference_mixed_node
+
+    results = []
+    for fn in (mixed_node, reference_mixed_node):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (*xs, *zs, weights)]
+        out, mean, invstd = fn(leaves[:len(xs)], strides, leaves[len(xs):-1], leaves[-1], terms)
+        grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        grads = torch.autograd.grad(out, leaves, grad, allow_unused=True, materialize_grads=True)
+        results.append((out, mean, invstd, grads))
+    return results
+
+
+@pytest.mark.parametrize("path", ["cpu", "cuda_emulated"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("terms_name", sorted(NONFINITE_TERMS))
+@pytest.mark.parametrize("case", ["nan_border", "nan_windows", "inf"])
+def test_nonfinite_inputs_match_the_reference_path(ext, monkeypatch, path, layout, terms_name, case):
+    if path == "cuda_emulated":
+        monkeypatch.setenv("NASDEPLOY_EMULATE_CUDA", "1")
+    args = nonfinite_node(case, terms_name, torch.float64, layout)
+    fused, ref = run_both_unused(*args)
+    assert not torch.isfinite(ref[0]).all()  # the case does reach the output...
+    assert torch.isfinite(ref[0][:, 1]).any() or terms_name != "max_pool"  # ...and some channel stays finite
+    names = ["out", "mean", "invstd"] + [f"grad {i}" for i in range(len(ref[3]))]
+    for name, a, b in zip(names, [*fused[:3], *fused[3]], [*ref[:3], *ref[3]]):
+        torch.testing.assert_close(a, b, equal_nan=True, **F64, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("path", ["cpu", "cuda_emulated"])
+def test_nonfinite_float32_max_pool_argmax_follows_pytorch(ext, monkeypatch, path):
+    """The max-pool gradient lands where torch's max_pool2d puts it (NaN: the last NaN of the window)."""
+    if path == "cuda_emulated":
+        monkeypatch.setenv("NASDEPLOY_EMULATE_CUDA", "1")
+    xs, strides, zs, weights, terms = nonfinite_node("nan_border", "max_pool", torch.float32, "nchw")
+    fused, ref = run_both_unused(xs, strides, zs, weights, terms)
+    for a, b in zip([fused[0], *fused[3]], [ref[0], *ref[3]]):
+        torch.testing.assert_close(a, b, equal_nan=True, **F32)
+    # Independently of reference_mixed_node: the NaN entries of dL/dx are max_pool2d's argmaxes.
+    for x, s, gx in zip(xs, strides, fused[3][:2]):
+        _, idx = torch.nn.functional.max_pool2d(x, 3, s, 1, return_indices=True)
+        hit = torch.zeros(x.shape, dtype=torch.bool).flatten(2)
+        hit.scatter_(2, idx.flatten(2), True)
+        nan_channels = torch.isnan(x).flatten(2).any(2).any(0)  # BN over (N, H, W): the channel turns NaN
+        assert torch.equal(torch.isnan(gx)[:, nan_channels], hit.view(x.shape)[:, nan_channels])
+
+
 # ---- the 'fused' NodeMixer -------------------------------------------------------------------------
 
 def node_edges(channels: int, strides, seed: int = 0) -> nn.ModuleList:

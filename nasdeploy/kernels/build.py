@@ -21,6 +21,12 @@ CUDA_SOURCES = ("mixed_node_cuda.cu",)
 HEADERS = ("mixed_node.h", "mixed_node_launch.h")
 OP_NAMESPACE = "nasdeploy"
 DEFAULT_CUDA_ARCHS = ("9.0",)
+SANITIZE_ENV = "NASDEPLOY_KERNELS_SANITIZE"  # "address": load_extension builds the AddressSanitizer variant
+# Instrumented CPU builds for tests (run under LD_PRELOAD of the sanitizer runtime); own name and cache dir.
+SANITIZERS = {
+    "address": dict(suffix="_asan", cflags=["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"],
+                    ldflags=["-fsanitize=address"]),
+}
 
 
 @dataclass(frozen=True)
@@ -109,23 +115,36 @@ def _arch_list(archs: tuple[str, ...]) -> Iterator[None]:
             os.environ["TORCH_CUDA_ARCH_LIST"] = old
 
 
-def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = False) -> BuildInfo:
+def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = False,
+                    sanitize: str | None = None) -> BuildInfo:
     """Compile (or reuse the cached build of) one variant and load it into this process.
 
     Raises RuntimeError with a one-line reason when no compiler, ninja or CUDA toolkit is available.
-    Only one variant can be loaded per process (both register the same operators).
+    Only one variant can be loaded per process (both register the same operators). `sanitize`
+    ("address", CPU only) builds an instrumented variant under its own name; the process must have
+    the sanitizer runtime loaded first (LD_PRELOAD), see tests/test_kernels_asan.py.
     """
     from torch.utils import cpp_extension
 
+    if sanitize is not None and sanitize not in SANITIZERS:
+        raise ValueError(f"unknown sanitizer {sanitize!r}, expected one of {sorted(SANITIZERS)}")
+    if sanitize is not None and cuda:
+        raise RuntimeError("sanitized builds are CPU only (the CUDA emulation path covers the CUDA bodies)")
     if not compiler_available():
         raise RuntimeError("no C++ compiler or ninja on PATH, cannot build the fused mixed-op extension")
     if cuda and not cuda_toolkit_available():
         raise RuntimeError("CUDA toolkit (nvcc) not found or torch built without CUDA, cannot build CUDA kernels")
     archs = tuple(archs) or (default_archs() if cuda else ())
     name = "nasdeploy_mixed_node_" + ("cuda_" + "_".join(a.replace(".", "") for a in archs) if cuda else "cpu")
+    cflags = ["-O3", "-fopenmp"] + (["-DNASDEPLOY_WITH_CUDA"] if cuda else [])
+    ldflags = ["-fopenmp"]
+    if sanitize is not None:
+        variant = SANITIZERS[sanitize]
+        name += variant["suffix"]
+        cflags += variant["cflags"]  # later flags win (the -O level)
+        ldflags += variant["ldflags"]
     build_dir = extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    cflags = ["-O3", "-fopenmp"] + (["-DNASDEPLOY_WITH_CUDA"] if cuda else [])
     if cuda:
         # torch guesses the toolkit root from nvcc on PATH, which may be a wrapper outside it
         # (e.g. /usr/local/bin/nvcc); point it at the root that has the headers.
@@ -137,7 +156,7 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
             sources=[str(p) for p in source_files(cuda)],
             extra_cflags=cflags,
             extra_cuda_cflags=["-O3"],
-            extra_ldflags=["-fopenmp"],
+            extra_ldflags=ldflags,
             extra_include_paths=[str(source_dir())],
             build_directory=str(build_dir),
             with_cuda=cuda,
@@ -150,7 +169,13 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
 
 @functools.lru_cache(maxsize=1)
 def load_extension() -> BuildInfo:
-    """Load the extension once per process: with CUDA kernels when a GPU is visible, else CPU only."""
+    """Load the extension once per process: with CUDA kernels when a GPU is visible, else CPU only.
+
+    With $NASDEPLOY_KERNELS_SANITIZE=address: the AddressSanitizer CPU variant instead (for tests).
+    """
+    sanitize = os.environ.get(SANITIZE_ENV) or None
+    if sanitize is not None:
+        return build_extension(cuda=False, sanitize=sanitize)
     return build_extension(cuda=torch.cuda.is_available() and cuda_toolkit_available())
 
 

@@ -83,10 +83,19 @@ ND_HD Window window_at(int64_t oh, int64_t ow, int s, int64_t H, int64_t W) {
 
 ND_HD int pool_count(Window v) { return (1 + v.up + v.down) * (1 + v.left + v.right); }
 
+// NaN and infinity follow PyTorch's max_pool2d (CPU and CUDA kernels alike): scanning the window in
+// row-major order, a value is taken when it is greater than the running maximum or is NaN. So a
+// window holding NaN outputs NaN and its argmax is its last NaN; otherwise the argmax is the first
+// position holding the maximum; a window of -inf only reports its first position. Missing
+// neighbours (padding) read as -inf, which is never taken, so the argmax is always in the window.
+template <typename T>
+ND_HD bool max_takes(T x, T best) {
+  return (x > best) | (x != x);  // bitwise: no branch on data
+}
+
 template <typename T>
 ND_HD T max_step(T x, T best) {
-  const bool take = (x > best) | (x != x);  // bitwise: no branch on data; NaN propagates
-  return take ? x : best;
+  return max_takes(x, best) ? x : best;
 }
 
 // Max over the window around `c` (sH, sW: element strides); missing neighbours read as -inf.
@@ -106,21 +115,42 @@ ND_HD T max_pool3(const T* c, int64_t sH, int64_t sW, Window v) {
   return best;
 }
 
-// The argmax of the window as dh * 3 + dw: the first position in scan order holding the maximum
-// `best`, which is PyTorch's max_pool2d rule (a NaN window reports its last position). Kept apart
-// from max_pool3 and returned as T so both stay branch-free, vectorisable selects on the CPU.
+// The window's first position (row-major) that exists: where a window of -inf reports its maximum.
+ND_HD int first_in_window(Window v) { return (v.up ? 0 : 3) + (v.left ? 0 : 1); }
+
+// Whether argmax code `code` (dh * 3 + dw, see max_pool3_code) names a position inside window v.
+ND_HD bool code_in_window(int code, Window v) {
+  if (code < 0 || code > 8) return false;
+  const int dh = code / 3, dw = code % 3;
+  return (dh != 0 || v.up) && (dh != 2 || v.down) && (dw != 0 || v.left) && (dw != 2 || v.right);
+}
+
+// One scan step of max_pool3_code: position k (present: it exists) against the running maximum.
 template <typename T>
-ND_HD T max_pool3_code(const T* c, int64_t sH, int64_t sW, Window v, T best) {
-  T code = 8;
-  code = v.down && v.right && c[sH + sW] == best ? T(8) : code;
-  code = v.down && c[sH] == best ? T(7) : code;
-  code = v.down && v.left && c[sH - sW] == best ? T(6) : code;
-  code = v.right && c[sW] == best ? T(5) : code;
-  code = c[0] == best ? T(4) : code;
-  code = v.left && c[-sW] == best ? T(3) : code;
-  code = v.up && v.right && c[-sH + sW] == best ? T(2) : code;
-  code = v.up && c[-sH] == best ? T(1) : code;
-  code = v.up && v.left && c[-sH - sW] == best ? T(0) : code;
+ND_HD void argmax_step(bool present, T x, int k, T* best, T* code) {
+  const bool take = present & max_takes(x, *best);
+  *best = take ? x : *best;
+  *code = take ? static_cast<T>(k) : *code;
+}
+
+// The argmax of the window as dh * 3 + dw (dh, dw in 0..2; 4 is the centre), by max_pool3's own scan
+// and PyTorch's rule above, so it is always a position of the window (code_in_window holds) and its
+// value is max_pool3's result, NaN included. Kept apart from max_pool3 and returned as T so both
+// stay branch-free, vectorisable selects on the CPU.
+template <typename T>
+ND_HD T max_pool3_code(const T* c, int64_t sH, int64_t sW, Window v) {
+  const T lo = static_cast<T>(-INFINITY);
+  T best = lo;
+  T code = static_cast<T>(first_in_window(v));
+  argmax_step(v.up && v.left, v.up && v.left ? c[-sH - sW] : lo, 0, &best, &code);
+  argmax_step(v.up, v.up ? c[-sH] : lo, 1, &best, &code);
+  argmax_step(v.up && v.right, v.up && v.right ? c[-sH + sW] : lo, 2, &best, &code);
+  argmax_step(v.left, v.left ? c[-sW] : lo, 3, &best, &code);
+  argmax_step(true, c[0], 4, &best, &code);
+  argmax_step(v.right, v.right ? c[sW] : lo, 5, &best, &code);
+  argmax_step(v.down && v.left, v.down && v.left ? c[sH - sW] : lo, 6, &best, &code);
+  argmax_step(v.down, v.down ? c[sH] : lo, 7, &best, &code);
+  argmax_step(v.down && v.right, v.down && v.right ? c[sH + sW] : lo, 8, &best, &code);
   return code;
 }
 
@@ -246,9 +276,9 @@ ND_HD T pool_pre(int32_t kind, const T* x, const Geom& g, int64_t n, int64_t c, 
 
 // The argmax code (see max_pool3_code) of a max-pool term at output (n, c, h, w).
 template <typename T>
-ND_HD T pool_code(const T* x, const Geom& g, int64_t n, int64_t c, int64_t h, int64_t w, int s, T best) {
+ND_HD T pool_code(const T* x, const Geom& g, int64_t n, int64_t c, int64_t h, int64_t w, int s) {
   const Window v = window_at(h, w, s, g.H, g.W);
-  return max_pool3_code(x + g.at(n, c, h * s, w * s), g.sH, g.sW, v, best);
+  return max_pool3_code(x + g.at(n, c, h * s, w * s), g.sH, g.sW, v);
 }
 
 // The term's value before its batch norm, at output element (n, c, h, w).
@@ -366,7 +396,7 @@ ND_HD void backward_output_element(const NodeArgs<T>& a, const GradArgs<T>& g, i
       g.dz[t][i] = d;
     } else if (kind == kMaxPoolBN) {
       g.dp[t][i] = d;
-      g.arg[t][i] = static_cast<uint8_t>(pool_code(a.x[e], a.in[e], n, c, h, w, a.stride[e], pre));
+      g.arg[t][i] = static_cast<uint8_t>(pool_code(a.x[e], a.in[e], n, c, h, w, a.stride[e]));
     } else {
       g.dp[t][i] = d / static_cast<T>(pool_count(window_at(h, w, a.stride[e], a.in[e].H, a.in[e].W)));
     }

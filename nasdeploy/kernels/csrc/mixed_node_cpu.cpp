@@ -6,6 +6,7 @@
 // are plain streams the compiler vectorises. Reductions are per task, then summed over n in a fixed
 // order: the results do not depend on the number of threads.
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <vector>
@@ -96,7 +97,7 @@ void load_pool(const NodeArgs<T>& a, int t, const Task<CL>& tk, T* buf, T* code 
       for_each_window(a.out, g, s, [&](int64_t h, int64_t w, Window v) {
         const T* ctr = x + (h * s) * sH + (w * s) * sW;
         const int64_t base = (h * a.out.W + w) * lanes;
-        for (int64_t k = 0; k < lanes; ++k) code[base + k] = max_pool3_code(ctr + k * sC, sH, sW, v, buf[base + k]);
+        for (int64_t k = 0; k < lanes; ++k) code[base + k] = max_pool3_code(ctr + k * sC, sH, sW, v);
       });
     }
   } else {
@@ -312,12 +313,17 @@ void backward_impl(const NodeArgs<T>& a, GradArgs<T> g, T* grad_w) {
           if (is_max) {
             // The CPU scatters each window's gradient to its argmax (serial within the task, so
             // deterministic; per input the additions come in output order, as the CUDA gather's).
+            // max_pool3_code only names positions of the window; checked anyway, since a bad code
+            // would write outside dx_e.
             const int64_t lanes = tk.lanes();
             for (int64_t h = 0; h < o.H; ++h)
               for (int64_t w = 0; w < o.W; ++w) {
+                const Window v = window_at(h, w, s, gi.H, gi.W);
                 const int64_t base_in = (h * s) * gi.sH + (w * s) * gi.sW, base_out = (h * o.W + w) * lanes;
                 for (int64_t c = 0; c < lanes; ++c) {
                   const int code = static_cast<int>(arg[base_out + c]);
+                  TORCH_CHECK(code_in_window(code, v), "mixed_node: internal error, max-pool argmax code ", code,
+                              " outside the window of output (", h, ", ", w, ")");
                   dx[base_in + c * gi.sC + (code / 3 - 1) * gi.sH + (code % 3 - 1) * gi.sW] += dp[base_out + c];
                 }
               }
