@@ -107,6 +107,19 @@ def model_complexity(
     )
 
 
+def forward_macs(model: nn.Module, *inputs: Any) -> int:
+    """Total MACs (FlopCounterMode FLOPs / 2) of one eval-mode, no-grad forward model(*inputs); mode restored."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return _per_sample_macs(counter.get_total_flops(), 1)
+
+
 def _per_sample_macs(flops: int, batch: int) -> int:
     return int(flops) // (2 * batch)
 
