@@ -13,12 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.activations import ActivationMemory, ActivationTracker
 from nasdeploy.profile.stages import CostItem, is_auxiliary, model_stages, op_units
+from nasdeploy.utils.model_cost import MAC_CONVENTION, TORCH_COUNTER, count_params, forward_macs
 
-MAC_CONVENTION = (
-    "MACs = multiply-accumulates of convolutions and fully connected / matmul layers, per sample "
-    "(one MAC per multiply-add; BN folded, activations and pooling not counted)"
-)
-TORCH_COUNTER = "torch.utils.flop_counter.FlopCounterMode (total FLOPs / 2)"
+__all__ = ["MAC_CONVENTION", "TORCH_COUNTER", "Complexity", "count_params", "forward_macs", "model_complexity"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,6 @@ class Complexity:
 
 def _item_dict(item: CostItem) -> dict[str, Any]:
     return {"name": item.name, "kind": item.kind, "params": item.params, "macs": item.macs, "count": item.count}
-
-
-def count_params(model: nn.Module, include_aux: bool = False) -> int:
-    """Number of parameters; auxiliary heads (top-level children named aux*) excluded unless asked."""
-    return sum(p.numel() for n, p in model.named_parameters() if include_aux or not is_auxiliary(n))
 
 
 def model_complexity(
@@ -105,19 +97,6 @@ def model_complexity(
         activations=tracker.result(count_batch) if tracker is not None else None,
         counter=TORCH_COUNTER,
     )
-
-
-def forward_macs(model: nn.Module, *inputs: Any) -> int:
-    """Total MACs (FlopCounterMode FLOPs / 2) of one eval-mode, no-grad forward model(*inputs); mode restored."""
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(*inputs)
-    finally:
-        model.train(was_training)
-    return _per_sample_macs(counter.get_total_flops(), 1)
 
 
 def _per_sample_macs(flops: int, batch: int) -> int:
