@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from nasdeploy._version import __version__
@@ -215,14 +216,16 @@ def _default_name(genotype_name: str | None, net: str) -> str:
 
 
 def _complexity(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[dict[str, Any] | None, str | None]:
-    """Params and MACs from the profiler when this build has it (the export does not depend on it)."""
+    """Params and per-sample MACs by the profiler's counter (nasdeploy.utils.model_cost: export imports no profile code)."""
+    from nasdeploy.utils.model_cost import MAC_CONVENTION, count_params, forward_macs
+
     try:
-        from nasdeploy.profile.complexity import model_complexity  # type: ignore[import-not-found]
-    except ImportError:
-        return None, None
-    try:
-        c = model_complexity(model, input_shape, activations=False)
-        return {"params": c.params, "params_with_aux": c.params_with_aux, "macs": c.macs, "convention": c.convention}, None
+        x = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(0))
+        first = next(iter(model.parameters()), None)
+        if first is not None:
+            x = x.to(first.device, first.dtype if first.is_floating_point() else torch.float32)
+        return {"params": count_params(model), "params_with_aux": count_params(model, include_aux=True),
+                "macs": forward_macs(model, x), "convention": MAC_CONVENTION}, None
     except Exception as exc:  # a profiler problem must not fail an otherwise verified export
         return None, f"profiler failed: {type(exc).__name__}: {exc}"
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from nasdeploy.errors import ConfigError, ExportError
 from nasdeploy.export.onnx import eval_mode, read_onnx_metadata
 from nasdeploy.utils.optional import require
+from nasdeploy.utils.ort import ort_session
 
 DEFAULT_BATCH_SIZES = (1, 2, 8)
 DEFAULT_RTOL = 1e-3
@@ -160,6 +161,29 @@ def _errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(diff.max()), rel
 
 
+def compare_outputs(
+    expected: Sequence[np.ndarray],
+    got: Sequence[np.ndarray],
+    input_shape: tuple[int, ...],
+    *,
+    output_names: Sequence[str] = (),
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> list[ParityCase]:
+    """One ParityCase per output of one input: shape check, errors, finiteness and the tolerance test."""
+    cases: list[ParityCase] = []
+    for k in range(max(len(expected), len(got))):
+        name = output_names[k] if k < len(output_names) else f"output{k}"
+        if k >= len(expected) or k >= len(got) or got[k].shape != expected[k].shape:
+            out_shape = tuple(got[k].shape) if k < len(got) else ()
+            cases.append(ParityCase(tuple(input_shape), name, out_shape, float("nan"), float("nan"), False, False))
+            continue
+        abs_err, rel_err = _errors(got[k], expected[k])
+        ok = bool(np.all(np.isfinite(got[k]))) and bool(np.allclose(got[k], expected[k], rtol=rtol, atol=atol))
+        cases.append(ParityCase(tuple(input_shape), name, tuple(got[k].shape), abs_err, rel_err, ok))
+    return cases
+
+
 def compare_with_torch(
     model: nn.Module,
     run: Runner,
@@ -183,15 +207,7 @@ def compare_with_torch(
             x = rng.standard_normal(shape, dtype=np.float32)
             expected = _as_arrays(model(torch.from_numpy(x.copy())))
             got = run(x)
-            for k in range(max(len(expected), len(got))):
-                name = output_names[k] if k < len(output_names) else f"output{k}"
-                if k >= len(expected) or k >= len(got) or got[k].shape != expected[k].shape:
-                    out_shape = tuple(got[k].shape) if k < len(got) else ()
-                    cases.append(ParityCase(tuple(shape), name, out_shape, float("nan"), float("nan"), False, False))
-                    continue
-                abs_err, rel_err = _errors(got[k], expected[k])
-                ok = bool(np.all(np.isfinite(got[k]))) and bool(np.allclose(got[k], expected[k], rtol=rtol, atol=atol))
-                cases.append(ParityCase(tuple(shape), name, tuple(got[k].shape), abs_err, rel_err, ok))
+            cases.extend(compare_outputs(expected, got, tuple(shape), output_names=output_names, rtol=rtol, atol=atol))
     return ParityReport(runtime, model_path, rtol, atol, int(seed), tuple(cases), tuple(notes))
 
 
@@ -224,13 +240,7 @@ def onnx_parity_plan(
 def onnxruntime_runner(onnx_path: str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",)) -> tuple[Runner, list[str], str]:
     """A function running the ONNX model in onnxruntime, its output names and a runtime label."""
     ort = require("onnxruntime", purpose="ONNX parity checks")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"onnxruntime cannot load {onnx_path}: {first}") from exc
+    session = ort_session(onnx_path, providers=providers, purpose="ONNX parity checks")
     # onnxruntime silently falls back to the CPU provider when a GPU provider's libraries are missing.
     if session.get_providers()[0] != providers[0]:
         raise ExportError(f"onnxruntime could not use {providers[0]} (got {', '.join(session.get_providers())})")

@@ -13,32 +13,16 @@ from torch import nn
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.latency import LatencyConfig, LatencyResult, skipped, summarize, timed_runs
 from nasdeploy.utils.optional import require
-
-ORT_OPT_LEVEL = "ORT_ENABLE_ALL"
+from nasdeploy.utils.ort import ORT_OPT_LEVEL, ort_session
 
 
 def _ort() -> Any:
     return require("onnxruntime", purpose="onnxruntime latency")
 
 
-def _session_options(ort: Any, threads: int | None) -> Any:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPT_LEVEL)
-    opts.log_severity_level = 3  # errors only: provider fallbacks are reported by checking get_providers()
-    if threads is not None:
-        # The mobile proxy: one intra-op and one inter-op thread, no busy-waiting spin.
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
 def _session(ort: Any, path: Path, threads: int | None, providers: list[Any]) -> Any:
-    try:
-        return ort.InferenceSession(str(path), sess_options=_session_options(ort, threads), providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad models
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"onnxruntime cannot load {path.name}: {first}") from None
+    """The shared session builder (nasdeploy.utils.ort); a model that cannot load is a ConfigError."""
+    return ort_session(path, threads=threads, providers=providers, error=ConfigError, purpose="onnxruntime latency")
 
 
 def _feed(session: Any, shape: tuple[int, ...], cfg: LatencyConfig) -> dict[str, np.ndarray]:

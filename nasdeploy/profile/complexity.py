@@ -13,12 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.activations import ActivationMemory, ActivationTracker
 from nasdeploy.profile.stages import CostItem, is_auxiliary, model_stages, op_units
+from nasdeploy.utils.model_cost import MAC_CONVENTION, TORCH_COUNTER, count_params, forward_macs
 
-MAC_CONVENTION = (
-    "MACs = multiply-accumulates of convolutions and fully connected / matmul layers, per sample "
-    "(one MAC per multiply-add; BN folded, activations and pooling not counted)"
-)
-TORCH_COUNTER = "torch.utils.flop_counter.FlopCounterMode (total FLOPs / 2)"
+__all__ = ["MAC_CONVENTION", "TORCH_COUNTER", "Complexity", "count_params", "forward_macs", "model_complexity"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,6 @@ class Complexity:
 
 def _item_dict(item: CostItem) -> dict[str, Any]:
     return {"name": item.name, "kind": item.kind, "params": item.params, "macs": item.macs, "count": item.count}
-
-
-def count_params(model: nn.Module, include_aux: bool = False) -> int:
-    """Number of parameters; auxiliary heads (top-level children named aux*) excluded unless asked."""
-    return sum(p.numel() for n, p in model.named_parameters() if include_aux or not is_auxiliary(n))
 
 
 def model_complexity(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -97,6 +98,17 @@ def timed_runs(run_once: Callable[[], float], cfg: LatencyConfig, desc: str) -> 
     for _ in range(cfg.warmup):
         run_once()
     return [run_once() for _ in tqdm(range(cfg.runs), desc=desc, leave=False, disable=None if cfg.progress else True)]
+
+
+def wall_clock_ms(fn: Callable[[], Any]) -> Callable[[], float]:
+    """`fn` as a run_once for timed_runs: each call returns fn()'s wall time in ms (time.perf_counter)."""
+
+    def once() -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000.0
+
+    return once
 
 
 def skipped(backend: str, cfg: LatencyConfig, why: str, settings: dict[str, Any] | None = None) -> LatencyResult:

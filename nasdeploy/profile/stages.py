@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from nasdeploy.utils.model_cost import is_auxiliary
+
 # Top-level children that together form the classifier head of the DARTS-style networks.
 HEAD_NAMES = frozenset({"global_pooling", "classifier", "head", "fc"})
 
@@ -19,11 +21,6 @@ class CostItem:
     params: int
     macs: int
     count: int = 1
-
-
-def is_auxiliary(param_or_module_name: str) -> bool:
-    """True for names under an auxiliary head (top-level child whose name starts with 'aux')."""
-    return param_or_module_name.split(".", 1)[0].lower().startswith("aux")
 
 
 def stage_name(path: str, model: nn.Module) -> str:
