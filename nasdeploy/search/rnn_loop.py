@@ -23,6 +23,7 @@ from nasdeploy.data.text import batchify, get_batch, load_text_corpus
 from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
+from nasdeploy.search.rnn_architect import RecurrentArchitect
 from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
 from nasdeploy.search.rnn_config import RNNSearchConfig
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
@@ -100,9 +101,9 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
     seed_everything(s.seed)
     model = build_search_model(config, len(corpus.vocab)).to(device)
     optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    architect = Architect(model, architect_loss, optimizer,
-                          ArchitectConfig(order=s.order, lr=s.arch_lr, betas=s.arch_betas,
-                                          weight_decay=s.arch_weight_decay))
+    architect = RecurrentArchitect(model, architect_loss, optimizer,
+                                   ArchitectConfig(order=s.order, lr=s.arch_lr, betas=s.arch_betas,
+                                                   weight_decay=s.arch_weight_decay), clip=s.clip)
     start_epoch, seconds, first_ppl = 1, 0.0, float("nan")
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.is_file():
