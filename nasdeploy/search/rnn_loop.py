@@ -171,7 +171,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
 
     def architecture_step(x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, i: int, seq_len: int,
                           lr: float) -> None:
-        xv, yv = get_batch(search_data, i % (search_data.size(0) - 1), seq_len)
+        xv, yv = get_batch(search_data, i % (search_data.size(0) - 1), s.bptt)  # full bptt, as the reference
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         train_batch = LMBatch(x, y, hidden, seed)
         val_batch = LMBatch(xv, yv, state["hidden"].detach(), seed + 1)
@@ -179,7 +179,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
         state["hidden"] = val_batch.next_hidden
 
     settings = TBPTTSettings(s.bptt, s.max_seq_len_delta, s.lr, s.clip, s.alpha_ar, s.beta_tar,
-                             s.max_batches_per_epoch, s.progress)
+                             s.max_batches_per_epoch, s.progress, length_jitter=False)
     return tbptt_epoch(model, optimizer, train_data, model.weight_parameters(), settings,
                        desc=f"search epoch {epoch}", before_step=architecture_step)
 
