@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +13,8 @@ from nasdeploy.genotypes import PUBLISHED_COSTS, list_genotypes
 from nasdeploy.nets import build_network
 
 CNN_GENOTYPES = list_genotypes("cnn_cell")
+# state_dict keys and shapes of the reference implementation's networks (tests/fixtures/README.md).
+REFERENCE_KEYS = json.loads((Path(__file__).parent / "fixtures" / "darts_reference_network_keys.json").read_text("utf-8"))
 
 
 def n_params(model: torch.nn.Module, with_aux: bool = False) -> int:
@@ -121,3 +126,24 @@ def test_bad_inputs_give_clear_errors():
 def test_default_cfg_is_attached():
     model = build_network("DARTS_V2", "imagenet", channels=16)
     assert model.default_cfg.input_size == (3, 224, 224) and model.default_cfg.channels == 16
+
+
+def test_reference_key_fixture_covers_every_registry_cnn_genotype():
+    assert set(REFERENCE_KEYS["cifar"]) == set(REFERENCE_KEYS["imagenet"]) == set(CNN_GENOTYPES)
+
+
+@pytest.mark.parametrize("genotype", sorted(REFERENCE_KEYS["cifar"]))
+@pytest.mark.parametrize("net", ["cifar", "imagenet"])
+def test_reference_checkpoint_of_every_genotype_loads_strictly(genotype, net):
+    # A state_dict with exactly the reference network's keys and shapes (as a reference-trained
+    # checkpoint has) must load with strict=True, and ours must have no key the reference lacks.
+    s = REFERENCE_KEYS["settings"][net]
+    model = build_network(genotype, net, channels=s["C"], layers=s["layers"], num_classes=s["num_classes"],
+                          auxiliary=s["auxiliary"])
+    expected = REFERENCE_KEYS[net][genotype]
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+    g = torch.Generator().manual_seed(0)
+    checkpoint = {k: torch.randint(0, 5, shape, generator=g) if k.endswith("num_batches_tracked")
+                  else torch.rand(shape, generator=g) + 0.5 for k, shape in expected.items()}
+    model.load_state_dict(checkpoint, strict=True)
+    assert all(torch.equal(v, checkpoint[k]) for k, v in model.state_dict().items())

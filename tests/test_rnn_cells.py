@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +159,29 @@ def test_cell_rejects_unknown_ops_and_wrong_genotype_kinds():
         build_rnn_lm("DARTS_V2_RNN", 100, emsize=10, nhid=12)
     with pytest.raises(ConfigError, match="dropout"):
         build_rnn_lm("DARTS_V2_RNN", 100, dropout=1.5)
+
+
+REFERENCE_RNN_KEYS = json.loads((Path(__file__).parent / "fixtures" / "darts_reference_rnn_keys.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_RNN_KEYS["models"]))
+def test_recurrent_lm_keys_and_shapes_equal_the_reference(name):
+    # Includes ENAS_RNN (11 nodes, concat of 6 nodes): a reference checkpoint maps one to one.
+    s = REFERENCE_RNN_KEYS["settings"]
+    model = build_rnn_lm(name, s["ntokens"], emsize=s["emsize"], nhid=s["nhid"])
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == REFERENCE_RNN_KEYS["models"][name]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: build_rnn_lm("DARTS_V2_RNN", 2000, emsize=16, nhid=16),
+    lambda: RNNSearchModel(2000, emsize=16, nhid=16, steps=2),
+])
+def test_embedding_and_tied_decoder_init_is_the_reference_uniform_004(build):
+    # The reference initialises encoder (= tied decoder) weights U(-0.04, 0.04), like the cell matrices.
+    torch.manual_seed(0)
+    model = build()
+    w = model.encoder.weight.detach()
+    assert model.decoder.weight is model.encoder.weight
+    assert w.abs().max() <= 0.04 and w.abs().max() > 0.039
+    assert abs(w.std().item() - 0.04 / math.sqrt(3)) < 1e-3  # uniform, not a narrower law
+    assert torch.count_nonzero(model.decoder.bias) == 0

@@ -82,6 +82,16 @@ _GENOTYPES: dict[str, Genotype] = {
             name="DARTS_V2_RNN",
         )
     ),
+    # ENAS's recurrent cell as the DARTS reference lists it (rnn/genotypes.py `ENAS`): 11 nodes, and the
+    # output averages the nodes no other node reads. (The reference has no CNN ENAS genotype.)
+    "ENAS_RNN": validate_recurrent_genotype(
+        RecurrentGenotype(
+            (("tanh", 0), ("tanh", 1), ("relu", 1), ("tanh", 3), ("tanh", 3), ("relu", 3), ("relu", 4), ("relu", 7),
+             ("relu", 8), ("relu", 8), ("relu", 8)),
+            (2, 5, 6, 9, 10, 11),
+            name="ENAS_RNN",
+        )
+    ),
 }  # fmt: skip
 
 _ALIASES: dict[str, str] = {"DARTS": "DARTS_V2", "DARTS_RNN": "DARTS_V2_RNN"}

@@ -22,7 +22,7 @@ from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
 
 NET_NAME = "rnn_lm"  # meta["net"] of its train checkpoints
 INIT_RANGE = 0.04  # uniform init range of the cell matrices (reference value)
-EMBED_INIT_RANGE = 0.1
+EMBED_INIT_RANGE = 0.04  # embedding and tied decoder: the reference's INITRANGE as well (search and train)
 
 
 class RecurrentCellBase(nn.Module):

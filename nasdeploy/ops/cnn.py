@@ -65,20 +65,20 @@ class SepConv(nn.Module):
         return self.op(x)
 
 
-class Conv7x1_1x7(nn.Module):
-    """ReLU -> 1x7 conv (stride (1, s)) -> 7x1 conv (stride (s, 1)) -> BN (AmoebaNet)."""
+class Conv7x1_1x7(nn.Sequential):
+    """ReLU -> 1x7 conv (stride (1, s)) -> 7x1 conv (stride (s, 1)) -> BN (AmoebaNet).
+
+    A Sequential itself, not a module wrapping one: the reference builds this op as a bare
+    nn.Sequential, so its keys are `_ops.M.1.weight` (no `.op.`) and reference checkpoints load strictly.
+    """
 
     def __init__(self, c: int, stride: int, affine: bool = True):
-        super().__init__()
-        self.op = nn.Sequential(
+        super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
             nn.Conv2d(c, c, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
             nn.BatchNorm2d(c, affine=affine),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 class Identity(nn.Module):

@@ -21,6 +21,7 @@ from nasdeploy.data.text import batchify, get_batch, load_text_corpus
 from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
+from nasdeploy.search.rnn_architect import RecurrentArchitect
 from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
 from nasdeploy.search.rnn_config import RNNSearchConfig
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
@@ -112,9 +113,9 @@ def _run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], da
     seed_everything(s.seed)
     model = build_search_model(config, len(corpus.vocab)).to(device)
     optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    architect = Architect(model, architect_loss, optimizer,
-                          ArchitectConfig(order=s.order, lr=s.arch_lr, betas=s.arch_betas,
-                                          weight_decay=s.arch_weight_decay))
+    architect = RecurrentArchitect(model, architect_loss, optimizer,
+                                   ArchitectConfig(order=s.order, lr=s.arch_lr, betas=s.arch_betas,
+                                                   weight_decay=s.arch_weight_decay), clip=s.clip)
     start_epoch, seconds, first_ppl = 1, 0.0, float("nan")
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.is_file():
@@ -183,7 +184,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
 
     def architecture_step(x: torch.Tensor, y: torch.Tensor, hidden: torch.Tensor, i: int, seq_len: int,
                           lr: float) -> None:
-        xv, yv = get_batch(search_data, i % (search_data.size(0) - 1), seq_len)
+        xv, yv = get_batch(search_data, i % (search_data.size(0) - 1), s.bptt)  # full bptt, as the reference
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         train_batch = LMBatch(x, y, hidden, seed)
         val_batch = LMBatch(xv, yv, state["hidden"].detach(), seed + 1)
@@ -191,7 +192,7 @@ def _search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.
         state["hidden"] = val_batch.next_hidden
 
     settings = TBPTTSettings(s.bptt, s.max_seq_len_delta, s.lr, s.clip, s.alpha_ar, s.beta_tar,
-                             s.max_batches_per_epoch, s.progress)
+                             s.max_batches_per_epoch, s.progress, length_jitter=False)
     return tbptt_epoch(model, optimizer, train_data, model.weight_parameters(), settings,
                        desc=f"search epoch {epoch}", before_step=architecture_step)
 

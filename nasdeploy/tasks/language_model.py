@@ -1,7 +1,7 @@
 """Language-model steps shared by the RNN search and training loops.
 
-Truncated backprop through time as in the reference: a random window length around bptt (the
-learning rate scaled by length / bptt), the hidden state carried from batch to batch and detached,
+Truncated backprop through time as in the reference: a random window length around bptt in training
+(bptt or bptt/2 without the normal jitter in search; the learning rate scaled by length / bptt), the hidden state carried from batch to batch and detached,
 AR/TAR regularisation on the cell outputs, and exact mean-NLL evaluation over a whole split.
 """
 
@@ -24,6 +24,15 @@ def sample_seq_len(bptt: int, max_delta: int) -> int:
     """Window length: bptt (or bptt/2 with probability 0.05) plus N(0, 5) noise, in [5, bptt + max_delta]."""
     base = bptt if np.random.random() < 0.95 else bptt / 2.0
     return int(min(max(5, int(np.random.normal(base, 5))), bptt + max_delta))
+
+
+def sample_search_seq_len(bptt: int) -> int:
+    """Search window length: bptt, or int(bptt / 2) with probability 0.05, no N(0, 5) noise.
+
+    The reference search (rnn/train_search.py) has the normal jitter commented out; its architecture
+    window always has the full bptt, whatever the training window's length.
+    """
+    return int(bptt if np.random.random() < 0.95 else bptt / 2.0)
 
 
 def nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -104,6 +113,7 @@ class TBPTTSettings:
     beta_tar: float
     max_batches: int | None = None
     progress: bool = True
+    length_jitter: bool = True  # window lengths: True the training rule (sample_seq_len), False the search rule
 
 
 # before_step(x, y, hidden, window_start, seq_len, lr): e.g. the architect's step on a validation window.
@@ -123,7 +133,7 @@ def tbptt_epoch(model: Any, optimizer: torch.optim.Optimizer, data: torch.Tensor
     total, count, i, step = 0.0, 0, 0, 0
     bar = tqdm(total=data.size(0) - 1, desc=desc, unit="row", leave=False, disable=not s.progress)
     while i < data.size(0) - 2 and (s.max_batches is None or step < s.max_batches):
-        seq_len = sample_seq_len(s.bptt, s.max_seq_len_delta)
+        seq_len = sample_seq_len(s.bptt, s.max_seq_len_delta) if s.length_jitter else sample_search_seq_len(s.bptt)
         lr = s.lr * seq_len / s.bptt
         x, y = get_batch(data, i, seq_len)
         if before_step is not None:
