@@ -94,3 +94,94 @@ def test_padded_eval_makes_the_static_net_see_exact_sizes():
     assert out.shape == (1, 3, 40, 70)
     (h8, w8), = shapes  # the last cell is at stride 8 on the published path; padded input 65 x 97
     assert ((h8 - 1) * 8 + 1, (w8 - 1) * 8 + 1) == (65, 97)
+
+
+def _small_net(**kwargs):
+    from nasdeploy.genotypes import resolve_genotype
+    from nasdeploy.nets import build_network
+
+    return build_network(resolve_genotype("AutoDeepLab", expected_kind="autodeeplab"), "segmentation",
+                         filter_multiplier=2, num_classes=3, aspp_channels=4, decoder_channels=4,
+                         low_level_channels=4, **kwargs)
+
+
+def test_bn_momentum_and_eps_reach_every_batchnorm():
+    bns = [m for m in _small_net(bn_momentum=3e-4, bn_eps=1e-3).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) > 50 and {(m.momentum, m.eps) for m in bns} == {(3e-4, 1e-3)}
+    assert {(m.momentum, m.eps) for m in _small_net().modules() if isinstance(m, nn.BatchNorm2d)} == {(0.1, 1e-5)}
+
+
+def test_scheduled_drop_path_is_layer_scaled_and_off_in_eval(monkeypatch):
+    import nasdeploy.nets.autodeeplab as adl_net
+
+    calls: list[float] = []
+    real = adl_net.drop_path
+    monkeypatch.setattr(adl_net, "drop_path", lambda x, p: calls.append(p) or real(x, p))
+    torch.manual_seed(0)
+    net = _small_net()
+    net.drop_path_prob = 0.24
+    net.train()
+    net(torch.randn(2, 3, 33, 33))
+    # The published cell has 10 ops, none a skip: each is dropped, cell i of 12 at 0.24 * (i + 1) / 12.
+    expected = [0.24 * (i + 1) / 12 for i in range(12) for _ in range(10)]
+    assert calls == pytest.approx(expected)
+    calls.clear()
+    net.eval()
+    with torch.no_grad():
+        net(torch.randn(1, 3, 33, 33))
+    assert calls == []
+
+
+def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
+    import json
+
+    import nasdeploy.nets.autodeeplab as adl_net
+    from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, \
+        seg_train_config_from_dict
+
+    seen: list[float] = []
+    real = adl_net.drop_path
+    monkeypatch.setattr(adl_net, "drop_path", lambda x, p: seen.append(p) or real(x, p))
+    cfg = seg_train_config_from_dict({
+        "net": {"filter_multiplier": 2, "aspp_channels": 4, "decoder_channels": 4, "low_level_channels": 4,
+                "bn_momentum": 3e-4, "bn_eps": 1e-3},
+        "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 2, "num_val": 1, "crop_size": [16, 16]},
+        "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 2, "threads": 1, "drop_path_prob": 0.4},
+    })
+    result = run_segmentation_training(cfg, tmp_path, progress=False)
+    # Linear in the iteration over 4 steps: 0 (no drop), 0.1, 0.2, 0.3; 12 cells x 10 ops per forward,
+    # the last cell at the full value.
+    assert len(seen) == 3 * 120
+    assert [max(seen[i:i + 120]) for i in range(0, 360, 120)] == pytest.approx([0.1, 0.2, 0.3])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["drop_path_prob"] for r in records] == pytest.approx([0.1, 0.3])
+    model = load_segmentation_model(result.model_path)
+    assert {(m.momentum, m.eps) for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {(3e-4, 1e-3)}
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("train", "drop_path_prob", 1.0, "drop_path_prob must be in"),
+    ("net", "bn_momentum", 0.0, "bn_momentum must be in"),
+    ("net", "bn_eps", -1e-3, "bn_eps must be positive"),
+])
+def test_recipe_options_are_validated(section, key, value, match):
+    from nasdeploy.errors import ConfigError
+    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+
+    with pytest.raises(ConfigError, match=match):
+        seg_train_config_from_dict({section: {key: value}})
+
+
+def test_cityscapes_train_config_carries_the_published_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = seg_train_config_from_dict(yaml.safe_load((root / "configs" / "adl_cityscapes_train.yaml").read_text()))
+    assert (cfg.net.bn_momentum, cfg.net.bn_eps) == (pytest.approx(1 - 0.9997), 1e-3)
+    assert cfg.train.epochs * cfg.train.steps_per_epoch == 1_500_000 and cfg.train.drop_path_prob > 0
+    demo = seg_train_config_from_dict(yaml.safe_load((root / "configs" / "adl_demo_train.yaml").read_text()))
+    assert demo.train.drop_path_prob == 0 and demo.net.bn_momentum == 0.1  # the demo stays quick to converge
