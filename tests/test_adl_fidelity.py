@@ -185,3 +185,76 @@ def test_cityscapes_train_config_carries_the_published_recipe():
     assert cfg.train.epochs * cfg.train.steps_per_epoch == 1_500_000 and cfg.train.drop_path_prob > 0
     demo = seg_train_config_from_dict(yaml.safe_load((root / "configs" / "adl_demo_train.yaml").read_text()))
     assert demo.train.drop_path_prob == 0 and demo.net.bn_momentum == 0.1  # the demo stays quick to converge
+
+
+class _TinyArchModel(nn.Module):
+    """y = (w x) * softmax(alpha)[0]: one weight and one architecture parameter, for Architect.step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Linear(3, 1, bias=False)
+        self.alpha = nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def weight_parameters(self):
+        return iter([self.w.weight])
+
+    def forward(self, x):
+        return self.w(x) * torch.softmax(self.alpha, 0)[0]
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_architect_step_returns_the_architecture_loss(order):
+    from nasdeploy.search.architect import Architect, ArchitectConfig
+
+    torch.manual_seed(0)
+    model = _TinyArchModel()
+    loss_fn = lambda forward, batch: ((forward(batch[0]) - batch[1]) ** 2).mean()  # noqa: E731
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9)
+    architect = Architect(model, loss_fn, w_opt, ArchitectConfig(order=order, lr=0.1))
+    train, val = (torch.randn(4, 3), torch.randn(4, 1)), (torch.randn(4, 3), torch.randn(4, 1))
+    if order == "first":
+        with torch.no_grad():
+            expected = loss_fn(model, val)
+    else:  # L_val at the unrolled weights w' = w - eta * grad_w L_train (no momentum buffer, no wd yet)
+        g = torch.autograd.grad(loss_fn(model, train), [model.w.weight])[0]
+        with torch.no_grad():
+            w_unrolled = model.w.weight - 0.05 * g
+            expected = (((val[0] @ w_unrolled.T) * torch.softmax(model.alpha, 0)[0] - val[1]) ** 2).mean()
+    alpha_before = model.alpha.detach().clone()
+    loss = architect.step(train, val, eta=0.05)
+    assert not loss.requires_grad and loss.dim() == 0
+    torch.testing.assert_close(loss, expected)
+    assert not torch.equal(model.alpha.detach(), alpha_before)  # it still steps
+
+
+def test_search_logs_the_arch_loss_without_an_extra_forward(tmp_path, monkeypatch):
+    import json
+
+    from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
+    from nasdeploy.utils.checkpoint import load_checkpoint
+
+    training_forwards = []
+    real_forward = AutoDeepLabSupernet.forward
+
+    def counting_forward(self, x):
+        if self.training:
+            training_forwards.append(x.shape[0])
+        return real_forward(self, x)
+
+    monkeypatch.setattr(AutoDeepLabSupernet, "forward", counting_forward)
+    cfg = adl_search_config_from_dict({
+        "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixer": "reference"},
+        "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 4, "num_val": 1, "crop_size": [16, 16]},
+        "search": {"epochs": 1, "arch_start_epoch": 0, "batch_size": 2, "steps_per_epoch": 2, "threads": 1},
+    })
+    run_adl_search(cfg, tmp_path, progress=False)
+    # Per step: one architecture forward on half B and one weight forward on half A, nothing else.
+    assert len(training_forwards) == 2 * 2
+    state = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    tracked = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert tracked and set(tracked.values()) == {4}  # BN statistics moved by those 4 batches only
+    (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert record["arch_loss"] is not None and record["arch_loss"] > 0
