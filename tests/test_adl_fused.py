@@ -70,8 +70,11 @@ def test_fused_supernet_matches_reference_forward_and_gradients(ext):
         outs.append(out)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
     grads_f = dict(fused.named_parameters())
+    # float64 summation-order error scales with the largest gradient terms (about 70 here, with heads as
+    # wide as their nodes), not with each small entry: the absolute tolerance is relative to that scale.
+    scale = max(float(p.grad.abs().max()) for p in reference.parameters() if p.grad is not None)
     for name, p in reference.named_parameters():
         assert p.grad is not None, name
-        torch.testing.assert_close(grads_f[name].grad, p.grad, rtol=1e-9, atol=1e-10, msg=name)
+        torch.testing.assert_close(grads_f[name].grad, p.grad, rtol=1e-9, atol=1e-11 * scale, msg=name)
     for (name, a), b in zip(fused.named_buffers(), reference.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)

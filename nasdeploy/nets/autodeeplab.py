@@ -8,6 +8,11 @@ and the DeepLabv3+ decoder on the stride-4 feature (the last stride-4 cell on th
 All sizes come from tensor shapes at run time, so one exported graph serves any input size.
 ASPP (1x1, three 3x3 at rates 96/s * (1, 2, 3), image pooling; 256 channels) and decoder convs are dense
 by default: with them the S/M/L parameter counts equal the published 10.15M / 21.62M / 44.42M.
+
+Training regularisation as in the released model: scheduled drop path on every cell op except skip
+(`drop_path_prob` is the current network-wide value, set by the training loop; cell i of n drops with
+drop_path_prob * (i + 1) / n), and BatchNorm momentum / epsilon as options (released: decay 0.9997, i.e.
+PyTorch momentum 3e-4, and epsilon 1e-3; the defaults here are PyTorch's 0.1 and 1e-5).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from nasdeploy.errors import ConfigError, InputSizeError
 from nasdeploy.genotypes.autodeeplab import LEVEL_STRIDES, AutoDeepLabGenotype, validate_adl_genotype
 from nasdeploy.nets.factory import NetConfig, register_network
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
-from nasdeploy.ops import Identity, ReLUConvBN, build_adl_op, resize_bilinear, upsample2
+from nasdeploy.ops import Identity, ReLUConvBN, build_adl_op, drop_path, resize_bilinear, upsample2
 
 CITYSCAPES_NUM_CLASSES = 19
+_NO_DROP_PATH = ("skip_connect", "none")  # the released cell drops every op but its identity
 VARIANT_FILTER_MULTIPLIERS = {"S": 20, "M": 32, "L": 48}
 
 
@@ -42,15 +48,20 @@ class AutoDeepLabCell(nn.Module):
         self._ops = nn.ModuleList(
             build_adl_op(op, channels, stride if index < 2 else 1, affine=True) for op, index in edges
         )
+        self._drop_mask = tuple(op not in _NO_DROP_PATH for op, _ in edges)
         self.out_channels = self._blocks * channels
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+    def _branch(self, k: int, states: list[torch.Tensor], drop_prob: float) -> torch.Tensor:
+        h = self._ops[k](states[self._indices[k]])
+        return drop_path(h, drop_prob) if drop_prob > 0.0 and self._drop_mask[k] else h
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
         # Always resizing H^{l-2} to H^{l-1}'s size keeps the graph shape-agnostic; same size is an exact copy.
         s0 = resize_bilinear(s0, (s1.shape[-2], s1.shape[-1]))
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        drop_prob = drop_prob if self.training else 0.0
         for i in range(self._blocks):
-            a, b = 2 * i, 2 * i + 1
-            states.append(self._ops[a](states[self._indices[a]]) + self._ops[b](states[self._indices[b]]))
+            states.append(self._branch(2 * i, states, drop_prob) + self._branch(2 * i + 1, states, drop_prob))
         return torch.cat(states[2:], dim=1)
 
 
@@ -76,6 +87,17 @@ def default_aspp_rates(level: int) -> tuple[int, int, int]:
     return (base, 2 * base, 3 * base)
 
 
+def check_bn_settings(momentum: float, eps: float) -> None:
+    """BatchNorm momentum must be in (0, 1] (PyTorch's: 1 - TensorFlow's decay) and epsilon positive."""
+    for key, value in (("bn_momentum", momentum), ("bn_eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not 0.0 < momentum <= 1.0:
+        raise ConfigError(f"bn_momentum must be in (0, 1] (PyTorch's momentum = 1 - TF decay), got {momentum}")
+    if not eps > 0.0:
+        raise ConfigError(f"bn_eps must be positive, got {eps}")
+
+
 class AutoDeepLabNet(nn.Module):
     """Auto-DeepLab for semantic segmentation: stem, cells on the decoded path, ASPP, DeepLabv3+ decoder."""
 
@@ -92,9 +114,12 @@ class AutoDeepLabNet(nn.Module):
         low_level_channels: int = 48,
         separable_heads: bool = False,
         dropout: float = 0.1,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
     ):
         super().__init__()
         validate_adl_genotype(genotype)
+        check_bn_settings(bn_momentum, bn_eps)
         for key, value in (("filter_multiplier", filter_multiplier), ("num_classes", num_classes),
                            ("aspp_channels", aspp_channels), ("decoder_channels", decoder_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,6 +148,10 @@ class AutoDeepLabNet(nn.Module):
         self.decoder = DeepLabV3PlusDecoder(c_low, aspp_channels, num_classes, low_channels=low_level_channels,
                                             channels=decoder_channels, separable=separable_heads)
         self.relu = nn.ReLU(inplace=False)
+        self.drop_path_prob = 0.0  # set per step by the training loop (a linear ramp); 0 in evaluation
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum, m.eps = bn_momentum, bn_eps
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -134,9 +163,11 @@ class AutoDeepLabNet(nn.Module):
         """The stem output followed by every cell output along the path (pre-ReLU, as the released end points)."""
         h_prev, h = self.stem(x)
         outputs = [h]
-        for cell, up in zip(self.cells, self._up):
+        n = len(self.cells)
+        for i, (cell, up) in enumerate(zip(self.cells, self._up)):
             s1 = upsample2(h) if up else h
-            h_prev, h = h, cell(h_prev, s1)
+            # The released schedule: deeper cells drop more, the last one at the full drop_path_prob.
+            h_prev, h = h, cell(h_prev, s1, self.drop_path_prob * (i + 1) / n)
             outputs.append(h)
         return outputs
 

@@ -56,6 +56,7 @@ class Architect:
         self.arch_names = [n for n, p in self.core.named_parameters() if id(p) in arch_ids]
         self.optimizer = torch.optim.Adam(self.arch_params, lr=config.lr, betas=config.betas,
                                           weight_decay=config.weight_decay)
+        self.last_loss: torch.Tensor | None = None  # the architecture loss of the latest gradient (detached)
 
     # -- gradients ---------------------------------------------------------------------------
     def _weights(self) -> list[torch.Tensor]:
@@ -78,6 +79,7 @@ class Architect:
         # The unwrapped module: a DDP wrapper would wait for a backward() that autograd.grad never runs;
         # alpha gradients are all-reduced explicitly in step().
         loss = self.loss_fn(self.core, val_batch)
+        self.last_loss = loss.detach()
         return list(torch.autograd.grad(loss, self.arch_params))
 
     def virtual_step(self, train_batch: Any, eta: float) -> list[torch.Tensor]:
@@ -113,14 +115,19 @@ class Architect:
         """grad_a L_val(w', a) - eta * H v, the unrolled DARTS gradient."""
         unrolled = self.virtual_step(train_batch, eta)
         loss = self.loss_fn(self._functional_forward(unrolled), val_batch)
+        self.last_loss = loss.detach()
         grads = torch.autograd.grad(loss, self.arch_params + unrolled)
         d_alpha, v = list(grads[: len(self.arch_params)]), list(grads[len(self.arch_params):])
         hessian = self.hessian_term(v, train_batch)
         return [g - eta * h for g, h in zip(d_alpha, hessian)]
 
     # -- step ----------------------------------------------------------------------------------
-    def step(self, train_batch: Any, val_batch: Any, eta: float) -> None:
-        """One architecture step: gradient (first or second order), all-reduced under DDP, Adam update."""
+    def step(self, train_batch: Any, val_batch: Any, eta: float) -> torch.Tensor:
+        """One architecture step: gradient (first or second order), all-reduced under DDP, Adam update.
+
+        Returns the architecture (validation) loss the gradient came from, detached: this rank's value,
+        at w for first order and at the unrolled w' for second order; no extra forward is needed to log it.
+        """
         if self.config.order == "first":
             grads = self.first_order_grad(val_batch)
         else:
@@ -135,3 +142,4 @@ class Architect:
             p.grad = g.detach().clone()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return self.last_loss

@@ -241,9 +241,9 @@ def _search(cfg: ADLSearchConfig, out: Path, ctx: DistContext, resume: bool, pro
             xa, ya = (t.to(device) for t in next(stream_a))
             if arch_on:
                 xb, yb = (t.to(device) for t in next(stream_b))
-                architect.step((xa, ya), (xb, yb), eta=lr)
-                with torch.no_grad():
-                    arch_total += float(segmentation_loss(model, (xb, yb)))
+                # The loss the architecture gradient came from: no second forward (which would also move
+                # the BN running statistics with half B once more).
+                arch_total += float(architect.step((xa, ya), (xb, yb), eta=lr))
             total += _weight_step(wrapped, model, w_opt, (xa, ya), opts.grad_clip)
             n += 1
             bar.set_postfix(loss=f"{total / n:.3f}")

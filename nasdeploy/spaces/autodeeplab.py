@@ -15,7 +15,8 @@ stride-2 conv, BN; same = ReLU, 1x1 conv, BN; finer = bilinear resize (align_cor
 1x1 conv, BN. H^{l-2}_j is node (l - 2, j); for node (1, 0) it is the stem's stride-2 feature; where it
 does not exist the cell uses its H^{l-1} input in its place (as the released cell does for prev_layer
 None). Head: one ASPP per level of layer L (1x1, 3x3 at rate 96 / stride, image pooling), logits
-upsampled to the input size and summed.
+upsampled to the input size and summed. Each head's branches are as wide as the node it reads,
+B * F * s / 4 (the paper's ASPP); `aspp_channels` > 0 overrides that with one width for every level.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ADLSupernetConfig:
     blocks: int = 5
     num_classes: int = 19
     stem_channels: int = 64
-    aspp_channels: int = 0  # 0: B * F
+    aspp_channels: int = 0  # 0: each level's node width B * F * s / 4 (the paper); > 0: this width at every level
     mixed_op: str | None = None  # reference | fused | auto (None: $NASDEPLOY_MIXED_OP, default auto)
 
     def __post_init__(self) -> None:
@@ -54,7 +55,8 @@ class ADLSupernetConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"autodeeplab supernet: {key} must be a positive integer, got {value!r}")
         if self.aspp_channels < 0:
-            raise ConfigError(f"autodeeplab supernet: aspp_channels must be >= 0 (0: B * F), got {self.aspp_channels}")
+            raise ConfigError("autodeeplab supernet: aspp_channels must be >= 0 (0: each level's node width), "
+                              f"got {self.aspp_channels}")
 
 
 def upgrade_mixer_key(data: dict) -> dict:
@@ -138,11 +140,13 @@ class AutoDeepLabSupernet(nn.Module):
                     if c_pp is not None:
                         self.prev_prev[key] = ReLUConvBN(c_pp, c, 1, 1, 0, affine=False)
                     self.cells[key] = SearchCell(B, c)
-        aspp_c = config.aspp_channels or self.node_channels[0]
         self.heads = nn.ModuleDict()
         for j in range(NUM_LEVELS):
             if node_exists(L, j):
                 rate = 96 // LEVEL_STRIDES[j]
+                # Paper: every ASPP branch has the node's own width (not B * F at every level, which would
+                # squeeze the stride-32 node's 8x wider features and bias the beta gradients towards fine levels).
+                aspp_c = config.aspp_channels or self.node_channels[j]
                 self.heads[str(j)] = nn.Sequential(
                     ASPP(self.node_channels[j], aspp_c, (rate,), separable=False, dropout=0.0),
                     nn.Conv2d(aspp_c, config.num_classes, 1),

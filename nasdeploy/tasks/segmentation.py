@@ -1,12 +1,20 @@
-"""Segmentation metrics: a confusion matrix with ignored pixels, per-class IoU and mIoU (exact over DDP ranks)."""
+"""Segmentation metrics: a confusion matrix with ignored pixels, per-class IoU and mIoU (exact over DDP ranks).
+
+Evaluation follows DeepLab: each image is padded at the bottom and right to the next 32k+1 size (Cityscapes
+1024x2048 -> 1025x2049) with the normalised mean and the logits are cropped back, which is the same as
+padding the labels with ignored pixels. At 32k+1 sizes the networks' (dim - 1) / 2 + 1 resolutions and
+align_corners resizes are exact, so the coarse features land on the right pixels of the stride-4 grid.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from nasdeploy.data.segmentation import IGNORE_INDEX
+from nasdeploy.errors import ConfigError
 from nasdeploy.utils.distributed import DistContext, broadcast_buffers
 
 
@@ -53,29 +61,52 @@ class ConfusionMatrix:
         return float(self.matrix.diag().sum()) / total if total else 0.0
 
 
+EVAL_PAD_MULTIPLE = 32  # the deepest stride of the Auto-DeepLab lattice
+
+
+def padded_size(size: int, multiple: int) -> int:
+    """The smallest multiple * k + 1 >= size (size itself when multiple <= 1)."""
+    if multiple <= 1:
+        return size
+    return -(-(size - 1) // multiple) * multiple + 1
+
+
+def padded_logits(model: torch.nn.Module, x: torch.Tensor, multiple: int = EVAL_PAD_MULTIPLE) -> torch.Tensor:
+    """Logits of `x` [N, 3, H, W] computed on x padded (bottom, right) to 32k+1 and cropped back to H x W."""
+    h, w = x.shape[-2], x.shape[-1]
+    pad_h, pad_w = padded_size(h, multiple) - h, padded_size(w, multiple) - w
+    if pad_h or pad_w:
+        # Images are normalised as (x - mean) / std (data.segmentation), so the mean pixel is 0.
+        x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+    return model(x)[..., :h, :w]
+
+
 def confusion_matrix(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-                     ctx: DistContext | None = None) -> ConfusionMatrix:
+                     ctx: DistContext | None = None, *, pad_multiple: int = EVAL_PAD_MULTIPLE) -> ConfusionMatrix:
     """The confusion matrix of `model` (argmax over classes) on `loader`, summed over ranks under DDP.
 
-    Under DDP each rank passes its own shard (ShardSampler) and rank 0's buffers (BN statistics) are
-    broadcast first, so every rank evaluates the same model and the sum equals the single-process matrix.
+    Inputs are padded to pad_multiple * k + 1 and the logits cropped back (module docstring; 0 or 1: no
+    padding). Under DDP each rank passes its own shard (ShardSampler) and rank 0's buffers (BN statistics)
+    are broadcast first, so every rank evaluates the same model and the sum equals the single-process matrix.
     """
+    if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 0:
+        raise ConfigError(f"pad_multiple must be an integer >= 0, got {pad_multiple!r}")
     if ctx is not None:
         broadcast_buffers(model, ctx)
     cm = ConfusionMatrix(num_classes)
     model.eval()
     with torch.no_grad():
         for x, y in loader:
-            cm.update(model(x.to(device)).argmax(1).cpu(), y)
+            cm.update(padded_logits(model, x.to(device), pad_multiple).argmax(1).cpu(), y)
     model.train()
     cm.all_reduce(ctx)
     return cm
 
 
 def evaluate_miou(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-                  ctx: DistContext | None = None) -> dict[str, float]:
-    """mIoU and pixel accuracy of `model` on `loader` (with `ctx`: over every rank's shard)."""
-    cm = confusion_matrix(model, loader, num_classes, device, ctx)
+                  ctx: DistContext | None = None, *, pad_multiple: int = EVAL_PAD_MULTIPLE) -> dict[str, float]:
+    """mIoU and pixel accuracy of `model` on `loader` at 32k+1 padded sizes (with `ctx`: over every rank's shard)."""
+    cm = confusion_matrix(model, loader, num_classes, device, ctx, pad_multiple=pad_multiple)
     return {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
 
 

@@ -33,6 +33,7 @@ from nasdeploy.data.segmentation import (
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import genotype_from_dict, genotype_to_dict, resolve_genotype
 from nasdeploy.nets import build_network
+from nasdeploy.nets.autodeeplab import check_bn_settings
 from nasdeploy.tasks.segmentation import evaluate_miou, majority_class_miou
 from nasdeploy.utils.checkpoint import load_checkpoint, load_resume_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.distributed import (
@@ -70,12 +71,18 @@ class SegNetOptions:
     low_level_channels: int = 48
     separable_heads: bool = False
     dropout: float = 0.1
+    bn_momentum: float = 0.1  # PyTorch momentum = 1 - TF decay (released model: decay 0.9997 -> 3e-4)
+    bn_eps: float = 1e-5  # released model: 1e-3
+
+    def __post_init__(self) -> None:
+        check_bn_settings(self.bn_momentum, self.bn_eps)
 
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of build_network(..., 'segmentation', **kwargs) besides num_classes."""
         return {"filter_multiplier": self.filter_multiplier, "aspp_channels": self.aspp_channels,
                 "decoder_channels": self.decoder_channels, "low_level_channels": self.low_level_channels,
-                "separable_heads": self.separable_heads, "dropout": self.dropout}
+                "separable_heads": self.separable_heads, "dropout": self.dropout,
+                "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps}
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class SegTrainOptions:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float = 0.0  # 0: off
+    drop_path_prob: float = 0.0  # ramped linearly over the iterations: drop_path_prob * it / max_it
     steps_per_epoch: int = 0  # 0: one pass over the training set
     seed: int = 0
     threads: int = 0
@@ -100,6 +108,8 @@ class SegTrainOptions:
             raise ConfigError("train: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
         if self.lr <= 0:
             raise ConfigError("train: lr must be positive")
+        if isinstance(self.drop_path_prob, bool) or not 0 <= self.drop_path_prob < 1:
+            raise ConfigError(f"train.drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
 
 
 @dataclass(frozen=True)
@@ -229,13 +239,16 @@ def _train(cfg: SegTrainConfig, out: Path, ctx: DistContext, resume: bool, progr
         stream = cycle_loader(loader)
         bar = tqdm(range(steps), desc=f"adl train {epoch + 1}/{opts.epochs}",
                    disable=not (progress and ctx.is_main), leave=False)
-        for _ in bar:
+        for k in bar:
+            # Scheduled drop path (released model): linear in the iteration, reaching the value at the end.
+            model.drop_path_prob = opts.drop_path_prob * (epoch * steps + k) / total_steps
             total += _train_step(wrapped, optimizer, scheduler, next(stream), device, opts.grad_clip)
             n += 1
             bar.set_postfix(loss=f"{total / n:.3f}")
         total, n = all_reduce_sum([total, n], ctx)
         metrics = evaluate_miou(model, val_loader, len(classes), device, ctx)
-        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_loss": total / max(n, 1),
+        record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "drop_path_prob": model.drop_path_prob,
+                  "train_loss": total / max(n, 1),
                   "val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - t0, 2)}
         rng = gather_rng_states(ctx)
         if ctx.is_main:
