@@ -83,7 +83,7 @@ def _load_model(checkpoint: str | None, genotype: str | None, ntokens: int, nhid
 def export_cmd(checkpoint, genotype, ntokens, nhid, output, seq_len, batch_size, dynamic_batch, opset, no_check,  # type: ignore[no-untyped-def]
                report) -> None:
     """Export the language model to ONNX (tokens, hidden -> log_probs, hidden_out) and check it in onnxruntime."""
-    from nasdeploy.nets.rnn_export import export_rnn_lm_onnx
+    from nasdeploy.export.language_model import export_rnn_lm_onnx
     from nasdeploy.utils.files import write_json_atomic
 
     model = _load_model(checkpoint, genotype, ntokens, nhid)
@@ -108,7 +108,7 @@ def profile_cmd(checkpoint, genotype, ntokens, nhid, seq_len, batch_size, runs, 
     """Parameters, MACs per token and latency per token of the language model."""
     from pathlib import Path
 
-    from nasdeploy.nets.rnn_profile import profile_rnn_lm
+    from nasdeploy.profile.language_model import profile_rnn_lm
     from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 
     model = _load_model(checkpoint, genotype, ntokens, nhid)

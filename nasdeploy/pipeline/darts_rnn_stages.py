@@ -79,7 +79,7 @@ def rnn_train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def rnn_export_stage(ctx: StageContext) -> dict[str, Any]:
     """Export the trained language model to ONNX and check it against PyTorch in onnxruntime."""
-    from nasdeploy.nets.rnn_export import export_rnn_lm_onnx  # TODO(merge): nasdeploy.export.language_model
+    from nasdeploy.export.language_model import export_rnn_lm_onnx
     from nasdeploy.nets.rnn import load_rnn_lm
 
     model = load_rnn_lm(ctx.path("train", "best.pt"))
@@ -96,12 +96,12 @@ def rnn_export_stage(ctx: StageContext) -> dict[str, Any]:
     return {"dir": "export", "onnx": "model.onnx", "opset": report.get("opset"), "files": ["export/model.onnx"],
             "parity": {"passed": bool(parity is not None and parity.ok),
                        "max_abs_err": max((o.max_abs_err for o in outputs), default=None),
-                       "max_rel_err": max((getattr(o, "max_rel_err", 0.0) for o in outputs), default=None),
+                       "max_rel_err": max((o.max_rel_err for o in outputs), default=None),
                        "rtol": section.rtol, "atol": section.atol}}
 
 
 def _profile_row(model: Any, name: str, found: bool, ctx: StageContext, onnx: Any) -> dict[str, Any]:
-    from nasdeploy.nets.rnn_profile import profile_rnn_lm  # TODO(merge): nasdeploy.profile.language_model
+    from nasdeploy.profile.language_model import profile_rnn_lm
 
     p = ctx.config.profile
     prof = profile_rnn_lm(model, seq_len=p.seq_len, batch_size=p.batch_size, warmup=p.warmup, runs=p.runs,
