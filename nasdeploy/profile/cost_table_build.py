@@ -316,3 +316,29 @@ def build_or_load_cost_table(space: str | CellSpace = "darts_cnn", backend: str 
     table.measurement["cache_key"] = key
     save_cost_table(table, path)
     return table
+
+
+def cost_table_cli(space: str, latency: str | None, *, net: str, channels: int | None, layers: int | None,
+                   num_classes: int | None, input_size: int | Sequence[int] | None, json_path: str | None,
+                   targets: Sequence[str] = ()) -> str:
+    """`nasdeploy profile --cost-table SPACE`: build or reuse the cached table, write it, sum it for targets."""
+    from nasdeploy.genotypes import resolve_genotype
+
+    shape = (3, input_size, input_size) if isinstance(input_size, int) else input_size
+    backend = _one_backend(latency)
+    table = build_or_load_cost_table(space, backend, net=net, channels=channels, layers=layers,
+                                     num_classes=num_classes, input_size=shape, progress=True)
+    m = table.measurement
+    lines = [f"cost table {table.space.name} on {table.net['family']} C={table.net['channels']} L={table.net['layers']} "
+             f"input {'x'.join(map(str, table.net['input_shape']))}: {table.macs.size} entries + {len(table.fixed)} fixed, "
+             f"{m.get('distinct_shapes')} distinct shapes, backend {backend or 'none (MACs only)'}, "
+             f"built in {m.get('build_time_s')} s at {m.get('built_at')}"]
+    if json_path:
+        lines.append(f"wrote {save_cost_table(table, json_path)}")
+    for target in targets:
+        genotype = resolve_genotype(target, expected_kind="cnn_cell")
+        text = f"  {genotype.name or target}: {int(table.genotype_cost(genotype, 'macs')):,} MACs"
+        if table.has("latency"):
+            text += f", {table.genotype_cost(genotype, 'latency'):.3f} ms (sum of per-op {backend} medians)"
+        lines.append(text)
+    return "\n".join(lines)
