@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -30,17 +32,18 @@ def table_file(tmp_path_factory, table):
     return str(save_cost_table(table, tmp_path_factory.mktemp("cost") / "table.json"))
 
 
-def hand_expected(table, a_normal, a_reduce):
+def hand_expected(table, a_normal, a_reduce, metric="macs"):
     """E[cost] written out cell by cell from the table entries (no cell-type pre-summing)."""
     keep = [k for k, p in enumerate(CNN_PRIMITIVES) if p != "none"]
-    total = torch.tensor(table.fixed_total("macs"), dtype=torch.float64)
+    values = table.macs if metric == "macs" else table.latency_ms
+    total = torch.tensor(table.fixed_total(metric), dtype=torch.float64)
     for cell, reduction in enumerate(table.reductions):
         alphas = a_reduce if reduction else a_normal
         e = 0
         for node in range(4):
             for _ in range(2 + node):
                 probs = torch.softmax(alphas[e, keep].double(), dim=0)
-                entries = torch.tensor(table.macs[cell, e, keep], dtype=torch.float64)
+                entries = torch.tensor(values[cell, e, keep], dtype=torch.float64)
                 total = total + 2.0 / (2 + node) * (probs * entries).sum()
                 e += 1
     return total
@@ -74,6 +77,20 @@ def test_expected_cost_matches_hand_computation_and_one_hot_sums(table):
     one_hot_r[:, CNN_PRIMITIVES.index("max_pool_3x3")] = 1e4
     derived = derive_genotype(one_hot_n, one_hot_r)
     assert float(cost.expected(one_hot_n, one_hot_r)) == pytest.approx(table.genotype_cost(derived), rel=1e-12)
+
+
+def test_latency_metric_uses_the_latency_entries(table):
+    rng = np.random.default_rng(0)
+    timed = dataclasses.replace(table, latency_ms=rng.uniform(0.01, 0.2, table.macs.shape),
+                                fixed=tuple(dataclasses.replace(f, latency_ms=0.05) for f in table.fixed))
+    cost = ExpectedCost(timed, CostOptions(table="x", metric="latency", target=3.0), CNN_PRIMITIVES, 4, 4)
+    a_n, a_r = torch.randn(14, 8), torch.randn(14, 8)
+    torch.testing.assert_close(cost.expected(a_n, a_r), hand_expected(timed, a_n, a_r, "latency"), rtol=1e-12, atol=0)
+    record = cost.log_record(a_n, a_r, derive_genotype(a_n, a_r))
+    assert record["derived_macs"] == table.genotype_cost(derive_genotype(a_n, a_r), "macs")
+    assert record["derived_latency"] == pytest.approx(timed.genotype_cost(derive_genotype(a_n, a_r), "latency"))
+    with pytest.raises(ConfigError, match="MACs only"):
+        ExpectedCost(table, CostOptions(table="x", metric="latency"), CNN_PRIMITIVES, 4, 4)
 
 
 def test_supernet_mismatch_is_one_line_error(table):
@@ -123,9 +140,9 @@ def test_architect_fbnet_form_first_order(table, one_thread):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
 
 
-TINY = ["data.dataset=demo", "data.demo_train_size=64", "model.channels=4", "model.layers=3", "search.epochs=2",
+TINY = ["data.dataset=demo", "data.demo_train_size=32", "model.channels=4", "model.layers=3", "search.epochs=2",
         "search.batch_size=8", "search.eval_images=8", "search.deterministic=true", "search.threads=1",
-        "search.seed=5", "search.arch_lr=0.05"]
+        "search.seed=5", "search.arch_lr=0.1"]
 
 
 def test_budget_lowers_the_derived_macs_on_a_tiny_search(tmp_path, table_file, table):
