@@ -54,7 +54,7 @@ def test_config_section_is_validated_at_load(table_file):
     assert cfg.search.cost == CostOptions(table=table_file, target=5e6)
     assert load_search_config(None, []).search.cost is None
     for bad, match in (("search.cost.metric=flops", "metric"), ("search.cost.form=square", "form"),
-                       ("search.cost.target=-1", "target"), ("search.cost.weight=-0.5", "weight")):
+                       ("search.cost.target=-1", "target"), ("search.cost.value=mean", "value"), ("search.cost.weight=-0.5", "weight")):
         with pytest.raises(ConfigError, match=match):
             load_search_config(None, [f"search.cost.table={table_file}", bad])
     with pytest.raises(ConfigError, match="table"):
@@ -93,6 +93,15 @@ def test_latency_metric_uses_the_latency_entries(table):
         ExpectedCost(table, CostOptions(table="x", metric="latency"), CNN_PRIMITIVES, 4, 4)
 
 
+def test_derived_value_hinge_follows_the_derived_genotype(table):
+    a_n, a_r = torch.randn(14, 8), torch.randn(14, 8)
+    derived = table.genotype_cost(derive_genotype(a_n, a_r))
+    zero = torch.zeros((), dtype=torch.float64)
+    for target, want in ((2.0 * derived, 0.0), (0.5 * derived, 2.0 * (derived / (0.5 * derived) - 1.0))):
+        cost = ExpectedCost(table, CostOptions(table="x", target=target, weight=2.0, value="derived"), CNN_PRIMITIVES, 4, 4)
+        assert float(cost.combine(zero, [a_n, a_r])) == pytest.approx(want, rel=1e-9)
+
+
 def test_supernet_mismatch_is_one_line_error(table):
     with pytest.raises(ConfigError, match="supernet has 2 nodes"):
         ExpectedCost(table, CostOptions(table="x"), CNN_PRIMITIVES, 2, 2)
@@ -113,12 +122,12 @@ def _grads(arch, order, batches):
     return arch.first_order_grad(val) if order == "first" else arch.second_order_grad(train, val, eta=0.05)
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
-def test_architect_adds_the_hinge_gradient_in_both_orders(table, order, one_thread):
+@pytest.mark.parametrize("order,value", [("first", "expected"), ("second", "expected"), ("first", "derived")])
+def test_architect_adds_the_hinge_gradient_in_both_orders(table, order, value, one_thread):
     model, plain, batches = _architect_setup(None, order)
     a_n, a_r = (p.detach().clone().requires_grad_(True) for p in model.arch_parameters())
-    target = 0.5 * float(hand_expected(table, a_n, a_r).detach())
-    opts = CostOptions(table="x", target=target, weight=3.0, form="hinge")
+    target = 0.2 * float(hand_expected(table, a_n, a_r).detach())
+    opts = CostOptions(table="x", target=target, weight=3.0, form="hinge", value=value)
     _, with_cost, _ = _architect_setup(ExpectedCost(table, opts, CNN_PRIMITIVES, 4, 4), order)
     base = _grads(plain, order, batches)
     total = _grads(with_cost, order, batches)

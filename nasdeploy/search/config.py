@@ -40,6 +40,7 @@ class SupernetConfig:
 
 COST_METRICS = ("macs", "latency")
 COST_FORMS = ("hinge", "fbnet")
+COST_VALUES = ("expected", "derived")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class CostOptions:
 
     form hinge: loss = CE + weight * max(0, E[cost] / target - 1);
     form fbnet: loss = CE * weight * log(E[cost] / unit) ** beta (FBNet; unit: 1 ms or 1M MACs; no target).
+    value derived: E[cost] is replaced by E + (cost of the currently derived genotype - E).detach(), so the
+    hinge is active exactly while the derived network is over the budget (gradient unchanged).
     """
 
     table: str = ""  # cost table JSON (nasdeploy profile --cost-table darts_cnn -o FILE)
@@ -56,6 +59,7 @@ class CostOptions:
     weight: float = 1.0
     form: str = "hinge"  # hinge | fbnet
     beta: float = 0.6  # FBNet's exponent
+    value: str = "expected"  # expected: E[cost] | derived: the derived genotype's table cost, E[cost]'s gradient
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, str) or not self.table.strip():
@@ -69,6 +73,8 @@ class CostOptions:
             raise ConfigError(f"search.cost.target must be positive, got {self.target}")
         if not self.weight >= 0:
             raise ConfigError(f"search.cost.weight must be >= 0, got {self.weight}")
+        if self.value not in COST_VALUES:
+            raise ConfigError(f"search.cost.value must be one of {', '.join(COST_VALUES)}, got {self.value!r}")
         if not self.beta > 0:
             raise ConfigError(f"search.cost.beta must be positive, got {self.beta}")
 
