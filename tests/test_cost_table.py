@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -138,3 +140,10 @@ def test_ort_1t_latency_table_sum_tracks_end_to_end_darts_v2(tmp_path, one_threa
                              activations=False).latency["ort-cpu-1t"].median_ms
     assert table.measurement["settings"]["intra_op_threads"] == 1
     assert abs(summed / measured - 1) < 0.30, (summed, measured)
+
+
+def test_cost_table_modules_load_no_search_code():
+    code = ("import sys, nasdeploy.profile.cost_table, nasdeploy.profile.cost_table_build;"
+            "bad = sorted(m for m in sys.modules if m == 'nasdeploy.search' or m.startswith('nasdeploy.search.'));"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
