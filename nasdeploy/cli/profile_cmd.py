@@ -9,7 +9,7 @@ from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS
 
 
 @click.command()
-@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.argument("targets", nargs=-1, required=False, metavar="TARGET...")
 @click.option("--net", type=click.Choice(list_networks()), default="imagenet", show_default=True,
               help="Network family built from a genotype (ignored for .onnx targets).")
 @click.option("--channels", "--filter-multiplier", "channels", type=int, default=None,
@@ -25,14 +25,27 @@ from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per backend.")
 @click.option("--breakdown/--no-breakdown", default=None, help="Per-stage and per-op tables (default: on for one target).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--cost-table", "cost_space", default=None, metavar="SPACE",
+              help="Instead of profiling targets, build (or reuse from the cache) the cost table of search space SPACE "
+                   "(darts_cnn) on --net, timed on the one --latency backend (none: MACs only); --json FILE writes it.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None, help="Write the printed report as Markdown.")
-def profile(targets, net, channels, layers, num_classes, input_size, latency, batch, warmup, runs, breakdown, json_path, md_path) -> None:
+def profile(targets, net, channels, layers, num_classes, input_size, latency, batch, warmup, runs, breakdown, json_path,
+            cost_space, md_path) -> None:
     """Profile registry names, genotype files or .onnx files (several: one comparison table)."""
+    from nasdeploy.errors import ConfigError
     from nasdeploy.profile import LatencyConfig, parse_backends, profile_targets, write_report_json
     from nasdeploy.profile.report import render_report
     from nasdeploy.utils.files import write_text_atomic
 
     input_size = _parse_input_size(input_size)
+    if cost_space is not None:
+        from nasdeploy.profile.cost_table_build import cost_table_cli
+
+        click.echo(cost_table_cli(cost_space, latency, net=net, channels=channels, layers=layers, num_classes=num_classes,
+                                  input_size=input_size, json_path=json_path, targets=targets))
+        return
+    if not targets:
+        raise ConfigError("name at least one TARGET to profile (or use --cost-table SPACE)")
     backends = parse_backends(latency)
     cfg = LatencyConfig(batch=batch, warmup=warmup, runs=runs, progress=True)
     results = profile_targets(list(targets), net=net, channels=channels, layers=layers, num_classes=num_classes,

@@ -8,7 +8,7 @@ loss function `loss_fn(forward, batch) -> scalar` evaluates a batch with a given
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,14 @@ from torch.func import functional_call
 from nasdeploy.errors import ConfigError
 
 LossFn = Callable[[Callable[..., Any], Any], torch.Tensor]
+
+
+class ArchCost(Protocol):
+    """A term on the architecture loss that depends on the alphas only (e.g. search.cost.ExpectedCost)."""
+
+    def combine(self, loss: torch.Tensor, arch_params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The validation loss with the term applied."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,8 +52,9 @@ class Architect:
     """Computes architecture gradients and steps the architecture optimiser."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, weight_optimizer: torch.optim.Optimizer,
-                 config: ArchitectConfig = ArchitectConfig()):
+                 config: ArchitectConfig = ArchitectConfig(), cost: ArchCost | None = None):
         self.model = model
+        self.cost = cost  # applied to the validation loss only: w' and the Hessian term use L_train
         self.core = _unwrap(model)
         self.loss_fn = loss_fn
         self.weight_optimizer = weight_optimizer
@@ -78,9 +87,13 @@ class Architect:
         """d L_val(w, alpha) / d alpha."""
         # The unwrapped module: a DDP wrapper would wait for a backward() that autograd.grad never runs;
         # alpha gradients are all-reduced explicitly in step().
-        loss = self.loss_fn(self.core, val_batch)
+        loss = self._val_loss(self.loss_fn(self.core, val_batch))
         self.last_loss = loss.detach()
         return list(torch.autograd.grad(loss, self.arch_params))
+
+    def _val_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The validation loss with the cost term, when there is one."""
+        return loss if self.cost is None else self.cost.combine(loss, self.arch_params)
 
     def virtual_step(self, train_batch: Any, eta: float) -> list[torch.Tensor]:
         """w' = w - eta * (momentum * buf + grad_w L_train + wd * w), with the weight optimiser's state."""
@@ -114,7 +127,7 @@ class Architect:
     def second_order_grad(self, train_batch: Any, val_batch: Any, eta: float) -> list[torch.Tensor]:
         """grad_a L_val(w', a) - eta * H v, the unrolled DARTS gradient."""
         unrolled = self.virtual_step(train_batch, eta)
-        loss = self.loss_fn(self._functional_forward(unrolled), val_batch)
+        loss = self._val_loss(self.loss_fn(self._functional_forward(unrolled), val_batch))
         self.last_loss = loss.detach()
         grads = torch.autograd.grad(loss, self.arch_params + unrolled)
         d_alpha, v = list(grads[: len(self.arch_params)]), list(grads[len(self.arch_params):])

@@ -38,6 +38,47 @@ class SupernetConfig:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
 
 
+COST_METRICS = ("macs", "latency")
+COST_FORMS = ("hinge", "fbnet")
+COST_VALUES = ("expected", "derived")
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """search.cost: a differentiable MAC or latency budget read from a cost table (see search/cost.py).
+
+    form hinge: loss = CE + weight * max(0, E[cost] / target - 1);
+    form fbnet: loss = CE * weight * log(E[cost] / unit) ** beta (FBNet; unit: 1 ms or 1M MACs; no target).
+    value derived: E[cost] is replaced by E + (cost of the currently derived genotype - E).detach(), so the
+    hinge is active exactly while the derived network is over the budget (gradient unchanged).
+    """
+
+    table: str = ""  # cost table JSON (nasdeploy profile --cost-table darts_cnn -o FILE)
+    metric: str = "macs"  # macs | latency (ms)
+    target: float = 600e6  # the budget, in the metric's unit (MACs per sample, or ms)
+    weight: float = 1.0
+    form: str = "hinge"  # hinge | fbnet
+    beta: float = 0.6  # FBNet's exponent
+    value: str = "expected"  # expected: E[cost] | derived: the derived genotype's table cost, E[cost]'s gradient
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, str) or not self.table.strip():
+            raise ConfigError("search.cost.table must name a cost table file (build one with: "
+                              "nasdeploy profile --cost-table darts_cnn -o table.json)")
+        if self.metric not in COST_METRICS:
+            raise ConfigError(f"search.cost.metric must be one of {', '.join(COST_METRICS)}, got {self.metric!r}")
+        if self.form not in COST_FORMS:
+            raise ConfigError(f"search.cost.form must be one of {', '.join(COST_FORMS)}, got {self.form!r}")
+        if not self.target > 0:
+            raise ConfigError(f"search.cost.target must be positive, got {self.target}")
+        if not self.weight >= 0:
+            raise ConfigError(f"search.cost.weight must be >= 0, got {self.weight}")
+        if self.value not in COST_VALUES:
+            raise ConfigError(f"search.cost.value must be one of {', '.join(COST_VALUES)}, got {self.value!r}")
+        if not self.beta > 0:
+            raise ConfigError(f"search.cost.beta must be positive, got {self.beta}")
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """The search schedule and optimisers (DARTS CIFAR-10 defaults)."""
@@ -59,6 +100,7 @@ class SearchOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resume on CPU)
     threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy machine
+    cost: Optional[CostOptions] = None  # a MAC / latency budget on the architecture (None: plain DARTS)
 
     def __post_init__(self) -> None:
         if self.order not in ("first", "second"):

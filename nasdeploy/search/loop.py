@@ -26,6 +26,7 @@ from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.config import RESUMABLE_CHANGES, SearchConfig
+from nasdeploy.search.cost import build_expected_cost
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
@@ -156,7 +157,8 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
     w_opt = torch.optim.SGD(weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, opts.epochs, eta_min=opts.lr_min)
     architect = Architect(wrapped, classification_loss, w_opt,
-                          ArchitectConfig(opts.order, opts.arch_lr, tuple(opts.arch_betas), opts.arch_weight_decay))
+                          ArchitectConfig(opts.order, opts.arch_lr, tuple(opts.arch_betas), opts.arch_weight_decay),
+                          cost=build_expected_cost(opts.cost, model))
 
     weight_half, arch_half = Subset(train_set, weight_idx), Subset(train_set, arch_idx)
     w_sampler = train_sampler(weight_half, ctx, opts.seed)
@@ -215,6 +217,8 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
                   "train_acc": train["top1"], "valid_loss": valid["loss"], "valid_acc": valid["top1"],
                   "epoch_time_s": round(time.perf_counter() - t0, 3), "mixed_op": model.mixed_op,
                   "genotype": genotype_to_dict(genotype)}
+        if architect.cost is not None:  # expected cost of the alphas and the derived genotype's table cost
+            record.update(architect.cost.log_record(model.alphas_normal, model.alphas_reduce, genotype))
         normal, reduce = model.softmaxed_alphas()
         log.write(record)
         alpha_log.write({"epoch": epoch + 1, "alphas_normal": normal.cpu().tolist(),
@@ -222,6 +226,9 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
         console(f"epoch {epoch + 1}/{opts.epochs}  " + format_metrics(
             record, ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "epoch_time_s")), ctx.is_main)
         console(f"  normal: {_cell_text(genotype.normal)}\n  reduce: {_cell_text(genotype.reduce)}", ctx.is_main)
+        if architect.cost is not None:
+            console("  cost: " + format_metrics(record, tuple(k for k in record if k.startswith(("expected_", "derived_")))),
+                    ctx.is_main)
         elapsed += time.perf_counter() - t0
         _save(out, config, model, w_opt, architect, scheduler, epoch + 1, genotype, record, elapsed, ctx)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < opts.epochs:

@@ -1,0 +1,106 @@
+"""The differentiable deployment-cost term of the DARTS CNN search (expected MACs or latency of the alphas).
+
+Expected cost, from a cost table measured on the deployment network (profile/cost_table.py):
+
+    E[cost] = fixed + sum_{cell type t} sum_{node n} 2 / (2 + n) * sum_{edge j -> n} sum_{op k != none}
+              softmax_{k != none}(alpha_t[j])[k] * W_t[j, k]
+
+where W_t sums the table entries of edge (j, k) over every cell of type t (normal / reduce) in the
+deployment net, because the supernet shares one alpha matrix per cell type across its cells.
+
+Normalisation (the choice, stated): the derivation keeps 2 of the 2 + n incoming edges of node n and
+never keeps 'none', so (a) op probabilities are a softmax over the non-'none' columns of alpha (putting
+mass on 'none' cannot lower the cost; 'none' gets no cost gradient), and (b) each incoming edge of node
+n is weighted 2 / (2 + n): the expectation when the 2 kept edges are drawn uniformly. For one-hot alphas
+that pick the same op on every incoming edge of a node whose inputs share a shape (every node of a normal
+cell), E[cost] equals the table sum of the derived genotype exactly; the derived genotype's exact table
+cost is logged beside it every epoch. Away from one-hot alphas E[cost] and the derived cost differ (on the
+demo, uniform alphas give 475M expected MACs while an unconstrained search derives 568M), so
+search.cost.value=derived keeps E[cost]'s gradient but takes the derived genotype's table cost as the
+value: the hinge is then active exactly while the derived network is over the budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from nasdeploy.errors import ConfigError
+from nasdeploy.profile.cost_table import CostTable, load_cost_table
+from nasdeploy.search.config import CostOptions
+from nasdeploy.spaces.darts_cnn_derive import derive_genotype
+
+NONE_OP = "none"
+FBNET_UNITS = {"macs": 1e6, "latency": 1.0}  # FBNet's log-latency is in ms; MACs in millions
+
+
+class ExpectedCost:
+    """E[cost](alphas) from a cost table, and the loss it adds (hinge on the budget or FBNet's factor)."""
+
+    def __init__(self, table: CostTable, options: CostOptions, primitives: Sequence[str], steps: int,
+                 multiplier: int):
+        space = table.space
+        if tuple(primitives) != tuple(space.primitives) or steps != space.steps or multiplier != space.multiplier:
+            raise ConfigError(
+                f"the cost table covers {space.steps} nodes, multiplier {space.multiplier}, primitives "
+                f"{list(space.primitives)}; the supernet has {steps} nodes, multiplier {multiplier}, "
+                f"primitives {list(primitives)}")
+        if not table.has(options.metric):
+            table.entries(options.metric)  # raises the one-line reason
+        self.table = table
+        self.options = options
+        self.primitives, self.steps, self.multiplier = tuple(primitives), steps, multiplier
+        self.metric = options.metric
+        self.fixed = table.fixed_total(options.metric)
+        node_weight = np.concatenate([np.full(2 + n, 2.0 / (2 + n)) for n in range(steps)])[:, None]
+        normal, reduce = table.cell_type_weights(options.metric)
+        keep = [k for k, p in enumerate(primitives) if p != NONE_OP]
+        self.columns = torch.tensor(keep, dtype=torch.long)
+        self.w_normal = torch.from_numpy(node_weight * normal[:, keep])
+        self.w_reduce = torch.from_numpy(node_weight * reduce[:, keep])
+
+    def expected(self, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor) -> torch.Tensor:
+        """E[cost] of the current alphas (float64 scalar, differentiable in the alphas)."""
+        total = torch.tensor(self.fixed, dtype=torch.float64, device=alphas_normal.device)
+        for alphas, w in ((alphas_normal, self.w_normal), (alphas_reduce, self.w_reduce)):
+            probs = torch.softmax(alphas.double().index_select(1, self.columns.to(alphas.device)), dim=-1)
+            total = total + (probs * w.to(alphas.device)).sum()
+        return total
+
+    def combine(self, loss: torch.Tensor, arch_params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The architecture loss with the cost term: hinge (additive) or FBNet (multiplicative)."""
+        cost = self.expected(arch_params[0], arch_params[1])
+        o = self.options
+        if o.value == "derived":  # the derived genotype's value, the expectation's gradient (straight-through)
+            derived = self.derived_cost(derive_genotype(arch_params[0], arch_params[1], self.primitives, self.steps,
+                                                        self.multiplier))
+            cost = cost + (derived - cost).detach()
+        if o.form == "hinge":
+            return loss + (o.weight * torch.relu(cost / o.target - 1.0)).to(loss.dtype)
+        factor = o.weight * torch.log(cost / FBNET_UNITS[self.metric]).clamp_min(1e-12) ** o.beta
+        return loss * factor.to(loss.dtype)
+
+    def derived_cost(self, genotype: Any) -> float:
+        """The table cost of a derived genotype's deployment network (exact for MACs)."""
+        return self.table.genotype_cost(genotype, self.metric)
+
+    def log_record(self, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, genotype: Any) -> dict[str, Any]:
+        """Per-epoch values to log: expected cost of the alphas, derived genotype's cost and MACs, budget."""
+        with torch.no_grad():
+            expected = float(self.expected(alphas_normal.detach(), alphas_reduce.detach()))
+        out: dict[str, Any] = {f"expected_{self.metric}": expected, f"derived_{self.metric}": self.derived_cost(genotype),
+                               "cost_target": self.options.target}
+        if self.metric != "macs":
+            out["derived_macs"] = self.table.genotype_cost(genotype, "macs")
+        return out
+
+
+def build_expected_cost(options: CostOptions | None, model: Any) -> ExpectedCost | None:
+    """The cost term a search config asks for, checked against the supernet (None: no cost section)."""
+    if options is None:
+        return None
+    core = model.module if hasattr(model, "module") else model
+    return ExpectedCost(load_cost_table(options.table), options, core.primitives, core.steps, core.multiplier)
+
