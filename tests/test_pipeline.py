@@ -113,3 +113,27 @@ def test_shipped_pipeline_configs_validate(name):
     train = train_config_from_dict(cfg.train)
     assert search.search.epochs == 50 and search.model.channels == 16 and search.model.layers == 8
     assert train.model.net == ("imagenet" if "imagenet" in name else "cifar")
+
+
+def test_a_pipeline_with_a_budget_builds_its_table_and_reports_the_verdict(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    data = json.loads(json.dumps(TINY))
+    data["search"]["model"].update(steps=4, multiplier=4)
+    data["search"]["search"]["cost"] = {"metric": "macs", "table": "auto", "target": 60_000_000, "weight": 2.0,
+                                        "value": "derived"}
+    data["profile"]["compare"] = []
+    result = run_pipeline(pipeline_config_from_dict(data, Path("."), "budget.yaml"), tmp_path / "run", progress=False)
+    run_dir = tmp_path / "run"
+    assert result.interrupted is None and (run_dir / "search" / "cost_table.json").is_file()
+    assert list((tmp_path / "cache").rglob("*.json"))  # cached for the next run on this machine
+    stored = (run_dir / "search" / "config.yaml").read_text()
+    assert str(run_dir / "search" / "cost_table.json") in stored
+    log = [json.loads(line) for line in (run_dir / "search" / "log.jsonl").read_text().splitlines()]
+    assert "expected_macs" in log[-1] and "derived_macs" in log[-1]
+    profile = json.loads((run_dir / "profile.json").read_text())
+    budget, found = profile["budget"], profile["rows"][0]
+    assert budget["measured"] == found["macs"] and budget["target"] == 60e6
+    assert budget["meets"] == (found["macs"] <= 60e6)
+    # The derived cell's table cost equals what the profiler measures for the found network.
+    assert budget["derived_at_end"] == found["macs"]
+    assert "Search budget: macs <= 60.0M" in (run_dir / "report.md").read_text()

@@ -28,12 +28,50 @@ def run_search_stage(ctx: StageContext) -> dict[str, Any]:
     from nasdeploy.search.config import search_config_from_dict
     from nasdeploy.search.loop import run_search
 
-    config = search_config_from_dict(ctx.config.search)
+    config = search_config_from_dict(_with_cost_table(ctx))
     result = run_search(config, ctx.path("search"), **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"search stopped after epoch {result.epochs_done}/{result.epochs}")
     return {"dir": "search", "epochs": result.epochs, "final": result.metrics, "order": config.search.order,
             "mixed_op": last_log_record(ctx.path("search", "log.jsonl")).get("mixed_op", "unknown")}
+
+
+def _with_cost_table(ctx: StageContext) -> dict[str, Any]:
+    """The search section; a budget with `table: auto` gets the (cached) table of the profile's network."""
+    section = ctx.config.search
+    cost = (section.get("search") or {}).get("cost")
+    if not isinstance(cost, dict) or cost.get("table", "auto") != "auto":
+        return section
+    from nasdeploy.profile.cost_table import save_cost_table
+    from nasdeploy.profile.cost_table_build import build_or_load_cost_table
+
+    prof = ctx.config.profile
+    backend = None if cost.get("metric", "macs") == "macs" else cost.get("backend", "ort-cpu-1t")
+    path = ctx.path("search", "cost_table.json")
+    if not path.is_file():  # a resumed search keeps the table it started with
+        table = build_or_load_cost_table(ctx.config.space, backend, net=prof.net, channels=prof.channels,
+                                         layers=prof.layers, progress=ctx.progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_cost_table(table, path)
+    return {**section, "search": {**section["search"], "cost": {**cost, "table": str(path)}}}
+
+
+def budget_verdict(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The search budget next to what the found network measures (and the search's last expected cost)."""
+    cost = (ctx.config.search.get("search") or {}).get("cost")
+    found = next((r for r in rows if r.get("found")), None)
+    if not isinstance(cost, dict) or found is None:
+        return None
+    metric, target = cost.get("metric", "macs"), float(cost.get("target", 600e6))
+    if metric == "macs":
+        measured, unit = found.get("macs"), "MACs"
+    else:
+        backend = cost.get("backend", "ort-cpu-1t")
+        measured, unit = (found.get("latency") or {}).get(backend, {}).get("median_ms"), f"ms ({backend} median)"
+    last = last_log_record(ctx.path("search", "log.jsonl"))
+    return {"metric": metric, "target": target, "unit": unit, "measured": measured,
+            "meets": bool(measured is not None and measured <= target),
+            "expected_at_end": last.get(f"expected_{metric}"), "derived_at_end": last.get(f"derived_{metric}")}
 
 
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
@@ -96,6 +134,9 @@ def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
            "backends": list(section.backends), "rows": rows,
            "convention": "multiply-accumulates of convolutions and FC layers, BN folded, activations/pooling not counted",
            "environment": environment_line(environment or {})}
+    budget = budget_verdict(ctx, rows)
+    if budget is not None:
+        out["budget"] = budget
     write_json_atomic(ctx.path("profile.json"), out)
     return {"file": "profile.json"}
 

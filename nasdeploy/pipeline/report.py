@@ -162,6 +162,16 @@ def render_report(summary: dict[str, Any]) -> str:
         out.append("")
         out += _cost_table(profile)
         out.append("")
+        budget = profile.get("budget")
+        if budget:
+            scale = 1e6 if budget["metric"] == "macs" else 1.0
+            show = (lambda v: f"{v / scale:.1f}M" if isinstance(v, (int, float)) else "-") if scale > 1 else \
+                (lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-")
+            out.append(f"Search budget: {budget['metric']} <= {show(budget['target'])} {budget['unit']}. The found network "
+                       f"measures {show(budget['measured'])}: **{'meets the budget' if budget['meets'] else 'OVER the budget'}** "
+                       f"(expected cost at the end of the search {show(budget.get('expected_at_end'))}, table cost of "
+                       f"its derived cell {show(budget.get('derived_at_end'))}).")
+            out.append("")
         if profile.get("environment"):
             out.append(f"Measured on: {profile['environment']}")
             out.append("")

@@ -32,18 +32,22 @@ from nasdeploy.profile.cost_table import CellSpace, CostTable, FixedEntry, load_
 from nasdeploy.profile.environment import collect_environment, cpu_model
 from nasdeploy.profile.latency import ORT_BACKENDS, LatencyConfig, measure_latency, parse_backends
 
-SPACES: dict[str, CellSpace] = {"darts_cnn": CellSpace("darts_cnn", CNN_PRIMITIVES, 4, 4)}
+DARTS_CNN_CELLS = CellSpace("darts_cnn", CNN_PRIMITIVES, 4, 4)  # named by the darts_cnn entry of nasdeploy.spaces.table
 TABLE_LATENCY = LatencyConfig(warmup=5, runs=40)
 _ZERO_MAC_OPS = ("none",)  # a derived cell never keeps 'none': its edge is absent from the static net
 
 
 def get_space(space: str | CellSpace) -> CellSpace:
-    """A CellSpace from its name ('darts_cnn') or as given."""
+    """A CellSpace from a space's name (its `cost_cells` in the table of spaces) or as given."""
+    from nasdeploy.spaces import table
+
     if isinstance(space, CellSpace):
         return space
-    if space not in SPACES:
-        raise ConfigError(f"unknown cost-table space {space!r}; choose one of: {', '.join(SPACES)}")
-    return SPACES[space]
+    entry = table.get_space(space)
+    if not entry.cost_cells:
+        supported = [s.name for s in table.SPACES.values() if s.cost_cells]
+        raise ConfigError(f"the {entry.name} space has no cost table yet (supported: {', '.join(supported)})")
+    return table.resolve(entry.cost_cells)
 
 
 class _Combine(nn.Module):

@@ -53,13 +53,14 @@ class CostOptions:
     hinge is active exactly while the derived network is over the budget (gradient unchanged).
     """
 
-    table: str = ""  # cost table JSON (nasdeploy profile --cost-table darts_cnn -o FILE)
+    table: str = ""  # cost table JSON (nasdeploy profile --cost-table darts_cnn --json FILE); auto: the pipeline builds it
     metric: str = "macs"  # macs | latency (ms)
     target: float = 600e6  # the budget, in the metric's unit (MACs per sample, or ms)
     weight: float = 1.0
     form: str = "hinge"  # hinge | fbnet
     beta: float = 0.6  # FBNet's exponent
     value: str = "expected"  # expected: E[cost] | derived: the derived genotype's table cost, E[cost]'s gradient
+    backend: str = "ort-cpu-1t"  # the latency backend `table: auto` measures (nasdeploy pipeline)
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, str) or not self.table.strip():

@@ -97,10 +97,16 @@ class ExpectedCost:
         return out
 
 
+AUTO_TABLE = "auto"  # search.cost.table: auto = the pipeline builds (or reads the cached) table
+
+
 def build_expected_cost(options: CostOptions | None, model: Any) -> ExpectedCost | None:
     """The cost term a search config asks for, checked against the supernet (None: no cost section)."""
     if options is None:
         return None
+    if options.table == AUTO_TABLE:
+        raise ConfigError("search.cost.table: auto is built by `nasdeploy pipeline`; for `nasdeploy search` build a "
+                          "table with `nasdeploy profile --cost-table darts_cnn --json table.json` and name it")
     core = model.module if hasattr(model, "module") else model
     return ExpectedCost(load_cost_table(options.table), options, core.primitives, core.steps, core.multiplier)
 

@@ -12,7 +12,8 @@ Each space provides, with one vocabulary for all of them:
 - network: the static network family its genotypes build (nasdeploy.nets);
 - pipeline: a module with STAGES (search, derive, train, export, profile), report_figures(ctx) and
   reproduce_commands(ctx); export/profile: its pipeline export and profile adapters;
-- export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections.
+- export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections;
+- cost_cells: the cell description of its per-op cost tables (a deployment budget in the search).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class SearchSpace:
     profile_nets: tuple[str, ...] = ()  # the network families its profile section may name (empty: no `net` key)
     # Top-level sections that only this space's search/train configs have (so `space:` may be left out).
     config_sections: tuple[str, ...] = ()
+    # The cell description its per-op cost tables use (nasdeploy.profile.cost_table.CellSpace); "" = none yet.
+    cost_cells: str = ""
     # Sections of an older pipeline-file format of this space and the sections they now are.
     legacy_pipeline_sections: Mapping[str, str] = field(default_factory=dict)
 
@@ -90,6 +93,7 @@ SPACES: dict[str, SearchSpace] = {
         export="nasdeploy.pipeline.darts_cnn_stages:run_export_stage",
         profile="nasdeploy.pipeline.darts_cnn_stages:run_profile_stage",
         profile_nets=("cifar", "imagenet"),
+        cost_cells="nasdeploy.profile.cost_table_build:DARTS_CNN_CELLS",
     ),
     "darts_rnn": SearchSpace(
         name="darts_rnn",
