@@ -167,3 +167,13 @@ def test_executorch_latency_backend():
     assert r.ok, r.note
     assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.p99_ms <= r.max_ms and r.runs == 10
     assert r.settings["delegate"] == "XNNPACK" and "executorch" in r.settings["runtime"]
+
+
+def test_cli_int8_without_data_is_one_line(tmp_path, capsys):
+    from nasdeploy.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["export", "DARTS_V2", "--net", "cifar", "--format", "executorch", "--int8", "ort", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: INT8 needs calibration") and "\n" not in err
+    assert not (tmp_path / "o").exists()

@@ -712,6 +712,8 @@ def export_target(
     unknown = [f for f in formats if f not in FORMATS]
     if not formats or unknown:
         raise ConfigError(f"unknown export format(s) {unknown or '(none)'}; choose from: {', '.join(FORMATS)}")
+    if options.int8 and options.data is None and dataset is None and data_dir is None:
+        raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
     import dataclasses
 
     from nasdeploy.genotypes import genotype_to_dict, resolve_genotype
@@ -734,8 +736,6 @@ def export_target(
         same = saved.get("name") == name_ds
         options = dataclasses.replace(options, data=dataset_config(
             name_ds, data_dir, size, mean=saved.get("mean") if same else None, std=saved.get("std") if same else None))
-    elif options.int8 and options.data is None:
-        raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
     source = {"target": str(target) if not hasattr(target, "kind") else (genotype.name or "genotype object"),
               "genotype": genotype.name, "net": net, "checkpoint": src.checkpoint, "net_kwargs": src.net_kwargs,
               "genotype_dict": genotype_to_dict(genotype), "dataset": src.dataset}
