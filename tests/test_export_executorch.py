@@ -167,6 +167,7 @@ def test_executorch_latency_backend():
     assert r.ok, r.note
     assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.p99_ms <= r.max_ms and r.runs == 10
     assert r.settings["delegate"] == "XNNPACK" and "executorch" in r.settings["runtime"]
+    assert isinstance(r.settings["intra_op_threads"], int) and r.settings["intra_op_threads"] >= 1
 
 
 def test_cli_int8_without_data_is_one_line(tmp_path, capsys):

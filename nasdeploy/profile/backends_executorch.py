@@ -40,7 +40,9 @@ def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyCo
         return (time.perf_counter() - start) * 1000.0
 
     times = timed_runs(once, cfg, name)
-    settings = {"runtime": prog.label, "program": Path(path).name, "threads": threads if threads is not None else "ExecuTorch default",
+    # "intra_op_threads": the key the report table prints as threads=; ExecuTorch's pool is its intra-op pool.
+    settings = {"runtime": prog.label, "program": Path(path).name,
+                "intra_op_threads": threads if threads is not None else "ExecuTorch default",
                 "delegate": "XNNPACK", "input": "host memory (no copies are timed beyond ExecuTorch's own)"}
     return summarize(name, times, cfg, settings)
 
