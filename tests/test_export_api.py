@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -94,15 +95,37 @@ def test_report_files(cli_export):
 
 def test_triton_repository_parses_with_tritons_schema(cli_export):
     _, out, _ = cli_export
-    text = (out / "darts_v2_cifar" / "config.pbtxt").read_text()
+    text = (out / "triton" / "darts_v2_cifar" / "config.pbtxt").read_text()
     cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert cfg.name == "darts_v2_cifar" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 16
     assert (cfg.input[0].name, list(cfg.input[0].dims)) == ("input", [3, -1, -1])
     assert (cfg.output[0].name, list(cfg.output[0].dims)) == ("logits", [5])
     assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    assert not list(cfg.dynamic_batching.preferred_batch_size)
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (out / "darts_v2_cifar" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert list(cfg.model_warmup[0].inputs["input"].dims) == [3, 32, 32]
+    assert cfg.output[0].label_filename == "labels.txt"
+    repo = out / "triton"
+    assert (repo / "darts_v2_cifar" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    # Triton's repository root holds only model folders; the README lives one level up.
+    assert sorted(p.name for p in repo.iterdir()) == ["darts_v2_cifar", "darts_v2_cifar_trt"]
+    assert all(p.is_dir() for p in repo.iterdir()) and (out / "TRITON_README.md").is_file()
+    assert len((repo / "darts_v2_cifar" / "labels.txt").read_text().splitlines()) == 5
+    # The TensorRT model's config is written even though only trtexec.sh could be produced; the script
+    # builds the plan where Triton looks for it.
+    trt = text_format.Parse((repo / "darts_v2_cifar_trt" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert trt.platform == "tensorrt_plan" and (repo / "darts_v2_cifar_trt" / "1").is_dir()
+    if (out / "trtexec.sh").exists():
+        assert "--saveEngine=triton/darts_v2_cifar_trt/1/model.plan" in (out / "trtexec.sh").read_text()
+    # Readable permissions (0755 / 0644 under the usual umask 022), not mkdtemp's 0700.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out, *out.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o777 & ~umask, (path, oct(mode))
+        else:
+            assert mode in (0o666 & ~umask, 0o777 & ~umask), (path, oct(mode))
 
 
 def test_missing_tensorrt_one_line_and_trtexec_script(cli_export):
@@ -114,7 +137,7 @@ def test_missing_tensorrt_one_line_and_trtexec_script(cli_export):
     script = (out / "trtexec.sh").read_text()
     assert "--onnx=model.onnx" in script and "--minShapes=input:1x3x32x32" in script
     assert "--maxShapes=input:16x3x32x32" in script and "--timingCacheFile=timing.cache" in script
-    assert not (out / "model.plan").exists() and not (out / "darts_v2_cifar_trt").exists()
+    assert not (out / "model.plan").exists() and not (out / "triton" / "darts_v2_cifar_trt" / "1" / "model.plan").exists()
 
 
 def _has_tensorrt():

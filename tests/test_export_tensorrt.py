@@ -210,6 +210,8 @@ def test_export_model_tensorrt_and_triton_plan(tmp_path, monkeypatch):
     assert ("profile.set_shape", "input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16)) in calls
     assert result.parity["tensorrt"].passed and {c.input_shape[0] for c in result.parity["tensorrt"].cases} == {1, 2, 8}
     assert (out / "parity_tensorrt.json").is_file() and "tensorrt" not in result.skipped
-    cfg = text_format.Parse((out / "tiny_trt" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    cfg = text_format.Parse((out / "triton" / "tiny_trt" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, 16, 16] and cfg.max_batch_size == 8
-    assert (out / "tiny_trt" / "1" / "model.plan").is_file() and (out / "tiny" / "1" / "model.onnx").is_file()
+    assert (out / "triton" / "tiny_trt" / "1" / "model.plan").is_file()
+    assert (out / "triton" / "tiny" / "1" / "model.onnx").is_file()
+    assert not list(cfg.dynamic_batching.preferred_batch_size)  # one optimisation profile: no preferred sizes

@@ -38,7 +38,8 @@ def test_dynamic_onnx_config(tmp_path):
     cfg = parse(config_pbtxt(onnx_model_config(path, "net_a", max_batch_size=64, instance_kind="cpu", instance_count=2)))
     assert (cfg.platform, cfg.max_batch_size) == ("onnxruntime_onnx", 64)
     assert list(cfg.input[0].dims) == [3, -1, -1] and list(cfg.output[0].dims) == [6]
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 64]
+    # No preferred_batch_size: Triton advises it only for TensorRT engines with several profiles.
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [] and cfg.HasField("dynamic_batching")
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
     assert (cfg.instance_group[0].count, cfg.instance_group[0].kind) == (2, mc.ModelInstanceGroup.KIND_CPU)
 
@@ -88,3 +89,34 @@ def test_invalid_configs(tmp_path):
         onnx_model_config(path, "../evil")
     with pytest.raises(ConfigError, match="instance kind"):
         onnx_model_config(path, "ok", instance_kind="tpu")
+
+
+def test_warmup_and_labels_parse_with_tritons_schema(tmp_path):
+    path = _conv_model(tmp_path / "model.onnx", "batch", "height", "width")
+    cfg = onnx_model_config(path, "net_a", warmup_hw=(24, 20), labels_file="labels.txt")
+    parsed = parse(config_pbtxt(cfg))
+    assert parsed.output[0].label_filename == "labels.txt"
+    (warm,) = parsed.model_warmup
+    assert warm.batch_size == 1 and list(warm.inputs["input"].dims) == [3, 24, 20] and warm.inputs["input"].random_data
+    labels = [f"c{i}" for i in range(6)]
+    folder = write_triton_model(tmp_path / "repo", cfg, path, labels=labels)
+    assert (folder / "labels.txt").read_text().splitlines() == labels
+    with pytest.raises(ConfigError, match="no labels"):
+        write_triton_model(tmp_path / "repo2", cfg, path)
+    # Without H/W to fill in, no warm-up is written (Triton needs concrete dims).
+    assert not parse(config_pbtxt(onnx_model_config(path, "b"))).model_warmup
+
+
+def test_tensorrt_config_without_plan_and_readme(tmp_path):
+    from nasdeploy.export.triton import repository_readme
+
+    path = _conv_model(tmp_path / "model.onnx", "batch", "height", "width")
+    trt = tensorrt_model_config(path, "net_trt", input_hw=(32, 32), max_batch_size=8)
+    folder = write_triton_model(tmp_path / "repo", trt, None)
+    assert (folder / "1").is_dir() and not any((folder / "1").iterdir())
+    assert parse((folder / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+    with pytest.raises(ConfigError, match="only a TensorRT"):
+        write_triton_model(tmp_path / "repo", onnx_model_config(path, "onnx_a"), None)
+    text = repository_readme("triton", [trt], plan_script="trtexec.sh")
+    assert "tritonserver --model-repository" in text and "perf_analyzer -m net_trt" in text
+    assert "--shape input:3,32,32" in text and "InferenceServerClient" in text and "sh trtexec.sh" in text

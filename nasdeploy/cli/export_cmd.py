@@ -1,4 +1,4 @@
-"""`nasdeploy export TARGET --net ... --format onnx|tensorrt|triton`: a thin layer over nasdeploy.export.api."""
+"""`nasdeploy export TARGET --net ... --format onnx|executorch|tensorrt|triton [--int8 ...]`: a thin layer over nasdeploy.export.api."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import click
 
 from nasdeploy.errors import ConfigError, MissingDependencyError
 
-FORMATS = ("onnx", "tensorrt", "triton")
+FORMATS = ("onnx", "executorch", "tensorrt", "triton")
+INT8 = ("ort", "executorch")
+DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
@@ -51,13 +53,22 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--atol", default=1e-5, show_default=True, help="Parity absolute tolerance (ONNX).")
 @click.option("--seed", type=int, help="Seed of the random parity inputs [default: fresh].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the export succeeded).")
+@click.option("--int8", "int8", multiple=True, type=click.Choice(INT8),
+              help="INT8 path (repeatable): ort = onnxruntime static QDQ; executorch = PT2E XNNPACK -> int8 .pte. Needs data.")
+@click.option("--dataset", type=click.Choice(DATASETS),
+              help="Dataset for parity on real images, calibration and validation [default: the checkpoint's, else cifar10 / imagefolder].")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset directory (not needed for --dataset demo).")
+@click.option("--calibration-images", default=128, show_default=True, help="INT8 calibration images (training split).")
+@click.option("--val-images", "validation_images", default=500, show_default=True, help="Validation images for float vs INT8 top-1.")
+@click.option("--parity-images", default=64, show_default=True, help="Validation images compared between PyTorch and each runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print export.json instead of the summary.")
 def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ...], out_dir: str | None, opset: int | None,
            dynamic_batch: bool, static_hw: bool, fp16: bool, simplify: bool, input_size: str | None,
            channels: int | None, layers: int | None, num_classes: int | None, name: str | None, max_batch: int,
            opt_batch: int, workspace_mib: int, instance_kind: str, instance_count: int, rtol: float, atol: float,
-           seed: int | None, overwrite: bool, as_json: bool) -> None:
-    """Export TARGET (registry name or genotype file) as verified ONNX, a TensorRT engine and/or a Triton repository."""
+           seed: int | None, overwrite: bool, int8: tuple[str, ...], dataset: str | None, data_dir: str | None,
+           calibration_images: int, validation_images: int, parity_images: int, as_json: bool) -> None:
+    """Export TARGET (registry name or genotype file) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
     from nasdeploy.export.api import ExportOptions, export_target
 
     options = ExportOptions(
@@ -65,11 +76,13 @@ def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ..
         dynamic_spatial=dynamic_batch and not static_hw, simplify=simplify, rtol=rtol, atol=atol, seed=seed, fp16=fp16,
         max_batch=max_batch if dynamic_batch else 1, opt_batch=min(opt_batch, max_batch) if dynamic_batch else 1,
         workspace_mib=workspace_mib, instance_kind=instance_kind, instance_count=instance_count, name=name,
-        overwrite=overwrite,
+        overwrite=overwrite, int8=tuple(dict.fromkeys(int8)), calibration_images=calibration_images,
+        validation_images=validation_images, parity_images=parity_images,
     )
     result = export_target(
         target, net=net, checkpoint=checkpoint, formats=formats, out_dir=out_dir, channels=channels, layers=layers,
         num_classes=num_classes, options=options, progress=lambda msg: click.echo(msg, err=True),
+        dataset=dataset, data_dir=data_dir,
     )
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
     if "tensorrt" in result.skipped:

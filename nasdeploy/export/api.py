@@ -23,9 +23,11 @@ from nasdeploy._version import __version__
 from nasdeploy.errors import CheckpointError, ConfigError, MissingDependencyError
 from nasdeploy.export.onnx import MIN_OPSET, export_onnx, read_onnx_metadata
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL, ParityReport, check_onnx_parity
-from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.files import write_json_atomic, write_text_atomic
 
-FORMATS = ("onnx", "tensorrt", "triton")
+FORMATS = ("onnx", "tensorrt", "triton", "executorch")
+INT8_METHODS = ("ort", "executorch")  # onnxruntime static QDQ; PT2E XNNPACKQuantizer -> INT8 .pte
+WEIGHTS = ("trained", "untrained")
 Progress = Callable[[str], None]
 
 
@@ -51,6 +53,13 @@ class ExportOptions:
     instance_count: int = 1
     name: str | None = None
     overwrite: bool = False
+    int8: tuple[str, ...] = ()  # INT8 paths to run: "ort" and/or "executorch"; they need `data`
+    data: Any = None  # nasdeploy.data.factory.DataConfig: parity on real images, calibration, validation
+    calibration_images: int = 128  # from the training split (eval transform, seeded random sample)
+    validation_images: int = 500  # from the test split, for float vs INT8 accuracy
+    parity_images: int = 64  # validation images compared between PyTorch and each runtime
+    latency_warmup: int = 5  # INT8 report latency (batch 1, one thread)
+    latency_runs: int = 30
 
     def __post_init__(self) -> None:
         if self.input_size is not None and (
@@ -69,6 +78,11 @@ class ExportOptions:
             raise ConfigError(f"instance_kind must be 'gpu' or 'cpu', got {self.instance_kind!r}")
         if self.workspace_mib < 1 or self.instance_count < 1:
             raise ConfigError("workspace_mib and instance_count must be >= 1")
+        bad = [m for m in self.int8 if m not in INT8_METHODS]
+        if bad:
+            raise ConfigError(f"unknown INT8 method(s) {bad}; choose from: {', '.join(INT8_METHODS)}")
+        if min(self.calibration_images, self.validation_images, self.parity_images, self.latency_runs) < 1 or self.latency_warmup < 0:
+            raise ConfigError("calibration/validation/parity image counts and latency runs must be >= 1 (warm-up >= 0)")
         if self.name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", self.name):
             raise ConfigError(f"invalid model name {self.name!r}: use letters, digits, '_', '-' and '.'")
 
@@ -88,6 +102,8 @@ class ExportResult:
     onnx: dict[str, Any] = field(default_factory=dict)
     complexity: dict[str, Any] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # method -> QuantizationResult
+    weights: str | None = None  # "trained" | "untrained" | None (as given)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (written as export.json)."""
@@ -98,8 +114,13 @@ class ExportResult:
         out = asdict(self)
         out["out_dir"] = str(self.out_dir)
         out["parity"] = {k: v.to_dict() for k, v in self.parity.items()}
+        out["quantization"] = {k: v.to_dict() for k, v in self.quantization.items()}
         out["versions"] = {"nasdeploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                            "onnxruntime": onnxruntime.__version__}
+        if "executorch" in self.formats or "executorch" in self.quantization:
+            from nasdeploy.export.executorch import executorch_version
+
+            out["versions"]["executorch"] = executorch_version()
         return out
 
     def summary(self) -> str:
@@ -113,6 +134,7 @@ class ExportResult:
             lines.append(f"  params {self.complexity['params']:,}, MACs {self.complexity['macs'] / 1e6:.1f}M ({self.complexity['convention']})")
         for report in self.parity.values():
             lines.append(report.format_table())
+        lines += [q.summary() for q in self.quantization.values()]
         lines += [f"  skipped {fmt}: {why}" for fmt, why in self.skipped.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -127,6 +149,7 @@ class ExportSource:
     net: str
     checkpoint: str | None
     net_kwargs: dict[str, Any]
+    dataset: dict[str, Any] | None = None  # the checkpoint's meta["dataset"] (name, classes, mean, std), if any
 
 
 def _same_cells(a: Any, b: Any) -> bool:
@@ -207,7 +230,9 @@ def build_export_model(
     if ckpt is not None:
         load_weights_into(model, ckpt, source=f"checkpoint {checkpoint}")
     model.eval()
-    return ExportSource(model, genotype.name, net, str(checkpoint) if checkpoint else None, kwargs)
+    dataset = (ckpt.get("meta") or {}).get("dataset") if ckpt is not None else None
+    return ExportSource(model, genotype.name, net, str(checkpoint) if checkpoint else None, kwargs,
+                        dataset=dataset if isinstance(dataset, dict) else None)
 
 
 def _default_name(genotype_name: str | None, net: str) -> str:
@@ -239,8 +264,23 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
 
 
+def _readable_permissions(root: Path) -> None:
+    """mkdtemp makes 0700 folders: give the tree the usual modes (0755 dirs, 0644 files, executables kept, less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o777 & ~umask)
+        else:
+            executable = path.stat().st_mode & 0o100
+            path.chmod((0o777 if executable else 0o666) & ~umask)
+
+
 def _publish(staging: Path, out_dir: Path) -> None:
     """Move the finished staging folder onto out_dir (replacing an old one only after success)."""
+    _readable_permissions(staging)
     if out_dir.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.replace(out_dir, trash / "old")
@@ -260,8 +300,17 @@ def export_model(
     metadata: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    weights: str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> ExportResult:
-    """Export any single-image-input model to `out_dir` in the given formats, verifying each artifact."""
+    """Export any single-image-input model to `out_dir` in the given formats, verifying each artifact.
+
+    weights="untrained" (no checkpoint) randomises a copy's BN statistics first so parity means something;
+    options.data (a DataConfig) makes parity use validation images (with top-1 agreement) and enables INT8.
+    `labels` (class names) go into the Triton labels file.
+    """
+    if weights is not None and weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)} or None, got {weights!r}")
     fmts = tuple(dict.fromkeys(formats))
     unknown = [f for f in fmts if f not in FORMATS]
     if not fmts or unknown:
@@ -279,11 +328,30 @@ def export_model(
     if min(height, width) < min_size:
         raise ConfigError(f"input size {height}x{width} is below the network's minimum {min_size}")
 
+    if options.int8 and options.data is None:
+        raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
+    data = _ExportData.load(options, model, height) if options.data is not None else None
+    if weights == "untrained":
+        import copy
+
+        from nasdeploy.export.parity import randomize_bn_statistics_
+
+        model = randomize_bn_statistics_(copy.deepcopy(model), (channels, height, width), seed=options.seed or 0).eval()
     final = Path(out_dir)
     staging = _prepare_out_dir(final, options.overwrite)
-    result = ExportResult(final, name, fmts, source=dict(source or {}))
+    result = ExportResult(final, name, fmts, source=dict(source or {}), weights=weights)
+    if weights == "untrained":
+        from nasdeploy.export.parity import UNTRAINED_NOTE
+
+        result.notes.append(UNTRAINED_NOTE)
+    if labels is None and data is not None:
+        labels = data.info.classes
+    n_classes = getattr(cfg, "num_classes", 0) if cfg is not None else 0
+    if labels is not None and len(labels) != n_classes:
+        result.notes.append(f"ignored {len(labels)} class labels: the network has {n_classes} outputs")
+        labels = None
     try:
-        _export_into(staging, model, result, options, (channels, height, width), metadata or {}, say)
+        _export_into(staging, model, result, options, (channels, height, width), metadata or {}, say, data, labels)
         write_json_atomic(staging / "export.json", result.to_dict())
         result.files["report"] = "export.json"
         _publish(staging, final)
@@ -293,9 +361,52 @@ def export_model(
     return result
 
 
+@dataclass(frozen=True)
+class _ExportData:
+    """Real images for an export: validation batches for parity and accuracy, training batches for calibration."""
+
+    info: Any  # DatasetInfo
+    label: str
+    parity: list[Any]
+    validation: list[Any]
+    calibration: list[Any]
+    calibration_label: str
+    validation_label: str
+
+    @staticmethod
+    def load(options: ExportOptions, model: nn.Module, height: int) -> "_ExportData":
+        from nasdeploy.data.factory import build_dataset
+        from nasdeploy.export.quantize import sample_batches
+
+        cfg = options.data
+        if not _is_classifier(model):
+            raise ConfigError("validation data for the export is supported for classifiers only (segmentation: not yet)")
+        _, info = build_dataset(cfg, "test", augment=False)
+        classes = model.default_cfg.num_classes
+        if info.num_classes != classes:
+            raise ConfigError(f"dataset '{info.name}' has {info.num_classes} classes but the network outputs {classes}")
+        if cfg.image_size != height:
+            raise ConfigError(f"the dataset config's image_size {cfg.image_size} differs from the export input size {height}")
+        seed = options.seed or 0
+        n_val = max(options.validation_images if options.int8 else 0, options.parity_images)
+        validation = sample_batches(cfg, "test", n_val, seed=seed)
+        parity = sample_batches(cfg, "test", options.parity_images, seed=seed, batch_size=8)
+        calibration = sample_batches(cfg, "train", options.calibration_images, seed=seed + 1) if options.int8 else []
+        n_v = sum(len(y) for _, y in validation)
+        n_c = sum(len(y) for _, y in calibration)
+        where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+        return _ExportData(
+            info, f"{sum(len(y) for _, y in parity)} validation images of {info.name}{where} (seed {seed})",
+            parity, validation, calibration,
+            f"{n_c} training-split images of {info.name} (eval transform, seed {seed + 1})",
+            f"{n_v} validation images of {info.name} (seed {seed})",
+        )
+
+
 def _export_into(
     stage: Path, model: nn.Module, result: ExportResult, options: ExportOptions,
     input_shape: tuple[int, int, int], metadata: dict[str, Any], say: Progress,
+    data: _ExportData | None = None, labels: Sequence[str] | None = None,
 ) -> None:
     channels, height, width = input_shape
     t0 = time.perf_counter()
@@ -328,18 +439,145 @@ def _export_into(
         raise_on_failure=False,
     )
     result.timings_s["onnx_parity"] = round(time.perf_counter() - t0, 2)
+    report = _with_weights(report, result.weights)
     result.parity["onnx"] = report
     if not report.passed:
         say(report.format_table())
     report.raise_for_failure()
     report.save(stage / "parity_onnx.json")
     result.files["onnx_parity"] = "parity_onnx.json"
+    if data is not None:
+        from nasdeploy.export.parity import onnxruntime_runner
+
+        say(f"checking ONNX parity on {data.label}")
+        run, names, label = onnxruntime_runner(onnx_path)
+        _real_image_parity(stage, model, run, names, label, "onnx_validation", str(onnx_path), result, options, data, say)
+
+    pte_path = None
+    if "executorch" in result.formats or "executorch" in options.int8:
+        pte_path = _executorch_step(stage, model, result, options, input_shape, data, say)
+    if options.int8:
+        assert data is not None
+        _int8_step(stage, model, onnx_path, pte_path, result, options, input_shape, data, say)
 
     plan_path = None
     if "tensorrt" in result.formats:
         plan_path = _tensorrt_step(stage, model, onnx_path, result, options, input_shape, say)
     if "triton" in result.formats:
-        _triton_step(stage, onnx_path, plan_path, result, options, (height, width), say)
+        _triton_step(stage, onnx_path, plan_path, result, options, input_shape, labels, say)
+
+
+def _with_weights(report: ParityReport, weights: str | None) -> ParityReport:
+    import dataclasses
+
+    return dataclasses.replace(report, weights=weights) if weights else report
+
+
+def _real_image_parity(
+    stage: Path, model: nn.Module, run: Any, names: Sequence[str], label: str, key: str, model_path: str,
+    result: ExportResult, options: ExportOptions, data: _ExportData, say: Progress,
+) -> ParityReport:
+    from nasdeploy.export.parity import compare_on_batches
+
+    report = compare_on_batches(
+        model, run, [x for x, _ in data.parity], runtime=label, inputs=data.label, model_path=model_path,
+        output_names=names, rtol=options.rtol, atol=options.atol, seed=options.seed or 0, weights=result.weights,
+    )
+    result.parity[key] = report
+    if not report.passed:
+        say(report.format_table())
+    report.raise_for_failure()
+    report.save(stage / f"parity_{key}.json")
+    result.files[f"{key}_parity"] = f"parity_{key}.json"
+    return report
+
+
+def _executorch_step(
+    stage: Path, model: nn.Module, result: ExportResult, options: ExportOptions,
+    input_shape: tuple[int, int, int], data: _ExportData | None, say: Progress,
+) -> Path:
+    from nasdeploy.export import executorch as et
+    from nasdeploy.export.parity import compare_on_batches, random_batches
+
+    et.import_executorch()
+    t0 = time.perf_counter()
+    say(f"lowering to ExecuTorch (XNNPACK, batch 1, input {'x'.join(map(str, input_shape))})")
+    pte = et.lower_to_pte(model, stage / "model.pte", input_shape)
+    result.timings_s["executorch_export"] = round(time.perf_counter() - t0, 2)
+    result.files["executorch"] = pte.name
+    run, names, label = et.executorch_runner(pte)
+    seed = options.seed if options.seed is not None else 0
+    say("checking ExecuTorch parity in ExecuTorch's runtime")
+    report = compare_on_batches(
+        model, run, random_batches([(1, *input_shape)] * 4, seed), runtime=label,
+        inputs=f"4 random-normal inputs of shape 1x{'x'.join(map(str, input_shape))} (seed {seed})",
+        model_path=str(pte), output_names=names, rtol=options.rtol, atol=options.atol, seed=seed,
+        notes=("batch 1 only: the program is exported at a static batch of 1 (the mobile case)",), weights=result.weights,
+    )
+    result.parity["executorch"] = report
+    if not report.passed:
+        say(report.format_table())
+    report.raise_for_failure()
+    report.save(stage / "parity_executorch.json")
+    result.files["executorch_parity"] = "parity_executorch.json"
+    if data is not None:
+        say(f"checking ExecuTorch parity on {data.label}")
+        _real_image_parity(stage, model, run, names, label, "executorch_validation", str(pte), result, options, data, say)
+    result.files["executorch_metadata"] = et.write_pte_metadata(pte, _pte_metadata(result, input_shape, data, None)).name
+    return pte
+
+
+def _pte_metadata(result: ExportResult, input_shape: tuple[int, int, int], data: _ExportData | None,
+                  quantization: dict[str, Any] | None) -> dict[str, Any]:
+    """What an app needs beside the program: input layout, normalisation, classes, genotype and provenance."""
+    dataset = result.source.get("dataset") or {}
+    if data is not None:
+        dataset = data.info.to_dict()
+    return {
+        "model_name": result.name, "input": {"shape": [1, *input_shape], "dtype": "float32", "layout": "NCHW"},
+        "normalisation": ({"mean": list(dataset["mean"]), "std": list(dataset["std"]), "applied_to": "RGB in [0, 1]"}
+                          if dataset.get("mean") is not None else None),
+        "classes": list(dataset.get("classes") or []) or None, "genotype": result.source.get("genotype_dict"),
+        "source": {k: v for k, v in result.source.items() if k not in ("genotype_dict", "dataset")},
+        "weights": result.weights, "quantization": quantization, "delegate": "XNNPACK",
+    }
+
+
+def _int8_step(
+    stage: Path, model: nn.Module, onnx_path: Path, pte_path: Path | None, result: ExportResult,
+    options: ExportOptions, input_shape: tuple[int, int, int], data: _ExportData, say: Progress,
+) -> None:
+    from nasdeploy.export import quantize
+    from nasdeploy.profile.latency import LatencyConfig
+
+    lat = LatencyConfig(batch=1, warmup=options.latency_warmup, runs=options.latency_runs, seed=options.seed or 0)
+    common = dict(input_shape=input_shape, latency_config=lat, calib_label=data.calibration_label,
+                  val_label=data.validation_label)
+    if "ort" in options.int8:
+        say(f"INT8 with onnxruntime static quantization (QDQ, per-channel), calibrated on {data.calibration_label}")
+        res, secs = quantize.timed(lambda: quantize.quantize_with_ort(
+            model, onnx_path, stage / "model_int8.onnx", data.calibration, data.validation, **common))
+        result.timings_s["int8_ort"] = secs
+        result.quantization["ort"] = res
+        if res.status == "ok":
+            result.files["onnx_int8"] = res.file
+        say(res.summary())
+    if "executorch" in options.int8:
+        assert pte_path is not None
+        say(f"INT8 with PT2E (XNNPACKQuantizer) -> .pte, calibrated on {data.calibration_label}")
+        res, secs = quantize.timed(lambda: quantize.quantize_with_executorch(
+            model, pte_path, stage / "model_int8.pte", data.calibration, data.validation, **common))
+        result.timings_s["int8_executorch"] = secs
+        result.quantization["executorch"] = res
+        if res.status == "ok":
+            from nasdeploy.export.executorch import write_pte_metadata
+
+            result.files["executorch_int8"] = res.file
+            meta = _pte_metadata(result, input_shape, data, {"scheme": res.scheme, "calibration": res.calibration})
+            result.files["executorch_int8_metadata"] = write_pte_metadata(stage / res.file, meta).name
+        say(res.summary())
+    write_json_atomic(stage / "quantization.json", {k: v.to_dict() for k, v in result.quantization.items()})
+    result.files["quantization_report"] = "quantization.json"
 
 
 def _is_classifier(model: nn.Module) -> bool:
@@ -367,9 +605,10 @@ def _tensorrt_step(
         if options.fp16:
             fp16_file = trt_export.convert_onnx_to_fp16(onnx_path, stage / "model_fp16.onnx").name
             result.files["onnx_fp16"] = fp16_file
+        plan_file = (f"{TRITON_REPOSITORY}/{result.name}_trt/1/model.plan" if "triton" in result.formats else "model.plan")
         script = trt_export.write_trtexec_script(
             stage / "trtexec.sh", onnx_path.name, profile, fp16=options.fp16, fp16_onnx_file=fp16_file,
-            workspace_mib=options.workspace_mib,
+            workspace_mib=options.workspace_mib, plan_file=plan_file,
         )
         result.files["trtexec_script"] = script.name
         result.skipped["tensorrt"] = f"{exc}; wrote the equivalent trtexec command to {script.name}"
@@ -400,26 +639,56 @@ def _tensorrt_step(
     return build.plan_path
 
 
+TRITON_REPOSITORY = "triton"  # the repository folder inside the export directory (only model folders in it)
+TRITON_README = "TRITON_README.md"  # one level up: Triton's repository root must hold only model folders
+
+
 def _triton_step(
     stage: Path, onnx_path: Path, plan_path: Path | None, result: ExportResult, options: ExportOptions,
-    input_hw: tuple[int, int], say: Progress,
+    input_shape: tuple[int, int, int], labels: Sequence[str] | None, say: Progress,
 ) -> None:
     from nasdeploy.export import triton
 
-    say(f"writing Triton model repository in {result.out_dir}")
+    repo = stage / TRITON_REPOSITORY
+    repo.mkdir()
+    say(f"writing Triton model repository in {result.out_dir / TRITON_REPOSITORY}")
+    hw = input_shape[1:]
+    classes = _num_classes(onnx_path) if result.onnx and labels is None else None
+    if labels is None and classes:
+        labels = [f"class_{i}" for i in range(classes)]
+    labels_file = triton.LABELS_FILE if labels is not None else None
     cfg = triton.onnx_model_config(
         onnx_path, result.name, max_batch_size=options.max_batch, instance_kind=options.instance_kind,
-        instance_count=options.instance_count,
+        instance_count=options.instance_count, warmup_hw=hw, labels_file=labels_file,
     )
-    folder = triton.write_triton_model(stage, cfg, onnx_path)
-    result.files["triton_onnx_model"] = f"{folder.name}/config.pbtxt"
-    if plan_path is not None:
+    folder = triton.write_triton_model(repo, cfg, onnx_path, labels=labels)
+    result.files["triton_repository"] = TRITON_REPOSITORY
+    result.files["triton_onnx_model"] = f"{TRITON_REPOSITORY}/{folder.name}/config.pbtxt"
+    models = [cfg]
+    script = None
+    if "tensorrt" in result.formats:
         trt_cfg = triton.tensorrt_model_config(
-            onnx_path, f"{result.name}_trt", input_hw=input_hw,
-            max_batch_size=options.max_batch if options.dynamic_batch else 0, instance_count=options.instance_count,
+            onnx_path, f"{result.name}_trt", input_hw=hw, max_batch_size=options.max_batch if options.dynamic_batch else 0,
+            instance_count=options.instance_count, labels_file=labels_file,
         )
-        trt_folder = triton.write_triton_model(stage, trt_cfg, plan_path)
-        result.files["triton_tensorrt_model"] = f"{trt_folder.name}/config.pbtxt"
+        # Without TensorRT here the config is still written; trtexec.sh builds 1/model.plan in place.
+        trt_folder = triton.write_triton_model(repo, trt_cfg, plan_path, labels=labels)
+        result.files["triton_tensorrt_model"] = f"{TRITON_REPOSITORY}/{trt_folder.name}/config.pbtxt"
+        models.append(trt_cfg)
+        script = result.files.get("trtexec_script")
+    write_text_atomic(stage / TRITON_README, triton.repository_readme(TRITON_REPOSITORY, models, plan_script=script))
+    result.files["triton_readme"] = TRITON_README
+
+
+def _num_classes(onnx_path: Path) -> int | None:
+    from nasdeploy.export.onnx import onnx_io
+
+    outputs = onnx_io(onnx_path)["outputs"]
+    dims = outputs[0]["dims"] if outputs else []
+    return dims[1] if len(dims) == 2 and isinstance(dims[1], int) and dims[1] > 1 else None
+
+
+DEFAULT_DATASETS = {"cifar": "cifar10", "imagenet": "imagefolder"}
 
 
 def export_target(
@@ -434,12 +703,23 @@ def export_target(
     num_classes: int | None = None,
     options: ExportOptions = ExportOptions(),
     progress: Progress | None = None,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
-    """Export a genotype's network (fresh or from a checkpoint) as verified ONNX / TensorRT / Triton artifacts."""
+    """Export a genotype's network (fresh or from a checkpoint) as verified ONNX / ExecuTorch / TensorRT / Triton artifacts.
+
+    dataset / data_dir (default dataset: the checkpoint's, else cifar10 for cifar, imagefolder for imagenet)
+    give parity on validation images and calibration data for options.int8; an explicit options.data wins.
+    Without a checkpoint the weights are untrained and the parity reports say so.
+    """
     unknown = [f for f in formats if f not in FORMATS]
     if not formats or unknown:
         raise ConfigError(f"unknown export format(s) {unknown or '(none)'}; choose from: {', '.join(FORMATS)}")
-    from nasdeploy.genotypes import resolve_genotype
+    if options.int8 and options.data is None and dataset is None and data_dir is None:
+        raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
+    import dataclasses
+
+    from nasdeploy.genotypes import genotype_to_dict, resolve_genotype
     from nasdeploy.nets import get_net_config
 
     genotype = resolve_genotype(target, expected_kind=get_net_config(net).genotype_kind)
@@ -448,8 +728,21 @@ def export_target(
     if out.exists() and not options.overwrite:  # checked again when staging; this one saves building the model
         raise ConfigError(f"output directory already exists: {out} (use overwrite / --overwrite to replace it)")
     src = build_export_model(genotype, net=net, checkpoint=checkpoint, channels=channels, layers=layers, num_classes=num_classes)
+    if options.data is None and (dataset is not None or data_dir is not None):
+        from nasdeploy.export.quantize import dataset_config
+
+        saved = src.dataset or {}
+        name_ds = dataset or saved.get("name") or DEFAULT_DATASETS.get(net)
+        if name_ds is None:
+            raise ConfigError(f"no default dataset for net '{net}'; pass --dataset")
+        size = options.input_size[0] if options.input_size else src.model.default_cfg.input_size[1]
+        same = saved.get("name") == name_ds
+        options = dataclasses.replace(options, data=dataset_config(
+            name_ds, data_dir, size, mean=saved.get("mean") if same else None, std=saved.get("std") if same else None))
     source = {"target": str(target) if not hasattr(target, "kind") else (genotype.name or "genotype object"),
-              "genotype": genotype.name, "net": net, "checkpoint": src.checkpoint, "net_kwargs": src.net_kwargs}
+              "genotype": genotype.name, "net": net, "checkpoint": src.checkpoint, "net_kwargs": src.net_kwargs,
+              "genotype_dict": genotype_to_dict(genotype), "dataset": src.dataset}
     metadata = {"checkpoint": Path(src.checkpoint).name} if src.checkpoint else {}
+    labels = (src.dataset or {}).get("classes") or None
     return export_model(src.model, out, formats=formats, options=options, name=name, metadata=metadata, source=source,
-                        progress=progress)
+                        progress=progress, weights="trained" if src.checkpoint else "untrained", labels=labels)

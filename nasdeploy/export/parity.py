@@ -66,6 +66,10 @@ class ParityReport:
     seed: int
     cases: tuple[ParityCase, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    inputs: str = "random normal"  # what was fed: random tensors or N validation images of a dataset
+    weights: str | None = None  # "trained" | "untrained" (BN statistics randomised first) | None (as given)
+    top1_agreement: float | None = None  # fraction of inputs whose argmax class agrees (classifiers on real images)
+    output_spread: float | None = None  # std over inputs of the reference outputs: near 0 means a degenerate check
 
     @property
     def passed(self) -> bool:
@@ -100,6 +104,11 @@ class ParityReport:
         for c in self.cases:
             shape = "x".join(str(s) for s in c.input_shape)
             lines.append(f"  {shape:<20} {c.output:<10} {c.max_abs_err:>12.3e} {c.max_rel_err:>12.3e}  {'yes' if c.passed else 'NO'}")
+        lines.append(f"  inputs: {self.inputs}" + (f"; weights: {self.weights}" if self.weights else ""))
+        if self.top1_agreement is not None:
+            lines.append(f"  top-1 agreement with PyTorch: {100 * self.top1_agreement:.2f}%")
+        if self.output_spread is not None:
+            lines.append(f"  output spread across inputs (std of PyTorch outputs): {self.output_spread:.3e}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -284,3 +293,100 @@ def check_onnx_parity(
     if raise_on_failure:
         report.raise_for_failure()
     return report
+
+
+UNTRAINED_NOTE = ("untrained weights: BN running statistics were randomised before export (set from random-input "
+                  "batch statistics, then perturbed) so that outputs vary across inputs; this checks the graph, not a model")
+
+
+def randomize_bn_statistics_(
+    model: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0, batches: int = 4, batch_size: int = 8
+) -> nn.Module:
+    """Give an untrained network's BatchNorms realistic, non-trivial running statistics (in place).
+
+    At initialisation eval-mode BN is the identity and activations shrink cell after cell, so every input
+    gives nearly the classifier bias and any graph "passes" parity. Here the statistics are first measured
+    on random-normal batches (cumulative average), then perturbed (mean + N(0, 0.1 std), var * U(0.5, 2)).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model
+    gen = torch.Generator().manual_seed(seed)
+    saved = [(m, m.momentum) for m in bns]
+    was_training = model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+        model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                model(torch.randn((batch_size, *input_shape), generator=gen))
+            for m in bns:
+                std = m.running_var.clamp_min(1e-12).sqrt()
+                m.running_mean.add_(torch.randn(m.num_features, generator=gen) * 0.1 * std)
+                m.running_var.mul_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    return model
+
+
+def _spread(outputs: Sequence[np.ndarray]) -> float:
+    """Largest per-element std over the sample axis (how much the outputs depend on the input)."""
+    stacked = np.concatenate([o.reshape(o.shape[0], -1) for o in outputs if o.ndim >= 1 and o.shape[0] > 0])
+    return float(stacked.astype(np.float64).std(axis=0).max()) if stacked.shape[0] > 1 else 0.0
+
+
+def compare_on_batches(
+    model: nn.Module,
+    run: Runner,
+    batches: Sequence[np.ndarray],
+    *,
+    runtime: str,
+    inputs: str,
+    model_path: str = "",
+    output_names: Sequence[str] = (),
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+    notes: Sequence[str] = (),
+    weights: str | None = None,
+) -> ParityReport:
+    """Parity on given input batches (e.g. validation images): elementwise tolerance, top-1 agreement, spread.
+
+    top-1 agreement is measured on the first output when it is [N, classes] (or [N, classes, H, W]: per pixel).
+    """
+    cases: list[ParityCase] = []
+    agree, total = 0, 0
+    first_outputs: list[np.ndarray] = []
+    with eval_mode(model), torch.no_grad():
+        for x in batches:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            expected = _as_arrays(model(torch.from_numpy(x.copy())))
+            got = run(x)
+            first_outputs.append(expected[0])
+            for k in range(max(len(expected), len(got))):
+                name = output_names[k] if k < len(output_names) else f"output{k}"
+                if k >= len(expected) or k >= len(got) or got[k].shape != expected[k].shape:
+                    out_shape = tuple(got[k].shape) if k < len(got) else ()
+                    cases.append(ParityCase(tuple(x.shape), name, out_shape, float("nan"), float("nan"), False, False))
+                    continue
+                abs_err, rel_err = _errors(got[k], expected[k])
+                ok = bool(np.all(np.isfinite(got[k]))) and bool(np.allclose(got[k], expected[k], rtol=rtol, atol=atol))
+                cases.append(ParityCase(tuple(x.shape), name, tuple(got[k].shape), abs_err, rel_err, ok))
+            if got and got[0].shape == expected[0].shape and expected[0].ndim in (2, 4) and expected[0].shape[1] > 1:
+                agree += int((got[0].argmax(1) == expected[0].argmax(1)).sum())
+                total += int(expected[0].argmax(1).size)
+    return ParityReport(
+        runtime, model_path, rtol, atol, int(seed), tuple(cases), tuple(notes), inputs=inputs, weights=weights,
+        top1_agreement=agree / total if total else None,
+        output_spread=_spread(first_outputs) if first_outputs else None,
+    )
+
+
+def random_batches(shapes: Sequence[tuple[int, ...]], seed: int) -> list[np.ndarray]:
+    """Standard-normal float32 batches of the given shapes (the random-input parity plan)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]

@@ -24,6 +24,11 @@ BACKEND_GROUPS: dict[str, tuple[str, ...]] = {
     "mobile": ("torch-cpu-1t", "ort-cpu-1t"),
 }
 ORT_BACKENDS = frozenset({"ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt"})
+# ExecuTorch (extra 'executorch'): the model lowered to an XNNPACK .pte, float and PT2E INT8 (threads: reported).
+EXECUTORCH_BACKENDS = ("executorch-fp32", "executorch-int8")
+BACKENDS = BACKENDS + EXECUTORCH_BACKENDS
+BACKEND_GROUPS["executorch"] = EXECUTORCH_BACKENDS
+BACKEND_GROUPS["all"] = BACKENDS
 
 
 @dataclass(frozen=True)
@@ -140,9 +145,11 @@ Runner = Callable[[nn.Module | None, Path | None, tuple[int, ...], LatencyConfig
 
 
 def _runners() -> dict[str, Runner]:
-    from nasdeploy.profile import backends_ort, backends_torch
+    from nasdeploy.profile import backends_executorch, backends_ort, backends_torch
 
     return {
+        "executorch-fp32": backends_executorch.executorch_float,
+        "executorch-int8": backends_executorch.executorch_int8,
         "torch-cpu": backends_torch.torch_cpu,
         "torch-cpu-1t": backends_torch.torch_cpu_1t,
         "torch-cuda": backends_torch.torch_cuda,

@@ -1,0 +1,180 @@
+"""ExecuTorch .pte export, parity that means something (untrained BN randomisation, real images), INT8 paths."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from _export_utils import one_torch_thread  # noqa: F401 (autouse fixture)
+from nasdeploy.data.factory import DataConfig
+from nasdeploy.errors import ConfigError, MissingDependencyError
+from nasdeploy.export.api import ExportOptions, export_target
+from nasdeploy.export.parity import randomize_bn_statistics_
+from nasdeploy.export.quantize import sample_batches, top1
+from nasdeploy.genotypes import CNNGenotype, genotype_to_dict
+from nasdeploy.nets import build_network
+from nasdeploy.utils.checkpoint import save_checkpoint
+
+TINY = CNNGenotype(
+    normal=(("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("sep_conv_3x3", 2)), normal_concat=(2, 3),
+    reduce=(("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("avg_pool_3x3", 0)), reduce_concat=(2, 3),
+    name="tiny",
+)
+SIZES = {"channels": 8, "layers": 2, "num_classes": 10}
+DEMO = DataConfig(dataset="demo", demo_train_size=512, demo_test_size=256, image_size=32)
+
+
+def _fresh():
+    return build_network(TINY, "cifar", auxiliary=False, **SIZES).eval()
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A `nasdeploy train`-format checkpoint of the tiny net after 40 SGD steps on the demo dataset."""
+    from nasdeploy.data.factory import build_dataset
+
+    torch.manual_seed(0)
+    model = build_network(TINY, "cifar", auxiliary=False, **SIZES)
+    train, info = build_dataset(DEMO, "train", augment=False)
+    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(3):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    meta = {"genotype": genotype_to_dict(TINY), "net": "cifar", "net_kwargs": {**SIZES, "auxiliary": False},
+            "dataset": info.to_dict()}
+    save_checkpoint(path, model.state_dict(), kind="train", meta=meta, epoch=3)
+    return path, model.eval()
+
+
+def test_untrained_network_is_degenerate_until_bn_is_randomised():
+    """Why parity without a checkpoint needs the BN randomisation: a fresh DARTS_V2 (C=36, 20 cells) answers
+    the same for every input to ~1e-7, so any graph would "pass"; randomised BN statistics fix that."""
+    x = torch.randn(8, 3, 32, 32)
+    model = build_network("DARTS_V2", "cifar", auxiliary=False).eval()
+    with torch.no_grad():
+        before = model(x).std(0).max().item()
+        after = randomize_bn_statistics_(model, (3, 32, 32), seed=0, batches=2).eval()(x).std(0).max().item()
+    assert before < 1e-5 and after > 1e-2, (before, after)
+    assert not model.training
+
+
+def test_executorch_export_untrained_runs_in_executorch(tmp_path):
+    pytest.importorskip("executorch")
+    from executorch.runtime import Runtime
+
+    out = tmp_path / "out"
+    result = export_target(TINY, net="cifar", formats=("executorch",), out_dir=out, options=ExportOptions(seed=1), **SIZES)
+    report = result.parity["executorch"]
+    assert report.passed and report.weights == "untrained" and report.output_spread > 1e-2
+    assert "untrained weights" in result.summary() and "untrained weights" in " ".join(result.notes)
+    saved = json.loads((out / "parity_executorch.json").read_text())
+    assert saved["weights"] == "untrained" and saved["rtol"] == 1e-3 and saved["inputs"].startswith("4 random-normal")
+    # The program runs in ExecuTorch's runtime on its own and agrees with the verified ONNX model.
+    method = Runtime.get().load_program(str(out / "model.pte")).load_method("forward")
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 32, 32)
+    got = method.execute([x])[0].numpy()
+    ref = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
+    meta = json.loads((out / "model.pte.json").read_text())
+    assert meta["input"]["shape"] == [1, 3, 32, 32] and meta["genotype"]["normal"] and meta["weights"] == "untrained"
+
+
+def test_trained_checkpoint_on_data_parity_agreement_and_ort_int8(tmp_path, trained_checkpoint):
+    pytest.importorskip("executorch")
+    ckpt, model = trained_checkpoint
+    out = tmp_path / "out"
+    options = ExportOptions(seed=2, int8=("ort",), calibration_images=64, validation_images=128, parity_images=16,
+                            latency_runs=5, latency_warmup=1, data=DEMO)
+    result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx", "executorch"), out_dir=out, options=options)
+    for key in ("onnx_validation", "executorch_validation"):
+        report = result.parity[key]
+        assert report.passed and report.weights == "trained" and report.top1_agreement == 1.0
+        assert "validation images of demo" in report.inputs
+    q = result.quantization["ort"]
+    assert q.status == "ok", q.note
+    # Independent reference: the eager model's top-1 on the same validation sample.
+    val = sample_batches(DEMO, "test", 128, seed=2)
+    with torch.no_grad():
+        eager = top1(lambda x: [model(torch.from_numpy(x)).numpy()], val)
+    assert q.torch_metric == pytest.approx(eager) and abs(q.float_metric - eager) <= 1 / 128
+    assert eager > 0.15, "the fixture should have learned something (chance is 0.10)"
+    assert q.delta == pytest.approx(q.int8_metric - q.float_metric) and abs(q.delta) < 0.2
+    ops = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert q.int8_size_bytes > 0 and q.latency["int8 ort-cpu-1t"]["status"] == "ok"
+    report = json.loads((out / "quantization.json").read_text())["ort"]
+    assert report["delta"] == pytest.approx(q.delta) and "128 validation images" in report["validation"]
+    assert "64 training-split images" in report["calibration"]
+    meta = json.loads((out / "model.pte.json").read_text())
+    assert meta["normalisation"]["mean"] == [0.481, 0.481, 0.481] and len(meta["classes"]) == 10
+
+
+@pytest.mark.slow  # PT2E prepare + INT8 lowering alone took 38 s on the shared 2-core machine
+def test_pt2e_int8_pte(tmp_path, trained_checkpoint):
+    pytest.importorskip("executorch")
+    ckpt, _ = trained_checkpoint
+    out = tmp_path / "out"
+    options = ExportOptions(seed=2, int8=("executorch",), calibration_images=32, validation_images=64, parity_images=8,
+                            latency_runs=5, latency_warmup=1, data=DEMO)
+    result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=out, options=options)
+    q = result.quantization["executorch"]
+    assert q.status == "ok", q.note
+    assert (out / "model_int8.pte").is_file() and (out / "model.pte").is_file()
+    assert q.float_metric == pytest.approx(q.torch_metric, abs=1 / 64) and abs(q.delta) < 0.2
+    assert json.loads((out / "model_int8.pte.json").read_text())["quantization"]["scheme"].startswith("PT2E")
+
+
+def test_int8_needs_data_and_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="INT8 needs calibration"):
+        export_target(TINY, net="cifar", out_dir=tmp_path / "o", options=ExportOptions(int8=("ort",)), **SIZES)
+    with pytest.raises(ConfigError, match="unknown INT8"):
+        ExportOptions(int8=("tflite",))
+    with pytest.raises(ConfigError, match="needs a data directory"):
+        export_target(TINY, net="cifar", out_dir=tmp_path / "o", dataset="cifar10", **SIZES)
+    with pytest.raises(ConfigError, match="classes"):
+        export_target(TINY, net="cifar", out_dir=tmp_path / "o", dataset="demo", channels=8, layers=2, num_classes=5)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_executorch_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"nasdeploy\[executorch\]") as info:
+        export_target(TINY, net="cifar", formats=("executorch",), out_dir=tmp_path / "o", **SIZES)
+    assert "\n" not in str(info.value) and not (tmp_path / "o").exists()
+
+
+def test_executorch_latency_backend():
+    pytest.importorskip("executorch")
+    from nasdeploy.profile.latency import LatencyConfig, measure_latency, parse_backends
+
+    assert parse_backends("executorch") == ("executorch-fp32", "executorch-int8")
+    res = measure_latency(["executorch-fp32"], (3, 32, 32), LatencyConfig(warmup=2, runs=10), model=_fresh())
+    r = res["executorch-fp32"]
+    assert r.ok, r.note
+    assert 0 < r.min_ms <= r.median_ms <= r.p90_ms <= r.p99_ms <= r.max_ms and r.runs == 10
+    assert r.settings["delegate"] == "XNNPACK" and "executorch" in r.settings["runtime"]
+    assert isinstance(r.settings["intra_op_threads"], int) and r.settings["intra_op_threads"] >= 1
+
+
+def test_cli_int8_without_data_is_one_line(tmp_path, capsys):
+    from nasdeploy.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["export", "DARTS_V2", "--net", "cifar", "--format", "executorch", "--int8", "ort", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: INT8 needs calibration") and "\n" not in err
+    assert not (tmp_path / "o").exists()
