@@ -17,6 +17,7 @@ from nasdeploy.errors import ConfigError, MissingDependencyError
 from nasdeploy.export.api import ExportOptions, export_target
 from nasdeploy.export.parity import randomize_bn_statistics_
 from nasdeploy.export.quantize import sample_batches, top1
+from nasdeploy.profile.latency import time_model_file
 from nasdeploy.genotypes import CNNGenotype, genotype_to_dict
 from nasdeploy.nets import build_network
 from nasdeploy.utils.checkpoint import save_checkpoint
@@ -98,7 +99,7 @@ def test_trained_checkpoint_on_data_parity_agreement_and_ort_int8(tmp_path, trai
     ckpt, model = trained_checkpoint
     out = tmp_path / "out"
     options = ExportOptions(seed=2, int8=("ort",), calibration_images=64, validation_images=128, parity_images=16,
-                            latency_runs=5, latency_warmup=1, data=DEMO)
+                            latency_runs=5, latency_warmup=1, data=DEMO, latency_timer=time_model_file)
     result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx", "executorch"), out_dir=out, options=options)
     for key in ("onnx_validation", "executorch_validation"):
         report = result.parity[key]
@@ -129,7 +130,7 @@ def test_pt2e_int8_pte(tmp_path, trained_checkpoint):
     ckpt, _ = trained_checkpoint
     out = tmp_path / "out"
     options = ExportOptions(seed=2, int8=("executorch",), calibration_images=32, validation_images=64, parity_images=8,
-                            latency_runs=5, latency_warmup=1, data=DEMO)
+                            latency_runs=5, latency_warmup=1, data=DEMO, latency_timer=time_model_file)
     result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=out, options=options)
     q = result.quantization["executorch"]
     assert q.status == "ok", q.note

@@ -137,3 +137,23 @@ def test_a_pipeline_with_a_budget_builds_its_table_and_reports_the_verdict(tmp_p
     # The derived cell's table cost equals what the profiler measures for the found network.
     assert budget["derived_at_end"] == found["macs"]
     assert "Search budget: macs <= 60.0M" in (run_dir / "report.md").read_text()
+
+
+def test_export_stage_checks_runtimes_on_real_images_and_reports_int8(tmp_path):
+    pytest.importorskip("executorch")
+    data = json.loads(json.dumps(TINY))
+    data["export"] = {"formats": ["onnx", "executorch"], "int8": ["ort"], "calibration_images": 16,
+                      "validation_images": 32}
+    data["profile"]["compare"] = []
+    result = run_pipeline(pipeline_config_from_dict(data, Path("."), "deploy.yaml"), tmp_path, progress=False)
+    assert result.interrupted is None
+    export = json.loads((tmp_path / "summary.json").read_text())["export"]
+    runtimes = export["runtimes"]
+    assert {"executorch", "onnx_validation"} <= set(runtimes)
+    assert runtimes["onnx_validation"]["top1_agreement"] is not None and runtimes["onnx_validation"]["passed"]
+    q = export["quantization"]["ort"]
+    assert q["status"] == "ok" and q["int8_size_bytes"] > 0 and q["float_size_bytes"] > 0  # (QDQ overhead: a 6k-param net grows)
+    assert q["delta"] == pytest.approx(q["int8_metric"] - q["float_metric"])
+    report = (tmp_path / "report.md").read_text()
+    assert "top-1 agreement" in report and "| INT8 (" in report and "pts |" in report
+    assert (tmp_path / "export" / "model.pte").is_file() and (tmp_path / "export" / "model_int8.onnx").is_file()

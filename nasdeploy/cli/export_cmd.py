@@ -70,6 +70,7 @@ def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ..
            calibration_images: int, validation_images: int, parity_images: int, as_json: bool) -> None:
     """Export TARGET (registry name or genotype file) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
     from nasdeploy.export.api import ExportOptions, export_target
+    from nasdeploy.profile.latency import time_model_file
 
     options = ExportOptions(
         input_size=parse_input_size(input_size), opset=opset, dynamic_batch=dynamic_batch,
@@ -77,7 +78,7 @@ def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ..
         max_batch=max_batch if dynamic_batch else 1, opt_batch=min(opt_batch, max_batch) if dynamic_batch else 1,
         workspace_mib=workspace_mib, instance_kind=instance_kind, instance_count=instance_count, name=name,
         overwrite=overwrite, int8=tuple(dict.fromkeys(int8)), calibration_images=calibration_images,
-        validation_images=validation_images, parity_images=parity_images,
+        validation_images=validation_images, parity_images=parity_images, latency_timer=time_model_file,
     )
     result = export_target(
         target, net=net, checkpoint=checkpoint, formats=formats, out_dir=out_dir, channels=channels, layers=layers,

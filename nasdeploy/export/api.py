@@ -60,6 +60,9 @@ class ExportOptions:
     parity_images: int = 64  # validation images compared between PyTorch and each runtime
     latency_warmup: int = 5  # INT8 report latency (batch 1, one thread)
     latency_runs: int = 30
+    # Times an exported file: (backend, path, (C, H, W), *, warmup, runs, seed) -> latency dict. The callers (CLI,
+    # pipeline) pass nasdeploy.profile.latency.time_model_file; export itself never imports the profiler.
+    latency_timer: Any = None
 
     def __post_init__(self) -> None:
         if self.input_size is not None and (
@@ -548,10 +551,12 @@ def _int8_step(
     options: ExportOptions, input_shape: tuple[int, int, int], data: _ExportData, say: Progress,
 ) -> None:
     from nasdeploy.export import quantize
-    from nasdeploy.profile.latency import LatencyConfig
 
-    lat = LatencyConfig(batch=1, warmup=options.latency_warmup, runs=options.latency_runs, seed=options.seed or 0)
-    common = dict(input_shape=input_shape, latency_config=lat, calib_label=data.calibration_label,
+    warmup, runs, seed, time_file = options.latency_warmup, options.latency_runs, options.seed or 0, options.latency_timer
+
+    def timer(backend: str, path: Path, shape: tuple[int, int, int]) -> dict[str, Any]:
+        return time_file(backend, path, shape, warmup=warmup, runs=runs, seed=seed)
+    common = dict(input_shape=input_shape, timer=timer if time_file is not None else None, calib_label=data.calibration_label,
                   val_label=data.validation_label)
     if "ort" in options.int8:
         say(f"INT8 with onnxruntime static quantization (QDQ, per-channel), calibrated on {data.calibration_label}")

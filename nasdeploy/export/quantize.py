@@ -162,27 +162,31 @@ class QuantizationResult:
                 f"size {size}; median latency {lat or 'n/a'}")
 
 
+Timer = Callable[[str, Path, tuple[int, int, int]], dict[str, Any]]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _latency(fn: Callable[[], Any]) -> dict[str, Any]:
+def _latency(timer: Timer | None, backend: str, path: Path, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    if timer is None:
+        return {"status": "skipped", "note": "latency not measured (the export was given no timer)"}
     try:
-        return fn().to_dict()
+        return timer(backend, path, input_shape)
     except Exception as exc:  # timing must not fail an accuracy report
         return {"status": "error", "note": _first_line(exc)}
 
 
 def quantize_with_ort(
     model: nn.Module, onnx_path: Path, out_path: Path, calibration: Sequence[Batch], validation: Sequence[Batch],
-    *, input_shape: tuple[int, int, int], latency_config: Any, calib_label: str, val_label: str,
+    *, input_shape: tuple[int, int, int], timer: Timer | None, calib_label: str, val_label: str,
 ) -> QuantizationResult:
     """onnxruntime static INT8 of `onnx_path`; top-1 of float and INT8 ONNX in onnxruntime (CPU), sizes, latency."""
     import onnxruntime as ort
 
     from nasdeploy.export.parity import onnxruntime_runner
-    from nasdeploy.profile.backends_ort import ort_cpu_1t
 
     res = QuantizationResult("ort", "failed", "onnxruntime static QDQ, per-channel symmetric INT8 weights, INT8 "
                              "activations, MinMax calibration", runtime=f"onnxruntime {ort.__version__} CPU",
@@ -201,19 +205,18 @@ def quantize_with_ort(
     res.float_size_bytes = sum(p.stat().st_size for p in onnx_path.parent.glob(onnx_path.name + "*"))
     res.int8_size_bytes = out_path.stat().st_size
     res.latency = {
-        "float ort-cpu-1t": _latency(lambda: ort_cpu_1t(None, onnx_path, input_shape, latency_config)),
-        "int8 ort-cpu-1t": _latency(lambda: ort_cpu_1t(None, out_path, input_shape, latency_config)),
+        "float ort-cpu-1t": _latency(timer, "ort-cpu-1t", onnx_path, input_shape),
+        "int8 ort-cpu-1t": _latency(timer, "ort-cpu-1t", out_path, input_shape),
     }
     return res
 
 
 def quantize_with_executorch(
     model: nn.Module, float_pte: Path, out_path: Path, calibration: Sequence[Batch], validation: Sequence[Batch],
-    *, input_shape: tuple[int, int, int], latency_config: Any, calib_label: str, val_label: str,
+    *, input_shape: tuple[int, int, int], timer: Timer | None, calib_label: str, val_label: str,
 ) -> QuantizationResult:
     """PT2E INT8 for XNNPACK lowered to `out_path`; top-1 of the float and INT8 .pte in ExecuTorch, sizes, latency."""
     from nasdeploy.export import executorch as et
-    from nasdeploy.profile.backends_executorch import time_pte
 
     res = QuantizationResult("executorch", "failed", "PT2E XNNPACKQuantizer: symmetric INT8, per-channel weights, "
                              "static activations", runtime=f"executorch {et.executorch_version()} XNNPACK",
@@ -236,8 +239,8 @@ def quantize_with_executorch(
     res.status, res.file = "ok", out_path.name
     res.float_size_bytes, res.int8_size_bytes = float_pte.stat().st_size, out_path.stat().st_size
     res.latency = {
-        "float executorch-fp32": _latency(lambda: time_pte("executorch-fp32", float_pte, input_shape, latency_config)),
-        "int8 executorch": _latency(lambda: time_pte("executorch-int8", out_path, input_shape, latency_config)),
+        "float executorch-fp32": _latency(timer, "executorch-fp32", float_pte, input_shape),
+        "int8 executorch": _latency(timer, "executorch-int8", out_path, input_shape),
     }
     return res
 

@@ -108,7 +108,13 @@ def run_train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def run_export_stage(ctx: StageContext) -> dict[str, Any]:
     """Export the trained network to ONNX (and TensorRT/Triton when asked) and check parity."""
-    return export_trained_model(ctx, ctx.config.train.get("model", {}).get("net", "cifar"), "train/checkpoint.pt")
+    from dataclasses import replace
+
+    from nasdeploy.train.config import train_config_from_dict
+
+    train = train_config_from_dict(ctx.config.train)
+    data = replace(train.data, data_dir=ctx.config.data_dir or train.data.data_dir)
+    return export_trained_model(ctx, train.model.net, "train/checkpoint.pt", data=data)
 
 
 def run_profile_stage(ctx: StageContext) -> dict[str, Any]:

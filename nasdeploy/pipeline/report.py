@@ -91,6 +91,43 @@ def _cost_table(profile: dict[str, Any]) -> list[str]:
     return _profile_table(profile["rows"], backends)
 
 
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _mb(value: Any) -> str:
+    return f"{value / 1e6:.2f} MB" if isinstance(value, (int, float)) else "-"
+
+
+def _runtime_lines(export: dict[str, Any]) -> list[str]:
+    """Parity in the other runtimes, and the float vs INT8 table (accuracy, size, latency)."""
+    lines: list[str] = []
+    for name, rep in (export.get("runtimes") or {}).items():
+        agree = rep.get("top1_agreement")
+        lines.append(f"{name}: **{'passed' if rep.get('passed') else 'FAILED'}**, max abs error "
+                     f"{_fmt_e(rep.get('max_abs_err'))}" + (f", top-1 agreement {_pct(agree)}" if agree is not None else "")
+                     + f" ({rep.get('inputs', 'random inputs')}; {rep.get('weights', '')} weights).")
+    quant = export.get("quantization") or {}
+    if quant:
+        lines += ["", "| model | runtime | validation metric | vs float | size | latency median / p90 ms |",
+                  "|---|---|---|---|---|---|"]
+        for q in quant.values():
+            if q.get("status") != "ok":
+                lines.append(f"| INT8 ({q.get('method')}) | {q.get('runtime', '-')} | not quantized: {q.get('note', '')} | | | |")
+                continue
+            lat = q.get("latency") or {}
+            for label, metric, size, key in (("float", q.get("float_metric"), q.get("float_size_bytes"), "float"),
+                                             (f"INT8 ({q.get('scheme', '')})", q.get("int8_metric"), q.get("int8_size_bytes"), "int8")):
+                timing = next((v for k, v in lat.items() if k.split()[0] == key and isinstance(v, dict)), {})
+                delta = f"{100 * q['delta']:+.1f} pts" if key == "int8" and isinstance(q.get("delta"), (int, float)) else ""
+                lines.append(f"| {label} | {q.get('runtime', '-')} | {q.get('metric', 'top1')} {_pct(metric)} | {delta} | "
+                             f"{_mb(size)} | {_fmt_ms(timing.get('median_ms'))} / {_fmt_ms(timing.get('p90_ms'))} |")
+        lines.append("")
+        lines.append("INT8: calibrated on " + "; ".join(sorted({q.get('calibration', '') for q in quant.values()}))
+                     + "; scored on " + "; ".join(sorted({q.get('validation', '') for q in quant.values()})) + ".")
+    return lines
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """The Markdown report of a pipeline run."""
     out: list[str] = [f"# nasdeploy pipeline report: {summary.get('name', 'run')}", ""]
@@ -151,6 +188,7 @@ def render_report(summary: dict[str, Any]) -> str:
             out.append(f"Parity against PyTorch in onnxruntime: **{'passed' if parity.get('passed') else 'FAILED'}**, "
                        f"max abs error {_fmt_e(parity.get('max_abs_error'))}, max rel error "
                        f"{_fmt_e(parity.get('max_rel_error'))} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
+        out += _runtime_lines(export)
         for fmt, info in (export.get("other_formats") or {}).items():
             out.append(f"{fmt}: {info}")
         out.append("")

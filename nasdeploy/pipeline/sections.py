@@ -11,9 +11,16 @@ from nasdeploy.errors import ConfigError
 class ExportSection:
     """What the export stage produces for an image network (ONNX always; TensorRT and Triton when asked)."""
 
-    formats: tuple[str, ...] = ("onnx",)
+    formats: tuple[str, ...] = ("onnx",)  # onnx, executorch, tensorrt, triton
     opset: int | None = None
     fp16: bool = False
+    int8: tuple[str, ...] = ()  # INT8 paths: ort (onnxruntime static QDQ) and/or executorch (PT2E for XNNPACK)
+    calibration_images: int = 128  # INT8 calibration images from the run's training split
+    validation_images: int = 500  # float vs INT8 accuracy on the run's validation split
+
+    def __post_init__(self) -> None:
+        if min(self.calibration_images, self.validation_images) < 1:
+            raise ConfigError("pipeline config: export.calibration_images and export.validation_images must be positive")
 
 
 @dataclass(frozen=True)

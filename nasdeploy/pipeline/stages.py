@@ -40,21 +40,30 @@ class StageInterrupted(Exception):
     """A stage stopped early on purpose (stop_after_epoch); rerunning resumes it."""
 
 
-def export_trained_model(ctx: StageContext, net: str, checkpoint: str,
-                         input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Rebuild the trained `net` from genotype.json + `checkpoint` (run-relative), export it and publish model.onnx."""
+def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
+                         data: Any = None) -> dict[str, Any]:
+    """Rebuild the trained `net` from genotype.json + `checkpoint` (run-relative), export it and publish model.onnx.
+
+    data: the run's dataset config; parity then also runs on its validation images (top-1 agreement) and the
+    INT8 paths of the export section are calibrated on its training split and scored on its validation split.
+    """
     from nasdeploy.export.api import ExportOptions, build_export_model, export_model
+    from nasdeploy.profile.latency import time_model_file
 
     source = build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
     section = ctx.config.export
-    options = ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True)
+    options = ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True,
+                            int8=tuple(section.int8), data=data, calibration_images=section.calibration_images,
+                            validation_images=section.validation_images, latency_timer=time_model_file)
     say = (lambda msg: print(f"[export] {msg}", flush=True)) if ctx.progress else None
     result = export_model(source.model, ctx.path("export"), formats=section.formats, options=options,
                           name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": checkpoint},
-                          progress=say)
+                          progress=say, weights="trained")
     publish_onnx(ctx)
     parity = result.parity["onnx"].to_dict()
-    return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity,
+    runtimes = {name: report.to_dict() for name, report in result.parity.items() if name != "onnx"}
+    return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity, "runtimes": runtimes,
+            "quantization": {k: v.to_dict() for k, v in result.quantization.items()},
             "opset": result.onnx.get("opset"), "skipped": result.skipped}
 
 

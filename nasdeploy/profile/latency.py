@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,3 +192,16 @@ def measure_latency(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             results[name] = LatencyResult(name, "error", cfg.batch, note=f"{type(exc).__name__}: {first}")
     return results
+
+
+def time_model_file(backend: str, path: str | os.PathLike[str], input_shape: tuple[int, int, int], *,
+                    warmup: int = 5, runs: int = 30, seed: int = 0) -> dict[str, Any]:
+    """Latency of an exported file with the profiler's protocol: .onnx in onnxruntime (ort-cpu-1t), .pte in ExecuTorch."""
+    cfg = LatencyConfig(batch=1, warmup=warmup, runs=runs, seed=seed)
+    if backend == "ort-cpu-1t":
+        from nasdeploy.profile.backends_ort import ort_cpu_1t
+
+        return ort_cpu_1t(None, Path(path), input_shape, cfg).to_dict()
+    from nasdeploy.profile.backends_executorch import time_pte
+
+    return time_pte(backend, Path(path), input_shape, cfg).to_dict()
