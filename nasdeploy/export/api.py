@@ -232,8 +232,13 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         raise ConfigError(f"output directory already exists: {out_dir} (use overwrite / --overwrite to replace it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path exists and is not a directory: {out_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except (FileExistsError, NotADirectoryError):
+        raise
+    except OSError as exc:  # name the folder asked for, not the staging sibling
+        raise type(exc)(exc.errno, f"cannot create the output folder: {(exc.strerror or str(exc)).lower()}", str(out_dir)) from None
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
