@@ -29,13 +29,13 @@ from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_work
 SEARCH = {
     "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixer": "reference",
                  "num_classes": 4},
-    "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 8, "num_val": 3, "crop_size": [16, 16]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 8, "num_val": 3, "crop_size": [32, 32]},
     "search": {"epochs": 2, "arch_start_epoch": 0, "batch_size": 4, "arch_lr": 0.01, "threads": 1},
 }
 TRAIN = {
     "net": {"genotype": "AutoDeepLab", "filter_multiplier": 2, "aspp_channels": 8, "decoder_channels": 8,
             "low_level_channels": 4},
-    "data": {"dataset": "synthetic", "image_size": [24, 24], "num_train": 8, "num_val": 3, "crop_size": [24, 24]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 8, "num_val": 3, "crop_size": [32, 32]},
     "train": {"epochs": 2, "batch_size": 4, "threads": 1},
 }
 

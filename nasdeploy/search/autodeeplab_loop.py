@@ -77,12 +77,20 @@ class ADLSearchOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_betas, check_fraction, check_non_negative, check_positive
+
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("search: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
         if not 0 <= self.arch_start_epoch:
             raise ConfigError("search: arch_start_epoch must be >= 0")
-        if self.lr <= 0 or self.arch_lr <= 0 or self.lr_min < 0:
-            raise ConfigError("search: learning rates must be positive")
+        if not (self.lr > 0 and self.arch_lr > 0 and 0 <= self.lr_min <= self.lr):
+            raise ConfigError(f"search: learning rates must be positive and lr_min in [0, lr], got lr={self.lr}, "
+                              f"lr_min={self.lr_min}, arch_lr={self.arch_lr}")
+        check_positive("search", grad_clip=self.grad_clip)
+        check_fraction("search", momentum=self.momentum)
+        check_non_negative("search", weight_decay=self.weight_decay, arch_weight_decay=self.arch_weight_decay,
+                           steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
+        check_betas("search", "arch_betas", self.arch_betas)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,13 @@ class SegNetOptions:
     separable_heads: bool = False
     dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_fraction, check_positive
+
+        check_positive("net", filter_multiplier=self.filter_multiplier, aspp_channels=self.aspp_channels,
+                       decoder_channels=self.decoder_channels, low_level_channels=self.low_level_channels)
+        check_fraction("net", dropout=self.dropout)
+
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of build_network(..., 'segmentation', **kwargs) besides num_classes."""
         return {"filter_multiplier": self.filter_multiplier, "aspp_channels": self.aspp_channels,
@@ -87,10 +94,14 @@ class SegTrainOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_fraction, check_non_negative, check_positive
+
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("train: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
-        if self.lr <= 0:
-            raise ConfigError("train: lr must be positive")
+        check_positive("train", lr=self.lr, poly_power=self.poly_power)
+        check_fraction("train", momentum=self.momentum)
+        check_non_negative("train", weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                           steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
 
 
 @dataclass(frozen=True)
