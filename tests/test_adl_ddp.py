@@ -29,13 +29,13 @@ from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_work
 SEARCH = {
     "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference",
                  "num_classes": 4},
-    "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 8, "num_val": 3, "crop_size": [16, 16]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 8, "num_val": 3, "crop_size": [32, 32]},
     "search": {"epochs": 2, "arch_start_epoch": 0, "batch_size": 4, "arch_lr": 0.01, "threads": 1},
 }
 TRAIN = {
     "net": {"genotype": "AutoDeepLab", "filter_multiplier": 2, "aspp_channels": 8, "decoder_channels": 8,
             "low_level_channels": 4},
-    "data": {"dataset": "synthetic", "image_size": [24, 24], "num_train": 8, "num_val": 3, "crop_size": [24, 24]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 8, "num_val": 3, "crop_size": [32, 32]},
     "train": {"epochs": 2, "batch_size": 4, "threads": 1},
 }
 
@@ -119,9 +119,9 @@ def test_search_alpha_beta_bitwise_identical_and_moved(ranks):
 def test_only_rank0_writes(ranks):
     root, _ = ranks
     assert sorted(p.name for p in (root / "search0").iterdir()) == [
-        "checkpoint.pt", "config.yaml", "done.json", "genotype.json", "log.jsonl"]
+        ".lock", "checkpoint.pt", "config.yaml", "done.json", "genotype.json", "log.jsonl"]
     assert sorted(p.name for p in (root / "train0").iterdir()) == [
-        "checkpoint.pt", "config.yaml", "done.json", "log.jsonl", "model.pt"]
+        ".lock", "checkpoint.pt", "config.yaml", "done.json", "log.jsonl", "model.pt"]
     assert not (root / "search1").exists()
     # Rank 1 resumed training from a copy of rank 0's epoch-1 directory and left it as it was.
     copy, snapshot = root / "train1", root / "train_epoch1"

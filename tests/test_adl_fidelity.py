@@ -145,7 +145,7 @@ def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
     cfg = seg_train_config_from_dict({
         "net": {"filter_multiplier": 2, "aspp_channels": 4, "decoder_channels": 4, "low_level_channels": 4,
                 "bn_momentum": 3e-4, "bn_eps": 1e-3},
-        "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 2, "num_val": 1, "crop_size": [16, 16]},
+        "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 2, "num_val": 1, "crop_size": [32, 32]},
         "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 2, "threads": 1, "drop_path_prob": 0.4},
     })
     result = run_segmentation_training(cfg, None, tmp_path, progress=False)
@@ -247,7 +247,7 @@ def test_search_logs_the_arch_loss_without_an_extra_forward(tmp_path, monkeypatc
     monkeypatch.setattr(AutoDeepLabSupernet, "forward", counting_forward)
     cfg = adl_search_config_from_dict({
         "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
-        "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 4, "num_val": 1, "crop_size": [16, 16]},
+        "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 4, "num_val": 1, "crop_size": [32, 32]},
         "search": {"epochs": 1, "arch_start_epoch": 0, "batch_size": 2, "steps_per_epoch": 2, "threads": 1},
     })
     run_adl_search(cfg, tmp_path, progress=False)

@@ -17,13 +17,13 @@ from nasdeploy.utils.checkpoint import load_checkpoint
 
 SEARCH = {
     "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
-    "data": {"dataset": "synthetic", "image_size": [16, 16], "num_train": 4, "num_val": 1, "crop_size": [16, 16]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 4, "num_val": 1, "crop_size": [32, 32]},
     "search": {"epochs": 2, "arch_start_epoch": 1, "batch_size": 2, "steps_per_epoch": 1, "threads": 1},
 }
 TRAIN = {
     "net": {"genotype": "AutoDeepLab", "filter_multiplier": 2, "aspp_channels": 8, "decoder_channels": 8,
             "low_level_channels": 4},
-    "data": {"dataset": "synthetic", "image_size": [24, 24], "num_train": 4, "num_val": 2, "crop_size": [24, 24]},
+    "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 4, "num_val": 2, "crop_size": [32, 32]},
     "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 1, "threads": 1},
 }
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
 import click
+import yaml
 
 from nasdeploy._version import __version__
 from nasdeploy.errors import NasDeployError
+from nasdeploy.utils.files import describe_os_error
 
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
@@ -45,13 +48,36 @@ def cli() -> None:
     """nasdeploy: neural architecture search all the way to deployment."""
 
 
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def describe_decode_error(exc: UnicodeDecodeError) -> str:
+    """One line for text that is not in the expected encoding (a binary file given as config or genotype)."""
+    return f"a file is not {exc.encoding.upper()} text (byte {exc.start}: {exc.reason}); is it a binary file?"
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {_first_line(message)}", err=True)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the CLI, turning nasdeploy errors into one-line messages and exit code 2."""
+    """Entry point: run the CLI, turning nasdeploy errors, file errors and unreadable input into one line, exit 2."""
     try:
         return cli.main(args=argv, prog_name="nasdeploy", standalone_mode=False)
     except NasDeployError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except BrokenPipeError:  # `nasdeploy ... | head`: the reader left; exit quietly like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:  # unwritable or impossible output paths, missing or unreadable input files
+        _fail(describe_os_error(exc))
+    except UnicodeDecodeError as exc:
+        _fail(describe_decode_error(exc))
+    except yaml.YAMLError as exc:
+        _fail(f"not valid YAML: {_first_line(getattr(exc, 'problem', None) or exc)}")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

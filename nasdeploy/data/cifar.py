@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+import importlib
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,16 +58,72 @@ def find_cifar_dir(name: str, data_dir: str | os.PathLike[str] | None) -> Path:
                     f"(missing in {folder}: {', '.join(missing)}); nothing is downloaded (get it from {CIFAR_URL})")
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle names a global outside what CIFAR batch files hold."""
+
+
+# Builtin types a CIFAR batch (or its meta file) is made of; Python 2 pickles name them under __builtin__.
+_SAFE_BUILTINS = ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
+                  "complex", "bool")
+# NumPy functions that rebuild arrays, dtypes and scalars; NumPy 1.x pickles name numpy.core, 2.x numpy._core.
+_NUMPY_REBUILDERS = (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+
+
+def _numpy_core_module(name: str) -> Any:
+    """numpy._core.<name> (NumPy 2) or numpy.core.<name> (NumPy 1), without NumPy 2's deprecation warning."""
+    try:
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{name}")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """_codecs.encode as Python 3 pickles bytes at protocol 2 (text, 'latin1'); no other codec is run."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with codec {encoding!r}")
+    return text.encode("latin1")
+
+
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> object: every global a CIFAR pickle may name; nothing else is ever imported."""
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module, name in _NUMPY_REBUILDERS:
+        obj = getattr(_numpy_core_module(module), name)
+        allowed[(f"numpy.core.{module}", name)] = allowed[(f"numpy._core.{module}", name)] = obj
+    for name in _SAFE_BUILTINS:
+        allowed[("builtins", name)] = allowed[("__builtin__", name)] = getattr(builtins, name)
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays, dtypes, scalars and builtin containers (CIFAR batches)."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, encoding="latin1")
+        self._allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed object for `module.name`; anything else is refused before it is imported."""
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise RefusedGlobalError(f"{module}.{name}")
+        return obj
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
-            # Local files in the official format; torchvision reads them the same way.
-            data = pickle.load(f, encoding="latin1")
+            data = CifarUnpickler(f).load()
+    except RefusedGlobalError as exc:
+        raise DataError(f"refused to load CIFAR file {path}: it references '{exc}', which a CIFAR batch never "
+                        f"holds (only numpy arrays, lists, dicts, strings and numbers are loaded)") from None
     except Exception as exc:
         raise DataError(f"cannot read CIFAR file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise DataError(f"CIFAR file {path} does not hold a dict (is it a torchvision-format pickle?)")
-    return data
+    # Python 2 pickles read with latin1 give str keys; files re-pickled by Python 3 may hold bytes keys.
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
 def read_cifar(name: str, data_dir: str | os.PathLike[str] | None, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -96,5 +155,5 @@ def read_cifar(name: str, data_dir: str | os.PathLike[str] | None, split: str) -
     if meta_path.is_file():
         names = _unpickle(meta_path).get(layout.names_key)
         if names is not None and len(names) == layout.num_classes:
-            classes = tuple(str(n) for n in names)
+            classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
     return x, y, classes

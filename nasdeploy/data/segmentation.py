@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from nasdeploy.errors import ConfigError, DataError
+from nasdeploy.utils.checks import check_positive
 
 IGNORE_INDEX = 255
 
@@ -38,6 +39,9 @@ def cityscapes_lut() -> np.ndarray:
 
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "rectangle", "ellipse", "triangle")
+# The coarsest Auto-DeepLab level (4 levels from stride 4): a training image smaller than this makes that level's
+# feature one pixel covering more than the image, and the search of the stride-32 cells meaningless.
+MAX_OUTPUT_STRIDE = 32
 CITYSCAPES_MEAN = (0.5, 0.5, 0.5)  # the released model maps [0, 255] to [-1, 1]
 CITYSCAPES_STD = (0.5, 0.5, 0.5)
 
@@ -227,6 +231,23 @@ class SegDataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("synthetic", "cityscapes"):
             raise ConfigError(f"unknown segmentation dataset '{self.dataset}'; choose synthetic or cityscapes")
+        for key in ("image_size", "crop_size", "scale_range"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 2:
+                raise ConfigError(f"data.{key} must hold two values (height, width), got {list(value)}")
+        if min(self.image_size) < 1 or (self.crop_size is not None and min(self.crop_size) < 1):
+            raise ConfigError(f"data.image_size and data.crop_size must be positive, got {list(self.image_size)} "
+                              f"and {None if self.crop_size is None else list(self.crop_size)}")
+        check_positive("data", num_train=self.num_train, num_val=self.num_val, downsample=self.downsample)
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range must satisfy 0 < min <= max, got {list(self.scale_range)}")
+        train_size = self.crop_size or (self.image_size if self.dataset == "synthetic" else None)
+        if train_size is not None and min(train_size) < MAX_OUTPUT_STRIDE:
+            which = "crop_size" if self.crop_size else "image_size"
+            raise ConfigError(f"data.{which} {list(train_size)} is smaller than Auto-DeepLab's output stride "
+                              f"{MAX_OUTPUT_STRIDE} (its stride-{MAX_OUTPUT_STRIDE} level would see less than one "
+                              f"pixel); use at least {MAX_OUTPUT_STRIDE}x{MAX_OUTPUT_STRIDE}")
 
 
 def dataset_classes(cfg: SegDataConfig) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,9 +21,9 @@ from torch import nn
 
 from nasdeploy._version import __version__
 from nasdeploy.errors import CheckpointError, ConfigError, MissingDependencyError
-from nasdeploy.export.onnx import MIN_OPSET, export_onnx, read_onnx_metadata
+from nasdeploy.export.onnx import check_opset, export_onnx, read_onnx_metadata
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL, ParityReport, check_onnx_parity
-from nasdeploy.utils.files import write_json_atomic, write_text_atomic
+from nasdeploy.utils.files import set_default_permissions, write_json_atomic, write_text_atomic
 
 FORMATS = ("onnx", "tensorrt", "triton", "executorch")
 INT8_METHODS = ("ort", "executorch")  # onnxruntime static QDQ; PT2E XNNPACKQuantizer -> INT8 .pte
@@ -69,8 +69,7 @@ class ExportOptions:
             len(self.input_size) != 2 or not all(isinstance(s, int) and s >= 1 for s in self.input_size)
         ):
             raise ConfigError(f"input_size must be (height, width) of positive integers, got {self.input_size!r}")
-        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < MIN_OPSET):
-            raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (the dynamo ONNX exporter's minimum), got {self.opset!r}")
+        check_opset(self.opset)
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"parity batch sizes must be positive integers, got {self.batch_sizes!r}")
         if not 1 <= self.opt_batch <= self.max_batch:
@@ -263,8 +262,13 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         raise ConfigError(f"output directory already exists: {out_dir} (use overwrite / --overwrite to replace it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path exists and is not a directory: {out_dir}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except (FileExistsError, NotADirectoryError):
+        raise
+    except OSError as exc:  # name the folder asked for, not the staging sibling
+        raise type(exc)(exc.errno, f"cannot create the output folder: {(exc.strerror or str(exc)).lower()}", str(out_dir)) from None
 
 
 def _readable_permissions(root: Path) -> None:
@@ -291,6 +295,17 @@ def _publish(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, out_dir)
+
+
+def _relocate_reports(stage: Path, result: ExportResult) -> None:
+    """Parity reports name their model relative to the export folder, not the staging folder renamed onto it."""
+    for role, report in list(result.parity.items()):
+        path = Path(report.model_path)
+        if path.is_absolute() and path.is_relative_to(stage):
+            result.parity[role] = report = replace(report, model_path=str(path.relative_to(stage)))
+            saved = result.files.get(f"{role}_parity")
+            if saved:
+                report.save(stage / saved)
 
 
 def export_model(
@@ -355,8 +370,10 @@ def export_model(
         labels = None
     try:
         _export_into(staging, model, result, options, (channels, height, width), metadata or {}, say, data, labels)
+        _relocate_reports(staging, result)
         write_json_atomic(staging / "export.json", result.to_dict())
         result.files["report"] = "export.json"
+        set_default_permissions(staging)  # mkdtemp made it 0700
         _publish(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -63,9 +63,25 @@ def model_metadata(model: nn.Module) -> dict[str, str]:
     return meta
 
 
-def _check_opset(opset: int | None) -> None:
+def supported_opsets() -> range:
+    """The ONNX opsets an export can target: the dynamo exporter's minimum to the installed onnx's newest."""
+    onnx = require("onnx", purpose="ONNX export")
+    return range(MIN_OPSET, int(onnx.defs.onnx_opset_version()) + 1)
+
+
+def check_opset(opset: int | None) -> None:
+    """ConfigError unless `opset` is None (the exporter's default) or one the installed exporter can write."""
     if opset is not None and (not isinstance(opset, int) or opset < MIN_OPSET):
         raise ConfigError(f"opset must be an integer >= {MIN_OPSET} (the dynamo ONNX exporter's minimum), got {opset!r}")
+    supported = supported_opsets()
+    if opset is not None and opset not in supported:
+        # Beyond its newest opset the exporter's version conversion fails and silently keeps its own default.
+        raise ConfigError(f"opset {opset} is newer than the installed onnx supports (opsets {supported.start}.."
+                          f"{supported.stop - 1}); upgrade onnx or pick one of those")
+
+
+def _graph_opset(proto: Any) -> int:
+    return int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
@@ -112,7 +128,7 @@ def export_onnx(
     onnx = require("onnx", purpose="ONNX export")
     if simplify:  # fail before the (slow) export rather than after it
         require("onnxslim", extra="slim", purpose="ONNX graph simplification (--simplify)")
-    _check_opset(opset)
+    check_opset(opset)
     channels, height, width = _check_input_size(input_size)
     target = Path(path)
     if target.suffix != ".onnx":
@@ -148,6 +164,9 @@ def export_onnx(
         staged = work / target.name
         program.save(staged, external_data=external_data)
         proto = onnx.load(str(staged), load_external_data=False)
+        if opset is not None and _graph_opset(proto) != opset:
+            raise ExportError(f"the exporter wrote opset {_graph_opset(proto)} instead of the requested {opset} "
+                              f"(its version conversion failed); choose another --opset")
         if simplify:
             proto = _simplify(onnx, staged, external_data)
         dims = _input_dims(proto)
@@ -158,7 +177,7 @@ def export_onnx(
             dynamic_spatial = False
         props = {
             "nasdeploy_version": __version__,
-            "opset": str(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))),
+            "opset": str(_graph_opset(proto)),
             "input_shape": json.dumps(dims),
             "example_input_shape": json.dumps([1, channels, height, width]),
             "dynamic_axes": json.dumps({"batch": dynamic_batch, "height": dynamic_spatial, "width": dynamic_spatial}),

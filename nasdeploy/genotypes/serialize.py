@@ -154,4 +154,10 @@ def load_genotype(path: str | os.PathLike[str], expected_kind: str | None = None
     p = Path(path)
     if not p.is_file():
         raise GenotypeError(f"genotype file not found: {p}")
-    return genotype_from_json(p.read_text(encoding="utf-8"), expected_kind, source=str(p))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenotypeError(f"not a genotype JSON file: {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise GenotypeError(f"cannot read genotype file {p}: {exc.strerror or exc}") from None
+    return genotype_from_json(text, expected_kind, source=str(p))

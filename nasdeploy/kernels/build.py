@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib.resources
 import os
+import re
 import shutil
 import sys
 import time
@@ -99,6 +100,24 @@ def default_archs() -> tuple[str, ...]:
         caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
         return tuple(f"{major}.{minor}" for major, minor in sorted(caps))
     return DEFAULT_CUDA_ARCHS
+
+
+_CUDA_ARCH = re.compile(r"^(?P<major>[1-9][0-9]?)\.(?P<minor>[0-9])(?P<suffix>[af]?)(?P<ptx>\+PTX)?$")
+
+
+def validate_cuda_arch(arch: str) -> str:
+    """A CUDA compute capability as TORCH_CUDA_ARCH_LIST writes it (8.0, 8.6+PTX, 9.0a, 10.0); ConfigError otherwise."""
+    from nasdeploy.errors import ConfigError
+
+    match = _CUDA_ARCH.match(arch.strip())
+    if match is None:
+        raise ConfigError(f"CUDA arch {arch!r} is not a compute capability like 8.0, 8.6+PTX, 9.0a or 10.0")
+    major, suffix = int(match["major"]), match["suffix"]
+    if major < 5:
+        raise ConfigError(f"CUDA arch {arch!r} is older than any CUDA toolkit torch builds with supports (5.0+)")
+    if suffix and major < 9:
+        raise ConfigError(f"CUDA arch {arch!r}: the '{suffix}' (arch-specific) variants exist from 9.0 on")
+    return arch.strip()
 
 
 @contextlib.contextmanager

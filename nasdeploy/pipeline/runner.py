@@ -17,6 +17,7 @@ from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, q
 from nasdeploy.pipeline.state import STATE_FILE, PipelineState
 from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.rundir import open_run_directory
 from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
 
 STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "profile", "report")
@@ -77,7 +78,12 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         raise ConfigError(f"{run_dir} holds no pipeline run ({STATE_FILE} is missing): {option} acts only on a "
                           f"pipeline run directory; run the pipeline without {option} first")
     stages = stages_for(config.space)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_run_directory(run_dir, (STATE_FILE, "pipeline.yaml", "profile.json", "summary.json", "report.md")):
+        return _run_stages(config, run_dir, stages, force, only, progress, stop_after_epoch)
+
+
+def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn], force: Sequence[str],
+                only: Sequence[str], progress: bool, stop_after_epoch: int | None) -> PipelineResult:
     state = PipelineState.load(run_dir)
     _check_same_config(run_dir, config, state)
     if force:

@@ -55,7 +55,7 @@ from nasdeploy.utils.distributed import (
 )
 from nasdeploy.utils.deprecation import legacy_loop_keywords
 from nasdeploy.utils.files import write_json_atomic
-from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, write_run_config
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, open_run_directory, write_run_config
 from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
@@ -86,12 +86,20 @@ class ADLSearchOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_betas, check_fraction, check_non_negative, check_positive
+
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("search: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
         if not 0 <= self.arch_start_epoch:
             raise ConfigError("search: arch_start_epoch must be >= 0")
-        if self.lr <= 0 or self.arch_lr <= 0 or self.lr_min < 0:
-            raise ConfigError("search: learning rates must be positive")
+        if not (self.lr > 0 and self.arch_lr > 0 and 0 <= self.lr_min <= self.lr):
+            raise ConfigError(f"search: learning rates must be positive and lr_min in [0, lr], got lr={self.lr}, "
+                              f"lr_min={self.lr_min}, arch_lr={self.arch_lr}")
+        check_positive("search", grad_clip=self.grad_clip)
+        check_fraction("search", momentum=self.momentum)
+        check_non_negative("search", weight_decay=self.weight_decay, arch_weight_decay=self.arch_weight_decay,
+                           steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
+        check_betas("search", "arch_betas", self.arch_betas)
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,8 @@ def run_adl_search(config: ADLSearchConfig, out_dir: str | os.PathLike[str], *, 
     Under torchrun every rank calls this (see the module docstring) and gets the same result.
     """
     cfg = replace(config, data=with_data_dir(config.data, data_dir))
-    with process_group(cfg.search.device) as ctx, runtime_settings(threads=cfg.search.threads or None):
+    with process_group(cfg.search.device) as ctx, runtime_settings(threads=cfg.search.threads or None), \
+            open_run_directory(Path(out_dir), RUN_FILES, main=ctx.is_main):
         return _search(cfg, Path(out_dir), ctx, not force, progress, stop_after_epoch, max_epochs)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.checks import check_betas, check_fraction, check_non_negative, check_positive
 from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml
 
 
@@ -27,8 +28,7 @@ class SupernetConfig:
     def __post_init__(self) -> None:
         if self.alpha_init not in ("normal", "zeros"):
             raise ConfigError(f"model.alpha_init must be 'normal' or 'zeros', got {self.alpha_init!r}")
-        if self.alpha_init_scale <= 0:
-            raise ConfigError(f"model.alpha_init_scale must be positive, got {self.alpha_init_scale}")
+        check_positive("model", alpha_init_scale=self.alpha_init_scale)
         if self.multiplier > self.steps:
             raise ConfigError(f"model.multiplier ({self.multiplier}) cannot exceed model.steps ({self.steps})")
         if self.channels < 2 or self.channels % 2:
@@ -108,12 +108,12 @@ class SearchOptions:
             raise ConfigError(f"search.order must be 'first' or 'second', got {self.order!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("search.epochs and search.batch_size must be >= 1")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+        if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
             raise ConfigError(f"search.lr must be positive and lr_min in [0, lr], got lr={self.lr}, lr_min={self.lr_min}")
-        if self.arch_lr <= 0:
-            raise ConfigError(f"search.arch_lr must be positive, got {self.arch_lr}")
-        if self.grad_clip <= 0:
-            raise ConfigError(f"search.grad_clip must be positive, got {self.grad_clip}")
+        check_positive("search", arch_lr=self.arch_lr, grad_clip=self.grad_clip)
+        check_fraction("search", momentum=self.momentum)
+        check_non_negative("search", weight_decay=self.weight_decay, arch_weight_decay=self.arch_weight_decay)
+        check_betas("search", "arch_betas", self.arch_betas)
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"search.train_portion must be strictly between 0 and 1, got {self.train_portion}")
         if self.threads is not None and self.threads < 1:

@@ -44,7 +44,7 @@ from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.metrics import Meter
 from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.deprecation import legacy_loop_keywords
-from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, read_done, write_run_config
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, open_run_directory, read_done, write_run_config
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
 from nasdeploy.utils.yamlconfig import to_dict
@@ -117,7 +117,8 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike[str], *, data_di
     stop_after_epoch: return after that many epochs are done (the run stays resumable).
     """
     out = Path(out_dir)
-    with process_group(config.search.device) as ctx, runtime_settings(config.search.deterministic, config.search.threads):
+    with process_group(config.search.device) as ctx, runtime_settings(config.search.deterministic, config.search.threads), \
+            open_run_directory(out, RUN_FILES, main=ctx.is_main):
         return _run(config, out, data_dir, ctx, force, stop_after_epoch, progress)
 
 

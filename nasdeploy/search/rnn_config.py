@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.utils.checks import check_positive, check_run_settings
+from nasdeploy.utils.checks import check_betas, check_non_negative, check_positive, check_run_settings
 from nasdeploy.utils.yamlconfig import from_dict, load_config
 
 
@@ -70,6 +70,9 @@ class RNNSearchSettings:
     def __post_init__(self) -> None:
         check_positive("search", epochs=self.epochs, batch_size=self.batch_size, bptt=self.bptt, lr=self.lr,
                         clip=self.clip, arch_lr=self.arch_lr)
+        check_non_negative("search", weight_decay=self.weight_decay, alpha_ar=self.alpha_ar, beta_tar=self.beta_tar,
+                           arch_weight_decay=self.arch_weight_decay)
+        check_betas("search", "arch_betas", self.arch_betas)
         if self.order not in ("first", "second"):
             raise ConfigError(f"search.order must be 'first' or 'second', got {self.order!r}")
         if self.batch_size < 2 or (self.eval_batch_size is not None and self.eval_batch_size < 2):

@@ -32,7 +32,7 @@ from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from nasdeploy.utils.distributed import resolve_device
 from nasdeploy.utils.deprecation import legacy_loop_keywords
-from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, read_run_config, write_run_config
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, open_run_directory, read_run_config, write_run_config
 from nasdeploy.utils.runlog import console_writer
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
@@ -83,7 +83,7 @@ def run_rnn_search(config: RNNSearchConfig, out_dir: str | os.PathLike[str], *, 
     echo = console_writer(progress)
     if not progress:
         config = replace(config, search=replace(config.search, progress=False))
-    with runtime_settings(threads=config.search.threads):
+    with runtime_settings(threads=config.search.threads), open_run_directory(Path(out_dir), RUN_FILES):
         return _run_rnn_search(config, out_dir, data_dir, force, stop_after_epoch, echo)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.checks import check_fraction, check_non_negative, check_positive
 from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml
 
 
@@ -57,7 +58,7 @@ class TrainOptions:
             raise ConfigError(f"train.lr_schedule must be 'cosine' or 'exponential', got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_every must be >= 1")
-        if self.lr <= 0 or not 0 <= self.lr_min <= self.lr:
+        if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
             raise ConfigError(f"train.lr must be positive and lr_min in [0, lr], got lr={self.lr}, lr_min={self.lr_min}")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"train.lr_gamma must be in (0, 1], got {self.lr_gamma}")
@@ -65,8 +66,9 @@ class TrainOptions:
             raise ConfigError(f"train.drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.auxiliary_weight < 0 or self.grad_clip <= 0:
-            raise ConfigError("train.auxiliary_weight must be >= 0 and train.grad_clip > 0")
+        check_non_negative("train", auxiliary_weight=self.auxiliary_weight, weight_decay=self.weight_decay)
+        check_positive("train", grad_clip=self.grad_clip)
+        check_fraction("train", momentum=self.momentum)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
 

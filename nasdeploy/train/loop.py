@@ -40,7 +40,7 @@ from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.metrics import Meter
 from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.deprecation import legacy_loop_keywords
-from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, read_done, read_json, write_run_config
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, check_resume_config, clear_run_files, open_run_directory, read_done, read_json, write_run_config
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import to_dict
@@ -97,7 +97,8 @@ def run_training(config: TrainConfig, genotype: Genotype | str | os.PathLike[str
                  progress: bool = True) -> TrainResult:
     """Train the network of `genotype` (None: config.genotype) in `out_dir`, resuming or reporting a finished run."""
     resolved = _resolve_genotype(genotype if genotype is not None else config.genotype, Path(out_dir))
-    with process_group(config.train.device) as ctx, runtime_settings(config.train.deterministic, config.train.threads):
+    with process_group(config.train.device) as ctx, runtime_settings(config.train.deterministic, config.train.threads), \
+            open_run_directory(Path(out_dir), RUN_FILES, main=ctx.is_main):
         return _run(config, resolved, Path(out_dir), data_dir, ctx, force, stop_after_epoch, progress)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.utils.checks import check_positive, check_run_settings
+from nasdeploy.utils.checks import check_non_negative, check_positive, check_run_settings
 from nasdeploy.nets.rnn import RNNLMConfig
 from nasdeploy.utils.yamlconfig import from_dict, load_config
 
@@ -40,8 +40,7 @@ class RNNTrainSettings:
                        test_batch_size=self.test_batch_size, bptt=self.bptt, lr=self.lr, clip=self.clip)
         if self.nonmono < 1:
             raise ConfigError(f"train.nonmono must be >= 1, got {self.nonmono}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must not be negative, got {self.weight_decay}")
+        check_non_negative("train", weight_decay=self.weight_decay, alpha_ar=self.alpha_ar, beta_tar=self.beta_tar)
         check_run_settings("train", self.max_batches_per_epoch, self.threads, self.device)
 
 

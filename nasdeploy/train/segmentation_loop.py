@@ -52,7 +52,7 @@ from nasdeploy.utils.distributed import (
 from nasdeploy.utils.deprecation import legacy_loop_keywords
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rng import seed_everything
-from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, write_run_config
+from nasdeploy.utils.rundir import CONFIG_FILE, DONE_FILE, epoch_limit, open_run_directory, write_run_config
 from nasdeploy.utils.runtime import runtime_settings
 from nasdeploy.utils.yamlconfig import from_dict, to_dict
 
@@ -75,7 +75,12 @@ class SegNetOptions:
     bn_eps: float = 1e-5  # released model: 1e-3
 
     def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_fraction, check_positive
+
         check_bn_settings(self.bn_momentum, self.bn_eps)
+        check_positive("net", filter_multiplier=self.filter_multiplier, aspp_channels=self.aspp_channels,
+                       decoder_channels=self.decoder_channels, low_level_channels=self.low_level_channels)
+        check_fraction("net", dropout=self.dropout)
 
     def net_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of build_network(..., 'segmentation', **kwargs) besides num_classes."""
@@ -104,10 +109,14 @@ class SegTrainOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        from nasdeploy.utils.checks import check_fraction, check_non_negative, check_positive
+
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("train: epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
-        if self.lr <= 0:
-            raise ConfigError("train: lr must be positive")
+        check_positive("train", lr=self.lr, poly_power=self.poly_power)
+        check_fraction("train", momentum=self.momentum)
+        check_non_negative("train", weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                           steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
         if isinstance(self.drop_path_prob, bool) or not 0 <= self.drop_path_prob < 1:
             raise ConfigError(f"train.drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
 
@@ -173,7 +182,8 @@ def run_segmentation_training(config: SegTrainConfig, genotype: str | os.PathLik
     """
     net = config.net if genotype is None else replace(config.net, genotype=os.fspath(_genotype_file(genotype)))
     cfg = replace(config, net=net, data=with_data_dir(config.data, data_dir))
-    with process_group(cfg.train.device) as ctx, runtime_settings(threads=cfg.train.threads or None):
+    with process_group(cfg.train.device) as ctx, runtime_settings(threads=cfg.train.threads or None), \
+            open_run_directory(Path(out_dir), RUN_FILES, main=ctx.is_main):
         return _train(cfg, Path(out_dir), ctx, not force, progress, stop_after_epoch, max_epochs)
 
 

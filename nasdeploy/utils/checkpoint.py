@@ -82,5 +82,5 @@ def load_resume_checkpoint(path: Path, kind: str, config: dict[str, Any], what: 
     if state.get("kind") != kind:
         raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not {what}")
     if state["meta"].get("config") != config:
-        raise ConfigError(f"{path.parent} holds {what} with a different config; use a new directory or --restart")
+        raise ConfigError(f"{path.parent} holds {what} with a different config; use a new directory or --force to start over")
     return state

@@ -8,10 +8,36 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_positive(section: str, **values: float) -> None:
-    """Every value > 0."""
+    """Every value > 0 (NaN fails)."""
     for name, value in values.items():
-        if value <= 0:
+        if not value > 0:
             raise ConfigError(f"{section}.{name} must be positive, got {value}")
+
+
+def check_non_negative(section: str, **values: float) -> None:
+    """Every value >= 0 (NaN fails)."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ConfigError(f"{section}.{name} must be >= 0, got {value}")
+
+
+def check_fraction(section: str, *, low_open: bool = False, high_open: bool = True, **values: float) -> None:
+    """Every value in [0, 1) by default; (0, 1) with low_open, [0, 1] without high_open (NaN fails)."""
+    for name, value in values.items():
+        above = value > 0 if low_open else value >= 0
+        below = value < 1 if high_open else value <= 1
+        if not (above and below):
+            interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+            raise ConfigError(f"{section}.{name} must be in {interval}, got {value}")
+
+
+def check_betas(section: str, name: str, betas: tuple[float, ...]) -> None:
+    """Adam's (beta1, beta2): two values, each in [0, 1)."""
+    if len(betas) != 2:
+        raise ConfigError(f"{section}.{name} must hold two values (beta1, beta2), got {list(betas)}")
+    for k, beta in enumerate(betas):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"{section}.{name} must hold two values in [0, 1), got {list(betas)} (value {k + 1})")
 
 
 def check_run_settings(section: str, max_batches_per_epoch: int | None, threads: int | None, device: str) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.yamlconfig import diff_dicts
@@ -17,6 +18,19 @@ DONE_FILE = "done.json"
 # Earlier releases' names (read when resuming an old run directory, never written).
 _LEGACY_CONFIG_FILES = ("config.json",)
 _LEGACY_DONE_FILES = ("final.json", "summary.json")
+
+
+@contextlib.contextmanager
+def open_run_directory(out: Path, run_files: Iterable[str], *, main: bool = True) -> Iterator[Path]:
+    """Hold the run directory's lock for the block (main rank only) and clear temp files a killed write left."""
+    from nasdeploy.utils.files import remove_stale_temp_files
+    from nasdeploy.utils.runlock import run_directory_lock
+
+    with run_directory_lock(out, enabled=main):
+        if main:
+            for name in run_files:
+                remove_stale_temp_files(out, name)
+        yield out
 
 
 def run_config_file(out: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -17,6 +18,9 @@ from nasdeploy.errors import ConfigError
 
 T = TypeVar("T")
 
+# Field metadata key: a float field that may hold NaN or +/-inf (none does today); every other float must be finite.
+ALLOW_NONFINITE = "allow_nonfinite"
+
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping, with a one-line error for a missing, unreadable or non-mapping file."""
@@ -25,6 +29,10 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a YAML config file: {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -67,7 +75,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{label} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = list(fields)
     if not where and "space" not in names:  # a top-level `space:` names the search space, not a field
         data = {k: v for k, v in data.items() if k != "space"}
     for key in data:
@@ -75,7 +84,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             hint = difflib.get_close_matches(str(key), names, n=1)
             extra = (f"; did you mean '{_join(where, hint[0])}'?" if hint else "") + f" (valid: {', '.join(names)})"
             raise ConfigError(f"unknown config key '{_join(where, str(key))}'{extra}")
-    kwargs = {key: _coerce(hints[key], value, _join(where, key)) for key, value in data.items()}
+    kwargs = {key: _coerce(hints[key], value, _join(where, key), fields[key].metadata.get(ALLOW_NONFINITE, False))
+              for key, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -128,7 +138,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -138,7 +148,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         errors = []
         for option in options:
             try:
-                return _coerce(option, value, key)
+                return _coerce(option, value, key, nonfinite)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
@@ -152,10 +162,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, key) for v in value)
+            return tuple(_coerce(args[0], v, key, nonfinite) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"{key} must have {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, key, nonfinite) for a, v in zip(args, value))
     if origin in (list, dict):
         raise ConfigError(f"{key}: unsupported config type {tp}")
     if tp is bool:
@@ -169,12 +179,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # PyYAML reads '3e-4' (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{key} must be a finite number, got {value}") from None
+        if not nonfinite and not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {number}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")

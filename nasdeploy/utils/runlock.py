@@ -1,0 +1,71 @@
+"""One process per run directory: an exclusive flock on `<run_dir>/.lock`, gone when its holder exits or dies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from nasdeploy.errors import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+def _command_line() -> str:
+    """This process's command line as the shell would show it, on one line (first 300 characters)."""
+    try:
+        args = [a.decode(errors="replace") for a in Path("/proc/self/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        args = [sys.executable, *sys.argv]
+    return re.sub(r"\s+", " ", shlex.join(args)).strip()[:300]
+
+
+def _holder(fd: int) -> str:
+    """'process PID (command)' of the lock's holder, as it wrote it into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"process {int(info['pid'])} ({info.get('command', '?')})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its PID yet)"
+
+
+@contextlib.contextmanager
+def run_directory_lock(path: str | os.PathLike[str], *, enabled: bool = True) -> Iterator[Path | None]:
+    """Hold `<path>/.lock` for the block, or raise ConfigError naming the process that holds it.
+
+    Non-blocking; the kernel drops the lock when the process ends, crash or kill -9 included. Under
+    torchrun pass enabled=(rank == 0) so only the main rank locks. Yields the lock file (None if disabled).
+    """
+    if not enabled:
+        yield None
+        return
+    import fcntl
+
+    run_dir = Path(path)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run directory {run_dir} is in use by {_holder(fd)}; wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _command_line()}).encode() + b"\n", 0)
+        try:
+            yield lock_path
+        finally:
+            os.ftruncate(fd, 0)  # the file stays (removing it would race with the next locker); it names no one
+    finally:
+        os.close(fd)  # releases the flock
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+            # A run that was refused before writing anything leaves no directory behind.
+            lock_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()

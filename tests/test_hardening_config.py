@@ -1,0 +1,174 @@
+"""Every numeric config field: NaN and infinity refused at load, ranges checked, one-line errors naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+
+import pytest
+
+from nasdeploy.cli.main import main
+from nasdeploy.data.segmentation import SegDataConfig
+from nasdeploy.errors import ConfigError
+from nasdeploy.search.autodeeplab_loop import ADLSearchConfig, ADLSearchOptions, adl_search_config_from_dict
+from nasdeploy.search.config import SearchConfig, load_search_config, search_config_from_dict
+from nasdeploy.search.rnn_config import RNNSearchConfig, load_rnn_search_config
+from nasdeploy.train.config import TrainConfig, train_config_from_dict
+from nasdeploy.train.rnn_config import RNNTrainConfig, load_rnn_train_config
+from nasdeploy.train.segmentation_loop import SegTrainConfig, SegTrainOptions, seg_train_config_from_dict
+from nasdeploy.utils.yamlconfig import ALLOW_NONFINITE, from_dict
+
+ROOTS = [SearchConfig, TrainConfig, RNNSearchConfig, RNNTrainConfig, ADLSearchConfig, SegTrainConfig]
+
+
+def _float_keys(cls: type, where: str = "") -> list[tuple[str, int | None]]:
+    """(dotted key, None for a float or the length of a float tuple) of every float field, recursively."""
+    out: list[tuple[str, int | None]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] -> X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            out += _float_keys(tp, key)
+        elif f.metadata.get(ALLOW_NONFINITE):
+            continue
+        elif tp is float:
+            out.append((key, None))
+        elif typing.get_origin(tp) is tuple and float in args:
+            out.append((key, 3 if Ellipsis in args else len(args)))
+    return out
+
+
+def _nested(key: str, value: object) -> dict:
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "nan", "-inf", "Infinity"])
+def test_every_float_field_refuses_non_finite(root, bad):
+    keys = _float_keys(root)
+    assert len(keys) >= 3, keys
+    for key, n in keys:
+        value = bad if n is None else [bad] + [0.5] * (n - 1)  # tuples: one bad entry is enough
+        with pytest.raises(ConfigError) as err:
+            from_dict(root, _nested(key, value))
+        msg = str(err.value)
+        assert msg.startswith(f"{key} must be a finite number, got "), (key, msg)
+        assert "\n" not in msg
+
+
+def test_float_keys_cover_the_tuples():
+    keys = dict(_float_keys(SearchConfig))
+    assert keys["search.arch_betas"] == 2 and keys["search.lr"] is None and keys["data.mean"] == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.momentum=-1", "search.momentum must be in [0, 1), got -1.0"),
+    ("search.momentum=1", "search.momentum must be in [0, 1), got 1.0"),
+    ("search.arch_betas=[2,0.999]", "search.arch_betas must hold two values in [0, 1), got [2.0, 0.999] (value 1)"),
+    ("search.arch_betas=[0.5]", "search.arch_betas must have 2 values, got 1"),
+    ("search.lr=.nan", "search.lr must be a finite number, got nan"),
+    ("search.lr=.inf", "search.lr must be a finite number, got inf"),
+    ("search.lr=-.inf", "search.lr must be a finite number, got -inf"),
+    ("search.lr=nan", "search.lr must be a finite number, got nan"),
+    ("search.lr=0", "search.lr must be positive"),
+    ("search.weight_decay=-1e-4", "search.weight_decay must be >= 0, got -0.0001"),
+    ("search.arch_weight_decay=-1", "search.arch_weight_decay must be >= 0, got -1.0"),
+    ("search.grad_clip=0", "search.grad_clip must be positive, got 0.0"),
+    ("search.train_portion=1", "search.train_portion must be strictly between 0 and 1"),
+    ("model.alpha_init_scale=0", "model.alpha_init_scale must be positive, got 0.0"),
+    ("search.lr=1e999", "search.lr must be a finite number, got inf"),
+])
+def test_darts_search_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        search_config_from_dict({"data": {"dataset": "demo"}}, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.momentum=1.5", "train.momentum must be in [0, 1), got 1.5"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0, got -1.0"),
+    ("train.grad_clip=-1", "train.grad_clip must be positive, got -1.0"),
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("train.drop_path_prob=1", "train.drop_path_prob must be in [0, 1), got 1.0"),
+    ("train.auxiliary_weight=-0.1", "train.auxiliary_weight must be >= 0, got -0.1"),
+])
+def test_darts_train_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        train_config_from_dict({"data": {"dataset": "demo"}}, [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("load, override, message", [
+    (load_rnn_search_config, "search.arch_betas=[0.9,1]", "search.arch_betas must hold two values in [0, 1)"),
+    (load_rnn_search_config, "search.weight_decay=-1", "search.weight_decay must be >= 0"),
+    (load_rnn_search_config, "model.dropoutx=1", "model.dropoutx must be a probability in [0, 1)"),
+    (load_rnn_search_config, "search.lr=.inf", "search.lr must be a finite number, got inf"),
+    (load_rnn_train_config, "train.beta_tar=-1", "train.beta_tar must be >= 0"),
+    (load_rnn_train_config, "model.dropouth=.nan", "model.dropouth must be a finite number, got nan"),
+])
+def test_rnn_values(load, override, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load(None, [override])
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("search", {"momentum": -0.1}, "search.momentum must be in [0, 1), got -0.1"),
+    ("search", {"arch_betas": [0.9, 1.0]}, "search.arch_betas must hold two values in [0, 1)"),
+    ("search", {"grad_clip": 0.0}, "search.grad_clip must be positive"),
+    ("search", {"weight_decay": -1.0}, "search.weight_decay must be >= 0"),
+    ("search", {"lr_min": 1.0}, "lr_min in [0, lr]"),
+    ("search", {"lr": math.nan}, "search.lr must be a finite number, got nan"),
+    ("data", {"crop_size": [16, 16]}, "data.crop_size [16, 16] is smaller than Auto-DeepLab's output stride 32"),
+    ("data", {"crop_size": None, "image_size": [24, 64]}, "data.image_size [24, 64] is smaller than"),
+    ("data", {"downsample": 0.0}, "data.downsample must be positive"),
+    ("data", {"scale_range": [1.5, 1.0]}, "data.scale_range must satisfy 0 < min <= max"),
+])
+def test_adl_search_values(section, values, message):
+    with pytest.raises(ConfigError) as err:
+        adl_search_config_from_dict({section: values})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("train", {"momentum": 1.0}, "train.momentum must be in [0, 1)"),
+    ("train", {"weight_decay": -1.0}, "train.weight_decay must be >= 0"),
+    ("train", {"grad_clip": -1.0}, "train.grad_clip must be >= 0"),
+    ("train", {"poly_power": 0.0}, "train.poly_power must be positive"),
+    ("net", {"dropout": 1.0}, "net.dropout must be in [0, 1)"),
+    ("net", {"dropout": math.inf}, "net.dropout must be a finite number, got inf"),
+    ("data", {"crop_size": [31, 64]}, "data.crop_size [31, 64] is smaller than Auto-DeepLab's output stride 32"),
+])
+def test_adl_train_values(section, values, message):
+    with pytest.raises(ConfigError) as err:
+        seg_train_config_from_dict({section: values})
+    assert message in str(err.value)
+
+
+def test_validators_refuse_nan_without_the_loader():
+    with pytest.raises(ConfigError, match="search.grad_clip must be positive, got nan"):
+        ADLSearchOptions(grad_clip=math.nan)
+    with pytest.raises(ConfigError, match="train.weight_decay must be >= 0, got nan"):
+        SegTrainOptions(weight_decay=math.nan)
+
+
+def test_defaults_and_shipped_sizes_still_validate():
+    for root in ROOTS:
+        from_dict(root, {})
+    SegDataConfig(crop_size=(32, 32), image_size=(32, 32))
+    SegDataConfig(dataset="cityscapes", root="/x", crop_size=None)  # full images: sizes known only at load
+
+
+def test_cli_names_the_key(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["search", "--config", "configs/demo_search.yaml", "--out", str(tmp_path / "r"), "search.lr=.nan"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and "search.lr must be a finite number, got nan" in err[0]
+    assert not (tmp_path / "r").exists()
