@@ -70,10 +70,22 @@ def extensions_root() -> Path:
     return Path(base) / tag
 
 
-def cuda_home() -> Path | None:
-    """A CUDA toolkit root with nvcc and headers: $CUDA_HOME, torch's guess, or /usr/local/cuda."""
+def _cpp_extension():  # type: ignore[no-untyped-def]
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found" warning on CPU-only machines.
+
+    (BuildInfo and `nasdeploy build-ext` report what was built; the warning only broke one-line CLI errors.)
+    """
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
+    return cpp_extension
+
+
+def cuda_home() -> Path | None:
+    """A CUDA toolkit root with nvcc and headers: $CUDA_HOME, torch's guess, or /usr/local/cuda."""
+    cpp_extension = _cpp_extension()
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
     for cand in candidates:
         if cand and Path(cand, "bin", "nvcc").exists() and Path(cand, "include", "cuda_runtime.h").exists():
@@ -143,8 +155,7 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
     ("address", CPU only) builds an instrumented variant under its own name; the process must have
     the sanitizer runtime loaded first (LD_PRELOAD), see tests/test_kernels_asan.py.
     """
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     if sanitize is not None and sanitize not in SANITIZERS:
         raise ValueError(f"unknown sanitizer {sanitize!r}, expected one of {sorted(SANITIZERS)}")
     if sanitize is not None and cuda:
