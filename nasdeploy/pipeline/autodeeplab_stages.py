@@ -11,8 +11,6 @@ from typing import Any
 
 from nasdeploy.data.segmentation import with_data_dir
 from nasdeploy.errors import CheckpointError
-from nasdeploy.genotypes import genotype_to_dict, save_genotype
-from nasdeploy.genotypes.describe import describe_genotype
 from nasdeploy.pipeline.plots import read_jsonl
 from nasdeploy.pipeline.stages import (
     StageContext,
@@ -21,6 +19,7 @@ from nasdeploy.pipeline.stages import (
     environment_line,
     export_trained_model,
     latency_summary,
+    publish_genotype,
     quote_path,
 )
 from nasdeploy.utils.files import write_json_atomic
@@ -45,7 +44,6 @@ def adl_search_stage(ctx: StageContext) -> dict[str, Any]:
 
 def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Decode the genotype (cell top-2 + Viterbi path) from the final alpha/beta; draw cell and path."""
-    from nasdeploy.genotypes.draw import draw_genotype
     from nasdeploy.pipeline.plots import plot_network_path
     from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
     from nasdeploy.utils.checkpoint import load_checkpoint
@@ -62,14 +60,9 @@ def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
     genotype = decode_genotype(alphas, betas, blocks, name=f"{ctx.config.name}_found")
     probabilities = beta_probabilities(betas)
     path, log_prob = viterbi_path(probabilities)
-    save_genotype(genotype, ctx.path("genotype.json"), meta={"source": "search", "path_log_prob": log_prob})
-    figures = ctx.path("figures")
-    figures.mkdir(exist_ok=True)
-    draw_genotype(genotype, figures / "cells.svg")
-    draw_genotype(genotype, figures / "cells.png")
-    plot_network_path(probabilities, path, figures / "path.png")
-    return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype), "path": list(path),
-            "path_log_prob": log_prob}
+    outputs = publish_genotype(ctx, genotype, {"source": "search", "path_log_prob": log_prob})
+    plot_network_path(probabilities, path, ctx.path("figures", "path.png"))
+    return {**outputs, "path": list(path), "path_log_prob": log_prob}
 
 
 def _train_config(ctx: StageContext) -> Any:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasdeploy.genotypes import genotype_to_dict, load_genotype, save_genotype
-from nasdeploy.genotypes.describe import describe_genotype
+from nasdeploy.genotypes import load_genotype
 from nasdeploy.pipeline.stages import (
     StageContext,
     StageFn,
@@ -14,6 +13,7 @@ from nasdeploy.pipeline.stages import (
     export_trained_model,
     last_log_record,
     latency_summary,
+    publish_genotype,
     quote_path,
     source_arg,
 )
@@ -76,7 +76,6 @@ def budget_verdict(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, A
 
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
-    from nasdeploy.genotypes.draw import draw_genotype
     from nasdeploy.spaces.darts_cnn_derive import derive_genotype
     from nasdeploy.search.loop import load_search_result
 
@@ -84,11 +83,7 @@ def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
     model_cfg = ctx.config.search.get("model", {})
     genotype = derive_genotype(result.alphas_normal, result.alphas_reduce, steps=model_cfg.get("steps", 4),
                                multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found")
-    save_genotype(genotype, ctx.path("genotype.json"), meta={"source": "search", "epochs": result.epochs})
-    ctx.path("figures").mkdir(exist_ok=True)
-    draw_genotype(genotype, ctx.path("figures", "cells.svg"))
-    draw_genotype(genotype, ctx.path("figures", "cells.png"))
-    return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype)}
+    return publish_genotype(ctx, genotype, {"source": "search", "epochs": result.epochs})
 
 
 def run_train_stage(ctx: StageContext) -> dict[str, Any]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from nasdeploy.errors import CheckpointError
-from nasdeploy.genotypes import genotype_to_dict, load_genotype, resolve_genotype, save_genotype
-from nasdeploy.genotypes.describe import describe_genotype
+from nasdeploy.genotypes import load_genotype, resolve_genotype
 from nasdeploy.pipeline.plots import plot_alpha_evolution, plot_final_alphas, read_jsonl
 from nasdeploy.pipeline.stages import (
     StageContext,
     StageFn,
     StageInterrupted,
     last_log_record,
+    publish_genotype,
     publish_onnx,
     quote_path,
     source_arg,
@@ -45,7 +45,6 @@ def rnn_search_stage(ctx: StageContext) -> dict[str, Any]:
 
 def rnn_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Derive the genotype from the final alphas (DARTS top-1 rule) and draw the recurrent cell."""
-    from nasdeploy.genotypes.draw import draw_genotype
     from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
 
     history = read_jsonl(ctx.path("search", "alphas.jsonl"))
@@ -53,11 +52,7 @@ def rnn_derive_stage(ctx: StageContext) -> dict[str, Any]:
         raise CheckpointError(f"{ctx.path('search')} holds no finished recurrent search: run the search stage first")
     # alphas.jsonl holds softmaxed weights; the top-1 rule is invariant to the softmax.
     genotype = derive_recurrent_genotype(history[-1]["alphas"], name=f"{ctx.config.name}_found")
-    save_genotype(genotype, ctx.path("genotype.json"), meta={"source": "search", "epochs": history[-1].get("epoch")})
-    ctx.path("figures").mkdir(exist_ok=True)
-    draw_genotype(genotype, ctx.path("figures", "cells.svg"))
-    draw_genotype(genotype, ctx.path("figures", "cells.png"))
-    return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype)}
+    return publish_genotype(ctx, genotype, {"source": "search", "epochs": history[-1].get("epoch")})
 
 
 def rnn_train_stage(ctx: StageContext) -> dict[str, Any]:

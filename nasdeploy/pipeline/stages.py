@@ -123,3 +123,16 @@ def quote_path(path: str | os.PathLike[str]) -> str:
 def source_arg(config: PipelineConfig) -> str:
     """The pipeline file argument of a reproducing command ('' for the built-in demo)."""
     return "" if config.source == "(built-in demo)" else " " + quote_path(config.source)
+
+
+def publish_genotype(ctx: StageContext, genotype: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the derived genotype.json, draw its cells into figures/ (SVG and PNG); the derive stage's outputs."""
+    from nasdeploy.genotypes import genotype_to_dict, save_genotype
+    from nasdeploy.genotypes.describe import describe_genotype
+    from nasdeploy.genotypes.draw import draw_genotype
+
+    save_genotype(genotype, ctx.path("genotype.json"), meta=meta)
+    ctx.path("figures").mkdir(exist_ok=True)
+    draw_genotype(genotype, ctx.path("figures", "cells.svg"))
+    draw_genotype(genotype, ctx.path("figures", "cells.png"))
+    return {"genotype": genotype_to_dict(genotype), "text": describe_genotype(genotype)}
