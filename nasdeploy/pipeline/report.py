@@ -189,6 +189,7 @@ def render_report(summary: dict[str, Any]) -> str:
                        f"max abs error {_fmt_e(parity.get('max_abs_error'))}, max rel error "
                        f"{_fmt_e(parity.get('max_rel_error'))} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
         out += _runtime_lines(export)
+        out += [f"Skipped {fmt}: {why}." for fmt, why in (export.get("skipped") or {}).items()]
         for fmt, info in (export.get("other_formats") or {}).items():
             out.append(f"{fmt}: {info}")
         out.append("")

@@ -50,13 +50,20 @@ def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_siz
     from nasdeploy.export.api import ExportOptions, build_export_model, export_model
     from nasdeploy.profile.latency import time_model_file
 
+    import importlib.util
+
     source = build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
     section = ctx.config.export
+    formats, int8, missing = tuple(section.formats), tuple(section.int8), {}
+    if importlib.util.find_spec("executorch") is None and ("executorch" in formats or "executorch" in int8):
+        # The demo asks for ExecuTorch; without the optional extra the stage still exports the rest.
+        formats, int8 = tuple(f for f in formats if f != "executorch"), tuple(m for m in int8 if m != "executorch")
+        missing["executorch"] = "executorch is not installed (pip install 'nasdeploy[executorch]')"
     options = ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True,
-                            int8=tuple(section.int8), data=data, calibration_images=section.calibration_images,
+                            int8=int8, data=data, calibration_images=section.calibration_images,
                             validation_images=section.validation_images, latency_timer=time_model_file)
     say = (lambda msg: print(f"[export] {msg}", flush=True)) if ctx.progress else None
-    result = export_model(source.model, ctx.path("export"), formats=section.formats, options=options,
+    result = export_model(source.model, ctx.path("export"), formats=formats, options=options,
                           name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": checkpoint},
                           progress=say, weights="trained")
     publish_onnx(ctx)
@@ -64,7 +71,7 @@ def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_siz
     runtimes = {name: report.to_dict() for name, report in result.parity.items() if name != "onnx"}
     return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity, "runtimes": runtimes,
             "quantization": {k: v.to_dict() for k, v in result.quantization.items()},
-            "opset": result.onnx.get("opset"), "skipped": result.skipped}
+            "opset": result.onnx.get("opset"), "skipped": {**result.skipped, **missing}}
 
 
 def publish_onnx(ctx: StageContext) -> None:
