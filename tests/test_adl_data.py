@@ -66,8 +66,12 @@ def test_cityscapes_errors_are_one_line(tmp_path):
     next((tmp_path / "gtFine" / "train" / "bremen").glob("*.png")).unlink()
     with pytest.raises(DataError, match="label missing for bremen_"):
         CityscapesSegmentation(tmp_path, "train", IDENTITY)
-    with pytest.raises(ConfigError, match="data.root must name"):
-        SegDataConfig(dataset="cityscapes")
+    # The root may come from --data-dir, so the config accepts none; building the dataset without one is refused.
+    from nasdeploy.data.segmentation import build_segmentation_dataset, with_data_dir
+
+    with pytest.raises(ConfigError, match=r"data.root \(or --data-dir\) must name"):
+        build_segmentation_dataset(SegDataConfig(dataset="cityscapes"), "train", train=True)
+    assert with_data_dir(SegDataConfig(dataset="cityscapes"), tmp_path).root == str(tmp_path)
 
 
 def test_augmentation_keeps_image_and_label_aligned():
