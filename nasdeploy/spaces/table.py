@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from nasdeploy.errors import ConfigError
 
@@ -146,24 +146,24 @@ def get_space(name: str) -> SearchSpace:
         raise ConfigError(f"unknown search space {name!r} (known: {', '.join(SPACES)})") from None
 
 
-def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
-    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
+def _named_or_implied(data: Mapping[str, Any], implying: Callable[[SearchSpace], Any]) -> SearchSpace:
+    """`space:` of a mapping, else the first space one of whose implying sections it has, else DARTS CNN."""
     if "space" in data:
         return get_space(data["space"])
     for space in SPACES.values():
-        if any(section in data for section in space.config_sections):
+        if any(section in data for section in implying(space)):
             return space
     return SPACES[DEFAULT_SPACE]
+
+
+def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
+    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
+    return _named_or_implied(data, lambda space: space.config_sections)
 
 
 def space_of_pipeline(data: Mapping[str, Any]) -> SearchSpace:
     """The space of a pipeline file: `space:`, else the one whose older section names it uses, else DARTS CNN."""
-    if "space" in data:
-        return get_space(data["space"])
-    for space in SPACES.values():
-        if any(section in data for section in space.legacy_pipeline_sections):
-            return space
-    return SPACES[DEFAULT_SPACE]
+    return _named_or_implied(data, lambda space: space.legacy_pipeline_sections)
 
 
 def without_space(data: Mapping[str, Any]) -> dict[str, Any]:
