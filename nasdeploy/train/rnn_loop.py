@@ -132,9 +132,10 @@ def _run_rnn_training(config: RNNTrainConfig, genotype: RecurrentGenotype | str 
     if (out / CONFIG_FILE).is_file():  # a finished run is checked too: a changed config is not "nothing to do"
         check_resume_config(read_run_config(out), stored, out, allowed=(
             "data.data_dir", "train.epochs", "train.progress", "train.device", "train.threads", "genotype.name"))
-    if not force and read_done(out) is not None:
+    done = None if force else read_done(out)
+    if done is not None:
         echo(f"training in {out} is already finished (use --force to redo it)")
-        return _result(out, read_done(out))
+        return _result(out, done)
     s = config.train
     corpus = load_text_corpus(config.data)
     device = resolve_device(s.device)
