@@ -12,7 +12,6 @@ from nasdeploy.pipeline.stages import (
     environment_line,
     export_trained_model,
     last_log_record,
-    latency_summary,
     publish_genotype,
     quote_path,
     source_arg,
@@ -112,27 +111,81 @@ def run_export_stage(ctx: StageContext) -> dict[str, Any]:
     return export_trained_model(ctx, train.model.net, "train/checkpoint.pt", data=data)
 
 
+def _latency_cells(results: dict[str, Any], backends: list[str]) -> dict[str, dict[str, Any]]:
+    """median/p90/p99/mean (and file size where the backend wrote a file) per backend that ran."""
+    cells = {}
+    for backend in backends:
+        res = results.get(backend) or {}
+        if res.get("status") == "ok":
+            cells[backend] = {k: res.get(k) for k in ("median_ms", "p90_ms", "p99_ms", "mean_ms")}
+            size = (res.get("settings") or {}).get("model_bytes")
+            if size is not None:
+                cells[backend]["model_bytes"] = size
+    return cells
+
+
+def _not_run(results: dict[str, Any], backends: list[str]) -> dict[str, dict[str, str]]:
+    """Backends that were asked for but skipped or failed: their status and one-line reason."""
+    return {b: {"status": results[b].get("status", "error"), "note": results[b].get("note", "")}
+            for b in backends if b in results and results[b].get("status") != "ok"}
+
+
+def _latency_notes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (backend, status, reason) over the table, naming the rows it applies to."""
+    notes: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        for backend, info in (row.get("not_run") or {}).items():
+            notes.setdefault((backend, info["status"], info["note"]), []).append(row["name"])
+    return [{"backend": b, "status": st, "note": note, "rows": names} for (b, st, note), names in notes.items()]
+
+
+def _threads(results: dict[str, Any]) -> dict[str, Any]:
+    """The intra-op thread count each backend that ran reports."""
+    return {b: (r.get("settings") or {}).get("intra_op_threads") for b, r in results.items()
+            if r.get("status") == "ok" and (r.get("settings") or {}).get("intra_op_threads") is not None}
+
+
 def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
-    """Params, MACs (mobile setting) and latency of the found architecture next to registry genotypes."""
+    """Params, MACs (mobile setting) and latency of the found architecture next to registry genotypes.
+
+    With `profile.int8`, the found architecture also gets an INT8 row: each INT8 latency (onnxruntime static
+    QDQ, ExecuTorch PT2E) sits under its float twin's column (ort-cpu-1t, executorch-fp32).
+    """
     from nasdeploy.profile.api import profile_target
-    from nasdeploy.profile.latency import LatencyConfig
+    from nasdeploy.profile.latency import FLOAT_TWIN, INT8_LATENCY_BACKENDS, LatencyConfig
 
     section = ctx.config.profile
+    int8_backends = [INT8_LATENCY_BACKENDS[m] for m in section.int8]
+    columns = list(section.backends) + [FLOAT_TWIN[b] for b in int8_backends if FLOAT_TWIN[b] not in section.backends]
     targets = [("found", str(ctx.path("genotype.json")))] + [(name, name) for name in section.compare]
-    rows = []
+    rows: list[dict[str, Any]] = []
     environment = None
+    threads: dict[str, Any] = {}
+    latency_config = LatencyConfig(warmup=section.warmup, runs=section.runs, progress=False)
     for label, target in targets:
-        backends = ",".join(section.backends) if label in section.latency_for else "none"
+        backends = list(section.backends) if label in section.latency_for else []
+        extra = [b for b in int8_backends if b not in backends] if label == "found" else []
         result = profile_target(target, net=section.net, channels=section.channels, layers=section.layers,
-                                latency=backends,
-                                latency_config=LatencyConfig(warmup=section.warmup, runs=section.runs, progress=False))
+                                latency=",".join(backends + extra) or "none", latency_config=latency_config)
         data = result.to_dict()
         environment = environment or data.get("environment")
-        latency = latency_summary(data)
-        rows.append({"name": ctx.config.name + " (found)" if label == "found" else label, "found": label == "found",
-                     "params": data.get("params"), "macs": data.get("macs"), "latency": latency})
+        results = data["latency"]["results"]
+        threads.update(_threads(results))
+        name = ctx.config.name + " (found)" if label == "found" else label
+        rows.append({"name": name, "found": label == "found", "params": data.get("params"), "macs": data.get("macs"),
+                     "latency": _latency_cells(results, backends), "not_run": _not_run(results, backends)})
+        if label == "found" and int8_backends:
+            cells = _latency_cells(results, int8_backends)
+            rows.append({"name": f"{name}, INT8", "found": False, "int8": True, "params": data.get("params"),
+                         "macs": data.get("macs"),
+                         "latency": {FLOAT_TWIN[b]: {**cell, "backend": b} for b, cell in cells.items()},
+                         "not_run": {FLOAT_TWIN[b]: {**info, "backend": b}
+                                     for b, info in _not_run(results, int8_backends).items()},
+                         "int8_notes": {b: results[b].get("note", "") for b in cells}})
     out = {"net": section.net, "table": "mobile", "net_description": _NET_DESCRIPTIONS.get(section.net, section.net),
-           "backends": list(section.backends), "rows": rows,
+           "backends": columns, "int8": {m: {"backend": b, "column": FLOAT_TWIN[b]} for m, b in zip(section.int8, int8_backends)}, "rows": rows,
+           "latency_protocol": {"batch": 1, "warmup": section.warmup, "runs": section.runs, "threads": threads},
+           "latency_notes": _latency_notes(rows),
            "convention": "multiply-accumulates of convolutions and FC layers, BN folded, activations/pooling not counted",
            "environment": environment_line(environment or {})}
     budget = budget_verdict(ctx, rows)

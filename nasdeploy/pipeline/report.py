@@ -48,6 +48,18 @@ def _fmt_g(value: Any) -> str:
     return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
 
 
+def _latency_cell(row: dict[str, Any], backend: str) -> str:
+    """median / p90 ms of one row under one backend column; an INT8 row adds its file size; else why not."""
+    lat = (row.get("latency") or {}).get(backend)
+    if lat:
+        text = f"{_fmt_ms(lat.get('median_ms'))} / {_fmt_ms(lat.get('p90_ms'))}"
+        if row.get("int8") and isinstance(lat.get("model_bytes"), (int, float)):
+            text += f" ({_mb(lat['model_bytes'])})"
+        return text
+    info = (row.get("not_run") or {}).get(backend)
+    return str(info.get("status", "-")) if info else "-"
+
+
 def _profile_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]:
     header = "| architecture | params | MACs | mobile (< 600M MACs) |" + "".join(
         f" {b} median / p90 ms |" for b in backends
@@ -60,10 +72,26 @@ def _profile_table(rows: list[dict[str, Any]], backends: list[str]) -> list[str]
             margin = (MOBILE_MACS_LIMIT - macs) / 1e6
             verdict = f"{'pass' if macs < MOBILE_MACS_LIMIT else 'FAIL'} ({margin:+.1f}M)"
         cells = [f"**{row['name']}**" if row.get("found") else row["name"], _fmt_int(row.get("params")), _fmt_m(macs), verdict]
-        for b in backends:
-            lat = (row.get("latency") or {}).get(b) or {}
-            cells.append(f"{_fmt_ms(lat.get('median_ms'))} / {_fmt_ms(lat.get('p90_ms'))}" if lat else "-")
+        cells += [_latency_cell(row, b) for b in backends]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_notes(profile: dict[str, Any]) -> list[str]:
+    """Lines under the cost table: the timing protocol, what the INT8 row is, backends that did not run."""
+    lines = []
+    protocol = profile.get("latency_protocol") or {}
+    if protocol and profile.get("backends"):
+        threads = ", ".join(f"{b} {n}" for b, n in (protocol.get("threads") or {}).items())
+        lines.append(f"Latency: batch {protocol.get('batch', 1)}, {protocol.get('warmup')} untimed warm-up + "
+                     f"{protocol.get('runs')} timed runs per backend, median / p90 ms"
+                     + (f"; intra-op threads: {threads}" if threads else "") + ".")
+    if any(row.get("int8") for row in profile.get("rows", [])):
+        where = ", ".join(f"{i['backend']} under {i['column']}" for i in (profile.get("int8") or {}).values())
+        lines.append(f"INT8 row: the found architecture quantized to INT8 ({where}; INT8 file size in brackets), "
+                     "calibrated on random-normal images: timing only, INT8 accuracy is in the export section.")
+    for note in profile.get("latency_notes") or []:
+        lines.append(f"{note['backend']} {note['status']} for {', '.join(note['rows'])}: {note['note']}")
     return lines
 
 
@@ -88,7 +116,8 @@ def _cost_table(profile: dict[str, Any]) -> list[str]:
         return _segmentation_table(profile["rows"], profile.get("sizes", []), backends)
     if kind == "language_model":
         return _language_model_table(profile["rows"], backends)
-    return _profile_table(profile["rows"], backends)
+    notes = _cost_notes(profile)
+    return _profile_table(profile["rows"], backends) + ([""] + notes if notes else [])
 
 
 def _pct(value: Any) -> str:

@@ -31,8 +31,10 @@ class ProfileSection:
     channels: int | None = None
     layers: int | None = None
     compare: tuple[str, ...] = ("DARTS_V2", "DARTS_V1", "NASNet", "AmoebaNet", "PNAS")
-    backends: tuple[str, ...] = ("torch-cpu-1t", "ort-cpu-1t")
+    backends: tuple[str, ...] = ("torch-cpu-1t", "ort-cpu-1t")  # the latency columns (e.g. + executorch-fp32)
     latency_for: tuple[str, ...] = ("found", "DARTS_V2")  # which rows get latency ("found" = ours)
+    # The found architecture's INT8 row (DARTS CNN table): ort (under ort-cpu-1t) and/or executorch (under executorch-fp32)
+    int8: tuple[str, ...] = ()
     warmup: int = 3
     runs: int = 20
     input_size: tuple[int, int] | None = None  # (H, W) for MACs and latency; None: the family's (segmentation: the crop)
@@ -41,11 +43,43 @@ class ProfileSection:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError("pipeline config: profile.warmup must be >= 0 and profile.runs >= 1")
+        object.__setattr__(self, "backends", _latency_backends(self.backends))
+        object.__setattr__(self, "int8", _int8_methods(self.int8))
         sizes = self.macs_at + ((self.input_size,) if self.input_size is not None else ())
         for size in sizes:
             if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size)):
                 raise ConfigError(f"pipeline config: profile.input_size/macs_at must hold [height, width] pairs of "
                                   f"positive integers, got {size!r}")
+
+
+def _names(value: object, key: str) -> tuple[str, ...]:
+    """A list of names from the YAML (a tuple by then), or a ConfigError."""
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"pipeline config: profile.{key} must be a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _latency_backends(value: object) -> tuple[str, ...]:
+    """profile.backends as backend names (groups expanded); an unknown name is a ConfigError naming it."""
+    from nasdeploy.profile.latency import parse_backends
+
+    names = _names(value, "backends")
+    try:
+        return parse_backends(names)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline config: profile.backends: {exc}") from None
+
+
+def _int8_methods(value: object) -> tuple[str, ...]:
+    """profile.int8 as INT8 method names (ort, executorch), without repeats."""
+    from nasdeploy.profile.latency import INT8_LATENCY_BACKENDS
+
+    methods = _names(value, "int8")
+    for method in methods:
+        if method not in INT8_LATENCY_BACKENDS:
+            raise ConfigError(f"pipeline config: unknown profile.int8 method '{method}' "
+                              f"(choose from {', '.join(INT8_LATENCY_BACKENDS)})")
+    return tuple(dict.fromkeys(methods))
 
 
 @dataclass(frozen=True)

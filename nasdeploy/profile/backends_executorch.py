@@ -43,7 +43,8 @@ def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyCo
     # "intra_op_threads": the key the report table prints as threads=; ExecuTorch's pool is its intra-op pool.
     settings = {"runtime": prog.label, "program": Path(path).name,
                 "intra_op_threads": threads if threads is not None else "ExecuTorch default",
-                "delegate": "XNNPACK", "input": "host memory (no copies are timed beyond ExecuTorch's own)"}
+                "delegate": "XNNPACK", "input": "host memory (no copies are timed beyond ExecuTorch's own)",
+                "model_bytes": Path(path).stat().st_size}
     return summarize(name, times, cfg, settings)
 
 

@@ -1,8 +1,10 @@
-"""onnxruntime latency backends: CPU (all threads / the 1-thread mobile proxy), CUDA and TensorRT providers."""
+"""onnxruntime latency backends: CPU (all threads / the 1-thread mobile proxy), static INT8, CUDA and TensorRT."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ def _cpu(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig, thre
         "inter_op_threads": threads if threads is not None else "default",
         "allow_spinning": "0" if threads is not None else "default",
         "graph_optimization": ORT_OPT_LEVEL,
+        "model_bytes": sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file()),
     }
     return summarize(name, times, cfg, settings)
 
@@ -69,6 +72,35 @@ def ort_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int
     """onnxruntime CPU with the mobile-proxy settings: 1 intra-op thread, 1 inter-op thread, no spinning."""
     assert onnx_path is not None
     return _cpu("ort-cpu-1t", onnx_path, shape, cfg, 1)
+
+
+INT8_CALIBRATION_IMAGES = 8  # the same count executorch-int8 calibrates on
+
+
+def ort_int8_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """The ONNX model quantized by onnxruntime (static QDQ, per-channel INT8 weights), timed like ort-cpu-1t.
+
+    Calibrated on seeded random-normal inputs: the timing does not depend on the calibration data, but the
+    accuracy does, so this INT8 model is for latency only (the export's INT8 path calibrates on real images).
+    """
+    from nasdeploy.export.onnx import onnx_io
+    from nasdeploy.export.quantize import ort_static_int8
+
+    assert onnx_path is not None
+    ort = _ort()
+    dims = onnx_io(onnx_path)["inputs"][0]["dims"]
+    batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1  # calibrate at a fixed batch
+    rng = np.random.default_rng(cfg.seed)
+    calibration = [rng.standard_normal((batch, *shape)).astype(np.float32)
+                   for _ in range(max(1, INT8_CALIBRATION_IMAGES // batch))]
+    with tempfile.TemporaryDirectory(prefix="nasdeploy-ort-int8-") as tmp:
+        quantized = ort_static_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration)
+        result = _cpu("ort-int8-cpu-1t", quantized, shape, cfg, 1)
+    settings = {**result.settings, "quantization": "onnxruntime static QDQ, per-channel symmetric INT8 weights, "
+                f"INT8 activations, MinMax (onnxruntime {ort.__version__})"}
+    note = (f"onnxruntime static INT8 calibrated on {batch * len(calibration)} random-normal images "
+            "(timing only; accuracy needs the export's data)")
+    return dataclasses.replace(result, settings=settings, note=note)
 
 
 def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:

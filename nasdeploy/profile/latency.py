@@ -24,12 +24,18 @@ BACKEND_GROUPS: dict[str, tuple[str, ...]] = {
     "all": BACKENDS,
     "mobile": ("torch-cpu-1t", "ort-cpu-1t"),
 }
-ORT_BACKENDS = frozenset({"ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt"})
+# onnxruntime static INT8 (QDQ, per-channel weights) of the model's ONNX, timed like ort-cpu-1t.
+ORT_INT8_BACKENDS = ("ort-int8-cpu-1t",)
+ORT_BACKENDS = frozenset({"ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt", *ORT_INT8_BACKENDS})
 # ExecuTorch (extra 'executorch'): the model lowered to an XNNPACK .pte, float and PT2E INT8 (threads: reported).
 EXECUTORCH_BACKENDS = ("executorch-fp32", "executorch-int8")
-BACKENDS = BACKENDS + EXECUTORCH_BACKENDS
+BACKENDS = BACKENDS + EXECUTORCH_BACKENDS + ORT_INT8_BACKENDS
 BACKEND_GROUPS["executorch"] = EXECUTORCH_BACKENDS
+BACKEND_GROUPS["int8"] = ("ort-int8-cpu-1t", "executorch-int8")
 BACKEND_GROUPS["all"] = BACKENDS
+# An INT8 method (as export.int8 / profile.int8 name it) -> its latency backend and that backend's float twin.
+INT8_LATENCY_BACKENDS: dict[str, str] = {"ort": "ort-int8-cpu-1t", "executorch": "executorch-int8"}
+FLOAT_TWIN: dict[str, str] = {"ort-int8-cpu-1t": "ort-cpu-1t", "executorch-int8": "executorch-fp32"}
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def _runners() -> dict[str, Runner]:
         "torch-cuda-graph": backends_torch.torch_cuda_graph,
         "ort-cpu": backends_ort.ort_cpu,
         "ort-cpu-1t": backends_ort.ort_cpu_1t,
+        "ort-int8-cpu-1t": backends_ort.ort_int8_cpu_1t,
         "ort-cuda": backends_ort.ort_cuda,
         "ort-trt": backends_ort.ort_trt,
     }
