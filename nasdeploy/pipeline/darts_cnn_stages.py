@@ -135,7 +135,8 @@ def _latency_notes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     notes: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         for backend, info in (row.get("not_run") or {}).items():
-            notes.setdefault((backend, info["status"], info["note"]), []).append(row["name"])
+            key = (info.get("backend", backend), info["status"], info["note"])
+            notes.setdefault(key, []).append(row["name"])
     return [{"backend": b, "status": st, "note": note, "rows": names} for (b, st, note), names in notes.items()]
 
 
