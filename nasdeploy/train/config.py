@@ -52,6 +52,9 @@ class TrainOptions:
     device: str = "auto"
     deterministic: bool = False
     threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    # NHWC activations and weights. None: on CPU only, where depthwise/dilated conv backward runs 2-4x
+    # faster in channels_last (measured on the demo network: 1.0 s -> 0.58 s a step, one thread).
+    channels_last: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "exponential"):
@@ -83,7 +86,8 @@ class TrainConfig:
     train: TrainOptions = field(default_factory=TrainOptions)
 
 
-RESUMABLE_CHANGES = ("data.data_dir", "data.num_workers", "train.device", "train.threads", "genotype")
+RESUMABLE_CHANGES = ("data.data_dir", "data.num_workers", "train.device", "train.threads", "train.channels_last",
+                     "genotype")
 
 
 def train_config_from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -76,7 +76,14 @@ def count_parameters(model: nn.Module, with_auxiliary: bool = False) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if with_auxiliary or not n.startswith("auxiliary_head"))
 
 
-def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, criterion: nn.Module | None = None) -> dict[str, float]:
+def memory_format_for(device: torch.device, channels_last: bool | None) -> torch.memory_format:
+    """The training memory format: channels_last when asked, or by default on CPU."""
+    use = channels_last if channels_last is not None else device.type == "cpu"
+    return torch.channels_last if use else torch.contiguous_format
+
+
+def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, criterion: nn.Module | None = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) over a loader, summed across DDP ranks."""
     criterion = criterion or nn.CrossEntropyLoss()
     was_training = model.training
@@ -84,7 +91,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, criterion: 
     meter = Meter(ks=(1, 5))
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(ctx.device), y.to(ctx.device)
+            x, y = x.to(ctx.device, memory_format=memory_format), y.to(ctx.device)
             logits = model(x)
             meter.update(criterion(logits, y), logits, y)
     model.train(was_training)
@@ -142,7 +149,8 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
     num_classes = config.model.num_classes or info.num_classes
     net_kwargs = {"channels": config.model.channels, "layers": config.model.layers, "num_classes": num_classes,
                   "auxiliary": config.model.auxiliary}
-    model = build_network(genotype, config.model.net, drop_path_prob=0.0, **net_kwargs).to(ctx.device)
+    fmt = memory_format_for(ctx.device, opts.channels_last)
+    model = build_network(genotype, config.model.net, drop_path_prob=0.0, **net_kwargs).to(ctx.device, memory_format=fmt)
     if ctx.rank:
         seed_everything(opts.seed + 1000 * ctx.rank)
     wrapped = wrap_ddp(model, ctx)
@@ -189,7 +197,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
         bar = tqdm(train_loader, desc=f"train {epoch + 1}/{opts.epochs}", disable=not (progress and ctx.is_main),
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            x, y = x.to(ctx.device, non_blocking=True, memory_format=fmt), y.to(ctx.device, non_blocking=True)
             loss, logits = criterion(wrapped(x), y)
             if not math.isfinite(loss.item()):
                 raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower train.lr")
@@ -206,7 +214,7 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
                   "train_loss": train["loss"], "train_acc": train["top1"]}
         if (epoch + 1) % opts.eval_every == 0 or epoch + 1 == opts.epochs:
             broadcast_buffers(model, ctx)
-            test = evaluate(model, test_loader, ctx)
+            test = evaluate(model, test_loader, ctx, memory_format=fmt)
             last_eval = {"test_loss": test["loss"], "top1": test["top1"], "top5": test["top5"], "epoch": epoch + 1}
             record.update(test_loss=test["loss"], top1=test["top1"], top5=test["top5"])
         elapsed += time.perf_counter() - t0
