@@ -164,3 +164,13 @@ def test_missing_executorch_skips_the_column_in_one_line(tmp_path, monkeypatch):
     assert lines[0].startswith("executorch-fp32 skipped for tiny (found): optional dependency 'executorch'")
     assert lines[1].startswith("executorch-int8 skipped for tiny (found), INT8:")
     assert "Traceback" not in table
+
+
+def test_reproduce_command_names_the_int8_row(tmp_path):
+    from nasdeploy.pipeline.darts_cnn_stages import reproduce_commands
+
+    cmd = reproduce_commands(StageContext(_config({"backends": ["ort-cpu-1t"], "int8": ["ort", "executorch"]}), tmp_path))
+    table, int8 = cmd["profile"].splitlines()
+    assert table.endswith("DARTS_V2 --net cifar --channels 4 --layers 1 --latency ort-cpu-1t")
+    assert int8.endswith("genotype.json --net cifar --channels 4 --layers 1 --latency ort-int8-cpu-1t,executorch-int8")
+    assert "\n" not in reproduce_commands(StageContext(_config({}), tmp_path))["profile"]

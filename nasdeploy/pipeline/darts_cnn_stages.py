@@ -219,6 +219,18 @@ def report_figures(ctx: StageContext) -> dict[str, str]:
     return figures
 
 
+def _profile_commands(prof: Any, targets: str, genotype: str) -> str:
+    """The profile command of the cost table, and a second line for the found architecture's INT8 row."""
+    from nasdeploy.profile.latency import INT8_LATENCY_BACKENDS
+
+    sizes = "".join(f" --{k} {v}" for k, v in (("channels", prof.channels), ("layers", prof.layers)) if v is not None)
+    lines = [f"nasdeploy profile {targets} --net {prof.net}{sizes} --latency {','.join(prof.backends) or 'none'}"]
+    if prof.int8:
+        int8 = ",".join(INT8_LATENCY_BACKENDS[m] for m in prof.int8)
+        lines.append(f"nasdeploy profile {genotype} --net {prof.net}{sizes} --latency {int8}")
+    return "\n".join(lines)
+
+
 def reproduce_commands(ctx: StageContext) -> dict[str, str]:
     """The exact commands that redo each stage by hand (the stage CLIs over the same files)."""
     config, run_dir, q = ctx.config, ctx.run_dir, quote_path
@@ -232,5 +244,5 @@ def reproduce_commands(ctx: StageContext) -> dict[str, str]:
         "derive": f"nasdeploy pipeline{source_arg(config)} --out {q(run_dir)} --only derive",
         "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
         "export": f"nasdeploy export {q(run_dir / 'genotype.json')} --net {net} --checkpoint {q(run_dir / 'train' / 'checkpoint.pt')} {formats} --out {q(run_dir / 'export')}",
-        "profile": f"nasdeploy profile {targets} --net {prof.net} --latency {','.join(prof.backends)}",
+        "profile": _profile_commands(prof, targets, q(run_dir / "genotype.json")),
     }
