@@ -292,3 +292,27 @@ def test_export_section_names_are_checked_when_the_file_loads():
     data["export"] = {"formats": ["onnx", "tflite"], "int8": ["fp8"]}
     with pytest.raises(ConfigError, match=r"unknown export format / int8 method\(s\) \['tflite', 'fp8'\]"):
         pipeline_config_from_dict(data, Path("."), "x.yaml")
+
+
+@pytest.mark.parametrize("space, int8, expected", [
+    ("darts_rnn", (), {"executorch": "no ExecuTorch export path", "quantize": "no INT8 path"}),
+    ("autodeeplab", ("ort",), {"executorch": NO_EXECUTORCH, "quantize": "classifiers only (segmentation: not yet)"}),
+    ("autodeeplab", (), {"quantize": NO_INT8}),
+])
+def test_spaces_without_a_deployment_path_declare_the_stage_skipped(space, int8, expected, tmp_path):
+    from dataclasses import replace
+
+    from nasdeploy.pipeline.sections import ExportSection
+    from nasdeploy.pipeline.stages import StageContext
+    from nasdeploy.spaces.table import get_space
+
+    config = replace(tiny_config(), space=space)
+    if space == "autodeeplab":
+        config = replace(config, export=ExportSection(formats=("onnx",), int8=int8))
+    stages = get_space(space).pipeline_stages()
+    ctx = StageContext(config, tmp_path, progress=False)
+    for stage, why in expected.items():
+        outputs = stages[stage](ctx)  # no trained model in tmp_path: a skipping stage must not need one
+        assert set(outputs) == {"stage_skipped"} and why in outputs["stage_skipped"]
+        assert "\n" not in outputs["stage_skipped"]
+    assert list(tmp_path.iterdir()) == []

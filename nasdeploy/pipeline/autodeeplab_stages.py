@@ -104,8 +104,10 @@ def adl_export_stage(ctx: StageContext) -> dict[str, Any]:
 
 def adl_executorch_stage(ctx: StageContext) -> dict[str, Any]:
     """The ExecuTorch program at the crop size (random-input parity), when the export section asks for one."""
-    from nasdeploy.pipeline.stages import executorch_trained_model
+    from nasdeploy.pipeline.stages import NO_EXECUTORCH, executorch_trained_model, skip_stage, wants_executorch
 
+    if not wants_executorch(ctx.config.export):
+        return skip_stage(NO_EXECUTORCH)
     return executorch_trained_model(ctx, "segmentation", "train/model.pt", _crop_size(ctx))
 
 

@@ -50,6 +50,11 @@ def export_stage_formats(section: Any) -> tuple[str, ...]:
     return ("onnx", *(f for f in section.formats if f not in ("onnx", "executorch")))
 
 
+def wants_executorch(section: Any) -> bool:
+    """Whether the export section asks for an ExecuTorch program (as a format, or as the float side of INT8)."""
+    return "executorch" in section.formats or "executorch" in section.int8
+
+
 def skip_stage(why: str) -> dict[str, Any]:
     """The outputs of a stage with nothing to do in this run: done, with one line saying why (state and report)."""
     return {"stage_skipped": why}
@@ -112,8 +117,7 @@ def executorch_trained_model(ctx: StageContext, net: str, checkpoint: str, input
     """
     from nasdeploy.export.api import export_model
 
-    section = ctx.config.export
-    if "executorch" not in section.formats and "executorch" not in section.int8:
+    if not wants_executorch(ctx.config.export):
         return skip_stage(NO_EXECUTORCH)
     if not _executorch_installed():
         return skip_stage(MISSING_EXECUTORCH)
@@ -168,7 +172,7 @@ def deploy_commands(ctx: StageContext, export_command: str) -> dict[str, str]:
     """
     section, q = ctx.config.export, quote_path
     commands = {}
-    if "executorch" in section.formats or "executorch" in section.int8:
+    if wants_executorch(section):
         commands["executorch"] = f"{export_command} --format executorch --out {q(ctx.path('executorch'))}"
     if section.int8:  # the INT8 paths on the run's own data split, from export/ and executorch/
         commands["quantize"] = f"nasdeploy pipeline{source_arg(ctx.config)} --out {q(ctx.run_dir)} --only quantize"
