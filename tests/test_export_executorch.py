@@ -177,6 +177,29 @@ def test_quantize_model_runs_int8_on_its_own_from_an_earlier_export(tmp_path, tr
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # PT2E prepare + INT8 lowering (about 40 s on the shared 2-core machine)
+def test_quantize_model_pt2e_from_a_float_pte_exported_without_onnx(tmp_path, trained_checkpoint):
+    pytest.importorskip("executorch")
+    from nasdeploy.export.api import build_export_model, quantize_model
+
+    ckpt, _ = trained_checkpoint
+    options = ExportOptions(seed=2, calibration_images=32, validation_images=64, parity_images=8, latency_runs=3,
+                            latency_warmup=1, data=DEMO, latency_timer=time_model_file)
+    float_dir = tmp_path / "executorch"
+    export_target(TINY, net="cifar", checkpoint=ckpt, formats=("executorch",), out_dir=float_dir, options=options)
+    assert not (float_dir / "model.onnx").exists()
+    source = build_export_model(TINY, net="cifar", checkpoint=ckpt)
+    out = tmp_path / "quantize"
+    result = quantize_model(source.model, out, pte_path=float_dir / "model.pte",
+                            options=replace(options, int8=("executorch",)), weights="trained")
+    q = result.quantization["executorch"]
+    assert q.status == "ok", q.note
+    assert q.float_size_bytes == (float_dir / "model.pte").stat().st_size and q.int8_size_bytes < q.float_size_bytes
+    assert q.float_metric == pytest.approx(q.torch_metric, abs=1 / 64) and abs(q.delta) < 0.2
+    assert sorted(p.name for p in out.iterdir()) == ["model_int8.pte", "model_int8.pte.json", "quantization.json"]
+    assert json.loads((out / "model_int8.pte.json").read_text())["quantization"]["scheme"].startswith("PT2E")
+
+
 def test_int8_needs_data_and_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="INT8 needs calibration"):
         export_target(TINY, net="cifar", out_dir=tmp_path / "o", options=ExportOptions(int8=("ort",)), **SIZES)
