@@ -316,3 +316,21 @@ def test_spaces_without_a_deployment_path_declare_the_stage_skipped(space, int8,
         assert set(outputs) == {"stage_skipped"} and why in outputs["stage_skipped"]
         assert "\n" not in outputs["stage_skipped"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_executorch_extra_its_stages_skip_with_the_install_hint(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from nasdeploy.cli import pipeline_cmd
+    from nasdeploy.pipeline import stages as stage_helpers
+    from nasdeploy.pipeline.sections import ExportSection
+    from nasdeploy.spaces.table import get_space
+
+    monkeypatch.setattr(stage_helpers, "_executorch_installed", lambda: False)
+    config = replace(tiny_config(), export=ExportSection(formats=("onnx", "executorch"), int8=("executorch",)))
+    ctx = stage_helpers.StageContext(config, tmp_path, progress=False)
+    stages = get_space("darts_cnn").pipeline_stages()
+    for stage in ("executorch", "quantize"):
+        assert stages[stage](ctx) == {"stage_skipped": stage_helpers.MISSING_EXECUTORCH}
+    assert "nasdeploy[executorch]" in stage_helpers.MISSING_EXECUTORCH and list(tmp_path.iterdir()) == []
+    assert pipeline_cmd._STAGES == ", ".join(STAGE_ORDER)  # the CLI help lists the runner's stages
