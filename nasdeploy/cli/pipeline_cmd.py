@@ -25,7 +25,7 @@ def pipeline(config: str | None, out_dir: str | None, force: tuple[str, ...], on
     """Search, derive, train, export (ONNX), ExecuTorch, INT8, profile and report; with no CONFIG, the built-in demo.
 
     CONFIG's `space:` picks the search space (darts_cnn, darts_rnn, autodeeplab); stages: search, derive,
-    train, export, profile, report.
+    train, export, executorch, quantize, profile, report.
     """
     from dataclasses import replace
     from pathlib import Path
