@@ -19,7 +19,15 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going, remembe
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
 step "build (sm_90)" 300 "$PY" -m nasdeploy build-ext --cuda --arch 9.0 --json "$OUT_DIR/build.json"
-step "CUDA tests" 120 "$PY" -m pytest -q -m cuda tests/test_kernels_mixed_node.py
+step "CUDA tests" 180 "$PY" -m pytest -q -rs -m cuda tests/test_kernels_mixed_node.py tests/test_export_tensorrt.py
+# TensorRT next to onnxruntime on the same ONNX, where TensorRT and Polygraphy are installed (optional).
+if "$PY" -c "import tensorrt" 2>/dev/null && command -v polygraphy >/dev/null; then
+    step "export for polygraphy" 120 "$PY" -m nasdeploy export DARTS_V2 --net cifar --out "$OUT_DIR/polygraphy_export" --overwrite
+    step "polygraphy trt vs onnxrt" 240 polygraphy run "$OUT_DIR/polygraphy_export/model.onnx" --trt --onnxrt \
+        --input-shapes input:[1,3,32,32] --atol 1e-4 --rtol 1e-3
+else
+    echo "== polygraphy: skipped (tensorrt or polygraphy not installed)"
+fi
 step "reduction bandwidth" 60 "$PY" scripts/bench_mixed_op.py --device cuda --bandwidth --batch 256 \
     --repeats 9 --json "$OUT_DIR/bandwidth.json"
 step "mixed op, fusion steps" 90 "$PY" scripts/bench_mixed_op.py --device cuda --impl steps --batch 64 \

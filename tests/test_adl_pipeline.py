@@ -52,7 +52,7 @@ def test_interrupted_search_resumes_where_it_stopped(finished_run):
     run_dir, first, second = finished_run
     assert first.interrupted == "search" and first.ran == []
     assert second.interrupted is None
-    assert second.ran == ["search", "derive", "train", "export", "profile", "report"]
+    assert second.ran == ["search", "derive", "train", "export", "executorch", "quantize", "profile", "report"]
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "search" / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]  # epoch 1 was not searched again
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -76,7 +77,8 @@ def test_executorch_export_untrained_runs_in_executorch(tmp_path):
     from executorch.runtime import Runtime
 
     out = tmp_path / "out"
-    result = export_target(TINY, net="cifar", formats=("executorch",), out_dir=out, options=ExportOptions(seed=1), **SIZES)
+    result = export_target(TINY, net="cifar", formats=("onnx", "executorch"), out_dir=out, options=ExportOptions(seed=1),
+                           **SIZES)
     report = result.parity["executorch"]
     assert report.passed and report.weights == "untrained" and report.output_spread > 1e-2
     assert "untrained weights" in result.summary() and "untrained weights" in " ".join(result.notes)
@@ -136,6 +138,65 @@ def test_pt2e_int8_pte(tmp_path, trained_checkpoint):
     assert q.status == "ok", q.note
     assert (out / "model_int8.pte").is_file() and (out / "model.pte").is_file()
     assert q.float_metric == pytest.approx(q.torch_metric, abs=1 / 64) and abs(q.delta) < 0.2
+    assert json.loads((out / "model_int8.pte.json").read_text())["quantization"]["scheme"].startswith("PT2E")
+
+
+def test_executorch_alone_writes_no_onnx(tmp_path):
+    pytest.importorskip("executorch")
+    out = tmp_path / "out"
+    result = export_target(TINY, net="cifar", formats=("executorch",), out_dir=out, options=ExportOptions(seed=1), **SIZES)
+    assert result.parity["executorch"].passed and "onnx" not in result.parity and result.onnx == {}
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pte", "model.pte.json", "parity_executorch.json"]
+    assert result.complexity["params"] > 0  # still counted without the ONNX step
+
+
+def test_quantize_model_runs_int8_on_its_own_from_an_earlier_export(tmp_path, trained_checkpoint):
+    from nasdeploy.export.api import build_export_model, quantize_model
+
+    ckpt, model = trained_checkpoint
+    options = ExportOptions(seed=2, int8=("ort",), calibration_images=32, validation_images=64, parity_images=8,
+                            latency_runs=3, latency_warmup=1, data=DEMO, overwrite=True)
+    float_dir, together = tmp_path / "float", tmp_path / "together"
+    export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=float_dir,
+                  options=replace(options, int8=()))
+    combined = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=together, options=options)
+    source = build_export_model(TINY, net="cifar", checkpoint=ckpt)
+    out = tmp_path / "int8"
+    alone = quantize_model(source.model, out, onnx_path=float_dir / "model.onnx", options=options, weights="trained")
+    q, ref = alone.quantization["ort"], combined.quantization["ort"]
+    assert q.status == "ok" and sorted(p.name for p in out.iterdir()) == ["model_int8.onnx", "quantization.json"]
+    # The same calibration and validation samples as the all-in-one export: the same INT8 model and scores.
+    assert (q.float_metric, q.int8_metric, q.torch_metric) == (ref.float_metric, ref.int8_metric, ref.torch_metric)
+    assert q.float_size_bytes == (float_dir / "model.onnx").stat().st_size
+    assert json.loads((out / "quantization.json").read_text())["ort"]["delta"] == pytest.approx(q.delta)
+    with pytest.raises(ConfigError, match="needs the float model.pte: none was given"):
+        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx",
+                       options=replace(options, int8=("ort", "executorch")))
+    with pytest.raises(ConfigError, match="at least one INT8 path"):
+        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx", options=replace(options, int8=()))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow  # PT2E prepare + INT8 lowering (about 40 s on the shared 2-core machine)
+def test_quantize_model_pt2e_from_a_float_pte_exported_without_onnx(tmp_path, trained_checkpoint):
+    pytest.importorskip("executorch")
+    from nasdeploy.export.api import build_export_model, quantize_model
+
+    ckpt, _ = trained_checkpoint
+    options = ExportOptions(seed=2, calibration_images=32, validation_images=64, parity_images=8, latency_runs=3,
+                            latency_warmup=1, data=DEMO, latency_timer=time_model_file)
+    float_dir = tmp_path / "executorch"
+    export_target(TINY, net="cifar", checkpoint=ckpt, formats=("executorch",), out_dir=float_dir, options=options)
+    assert not (float_dir / "model.onnx").exists()
+    source = build_export_model(TINY, net="cifar", checkpoint=ckpt)
+    out = tmp_path / "quantize"
+    result = quantize_model(source.model, out, pte_path=float_dir / "model.pte",
+                            options=replace(options, int8=("executorch",)), weights="trained")
+    q = result.quantization["executorch"]
+    assert q.status == "ok", q.note
+    assert q.float_size_bytes == (float_dir / "model.pte").stat().st_size and q.int8_size_bytes < q.float_size_bytes
+    assert q.float_metric == pytest.approx(q.torch_metric, abs=1 / 64) and abs(q.delta) < 0.2
+    assert sorted(p.name for p in out.iterdir()) == ["model_int8.pte", "model_int8.pte.json", "quantization.json"]
     assert json.loads((out / "model_int8.pte.json").read_text())["quantization"]["scheme"].startswith("PT2E")
 
 

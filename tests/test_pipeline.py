@@ -13,6 +13,7 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
 from nasdeploy.pipeline.config import load_pipeline_config, pipeline_config_from_dict
 from nasdeploy.pipeline.runner import STAGE_ORDER, run_pipeline
+from nasdeploy.pipeline.stages import NO_EXECUTORCH, NO_INT8
 
 TINY = {
     "name": "tiny",
@@ -45,7 +46,8 @@ def finished_run(tmp_path_factory):
 def test_interrupted_training_resumes_from_its_checkpoint(finished_run):
     run_dir, first, second = finished_run
     assert first.interrupted == "train" and first.ran == ["search", "derive"]
-    assert second.skipped == ["search", "derive"] and second.ran == ["train", "export", "profile", "report"]
+    assert second.skipped == ["search", "derive"]
+    assert second.ran == ["train", "export", "executorch", "quantize", "profile", "report"]
     log = [json.loads(line) for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # epoch 1 was not trained again
 
@@ -65,6 +67,12 @@ def test_run_directory_holds_the_deliverables(finished_run):
     rows = {r["name"]: r for r in summary["profile"]["rows"]}
     assert rows["DARTS_V2"]["params"] > rows["tiny (found)"]["params"] > 0
     assert "nasdeploy train --genotype" in report and "nasdeploy export" in report
+    # An export section without executorch / int8: those stages are done, each with one line saying why.
+    state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
+    for stage, why in (("executorch", NO_EXECUTORCH), ("quantize", NO_INT8)):
+        assert state[stage]["status"] == "done" and state[stage]["outputs"] == {"stage_skipped": why}
+        assert f"| {stage} | " in report and f"skipped: {why}" in report
+        assert not (run_dir / stage).exists()
     # The top-level model.onnx is the exported, parity-checked model and runs.
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 3, 32, 32).numpy()})[0]
@@ -139,21 +147,190 @@ def test_a_pipeline_with_a_budget_builds_its_table_and_reports_the_verdict(tmp_p
     assert "Search budget: macs <= 60.0M" in (run_dir / "report.md").read_text()
 
 
-def test_export_stage_checks_runtimes_on_real_images_and_reports_int8(tmp_path):
-    pytest.importorskip("executorch")
+DEPLOY_EXPORT = {"formats": ["onnx", "executorch"], "int8": ["ort"], "calibration_images": 16, "validation_images": 32}
+
+
+def deploy_config():
     data = json.loads(json.dumps(TINY))
-    data["export"] = {"formats": ["onnx", "executorch"], "int8": ["ort"], "calibration_images": 16,
-                      "validation_images": 32}
+    data["export"] = dict(DEPLOY_EXPORT)
     data["profile"]["compare"] = []
-    result = run_pipeline(pipeline_config_from_dict(data, Path("."), "deploy.yaml"), tmp_path, progress=False)
-    assert result.interrupted is None
-    export = json.loads((tmp_path / "summary.json").read_text())["export"]
+    return pipeline_config_from_dict(data, Path("."), "deploy.yaml")
+
+
+@pytest.fixture(scope="module")
+def deploy_run(tmp_path_factory):
+    """A finished tiny run with ONNX, an ExecuTorch program and onnxruntime INT8 (left unchanged: tests copy it)."""
+    pytest.importorskip("executorch")
+    run_dir = tmp_path_factory.mktemp("deploy") / "run"
+    return run_dir, run_pipeline(deploy_config(), run_dir, progress=False)
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
+
+
+def test_deploy_stages_write_their_own_folders_and_the_report_shows_float_vs_int8(deploy_run):
+    run_dir, result = deploy_run
+    assert result.interrupted is None and result.ran == list(STAGE_ORDER)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    export = summary["export"]
     runtimes = export["runtimes"]
-    assert {"executorch", "onnx_validation"} <= set(runtimes)
+    assert {"executorch", "executorch_validation", "onnx_validation"} <= set(runtimes)
     assert runtimes["onnx_validation"]["top1_agreement"] is not None and runtimes["onnx_validation"]["passed"]
     q = export["quantization"]["ort"]
     assert q["status"] == "ok" and q["int8_size_bytes"] > 0 and q["float_size_bytes"] > 0  # (QDQ overhead: a 6k-param net grows)
     assert q["delta"] == pytest.approx(q["int8_metric"] - q["float_metric"])
-    report = (tmp_path / "report.md").read_text()
+    # The float size is that of the export stage's ONNX model, which the quantize stage read.
+    assert q["float_size_bytes"] == (run_dir / "export" / "model.onnx").stat().st_size
+    report = (run_dir / "report.md").read_text()
     assert "top-1 agreement" in report and "| INT8 (" in report and "pts |" in report
-    assert (tmp_path / "export" / "model.pte").is_file() and (tmp_path / "export" / "model_int8.onnx").is_file()
+    assert "ONNX in `export/`, ExecuTorch in `executorch/`, INT8 in `quantize/`" in report
+    assert sorted(p.name for p in (run_dir / "executorch").iterdir()) == [
+        "export.json", "model.pte", "model.pte.json", "parity_executorch.json", "parity_executorch_validation.json"]
+    assert sorted(p.name for p in (run_dir / "quantize").iterdir()) == ["model_int8.onnx", "quantization.json"]
+    assert not list((run_dir / "export").glob("*.pte")) and not (run_dir / "export" / "model_int8.onnx").exists()
+    # Each stage has its own time and its own reproducing command, listed in stage order.
+    assert list(summary["stages"]) == list(STAGE_ORDER[:-1])
+    assert all(f"| {stage} | " in report for stage in ("export", "executorch", "quantize"))
+    commands = summary["commands"]
+    assert list(commands)[:len(STAGE_ORDER) - 1] == list(STAGE_ORDER[:-1])
+    assert "--format executorch --out" in commands["executorch"] and "--format executorch" not in commands["export"]
+    assert commands["quantize"].endswith("--only quantize")
+
+
+def test_only_quantize_redoes_just_int8(deploy_run, tmp_path):
+    run_dir = _copy_run(deploy_run[0], tmp_path)
+    kept = {p: p.stat().st_mtime_ns for p in (run_dir / "export" / "model.onnx", run_dir / "executorch" / "model.pte")}
+    before = json.loads((run_dir / "quantize" / "quantization.json").read_text())
+    result = run_pipeline(deploy_config(), run_dir, progress=False, only=["quantize"])
+    assert result.ran == ["quantize"] and result.skipped == []
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    after = json.loads((run_dir / "quantize" / "quantization.json").read_text())
+    # Seeded calibration and validation samples: the same INT8 model, the same scores.
+    assert after["ort"]["int8_metric"] == before["ort"]["int8_metric"] and after["ort"]["status"] == "ok"
+
+
+def test_force_executorch_redoes_it_and_the_later_stages_only(deploy_run, tmp_path):
+    run_dir = _copy_run(deploy_run[0], tmp_path)
+    onnx = (run_dir / "export" / "model.onnx").stat().st_mtime_ns
+    pte = (run_dir / "executorch" / "model.pte").stat().st_mtime_ns
+    result = run_pipeline(deploy_config(), run_dir, progress=False, force=["executorch"])
+    assert result.ran == ["executorch", "quantize", "profile", "report"]
+    assert result.skipped == ["search", "derive", "train", "export"]
+    assert (run_dir / "export" / "model.onnx").stat().st_mtime_ns == onnx
+    assert (run_dir / "executorch" / "model.pte").stat().st_mtime_ns != pte
+
+
+def test_a_failed_quantize_leaves_export_and_executorch_done(deploy_run, tmp_path, monkeypatch):
+    from nasdeploy.export import api
+
+    run_dir = _copy_run(deploy_run[0], tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed in the middle of INT8")
+
+    monkeypatch.setattr(api, "_int8_step", broken)
+    with pytest.raises(RuntimeError, match="killed in the middle"):
+        run_pipeline(deploy_config(), run_dir, progress=False, force=["quantize"])
+    state = _state(run_dir)
+    assert state["export"]["status"] == state["executorch"]["status"] == "done"
+    assert state["quantize"]["status"] == "running"
+    assert not (run_dir / "quantize").exists() and not list(run_dir.glob(".quantize*"))  # nothing half-written
+    assert (run_dir / "executorch" / "model.pte").is_file() and (run_dir / "export" / "model.onnx").is_file()
+    monkeypatch.undo()
+    again = run_pipeline(deploy_config(), run_dir, progress=False)
+    assert again.ran == ["quantize", "profile", "report"] and (run_dir / "quantize" / "model_int8.onnx").is_file()
+
+
+def _as_pre_split_run(run_dir: Path) -> None:
+    """Rewrite a run directory into the earlier layout: one export stage, every artifact in export/."""
+    state = json.loads((run_dir / "pipeline_state.json").read_text())
+    stages = state["stages"]
+    export = stages["export"]["outputs"]
+    for stage in ("executorch", "quantize"):
+        out = stages.pop(stage)["outputs"]
+        for path in (run_dir / stage).iterdir():
+            if path.name != "export.json":
+                path.rename(run_dir / "export" / path.name)
+        (run_dir / stage / "export.json").unlink(missing_ok=True)
+        (run_dir / stage).rmdir()
+        export["files"].update({k: v for k, v in out["files"].items() if k != "report"})
+        export["runtimes"].update(out.get("runtimes") or {})
+        export.setdefault("quantization", {}).update(out.get("quantization") or {})
+    (run_dir / "pipeline_state.json").write_text(json.dumps(state))
+
+
+def test_a_run_directory_of_the_earlier_layout_counts_its_export_as_executorch_and_quantize(deploy_run, tmp_path):
+    run_dir = _copy_run(deploy_run[0], tmp_path)
+    _as_pre_split_run(run_dir)
+    again = run_pipeline(deploy_config(), run_dir, progress=False)
+    assert again.ran == [] and again.skipped == list(STAGE_ORDER)
+    state = _state(run_dir)
+    assert state["executorch"]["status"] == state["quantize"]["status"] == "done"
+    assert state["executorch"]["outputs"]["dir"] == "export" and state["quantize"]["outputs"]["quantization"]["ort"]
+    report_run = run_pipeline(deploy_config(), run_dir, progress=False, only=["report"])
+    assert report_run.ran == ["report"]
+    report = (run_dir / "report.md").read_text()
+    assert "| INT8 (" in report and "done by the export stage of an earlier nasdeploy" in report
+    assert "executorch" in json.loads((run_dir / "summary.json").read_text())["export"]["runtimes"]
+    # Forcing a stage redoes it in the new layout, from the earlier export's files.
+    forced = run_pipeline(deploy_config(), run_dir, progress=False, force=["quantize"])
+    assert forced.ran == ["quantize", "profile", "report"]
+    assert (run_dir / "quantize" / "model_int8.onnx").is_file()
+
+
+def test_export_section_names_are_checked_when_the_file_loads():
+    data = json.loads(json.dumps(TINY))
+    data["export"] = {"formats": ["onnx", "tflite"], "int8": ["fp8"]}
+    with pytest.raises(ConfigError, match=r"unknown export format / int8 method\(s\) \['tflite', 'fp8'\]"):
+        pipeline_config_from_dict(data, Path("."), "x.yaml")
+
+
+@pytest.mark.parametrize("space, int8, expected", [
+    ("darts_rnn", (), {"executorch": "no ExecuTorch export path", "quantize": "no INT8 path"}),
+    ("autodeeplab", ("ort",), {"executorch": NO_EXECUTORCH, "quantize": "classifiers only (segmentation: not yet)"}),
+    ("autodeeplab", (), {"quantize": NO_INT8}),
+])
+def test_spaces_without_a_deployment_path_declare_the_stage_skipped(space, int8, expected, tmp_path):
+    from dataclasses import replace
+
+    from nasdeploy.pipeline.sections import ExportSection
+    from nasdeploy.pipeline.stages import StageContext
+    from nasdeploy.spaces.table import get_space
+
+    config = replace(tiny_config(), space=space)
+    if space == "autodeeplab":
+        config = replace(config, export=ExportSection(formats=("onnx",), int8=int8))
+    stages = get_space(space).pipeline_stages()
+    ctx = StageContext(config, tmp_path, progress=False)
+    for stage, why in expected.items():
+        outputs = stages[stage](ctx)  # no trained model in tmp_path: a skipping stage must not need one
+        assert set(outputs) == {"stage_skipped"} and why in outputs["stage_skipped"]
+        assert "\n" not in outputs["stage_skipped"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_executorch_extra_its_stages_skip_with_the_install_hint(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from nasdeploy.cli import pipeline_cmd
+    from nasdeploy.pipeline import stages as stage_helpers
+    from nasdeploy.pipeline.sections import ExportSection
+    from nasdeploy.spaces.table import get_space
+
+    monkeypatch.setattr(stage_helpers, "_executorch_installed", lambda: False)
+    config = replace(tiny_config(), export=ExportSection(formats=("onnx", "executorch"), int8=("executorch",)))
+    ctx = stage_helpers.StageContext(config, tmp_path, progress=False)
+    stages = get_space("darts_cnn").pipeline_stages()
+    for stage in ("executorch", "quantize"):
+        assert stages[stage](ctx) == {"stage_skipped": stage_helpers.MISSING_EXECUTORCH}
+    assert "nasdeploy[executorch]" in stage_helpers.MISSING_EXECUTORCH and list(tmp_path.iterdir()) == []
+    assert pipeline_cmd._STAGES == ", ".join(STAGE_ORDER)  # the CLI help lists the runner's stages

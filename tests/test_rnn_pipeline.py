@@ -55,6 +55,9 @@ def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
     assert rows[0]["found"] and rows[0]["params"] == summary["train"]["params"] and rows[1]["name"] == "DARTS_V2_RNN"
     report = (run_dir / "report.md").read_text()
     assert "perplexity" in report and "MACs / token" in report and "mixed-op: reference" in report
+    # No ExecuTorch / INT8 path for the language model: both stages are done, with one line each.
+    assert "ExecuTorch stage (executorch): skipped: the recurrent language model has no ExecuTorch" in report
+    assert "| quantize | " in report and "skipped: the recurrent language model has no INT8 path" in report
     # The run directory stores its search config headed by its space: `nasdeploy search --out DIR` alone resumes it.
     assert load_yaml(run_dir / "search" / "config.yaml")["space"] == "darts_rnn"
     code, out, err = _cli(["search", "--out", str(run_dir / "search")], capsys)
@@ -80,7 +83,8 @@ def test_an_interrupted_recurrent_training_resumes(tmp_path):
     log = (tmp_path / "train" / "log.jsonl").read_text().splitlines()
     assert len(log) == 1
     second = run_pipeline(config, tmp_path, progress=False)
-    assert second.interrupted is None and second.ran == ["train", "export", "profile", "report"]
+    assert second.interrupted is None
+    assert second.ran == ["train", "export", "executorch", "quantize", "profile", "report"]
     assert [json.loads(r)["epoch"] for r in (tmp_path / "train" / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 

@@ -30,7 +30,8 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--net", default="cifar", show_default=True, help="Network family: cifar | imagenet | segmentation (Auto-DeepLab).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="nasdeploy train checkpoint or plain state_dict.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), default=("onnx",), show_default=True,
-              help="Artifact to produce (repeatable). ONNX is always exported and verified first.")
+              help="Artifact to produce (repeatable). ONNX is exported and verified first whenever a format or --int8 ort needs it "
+                   "(onnx, tensorrt, triton); --format executorch alone writes no ONNX.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory [default: exports/<name>].")
 @click.option("--opset", type=int, help="ONNX opset (>= 18) [default: the exporter's].")
 @click.option("--dynamic-batch/--static", default=True, show_default=True,

@@ -5,22 +5,27 @@ from __future__ import annotations
 import click
 
 
+_STAGES = "search, derive, train, export, executorch, quantize, profile, report"  # runner.STAGE_ORDER (checked there)
+
+
 @click.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Run directory (default: runs/<config name>). Pointing at an existing one resumes it.")
-@click.option("--force", multiple=True, metavar="STAGE", help="Redo STAGE (and the stages after it). Repeatable.")
-@click.option("--only", multiple=True, metavar="STAGE", help="Run only STAGE, from the files already in the run directory.")
+@click.option("--force", multiple=True, metavar="STAGE",
+              help=f"Redo STAGE (and the stages after it). Repeatable. Stages: {_STAGES}.")
+@click.option("--only", multiple=True, metavar="STAGE",
+              help="Run only STAGE, from the files already in the run directory (e.g. --only quantize).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Dataset root (CIFAR, an image folder, a PTB-layout corpus, Cityscapes).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. train.train.epochs=2.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def pipeline(config: str | None, out_dir: str | None, force: tuple[str, ...], only: tuple[str, ...],
              data_dir: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Search, derive, train, export, profile and report; with no CONFIG, the built-in demo.
+    """Search, derive, train, export (ONNX), ExecuTorch, INT8, profile and report; with no CONFIG, the built-in demo.
 
     CONFIG's `space:` picks the search space (darts_cnn, darts_rnn, autodeeplab); stages: search, derive,
-    train, export, profile, report.
+    train, export, executorch, quantize, profile, report.
     """
     from dataclasses import replace
     from pathlib import Path

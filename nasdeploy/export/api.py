@@ -1,7 +1,9 @@
-"""One library call per export: model from genotype (+ checkpoint), ONNX + parity, TensorRT, Triton.
+"""One library call per export: model from genotype (+ checkpoint), ONNX + parity, ExecuTorch, INT8, TensorRT, Triton.
 
-The whole output directory is written into a temporary sibling and renamed at the end, so a failure
-(bad input, exporter error, failed parity) leaves nothing behind.
+export_model / export_target write the float artifacts (ONNX only when a format or INT8 path needs it);
+quantize_model runs the INT8 paths on their own from float artifacts exported earlier. Either writes its
+whole output directory into a temporary sibling and renames it at the end, so a failure (bad input,
+exporter error, failed parity) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from nasdeploy.utils.files import set_default_permissions, write_json_atomic, wr
 
 FORMATS = ("onnx", "tensorrt", "triton", "executorch")
 INT8_METHODS = ("ort", "executorch")  # onnxruntime static QDQ; PT2E XNNPACKQuantizer -> INT8 .pte
+ONNX_USERS = ("onnx", "tensorrt", "triton")  # formats built from (or being) the ONNX model; INT8 "ort" needs it too
+
+
+def needs_onnx(formats: Sequence[str], int8: Sequence[str] = ()) -> bool:
+    """Whether an export of `formats` with INT8 paths `int8` has to write the ONNX model."""
+    return any(f in ONNX_USERS for f in formats) or "ort" in int8
 WEIGHTS = ("trained", "untrained")
 Progress = Callable[[str], None]
 
@@ -335,26 +343,11 @@ def export_model(
         raise ConfigError(f"unknown export format(s) {unknown or '(none)'}; choose from: {', '.join(FORMATS)}")
     say = progress or (lambda _msg: None)
     cfg = getattr(model, "default_cfg", None)
-    if options.input_size is not None:
-        height, width = options.input_size
-    elif cfg is not None:
-        height, width = cfg.input_size[1:]
-    else:
-        raise ConfigError("the model has no default_cfg; pass options.input_size=(H, W)")
-    channels = cfg.input_size[0] if cfg is not None else 3
-    min_size = getattr(model, "min_input_size", 1)
-    if min(height, width) < min_size:
-        raise ConfigError(f"input size {height}x{width} is below the network's minimum {min_size}")
-
+    channels, height, width = _input_shape(model, options)
     if options.int8 and options.data is None:
         raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
     data = _ExportData.load(options, model, height) if options.data is not None else None
-    if weights == "untrained":
-        import copy
-
-        from nasdeploy.export.parity import randomize_bn_statistics_
-
-        model = randomize_bn_statistics_(copy.deepcopy(model), (channels, height, width), seed=options.seed or 0).eval()
+    model = _exported_weights(model, weights, (channels, height, width), options.seed)
     final = Path(out_dir)
     staging = _prepare_out_dir(final, options.overwrite)
     result = ExportResult(final, name, fmts, source=dict(source or {}), weights=weights)
@@ -374,6 +367,87 @@ def export_model(
         write_json_atomic(staging / "export.json", result.to_dict())
         result.files["report"] = "export.json"
         set_default_permissions(staging)  # mkdtemp made it 0700
+        _publish(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _input_shape(model: nn.Module, options: ExportOptions) -> tuple[int, int, int]:
+    """(C, H, W) of the export: options.input_size, else the network's default; checked against its minimum."""
+    cfg = getattr(model, "default_cfg", None)
+    if options.input_size is not None:
+        height, width = options.input_size
+    elif cfg is not None:
+        height, width = cfg.input_size[1:]
+    else:
+        raise ConfigError("the model has no default_cfg; pass options.input_size=(H, W)")
+    channels = cfg.input_size[0] if cfg is not None else 3
+    min_size = getattr(model, "min_input_size", 1)
+    if min(height, width) < min_size:
+        raise ConfigError(f"input size {height}x{width} is below the network's minimum {min_size}")
+    return channels, height, width
+
+
+def _exported_weights(model: nn.Module, weights: str | None, input_shape: tuple[int, int, int],
+                      seed: int | None) -> nn.Module:
+    """The model as exported: untrained weights get a copy with randomised BN statistics (seeded, so repeatable)."""
+    if weights != "untrained":
+        return model
+    import copy
+
+    from nasdeploy.export.parity import randomize_bn_statistics_
+
+    return randomize_bn_statistics_(copy.deepcopy(model), input_shape, seed=seed or 0).eval()
+
+
+def quantize_model(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    *,
+    onnx_path: str | os.PathLike[str] | None = None,
+    pte_path: str | os.PathLike[str] | None = None,
+    options: ExportOptions,
+    name: str = "model",
+    source: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    weights: str | None = None,
+) -> ExportResult:
+    """The INT8 paths of options.int8 on their own, from float artifacts exported earlier, into `out_dir`.
+
+    "ort" quantizes `onnx_path` (a verified model.onnx), "executorch" re-quantizes `model` with PT2E and
+    scores it against the float `pte_path`; options.data gives the calibration and validation images.
+    Writes model_int8.onnx / model_int8.pte (+ .pte.json) and quantization.json atomically: a failure
+    leaves no `out_dir` (a path that cannot quantize the net is a "failed" entry with one line, not an error).
+    """
+    if weights is not None and weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)} or None, got {weights!r}")
+    if not options.int8:
+        raise ConfigError("quantize_model needs at least one INT8 path in options.int8 (ort, executorch)")
+    if options.data is None:
+        raise ConfigError("INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)")
+    floats = {"ort": (onnx_path, "model.onnx"), "executorch": (pte_path, "model.pte")}
+    for method in options.int8:
+        path, what = floats[method]
+        if path is None or not Path(path).is_file():
+            raise ConfigError(f"INT8 '{method}' needs the float {what}: "
+                              + (f"{path} is missing" if path is not None else "none was given"))
+    say = progress or (lambda _msg: None)
+    input_shape = _input_shape(model, options)
+    data = _ExportData.load(options, model, input_shape[1])
+    model = _exported_weights(model, weights, input_shape, options.seed)
+    final = Path(out_dir)
+    staging = _prepare_out_dir(final, options.overwrite)
+    result = ExportResult(final, name, (), source=dict(source or {}), weights=weights)
+    try:
+        if "executorch" in options.int8:
+            from nasdeploy.export.executorch import import_executorch
+
+            import_executorch()
+        _int8_step(staging, model, Path(onnx_path) if onnx_path else None, Path(pte_path) if pte_path else None,
+                   result, options, input_shape, data, say)
+        set_default_permissions(staging)
         _publish(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -428,6 +502,35 @@ def _export_into(
     input_shape: tuple[int, int, int], metadata: dict[str, Any], say: Progress,
     data: _ExportData | None = None, labels: Sequence[str] | None = None,
 ) -> None:
+    complexity, note = _complexity(model, input_shape)
+    result.complexity = complexity
+    if note:
+        result.notes.append(note)
+    onnx_path = None
+    if needs_onnx(result.formats, options.int8):
+        onnx_path = _onnx_step(stage, model, result, options, input_shape, metadata, say, data)
+
+    pte_path = None
+    if "executorch" in result.formats or "executorch" in options.int8:
+        pte_path = _executorch_step(stage, model, result, options, input_shape, data, say)
+    if options.int8:
+        assert data is not None
+        _int8_step(stage, model, onnx_path, pte_path, result, options, input_shape, data, say)
+
+    plan_path = None
+    if "tensorrt" in result.formats:
+        assert onnx_path is not None
+        plan_path = _tensorrt_step(stage, model, onnx_path, result, options, input_shape, say)
+    if "triton" in result.formats:
+        assert onnx_path is not None
+        _triton_step(stage, onnx_path, plan_path, result, options, input_shape, labels, say)
+
+
+def _onnx_step(
+    stage: Path, model: nn.Module, result: ExportResult, options: ExportOptions, input_shape: tuple[int, int, int],
+    metadata: dict[str, Any], say: Progress, data: _ExportData | None,
+) -> Path:
+    """model.onnx with its parity report (random inputs at every batch size; validation images when given)."""
     channels, height, width = input_shape
     t0 = time.perf_counter()
     say(f"exporting ONNX ({'dynamic' if options.dynamic_batch else 'static'} batch, input {channels}x{height}x{width})")
@@ -447,11 +550,6 @@ def _export_into(
         "static_reason": meta.get("static_reason"), "simplified": options.simplify,
         "size_bytes": sum(p.stat().st_size for p in stage.glob("model.onnx*")),
     }
-    complexity, note = _complexity(model, input_shape)
-    result.complexity = complexity
-    if note:
-        result.notes.append(note)
-
     t0 = time.perf_counter()
     say("checking ONNX parity in onnxruntime")
     report = check_onnx_parity(
@@ -472,19 +570,7 @@ def _export_into(
         say(f"checking ONNX parity on {data.label}")
         run, names, label = onnxruntime_runner(onnx_path)
         _real_image_parity(stage, model, run, names, label, "onnx_validation", str(onnx_path), result, options, data, say)
-
-    pte_path = None
-    if "executorch" in result.formats or "executorch" in options.int8:
-        pte_path = _executorch_step(stage, model, result, options, input_shape, data, say)
-    if options.int8:
-        assert data is not None
-        _int8_step(stage, model, onnx_path, pte_path, result, options, input_shape, data, say)
-
-    plan_path = None
-    if "tensorrt" in result.formats:
-        plan_path = _tensorrt_step(stage, model, onnx_path, result, options, input_shape, say)
-    if "triton" in result.formats:
-        _triton_step(stage, onnx_path, plan_path, result, options, input_shape, labels, say)
+    return onnx_path
 
 
 def _with_weights(report: ParityReport, weights: str | None) -> ParityReport:
@@ -564,9 +650,10 @@ def _pte_metadata(result: ExportResult, input_shape: tuple[int, int, int], data:
 
 
 def _int8_step(
-    stage: Path, model: nn.Module, onnx_path: Path, pte_path: Path | None, result: ExportResult,
+    stage: Path, model: nn.Module, onnx_path: Path | None, pte_path: Path | None, result: ExportResult,
     options: ExportOptions, input_shape: tuple[int, int, int], data: _ExportData, say: Progress,
 ) -> None:
+    """The INT8 paths of options.int8 into `stage`, from the float model.onnx / model.pte (in `stage` or elsewhere)."""
     from nasdeploy.export import quantize
 
     warmup, runs, seed, time_file = options.latency_warmup, options.latency_runs, options.seed or 0, options.latency_timer
@@ -576,6 +663,7 @@ def _int8_step(
     common = dict(input_shape=input_shape, timer=timer if time_file is not None else None, calib_label=data.calibration_label,
                   val_label=data.validation_label)
     if "ort" in options.int8:
+        assert onnx_path is not None
         say(f"INT8 with onnxruntime static quantization (QDQ, per-channel), calibrated on {data.calibration_label}")
         res, secs = quantize.timed(lambda: quantize.quantize_with_ort(
             model, onnx_path, stage / "model_int8.onnx", data.calibration, data.validation, **common))

@@ -1,7 +1,8 @@
-"""The pipeline stages for the Auto-DeepLab space: hierarchical search, decode, segmentation training, export, profile.
+"""The pipeline stages for the Auto-DeepLab space: hierarchical search, decode, segmentation training, export,
+executorch, quantize (not for segmentation yet: skipped with its reason), profile.
 
 Same stage names and run-directory contract as the DARTS CNN stages (search/, genotype.json, train/,
-export/, model.onnx, profile.json); each reads the previous stages' files.
+export/, model.onnx, executorch/, profile.json); each reads the previous stages' files.
 """
 
 from __future__ import annotations
@@ -101,6 +102,25 @@ def adl_export_stage(ctx: StageContext) -> dict[str, Any]:
     return export_trained_model(ctx, "segmentation", "train/model.pt", _crop_size(ctx))
 
 
+def adl_executorch_stage(ctx: StageContext) -> dict[str, Any]:
+    """The ExecuTorch program at the crop size (random-input parity), when the export section asks for one."""
+    from nasdeploy.pipeline.stages import NO_EXECUTORCH, executorch_trained_model, skip_stage, wants_executorch
+
+    if not wants_executorch(ctx.config.export):
+        return skip_stage(NO_EXECUTORCH)
+    return executorch_trained_model(ctx, "segmentation", "train/model.pt", _crop_size(ctx))
+
+
+def adl_quantize_stage(ctx: StageContext) -> dict[str, Any]:
+    """No INT8 path for segmentation yet: the stage says so in one line."""
+    from nasdeploy.pipeline.stages import NO_INT8, skip_stage
+
+    if not ctx.config.export.int8:
+        return skip_stage(NO_INT8)
+    return skip_stage("INT8 calibration and float-vs-INT8 scoring are implemented for classifiers only "
+                      "(segmentation: not yet)")
+
+
 def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:
     """Params, MACs at the crop and at full resolution, and latency of the found net next to the published one."""
     from nasdeploy.data.segmentation import dataset_classes
@@ -152,6 +172,8 @@ STAGES: dict[str, StageFn] = {
     "derive": adl_derive_stage,
     "train": adl_train_stage,
     "export": adl_export_stage,
+    "executorch": adl_executorch_stage,
+    "quantize": adl_quantize_stage,
     "profile": adl_profile_stage,
 }
 
@@ -163,16 +185,21 @@ def report_figures(ctx: StageContext) -> dict[str, str]:
 
 def reproduce_commands(ctx: StageContext) -> dict[str, str]:
     """The commands that redo each Auto-DeepLab stage by hand over the same files."""
+    from nasdeploy.pipeline.stages import deploy_commands, export_stage_formats
+
     run_dir, q = ctx.run_dir, quote_path
-    fmt = " ".join(f"--format {f}" for f in ctx.config.export.formats)
+    fmt = " ".join(f"--format {f}" for f in export_stage_formats(ctx.config.export))
+    height, width = _crop_size(ctx)  # the ExecuTorch program is static, at the crop the stage lowers it at
+    deploy = f"nasdeploy export {q(run_dir / 'genotype.json')} --net segmentation --checkpoint {q(run_dir / 'train' / 'model.pt')}"
     profile = read_json(ctx.path("profile.json")) or {}
     sizes = list(profile.get("sizes") or [])
     size = sizes[-1] if sizes else "1024x2048"
     data = f" --data-dir {q(ctx.config.data_dir)}" if ctx.config.data_dir else ""
-    return {
+    return {  # the runner lists them in stage order
+        **{k: v for k, v in deploy_commands(ctx, f"{deploy} --input-size {height}x{width}").items() if k != "quantize"},
         "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
         "derive": f"nasdeploy adl decode {q(run_dir / 'search' / 'checkpoint.pt')} -o {q(run_dir / 'genotype.json')}",
         "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
-        "export": f"nasdeploy export {q(run_dir / 'genotype.json')} --net segmentation --checkpoint {q(run_dir / 'train' / 'model.pt')} {fmt} --out {q(run_dir / 'export')}",
+        "export": f"{deploy} {fmt} --out {q(run_dir / 'export')}",
         "profile": f"nasdeploy profile {q(run_dir / 'genotype.json')} AutoDeepLab --net segmentation --input-size {size}",
     }

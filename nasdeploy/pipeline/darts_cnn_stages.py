@@ -1,4 +1,4 @@
-"""The pipeline stages of the DARTS CNN space: search, derive (DARTS rule), train, export, profile."""
+"""The pipeline stages of the DARTS CNN space: search, derive (DARTS rule), train, export, executorch, quantize, profile."""
 
 from __future__ import annotations
 
@@ -100,15 +100,36 @@ def run_train_stage(ctx: StageContext) -> dict[str, Any]:
             "num_classes": result.metrics.get("dataset", {}).get("num_classes")}
 
 
-def run_export_stage(ctx: StageContext) -> dict[str, Any]:
-    """Export the trained network to ONNX (and TensorRT/Triton when asked) and check parity."""
+def _trained_net_and_data(ctx: StageContext) -> tuple[str, Any]:
+    """The trained network family and the run's dataset config (parity on real images, INT8 calibration/scoring)."""
     from dataclasses import replace
 
     from nasdeploy.train.config import train_config_from_dict
 
     train = train_config_from_dict(ctx.config.train)
-    data = replace(train.data, data_dir=ctx.config.data_dir or train.data.data_dir)
-    return export_trained_model(ctx, train.model.net, "train/checkpoint.pt", data=data)
+    return train.model.net, replace(train.data, data_dir=ctx.config.data_dir or train.data.data_dir)
+
+
+def run_export_stage(ctx: StageContext) -> dict[str, Any]:
+    """Export the trained network to ONNX (and TensorRT/Triton when asked) and check parity."""
+    net, data = _trained_net_and_data(ctx)
+    return export_trained_model(ctx, net, "train/checkpoint.pt", data=data)
+
+
+def run_executorch_stage(ctx: StageContext) -> dict[str, Any]:
+    """Lower the trained network to an ExecuTorch program (XNNPACK) and check it against PyTorch."""
+    from nasdeploy.pipeline.stages import executorch_trained_model
+
+    net, data = _trained_net_and_data(ctx)
+    return executorch_trained_model(ctx, net, "train/checkpoint.pt", data=data)
+
+
+def run_quantize_stage(ctx: StageContext) -> dict[str, Any]:
+    """INT8 by the section's paths, calibrated on the training split and scored against float on validation images."""
+    from nasdeploy.pipeline.stages import quantize_trained_model
+
+    net, data = _trained_net_and_data(ctx)
+    return quantize_trained_model(ctx, net, "train/checkpoint.pt", data=data)
 
 
 def _latency_cells(results: dict[str, Any], backends: list[str]) -> dict[str, dict[str, Any]]:
@@ -201,6 +222,8 @@ STAGES: dict[str, StageFn] = {
     "derive": run_derive_stage,
     "train": run_train_stage,
     "export": run_export_stage,
+    "executorch": run_executorch_stage,
+    "quantize": run_quantize_stage,
     "profile": run_profile_stage,
 }
 
@@ -233,16 +256,20 @@ def _profile_commands(prof: Any, targets: str, genotype: str) -> str:
 
 def reproduce_commands(ctx: StageContext) -> dict[str, str]:
     """The exact commands that redo each stage by hand (the stage CLIs over the same files)."""
+    from nasdeploy.pipeline.stages import deploy_commands, export_stage_formats
+
     config, run_dir, q = ctx.config, ctx.run_dir, quote_path
     data = f" --data-dir {q(config.data_dir)}" if config.data_dir else ""
     net = config.train.get("model", {}).get("net", "cifar")
     prof = config.profile
     targets = " ".join([q(run_dir / "genotype.json"), *prof.compare])
-    formats = " ".join(f"--format {f}" for f in config.export.formats)
-    return {
+    formats = " ".join(f"--format {f}" for f in export_stage_formats(config.export))
+    deploy = f"nasdeploy export {q(run_dir / 'genotype.json')} --net {net} --checkpoint {q(run_dir / 'train' / 'checkpoint.pt')}"
+    return {  # the runner lists them in stage order
+        **deploy_commands(ctx, deploy),
         "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
         "derive": f"nasdeploy pipeline{source_arg(config)} --out {q(run_dir)} --only derive",
         "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
-        "export": f"nasdeploy export {q(run_dir / 'genotype.json')} --net {net} --checkpoint {q(run_dir / 'train' / 'checkpoint.pt')} {formats} --out {q(run_dir / 'export')}",
+        "export": f"{deploy} {formats} --out {q(run_dir / 'export')}",
         "profile": _profile_commands(prof, targets, q(run_dir / "genotype.json")),
     }

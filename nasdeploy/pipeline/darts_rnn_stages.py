@@ -1,7 +1,8 @@
 """The pipeline stages of the DARTS recurrent space: search, derive (top-1 rule), train the LM, export, profile.
 
 Same run-directory contract as the other spaces: search/, genotype.json, train/, export/ (model.onnx and
-its parity report, published at the top level), profile.json.
+its parity report, published at the top level), profile.json. The language model has no ExecuTorch or
+INT8 path: those two stages are recorded as skipped with their reason.
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ def rnn_export_stage(ctx: StageContext) -> dict[str, Any]:
                        "rtol": section.rtol, "atol": section.atol}}
 
 
+def rnn_executorch_stage(ctx: StageContext) -> dict[str, Any]:
+    """No ExecuTorch path for the language model (its export is ONNX with a fixed window)."""
+    from nasdeploy.pipeline.stages import skip_stage
+
+    return skip_stage("the recurrent language model has no ExecuTorch export path (ONNX only)")
+
+
+def rnn_quantize_stage(ctx: StageContext) -> dict[str, Any]:
+    """No INT8 path for the language model."""
+    from nasdeploy.pipeline.stages import skip_stage
+
+    return skip_stage("the recurrent language model has no INT8 path (float ONNX only)")
+
+
 def _profile_row(model: Any, name: str, found: bool, ctx: StageContext, onnx: Any) -> dict[str, Any]:
     from nasdeploy.profile.language_model import profile_rnn_lm
 
@@ -173,5 +188,7 @@ STAGES: dict[str, StageFn] = {
     "derive": rnn_derive_stage,
     "train": rnn_train_stage,
     "export": rnn_export_stage,
+    "executorch": rnn_executorch_stage,
+    "quantize": rnn_quantize_stage,
     "profile": rnn_profile_stage,
 }

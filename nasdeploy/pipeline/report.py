@@ -157,6 +157,19 @@ def _runtime_lines(export: dict[str, Any]) -> list[str]:
     return lines
 
 
+_STAGE_TITLES = {"export": "ONNX", "executorch": "ExecuTorch", "quantize": "INT8"}
+
+
+def _deployment_lines(export: dict[str, Any]) -> list[str]:
+    """Where each deployment stage's files are, and the stages that had nothing to do (one line each)."""
+    lines: list[str] = []
+    dirs = export.get("dirs") or {}
+    if len(dirs) > 1 or any(d != "export" for d in dirs.values()):
+        lines += ["", "Files: " + ", ".join(f"{_STAGE_TITLES.get(k, k)} in `{v}/`" for k, v in dirs.items()) + "."]
+    lines += [f"{_STAGE_TITLES.get(k, k)} stage ({k}): skipped: {why}." for k, why in (export.get("stage_skips") or {}).items()]
+    return lines
+
+
 def render_report(summary: dict[str, Any]) -> str:
     """The Markdown report of a pipeline run."""
     out: list[str] = [f"# nasdeploy pipeline report: {summary.get('name', 'run')}", ""]
@@ -218,6 +231,7 @@ def render_report(summary: dict[str, Any]) -> str:
                        f"max abs error {_fmt_e(parity.get('max_abs_error'))}, max rel error "
                        f"{_fmt_e(parity.get('max_rel_error'))} (rtol {parity.get('rtol')}, atol {parity.get('atol')}).")
         out += _runtime_lines(export)
+        out += _deployment_lines(export)
         out += [f"Skipped {fmt}: {why}." for fmt, why in (export.get("skipped") or {}).items()]
         for fmt, info in (export.get("other_formats") or {}).items():
             out.append(f"{fmt}: {info}")
@@ -249,8 +263,8 @@ def render_report(summary: dict[str, Any]) -> str:
         out += ["## Reproduce", "", "```bash"] + [f"# {stage}\n{cmd}" for stage, cmd in commands.items()] + ["```", ""]
     stages = summary.get("stages") or {}
     if stages:
-        out += ["## Stage times", "", "| stage | seconds |", "|---|---|"]
-        out += [f"| {name} | {info.get('seconds', 0):.1f} |" for name, info in stages.items()]
+        out += ["## Stage times", "", "| stage | seconds | note |", "|---|---|---|"]
+        out += [f"| {name} | {info.get('seconds', 0):.1f} | {info.get('note', '')} |" for name, info in stages.items()]
         out.append("")
     return "\n".join(out)
 

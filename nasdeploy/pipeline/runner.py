@@ -13,14 +13,17 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.config import PipelineConfig
 from nasdeploy.pipeline.plots import plot_curves, read_jsonl
 from nasdeploy.pipeline.report import write_report
-from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, quote_path, source_arg
+from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, quote_path, skip_stage, source_arg
 from nasdeploy.pipeline.state import STATE_FILE, PipelineState
 from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve
 from nasdeploy.utils.files import write_text_atomic
 from nasdeploy.utils.rundir import open_run_directory
 from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
 
-STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "profile", "report")
+STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "executorch", "quantize", "profile", "report")
+# Stages whose output folder a --force removes first (search/train would resume from their checkpoints; the
+# deployment folders of a stage that has become a no-op must not linger).
+_CLEARED_WHEN_FORCED = ("search", "train", "export", "executorch", "quantize")
 
 
 def stages_for(space: str) -> dict[str, StageFn]:
@@ -64,7 +67,7 @@ def _check_same_config(run_dir: Path, config: PipelineConfig, state: PipelineSta
 
 def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, force: Sequence[str] = (),
                  only: Sequence[str] = (), progress: bool = True, stop_after_epoch: int | None = None) -> PipelineResult:
-    """Run (or resume) search -> derive -> train -> export -> profile -> report in `out_dir`.
+    """Run (or resume) search -> derive -> train -> export -> executorch -> quantize -> profile -> report in `out_dir`.
 
     force: stages to redo; every later stage is redone too, since it reads their outputs.
     only: run just these stages (their inputs must already be in the run directory).
@@ -86,6 +89,9 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
                 only: Sequence[str], progress: bool, stop_after_epoch: int | None) -> PipelineResult:
     state = PipelineState.load(run_dir)
     _check_same_config(run_dir, config, state)
+    adopted = adopt_pre_split_export(state)
+    if adopted:
+        _log(f"{', '.join(adopted)}: done by the export stage of an earlier nasdeploy (files in export/)", progress)
     if force:
         first = min(STAGE_ORDER.index(f) for f in force)
         state.invalidate(list(STAGE_ORDER[first:]))
@@ -102,14 +108,15 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
         _log(f"{stage}: running", progress)
         state.mark_started(stage)
         try:
-            outputs = write_pipeline_report(ctx, state) if stage == "report" else stages[stage](ctx)
+            outputs = write_pipeline_report(ctx, state) if stage == "report" else _stage_fn(stages, stage, config)(ctx)
         except StageInterrupted as stop:
             result.interrupted = stage
             _log(f"{stage}: {stop}; rerun the same command to resume", progress)
             return result
         state.mark_done(stage, outputs)
         result.ran.append(stage)
-        _log(f"{stage}: done in {state.stages[stage]['seconds']:.1f} s", progress)
+        why = outputs.get("stage_skipped")
+        _log(f"{stage}: skipped: {why}" if why else f"{stage}: done in {state.stages[stage]['seconds']:.1f} s", progress)
     if state.is_done("report"):
         import json
 
@@ -117,11 +124,48 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
     return result
 
 
+def _stage_fn(stages: dict[str, StageFn], stage: str, config: PipelineConfig) -> StageFn:
+    """The space's function for `stage`; a stage module without one (an older or third-party space) skips it."""
+    if stage in stages:
+        return stages[stage]
+    return lambda _ctx: skip_stage(f"the {config.space} pipeline has no {stage} stage")
+
+
+def adopt_pre_split_export(state: PipelineState) -> list[str]:
+    """A run directory of an earlier version did ExecuTorch and INT8 in its export stage: count them as done.
+
+    Applies once, to a finished export whose outputs hold those parts (its files stay in export/) and whose
+    state has never seen the executorch/quantize stages; returns the stages it marked done.
+    """
+    if not state.is_done("export") or any(name in state.stages for name in ("executorch", "quantize")):
+        return []
+    outputs = state.stages["export"].get("outputs") or {}
+    files = outputs.get("files") or {}
+    runtimes = outputs.get("runtimes") or {}
+    note = "done by the export stage of an earlier nasdeploy (files in export/)"
+    adopted = {}
+    pte_files = {k: v for k, v in files.items() if k.startswith("executorch") and "int8" not in k}
+    if pte_files:
+        adopted["executorch"] = {"dir": "export", "pte": pte_files.get("executorch"), "files": pte_files, "adopted": note,
+                                 "runtimes": {k: v for k, v in runtimes.items() if k.startswith("executorch")}}
+    if outputs.get("quantization"):
+        q_files = {k: v for k, v in files.items() if "int8" in k or k == "quantization_report"}
+        adopted["quantize"] = {"dir": "export", "files": q_files, "quantization": outputs["quantization"],
+                               "adopted": note}
+    for stage, stage_outputs in adopted.items():
+        finished = state.stages["export"].get("finished")
+        state.stages[stage] = {"status": "done", "started": finished, "finished": finished, "seconds": 0.0,
+                               "outputs": stage_outputs}
+    if adopted:
+        state.save()
+    return list(adopted)
+
+
 def _clear_forced_outputs(run_dir: Path, stages: Sequence[str]) -> None:
-    """Forced search/train must not resume from their old checkpoints."""
+    """Forced search/train must not resume from their old checkpoints; forced deployment stages start empty."""
     import shutil
 
-    for stage in ("search", "train", "export"):
+    for stage in _CLEARED_WHEN_FORCED:
         if stage in stages and (run_dir / stage).is_dir():
             shutil.rmtree(run_dir / stage)
 
@@ -153,13 +197,14 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
             train[key] = 100.0 * train[key]
     if train.get("num_classes"):
         train["chance"] = 100.0 / train["num_classes"]
-    export = dict(outputs.get("export", {}))
+    export = deployment_summary(outputs)
     parity = export.get("parity") or {}
     export["parity"] = {"passed": parity.get("passed"), "max_abs_error": parity.get("max_abs_err"),
                         "max_rel_error": parity.get("max_rel_err"), "rtol": parity.get("rtol"), "atol": parity.get("atol")}
     profile_path = run_dir / "profile.json"
     profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
     commands = stage_module.reproduce_commands(ctx)
+    commands = {**{s: commands[s] for s in STAGE_ORDER if s in commands}, **commands}  # in stage order
     commands["pipeline"] = f"nasdeploy pipeline{source_arg(ctx.config)} --out {quote_path(run_dir)}"
     summary = {
         "name": ctx.config.name,
@@ -174,7 +219,43 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
         "profile": profile,
         "figures": figures,
         "commands": commands,
-        "stages": {k: {"seconds": v.get("seconds", 0.0)} for k, v in state.stages.items() if k != "report"},
+        "stages": {k: _stage_record(state.stages[k]) for k in STAGE_ORDER if k in state.stages and k != "report"},
     }
     write_report(run_dir, summary)
     return {"report": "report.md", "summary": "summary.json", "figures": figures}
+
+
+def _stage_record(info: dict[str, Any]) -> dict[str, Any]:
+    """A stage's time for the report, with its one line when it was skipped or done by an earlier version."""
+    outputs = info.get("outputs") or {}
+    record: dict[str, Any] = {"seconds": info.get("seconds", 0.0)}
+    if outputs.get("stage_skipped"):
+        record["note"] = f"skipped: {outputs['stage_skipped']}"
+    elif outputs.get("adopted"):
+        record["note"] = outputs["adopted"]
+    return record
+
+
+def deployment_summary(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's export record: the export stage's outputs with the executorch and quantize stages' folded in."""
+    export = dict(outputs.get("export", {}))
+    if not export:
+        return {}
+    runtimes = dict(export.get("runtimes") or {})
+    quantization = dict(export.get("quantization") or {})
+    skipped = dict(export.get("skipped") or {})
+    dirs, stage_skips = {"export": export.get("dir")}, {}
+    for stage in ("executorch", "quantize"):
+        out = outputs.get(stage) or {}
+        runtimes.update(out.get("runtimes") or {})
+        quantization.update(out.get("quantization") or {})
+        skipped.update(out.get("skipped") or {})
+        if out.get("stage_skipped"):
+            stage_skips[stage] = out["stage_skipped"]
+        if out.get("dir"):
+            dirs[stage] = out["dir"]
+    export.update(runtimes=runtimes, quantization=quantization, skipped=skipped,
+                  dirs={k: v for k, v in dirs.items() if v}, stage_skips=stage_skips)
+    if outputs.get("executorch", {}).get("pte"):
+        export["pte"] = f"{outputs['executorch'].get('dir', 'executorch')}/{outputs['executorch']['pte']}"
+    return export

@@ -6,10 +6,17 @@ from dataclasses import dataclass
 
 from nasdeploy.errors import ConfigError
 
+_IMAGE_FORMATS = ("onnx", "executorch", "tensorrt", "triton")  # as nasdeploy.export.api.FORMATS (no torch import here)
+_INT8_METHODS = ("ort", "executorch")
+
 
 @dataclass(frozen=True)
 class ExportSection:
-    """What the export stage produces for an image network (ONNX always; TensorRT and Triton when asked)."""
+    """What the deployment stages produce for an image network.
+
+    export: ONNX always, TensorRT and Triton when asked; executorch: the .pte when formats or int8 name
+    executorch; quantize: the int8 paths. A stage the section does not ask for is skipped with one line.
+    """
 
     formats: tuple[str, ...] = ("onnx",)  # onnx, executorch, tensorrt, triton
     opset: int | None = None
@@ -19,6 +26,10 @@ class ExportSection:
     validation_images: int = 500  # float vs INT8 accuracy on the run's validation split
 
     def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in _IMAGE_FORMATS] + [m for m in self.int8 if m not in _INT8_METHODS]
+        if bad:
+            raise ConfigError(f"pipeline config: unknown export format / int8 method(s) {bad}; formats: "
+                              f"{', '.join(_IMAGE_FORMATS)}; int8: {', '.join(_INT8_METHODS)}")
         if min(self.calibration_images, self.validation_images) < 1:
             raise ConfigError("pipeline config: export.calibration_images and export.validation_images must be positive")
 

@@ -40,38 +40,143 @@ class StageInterrupted(Exception):
     """A stage stopped early on purpose (stop_after_epoch); rerunning resumes it."""
 
 
-def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
-                         data: Any = None) -> dict[str, Any]:
-    """Rebuild the trained `net` from genotype.json + `checkpoint` (run-relative), export it and publish model.onnx.
+MISSING_EXECUTORCH = "executorch is not installed (pip install 'nasdeploy[executorch]')"
+NO_INT8 = "the export section lists no int8 methods (int8: [ort, executorch])"
+NO_EXECUTORCH = "the export section asks for no ExecuTorch program (neither its formats nor its int8 list executorch)"
 
-    data: the run's dataset config; parity then also runs on its validation images (top-1 agreement) and the
-    INT8 paths of the export section are calibrated on its training split and scored on its validation split.
-    """
-    from nasdeploy.export.api import ExportOptions, build_export_model, export_model
-    from nasdeploy.profile.latency import time_model_file
 
+def export_stage_formats(section: Any) -> tuple[str, ...]:
+    """What the export stage writes into export/: ONNX always, TensorRT/Triton as asked (ExecuTorch is its own stage)."""
+    return ("onnx", *(f for f in section.formats if f not in ("onnx", "executorch")))
+
+
+def wants_executorch(section: Any) -> bool:
+    """Whether the export section asks for an ExecuTorch program (as a format, or as the float side of INT8)."""
+    return "executorch" in section.formats or "executorch" in section.int8
+
+
+def skip_stage(why: str) -> dict[str, Any]:
+    """The outputs of a stage with nothing to do in this run: done, with one line saying why (state and report)."""
+    return {"stage_skipped": why}
+
+
+def _executorch_installed() -> bool:
     import importlib.util
 
-    source = build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
+    return importlib.util.find_spec("executorch") is not None
+
+
+def _trained_source(ctx: StageContext, net: str, checkpoint: str) -> Any:
+    from nasdeploy.export.api import build_export_model
+
+    return build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
+
+
+def _export_options(ctx: StageContext, input_size: tuple[int, int] | None, data: Any, int8: tuple[str, ...] = ()) -> Any:
+    from nasdeploy.export.api import ExportOptions
+    from nasdeploy.profile.latency import time_model_file
+
     section = ctx.config.export
-    formats, int8, missing = tuple(section.formats), tuple(section.int8), {}
-    if importlib.util.find_spec("executorch") is None and ("executorch" in formats or "executorch" in int8):
-        # The demo asks for ExecuTorch; without the optional extra the stage still exports the rest.
-        formats, int8 = tuple(f for f in formats if f != "executorch"), tuple(m for m in int8 if m != "executorch")
-        missing["executorch"] = "executorch is not installed (pip install 'nasdeploy[executorch]')"
-    options = ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True,
-                            int8=int8, data=data, calibration_images=section.calibration_images,
-                            validation_images=section.validation_images, latency_timer=time_model_file)
-    say = (lambda msg: print(f"[export] {msg}", flush=True)) if ctx.progress else None
-    result = export_model(source.model, ctx.path("export"), formats=formats, options=options,
+    return ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True,
+                         int8=int8, data=data, calibration_images=section.calibration_images,
+                         validation_images=section.validation_images, latency_timer=time_model_file)
+
+
+def _say(ctx: StageContext, stage: str) -> Any:
+    return (lambda msg: print(f"[{stage}] {msg}", flush=True)) if ctx.progress else None
+
+
+def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
+                         data: Any = None) -> dict[str, Any]:
+    """The export stage of an image net: rebuild it from genotype.json + `checkpoint` (run-relative), write export/.
+
+    export/ holds the ONNX model (always) and the TensorRT/Triton artifacts the section asks for; model.onnx is
+    published at the top level. data: the run's dataset config; ONNX parity then also runs on its validation
+    images (top-1 agreement). ExecuTorch and INT8 are the next two stages.
+    """
+    from nasdeploy.export.api import export_model
+
+    source = _trained_source(ctx, net, checkpoint)
+    formats = export_stage_formats(ctx.config.export)
+    result = export_model(source.model, ctx.path("export"), formats=formats, options=_export_options(ctx, input_size, data),
                           name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": checkpoint},
-                          progress=say, weights="trained")
+                          progress=_say(ctx, "export"), weights="trained")
     publish_onnx(ctx)
     parity = result.parity["onnx"].to_dict()
     runtimes = {name: report.to_dict() for name, report in result.parity.items() if name != "onnx"}
     return {"dir": "export", "onnx": "model.onnx", "files": result.files, "parity": parity, "runtimes": runtimes,
-            "quantization": {k: v.to_dict() for k, v in result.quantization.items()},
-            "opset": result.onnx.get("opset"), "skipped": {**result.skipped, **missing}}
+            "opset": result.onnx.get("opset"), "skipped": dict(result.skipped)}
+
+
+def executorch_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
+                             data: Any = None) -> dict[str, Any]:
+    """The executorch stage of an image net: executorch/model.pte (XNNPACK) with its metadata and parity reports.
+
+    Runs when the export section lists executorch among its formats or int8 methods (the INT8 .pte is
+    scored against this float program); a stage with nothing to do is skipped with one line.
+    """
+    from nasdeploy.export.api import export_model
+
+    if not wants_executorch(ctx.config.export):
+        return skip_stage(NO_EXECUTORCH)
+    if not _executorch_installed():
+        return skip_stage(MISSING_EXECUTORCH)
+    source = _trained_source(ctx, net, checkpoint)
+    result = export_model(source.model, ctx.path("executorch"), formats=("executorch",),
+                          options=_export_options(ctx, input_size, data), name=ctx.config.name,
+                          source={"genotype": "genotype.json", "checkpoint": checkpoint},
+                          progress=_say(ctx, "executorch"), weights="trained")
+    return {"dir": "executorch", "pte": "model.pte", "files": result.files,
+            "runtimes": {name: report.to_dict() for name, report in result.parity.items()}}
+
+
+def float_pte(ctx: StageContext) -> Path:
+    """The float ExecuTorch program: executorch/model.pte (export/model.pte in a run directory of an earlier version)."""
+    new, old = ctx.path("executorch", "model.pte"), ctx.path("export", "model.pte")
+    return old if not new.is_file() and old.is_file() else new
+
+
+def quantize_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
+                           data: Any = None) -> dict[str, Any]:
+    """The quantize stage of an image net: the section's INT8 paths from export/model.onnx and the float .pte.
+
+    quantize/ gets model_int8.onnx, model_int8.pte (+ .pte.json) and quantization.json (float vs INT8
+    accuracy, size, latency), written atomically; a failed quantize leaves export/ and executorch/ as they were.
+    """
+    from nasdeploy.export.api import quantize_model
+
+    methods = tuple(ctx.config.export.int8)
+    if not methods:
+        return skip_stage(NO_INT8)
+    skipped = {}
+    if "executorch" in methods and not _executorch_installed():
+        methods = tuple(m for m in methods if m != "executorch")
+        skipped["int8 executorch"] = MISSING_EXECUTORCH
+    if not methods:
+        return skip_stage(MISSING_EXECUTORCH)
+    source = _trained_source(ctx, net, checkpoint)
+    result = quantize_model(source.model, ctx.path("quantize"),
+                            onnx_path=ctx.path("export", "model.onnx") if "ort" in methods else None,
+                            pte_path=float_pte(ctx) if "executorch" in methods else None,
+                            options=_export_options(ctx, input_size, data, methods), name=ctx.config.name,
+                            source={"genotype": "genotype.json", "checkpoint": checkpoint},
+                            progress=_say(ctx, "quantize"), weights="trained")
+    return {"dir": "quantize", "files": result.files, "skipped": skipped,
+            "quantization": {k: v.to_dict() for k, v in result.quantization.items()}}
+
+
+def deploy_commands(ctx: StageContext, export_command: str) -> dict[str, str]:
+    """The reproducing commands of the executorch and quantize stages (only those the export section asks for).
+
+    export_command: `nasdeploy export TARGET --net NET --checkpoint CKPT` of the trained model.
+    """
+    section, q = ctx.config.export, quote_path
+    commands = {}
+    if wants_executorch(section):
+        commands["executorch"] = f"{export_command} --format executorch --out {q(ctx.path('executorch'))}"
+    if section.int8:  # the INT8 paths on the run's own data split, from export/ and executorch/
+        commands["quantize"] = f"nasdeploy pipeline{source_arg(ctx.config)} --out {q(ctx.run_dir)} --only quantize"
+    return commands
 
 
 def publish_onnx(ctx: StageContext) -> None:

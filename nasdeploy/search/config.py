@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.utils.checks import check_betas, check_fraction, check_non_negative, check_positive
+from nasdeploy.utils.checks import Threads, check_betas, check_fraction, check_non_negative, check_positive, check_threads
 from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml
 
 
@@ -100,7 +100,7 @@ class SearchOptions:
     seed: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resume on CPU)
-    threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy machine
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None (torch's default)
     cost: Optional[CostOptions] = None  # a MAC / latency budget on the architecture (None: plain DARTS)
 
     def __post_init__(self) -> None:
@@ -116,8 +116,7 @@ class SearchOptions:
         check_betas("search", "arch_betas", self.arch_betas)
         if not 0.0 < self.train_portion < 1.0:
             raise ConfigError(f"search.train_portion must be strictly between 0 and 1, got {self.train_portion}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"search.threads must be >= 1, got {self.threads}")
+        check_threads("search", self.threads)
         if self.eval_images is not None and self.eval_images < 1:
             raise ConfigError(f"search.eval_images must be positive, got {self.eval_images}")
 

@@ -187,7 +187,8 @@ def _run(config: SearchConfig, out: Path, data_dir: str | None, ctx: DistContext
         write_run_config(out, config, SPACE)
         console(f"searching in {out}: {info.name} ({len(weight_idx)} weight / {len(arch_idx)} alpha images), "
                 f"supernet C={config.model.channels} L={config.model.layers}, {opts.order} order, "
-                f"mixed op '{model.mixed_op}', {ctx.world_size} process(es) on {ctx.device}", ctx.is_main)
+                f"mixed op '{model.mixed_op}', {ctx.world_size} process(es) on {ctx.device}"
+                + (f", {torch.get_num_threads()} CPU thread(s)" if ctx.device.type == "cpu" else ""), ctx.is_main)
 
     record: dict[str, Any] = {}
     for epoch in range(start_epoch, opts.epochs):

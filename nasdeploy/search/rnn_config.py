@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.utils.checks import check_betas, check_non_negative, check_positive, check_run_settings
+from nasdeploy.utils.checks import Threads, check_betas, check_non_negative, check_positive, check_run_settings
 from nasdeploy.utils.yamlconfig import from_dict, load_config
 
 
@@ -63,7 +63,7 @@ class RNNSearchSettings:
     arch_weight_decay: float = 1e-3
     max_batches_per_epoch: int | None = None  # cap for demos and smoke tests
     seed: int = 3
-    threads: int | None = None  # torch CPU threads (1 is fastest for small models on busy machines)
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
     progress: bool = True
 

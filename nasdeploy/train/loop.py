@@ -184,7 +184,9 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
         write_run_config(out, config, SPACE)
         console(f"training in {out}: {config.model.net} network C={config.model.channels} L={config.model.layers} "
                 f"({params / 1e6:.3f}M params) on {info.name}, {opts.epochs} epochs, {ctx.world_size} process(es) "
-                f"on {ctx.device}", ctx.is_main)
+                f"on {ctx.device}" + (f", {torch.get_num_threads()} CPU thread(s), "
+                                      f"{'channels_last' if fmt == torch.channels_last else 'NCHW'}"
+                                      if ctx.device.type == "cpu" else ""), ctx.is_main)
 
     record: dict[str, Any] = {}
     for epoch in range(start_epoch, opts.epochs):

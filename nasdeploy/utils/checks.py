@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Literal, Union
+
 from nasdeploy.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+# A run's CPU threads: a count, "auto" (the cores idle when the run starts) or None (torch's default).
+Threads = Union[int, Literal["auto"], None]
+
+
+def check_threads(section: str, threads: Threads) -> None:
+    """A positive thread count, 'auto' or None."""
+    if threads is None or threads == "auto":
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"{section}.threads must be a positive integer, 'auto' or null, got {threads!r}")
 
 
 def check_positive(section: str, **values: float) -> None:
@@ -40,11 +52,10 @@ def check_betas(section: str, name: str, betas: tuple[float, ...]) -> None:
             raise ConfigError(f"{section}.{name} must hold two values in [0, 1), got {list(betas)} (value {k + 1})")
 
 
-def check_run_settings(section: str, max_batches_per_epoch: int | None, threads: int | None, device: str) -> None:
+def check_run_settings(section: str, max_batches_per_epoch: int | None, threads: Threads, device: str) -> None:
     """The loop settings every run section has: an optional batch cap, CPU threads and the device."""
     if max_batches_per_epoch is not None and max_batches_per_epoch < 1:
         raise ConfigError(f"{section}.max_batches_per_epoch must be positive, got {max_batches_per_epoch}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"{section}.threads must be positive, got {threads}")
+    check_threads(section, threads)
     if device not in DEVICES:
         raise ConfigError(f"{section}.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
