@@ -148,3 +148,24 @@ def test_channels_last_training_step_matches_float64() -> None:
     assert abs(losses[0] - losses[1]) < 1e-12
     for (name, a), b in zip(ref.named_parameters(), nhwc.parameters()):
         assert (b.grad - a.grad).norm() <= 1e-10 * a.grad.norm() + 1e-14, name
+
+
+def test_channels_last_is_refused_where_onednn_would_corrupt_memory() -> None:
+    """A 1x1 strided conv with 2-7 input channels trains in NCHW on the CPU, even when channels_last is asked."""
+    import pytest
+    import torch
+
+    from nasdeploy.genotypes import get_genotype
+    from nasdeploy.nets import build_network
+    from nasdeploy.ops.layout import unsafe_channels_last_convs
+    from nasdeploy.train.loop import memory_format_for
+
+    cpu = torch.device("cpu")
+    # PNAS's stride-2 skip becomes FactorizedReduce(C, C): at C=2 its 1x1 strided convs see 4 input channels
+    narrow = build_network(get_genotype("PNAS"), "cifar", channels=2, layers=3, auxiliary=False, num_classes=10)
+    wide = build_network(get_genotype("PNAS"), "cifar", channels=8, layers=3, auxiliary=False, num_classes=10)
+    assert unsafe_channels_last_convs(narrow) and not unsafe_channels_last_convs(wide)
+    assert memory_format_for(cpu, None, narrow) == torch.contiguous_format
+    assert memory_format_for(cpu, None, wide) == torch.channels_last
+    with pytest.warns(UserWarning, match="NCHW"):
+        assert memory_format_for(cpu, True, narrow) == torch.contiguous_format

@@ -19,15 +19,13 @@ from torch.nn import functional as F
 
 from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
+from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
 from nasdeploy.ops.autodeeplab import AtrousConv, downsample2
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
 
 BN_EPS = 1e-5
 FUSED_DTYPES = (torch.float32, torch.float64)
-# oneDNN's channels-last backward of a 1x1 stride-2 conv (FactorizedReduce) corrupts the heap for 2-7
-# input channels on some CPUs (torch 2.14.1 on AMD EPYC without AVX-512: "free(): invalid next size");
-# nodes that narrow stay in NCHW on the CPU.
-MIN_CPU_CHANNELS_LAST = 8
+# Nodes narrower than MIN_CPU_CHANNELS_LAST stay in NCHW on the CPU (a oneDNN heap bug, see nasdeploy.ops.layout).
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from nasdeploy.genotypes import CNNGenotype, Genotype, genotype_from_dict, genot
 from nasdeploy.nets import build_network
 from nasdeploy.train.config import RESUMABLE_CHANGES, TrainConfig
 from nasdeploy.train.recipes import RecipeLoss, drop_path_at, make_scheduler
+from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST, unsafe_channels_last_convs
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
     DistContext,
@@ -76,9 +78,17 @@ def count_parameters(model: nn.Module, with_auxiliary: bool = False) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if with_auxiliary or not n.startswith("auxiliary_head"))
 
 
-def memory_format_for(device: torch.device, channels_last: bool | None) -> torch.memory_format:
-    """The training memory format: channels_last when asked, or by default on CPU."""
+def memory_format_for(device: torch.device, channels_last: bool | None, model: nn.Module | None = None) -> torch.memory_format:
+    """The training memory format: channels_last when asked, or by default on CPU, unless unsafe for `model` there."""
     use = channels_last if channels_last is not None else device.type == "cpu"
+    if use and device.type == "cpu" and model is not None:
+        unsafe = unsafe_channels_last_convs(model)
+        if unsafe:
+            if channels_last:
+                warnings.warn(f"training in NCHW, not channels_last: oneDNN's channels-last backward of {unsafe[0]} "
+                              f"(a 1x1 strided conv with {MIN_CPU_CHANNELS_LAST - 1} or fewer input channels) corrupts "
+                              f"memory on some CPUs", stacklevel=2)
+            use = False
     return torch.channels_last if use else torch.contiguous_format
 
 
@@ -149,8 +159,9 @@ def _run(config: TrainConfig, genotype: CNNGenotype, out: Path, data_dir: str | 
     num_classes = config.model.num_classes or info.num_classes
     net_kwargs = {"channels": config.model.channels, "layers": config.model.layers, "num_classes": num_classes,
                   "auxiliary": config.model.auxiliary}
-    fmt = memory_format_for(ctx.device, opts.channels_last)
-    model = build_network(genotype, config.model.net, drop_path_prob=0.0, **net_kwargs).to(ctx.device, memory_format=fmt)
+    model = build_network(genotype, config.model.net, drop_path_prob=0.0, **net_kwargs)
+    fmt = memory_format_for(ctx.device, opts.channels_last, model)
+    model = model.to(ctx.device, memory_format=fmt)
     if ctx.rank:
         seed_everything(opts.seed + 1000 * ctx.rank)
     wrapped = wrap_ddp(model, ctx)
