@@ -12,6 +12,7 @@ from nasdeploy.pipeline.stages import (
     environment_line,
     export_trained_model,
     last_log_record,
+    latency_summary,
     publish_genotype,
     quote_path,
     source_arg,
@@ -132,19 +133,6 @@ def run_quantize_stage(ctx: StageContext) -> dict[str, Any]:
     return quantize_trained_model(ctx, net, "train/checkpoint.pt", data=data)
 
 
-def _latency_cells(results: dict[str, Any], backends: list[str]) -> dict[str, dict[str, Any]]:
-    """median/p90/p99/mean (and file size where the backend wrote a file) per backend that ran."""
-    cells = {}
-    for backend in backends:
-        res = results.get(backend) or {}
-        if res.get("status") == "ok":
-            cells[backend] = {k: res.get(k) for k in ("median_ms", "p90_ms", "p99_ms", "mean_ms")}
-            size = (res.get("settings") or {}).get("model_bytes")
-            if size is not None:
-                cells[backend]["model_bytes"] = size
-    return cells
-
-
 def _not_run(results: dict[str, Any], backends: list[str]) -> dict[str, dict[str, str]]:
     """Backends that were asked for but skipped or failed: their status and one-line reason."""
     return {b: {"status": results[b].get("status", "error"), "note": results[b].get("note", "")}
@@ -195,9 +183,9 @@ def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
         threads.update(_threads(results))
         name = ctx.config.name + " (found)" if label == "found" else label
         rows.append({"name": name, "found": label == "found", "params": data.get("params"), "macs": data.get("macs"),
-                     "latency": _latency_cells(results, backends), "not_run": _not_run(results, backends)})
+                     "latency": latency_summary(data, backends), "not_run": _not_run(results, backends)})
         if label == "found" and int8_backends:
-            cells = _latency_cells(results, int8_backends)
+            cells = latency_summary(data, int8_backends)
             rows.append({"name": f"{name}, INT8", "found": False, "int8": True, "params": data.get("params"),
                          "macs": data.get("macs"),
                          "latency": {FLOAT_TWIN[b]: {**cell, "backend": b} for b, cell in cells.items()},

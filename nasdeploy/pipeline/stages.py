@@ -10,7 +10,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from nasdeploy.pipeline.config import PipelineConfig
 
@@ -208,12 +208,18 @@ def environment_line(env: dict[str, Any]) -> str:
 
 
 
-def latency_summary(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """median/p90/p99/mean per backend that ran, from a profile result's dict."""
+def latency_summary(data: dict[str, Any], backends: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """median/p90/p99/mean (and the file size where the backend wrote one) per backend that ran, from a profile
+    result's dict; only `backends` when given."""
     latency = {}
     for backend, res in (data.get("latency", {}).get("results") or {}).items():
+        if backends is not None and backend not in backends:
+            continue
         if isinstance(res, dict) and res.get("status", "ok") == "ok":
             latency[backend] = {k: res.get(k) for k in ("median_ms", "p90_ms", "p99_ms", "mean_ms")}
+            size = (res.get("settings") or {}).get("model_bytes")
+            if size is not None:
+                latency[backend]["model_bytes"] = size
     return latency
 
 

@@ -31,11 +31,11 @@ ORT_BACKENDS = frozenset({"ort-cpu", "ort-cpu-1t", "ort-cuda", "ort-trt", *ORT_I
 EXECUTORCH_BACKENDS = ("executorch-fp32", "executorch-int8")
 BACKENDS = BACKENDS + EXECUTORCH_BACKENDS + ORT_INT8_BACKENDS
 BACKEND_GROUPS["executorch"] = EXECUTORCH_BACKENDS
-BACKEND_GROUPS["int8"] = ("ort-int8-cpu-1t", "executorch-int8")
 BACKEND_GROUPS["all"] = BACKENDS
 # An INT8 method (as export.int8 / profile.int8 name it) -> its latency backend and that backend's float twin.
 INT8_LATENCY_BACKENDS: dict[str, str] = {"ort": "ort-int8-cpu-1t", "executorch": "executorch-int8"}
 FLOAT_TWIN: dict[str, str] = {"ort-int8-cpu-1t": "ort-cpu-1t", "executorch-int8": "executorch-fp32"}
+BACKEND_GROUPS["int8"] = tuple(INT8_LATENCY_BACKENDS.values())
 
 
 @dataclass(frozen=True)
