@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
+from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.loop import classification_loss, search_step
-from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
+from nasdeploy.search.darts_cnn_loop import classification_loss, search_step
+from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.distributed import resolve_device
 
@@ -56,7 +57,7 @@ def _cpu_peak_bytes() -> int:
 def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int) -> torch.nn.Module:
     """The supernet to time: DARTS CNN (C = channels) or Auto-DeepLab (F = channels, B = blocks)."""
     if space == "autodeeplab":
-        return AutoDeepLabSupernet(ADLSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
+        return AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
                                                      num_classes=num_classes, mixed_op=impl))
     return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl)
 

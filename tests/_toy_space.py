@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
+from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_to_dict, get_genotype, save_genotype
 from nasdeploy.utils.files import write_json_atomic
 
 
-def toy_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The toy's 'validated config': the mapping itself, which must hold `steps`."""
-    if "steps" not in data:
-        from nasdeploy.errors import ConfigError
+@dataclass(frozen=True)
+class ToyConfig:
+    """The toy's search and training config: only `steps`, which must be given."""
 
-        raise ConfigError("toy config: steps is missing")
-    return dict(data)
+    steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            raise ConfigError("toy config: steps is missing")
 
 
 def _search(ctx: Any) -> dict[str, Any]:

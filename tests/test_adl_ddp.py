@@ -15,14 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
+from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
 from nasdeploy.data.segmentation import build_segmentation_dataset
 from nasdeploy.errors import ConfigError
-from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
+from nasdeploy.search.autodeeplab_loop import run_search
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
 from nasdeploy.tasks.segmentation import evaluate_miou
-from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, seg_train_config_from_dict
+from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.distributed import DistContext, local_batch_size, rank_worker_init
+from nasdeploy.utils.yamlconfig import from_dict
 
 # 8 training images: halves of 4, so each rank gets a different 2 of each half per step (global batch 4).
 # 3 validation images: rank 0 evaluates 2 and rank 1 one, so the summed confusion matrix must neither pad nor repeat.
@@ -56,7 +58,7 @@ def _recording(factory, made: list):
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
     import nasdeploy.search.autodeeplab_loop as search_loop
-    import nasdeploy.train.segmentation_loop as train_loop
+    import nasdeploy.train.autodeeplab_loop as train_loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -69,15 +71,15 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     # Each rank gets its own run directories so the test can see that only rank 0 writes.
     train_dirs = [os.path.join(root, name) for name in ("train0", "train1", "train_epoch1")]
     try:
-        search = run_adl_search(adl_search_config_from_dict(SEARCH), os.path.join(root, f"search{rank}"), progress=False)
+        search = run_search(from_dict(AutoDeepLabSearchConfig, SEARCH), os.path.join(root, f"search{rank}"), progress=False)
         # Training stops after epoch 1; rank 1 then resumes from a copy of rank 0's directory (as from a shared
         # one), each rank restoring its own RNG state. The copy also feeds the single-process resume test.
-        run_segmentation_training(seg_train_config_from_dict(TRAIN), None, train_dirs[rank], progress=False, stop_after_epoch=1)
+        run_training(from_dict(AutoDeepLabTrainConfig, TRAIN), None, train_dirs[rank], progress=False, stop_after_epoch=1)
         if rank == 0:
             for target in train_dirs[1:]:
                 shutil.copytree(train_dirs[0], target)
         dist.barrier()
-        train = run_segmentation_training(seg_train_config_from_dict(TRAIN), None, train_dirs[rank], progress=False)
+        train = run_training(from_dict(AutoDeepLabTrainConfig, TRAIN), None, train_dirs[rank], progress=False)
     finally:
         dist.destroy_process_group()
     torch.save({"search": dataclasses.asdict(search), "train": dataclasses.asdict(train),
@@ -107,7 +109,7 @@ def test_search_alpha_beta_bitwise_identical_and_moved(ranks):
     saved = load_checkpoint(root / "search0" / "checkpoint.pt")["model"]
     assert torch.equal(saved["alphas"], r0["arch"][0]) and torch.equal(saved["betas"], r0["arch"][1])
     torch.manual_seed(0)
-    init = AutoDeepLabSupernet(adl_search_config_from_dict(SEARCH).supernet)
+    init = AutoDeepLabSupernet(from_dict(AutoDeepLabSearchConfig, SEARCH).supernet)
     # 2 Adam steps at lr 0.01 move alpha/beta far beyond their 1e-3 * N(0, 1) initialisation.
     assert (r0["arch"][0] - init.alphas.detach()).abs().max() > 5e-3
     assert (r0["arch"][1] - init.betas.detach()).abs().max() > 5e-3
@@ -144,14 +146,14 @@ def test_sharded_val_miou_equals_single_process(ranks):
     root, (r0, _) = ranks
     torch.set_num_threads(1)
     # Segmentation net: the saved model on the whole validation set, in this one process.
-    train_cfg = seg_train_config_from_dict(TRAIN)
+    train_cfg = from_dict(AutoDeepLabTrainConfig, TRAIN)
     val = DataLoader(build_segmentation_dataset(train_cfg.data, "val", train=False), batch_size=1)
     single = evaluate_miou(load_segmentation_model(root / "train0" / "model.pt"), val, 4, torch.device("cpu"))
     assert r0["train"]["val_miou"] == single["miou"]
     summary = json.loads((root / "train0" / "done.json").read_text())
     assert summary["val_pixel_acc"] == single["pixel_acc"]
     # Supernet: the last checkpoint (written right after the last evaluation).
-    search_cfg = adl_search_config_from_dict(SEARCH)
+    search_cfg = from_dict(AutoDeepLabSearchConfig, SEARCH)
     supernet = AutoDeepLabSupernet(search_cfg.supernet)
     supernet.load_state_dict(load_checkpoint(root / "search0" / "checkpoint.pt")["model"])
     val = DataLoader(build_segmentation_dataset(search_cfg.data, "val", train=False), batch_size=1)
@@ -161,11 +163,11 @@ def test_sharded_val_miou_equals_single_process(ranks):
 def test_single_process_resumes_a_two_process_checkpoint_deterministically(ranks, tmp_path):
     root, _ = ranks
     torch.set_num_threads(1)
-    cfg = seg_train_config_from_dict(TRAIN)
+    cfg = from_dict(AutoDeepLabTrainConfig, TRAIN)
     weights = []
     for name in ("a", "b"):  # 2 saved RNG states, 1 process: re-seeded by (epoch, rank), the same every time
         shutil.copytree(root / "train_epoch1", tmp_path / name)
-        weights.append(load_checkpoint(run_segmentation_training(cfg, None, tmp_path / name, progress=False).model_path)["model"])
+        weights.append(load_checkpoint(run_training(cfg, None, tmp_path / name, progress=False).model_path)["model"])
         assert json.loads((tmp_path / name / "done.json").read_text())["finished"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 

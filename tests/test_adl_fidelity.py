@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
+from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig, AutoDeepLabTrainConfig
+from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
+from nasdeploy.utils.yamlconfig import from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,7 +21,7 @@ def _conv_widths(head: nn.Module) -> set[int]:
 @pytest.mark.parametrize("layers", [3, 4])
 def test_search_heads_are_as_wide_as_their_nodes(layers):
     # Paper: each ASPP branch at stride s has B * F * s / 4 filters (F=2, B=2: 4, 8, 16, 32).
-    model = AutoDeepLabSupernet(ADLSupernetConfig(layers=layers, filter_multiplier=2, blocks=2, num_classes=3,
+    model = AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=layers, filter_multiplier=2, blocks=2, num_classes=3,
                                                   stem_channels=4, mixed_op="reference"))
     expected = {j: 2 * 2 * 2**j for j in range(min(layers, 3) + 1)}
     assert {int(j): _conv_widths(h) for j, h in model.heads.items()} == {j: {c} for j, c in expected.items()}
@@ -27,7 +29,7 @@ def test_search_heads_are_as_wide_as_their_nodes(layers):
 
 
 def test_search_heads_fixed_width_override():
-    model = AutoDeepLabSupernet(ADLSupernetConfig(layers=3, filter_multiplier=2, blocks=2, num_classes=3,
+    model = AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=3, filter_multiplier=2, blocks=2, num_classes=3,
                                                   stem_channels=4, aspp_channels=6, mixed_op="reference"))
     assert all(_conv_widths(h) == {6} for h in model.heads.values())
 
@@ -136,19 +138,19 @@ def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
     import json
 
     import nasdeploy.nets.autodeeplab as adl_net
-    from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, \
+    from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training, \
         seg_train_config_from_dict
 
     seen: list[float] = []
     real = adl_net.drop_path
     monkeypatch.setattr(adl_net, "drop_path", lambda x, p: seen.append(p) or real(x, p))
-    cfg = seg_train_config_from_dict({
+    cfg = from_dict(AutoDeepLabTrainConfig, {
         "net": {"filter_multiplier": 2, "aspp_channels": 4, "decoder_channels": 4, "low_level_channels": 4,
                 "bn_momentum": 3e-4, "bn_eps": 1e-3},
         "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 2, "num_val": 1, "crop_size": [32, 32]},
         "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 2, "threads": 1, "drop_path_prob": 0.4},
     })
-    result = run_segmentation_training(cfg, None, tmp_path, progress=False)
+    result = run_training(cfg, None, tmp_path, progress=False)
     # Linear in the iteration over 4 steps: 0 (no drop), 0.1, 0.2, 0.3; 12 cells x 10 ops per forward,
     # the last cell at the full value.
     assert len(seen) == 3 * 120
@@ -166,10 +168,9 @@ def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
 ])
 def test_recipe_options_are_validated(section, key, value, match):
     from nasdeploy.errors import ConfigError
-    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
 
     with pytest.raises(ConfigError, match=match):
-        seg_train_config_from_dict({section: {key: value}})
+        from_dict(AutoDeepLabTrainConfig, {section: {key: value}})
 
 
 def test_cityscapes_train_config_carries_the_published_recipe():
@@ -177,13 +178,12 @@ def test_cityscapes_train_config_carries_the_published_recipe():
 
     import yaml
 
-    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
 
     root = Path(__file__).resolve().parents[1]
-    cfg = seg_train_config_from_dict(yaml.safe_load((root / "configs" / "adl_cityscapes_train.yaml").read_text()))
+    cfg = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "adl_cityscapes_train.yaml").read_text()))
     assert (cfg.net.bn_momentum, cfg.net.bn_eps) == (pytest.approx(1 - 0.9997), 1e-3)
     assert cfg.train.epochs * cfg.train.steps_per_epoch == 1_500_000 and cfg.train.drop_path_prob > 0
-    demo = seg_train_config_from_dict(yaml.safe_load((root / "configs" / "adl_demo_train.yaml").read_text()))
+    demo = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "adl_demo_train.yaml").read_text()))
     assert demo.train.drop_path_prob == 0 and demo.net.bn_momentum == 0.1  # the demo stays quick to converge
 
 
@@ -233,7 +233,8 @@ def test_architect_step_returns_the_architecture_loss(order):
 def test_search_logs_the_arch_loss_without_an_extra_forward(tmp_path, monkeypatch):
     import json
 
-    from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
+    from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig
+    from nasdeploy.search.autodeeplab_loop import run_search
     from nasdeploy.utils.checkpoint import load_checkpoint
 
     training_forwards = []
@@ -245,12 +246,12 @@ def test_search_logs_the_arch_loss_without_an_extra_forward(tmp_path, monkeypatc
         return real_forward(self, x)
 
     monkeypatch.setattr(AutoDeepLabSupernet, "forward", counting_forward)
-    cfg = adl_search_config_from_dict({
+    cfg = from_dict(AutoDeepLabSearchConfig, {
         "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
         "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 4, "num_val": 1, "crop_size": [32, 32]},
         "search": {"epochs": 1, "arch_start_epoch": 0, "batch_size": 2, "steps_per_epoch": 2, "threads": 1},
     })
-    run_adl_search(cfg, tmp_path, progress=False)
+    run_search(cfg, tmp_path, progress=False)
     # Per step: one architecture forward on half B and one weight forward on half A, nothing else.
     assert len(training_forwards) == 2 * 2
     state = load_checkpoint(tmp_path / "checkpoint.pt")["model"]

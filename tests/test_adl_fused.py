@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
 from nasdeploy.kernels import TermKind
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.ops.autodeeplab import AtrousConv
-from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet
+from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
 from nasdeploy.spaces.fused_mixer import FusionOptions, decompose
 from nasdeploy.spaces.mixing import MixedEdge
 
@@ -27,7 +28,7 @@ def ext():
 
 def _supernet(mixer: str) -> AutoDeepLabSupernet:
     torch.manual_seed(0)
-    return AutoDeepLabSupernet(ADLSupernetConfig(**CONFIG, mixed_op=mixer)).double().train()
+    return AutoDeepLabSupernet(AutoDeepLabSupernetConfig(**CONFIG, mixed_op=mixer)).double().train()
 
 
 def test_every_auto_deeplab_candidate_decomposes_into_a_kernel_term():

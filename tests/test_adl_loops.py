@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from nasdeploy.cli.main import main
+from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
-from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search, split_halves
+from nasdeploy.search.autodeeplab_loop import run_search, split_halves
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
-from nasdeploy.train.segmentation_loop import load_segmentation_model, run_segmentation_training, seg_train_config_from_dict
+from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training
 from nasdeploy.utils.checkpoint import load_checkpoint
+from nasdeploy.utils.yamlconfig import from_dict
 
 SEARCH = {
     "supernet": {"layers": 2, "filter_multiplier": 2, "blocks": 2, "stem_channels": 4, "mixed_op": "reference"},
@@ -42,8 +44,8 @@ def test_halves_are_disjoint_and_cover():
 
 
 def test_search_protocol_artifacts_and_exact_resume(tmp_path):
-    cfg = adl_search_config_from_dict(SEARCH)
-    full = run_adl_search(cfg, tmp_path / "full", progress=False)
+    cfg = from_dict(AutoDeepLabSearchConfig, SEARCH)
+    full = run_search(cfg, tmp_path / "full", progress=False)
     records = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["arch_updates"] for r in records] == [False, True]
     assert all(0.0 <= r["val_miou"] <= 1.0 for r in records)
@@ -51,16 +53,16 @@ def test_search_protocol_artifacts_and_exact_resume(tmp_path):
     assert g.layers == 2 and g.blocks == 2 and full.epochs_done == 2
 
     # Interrupted after epoch 1: alpha and beta are still at their initial values (no arch update yet).
-    part = run_adl_search(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
+    part = run_search(cfg, tmp_path / "part", progress=False, stop_after_epoch=1)
     assert part.epochs_done == 1
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     torch.manual_seed(0)
-    init = AutoDeepLabSupernet(adl_search_config_from_dict(
+    init = AutoDeepLabSupernet(from_dict(AutoDeepLabSearchConfig, 
         {**SEARCH, "supernet": {**SEARCH["supernet"], "num_classes": 4}}).supernet)
     assert torch.equal(state["model"]["betas"], init.betas.detach())
     assert torch.equal(state["model"]["alphas"], init.alphas.detach())
     # Resuming finishes with exactly the uninterrupted run's architecture.
-    resumed = run_adl_search(cfg, tmp_path / "part", progress=False)
+    resumed = run_search(cfg, tmp_path / "part", progress=False)
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["model"]
     torch.testing.assert_close(a["betas"], b["betas"], rtol=0, atol=1e-6)
@@ -68,28 +70,28 @@ def test_search_protocol_artifacts_and_exact_resume(tmp_path):
     assert not torch.equal(a["betas"], init.betas.detach())
     assert resumed.path == full.path
 
-    changed = adl_search_config_from_dict({**SEARCH, "search": {**SEARCH["search"], "lr": 0.1}})
+    changed = from_dict(AutoDeepLabSearchConfig, {**SEARCH, "search": {**SEARCH["search"], "lr": 0.1}})
     with pytest.raises(ConfigError, match="different config"):
-        run_adl_search(changed, tmp_path / "full", progress=False)
+        run_search(changed, tmp_path / "full", progress=False)
 
 
 def test_config_errors_are_one_line():
     with pytest.raises(ConfigError, match=r"unknown config key 'search.epoch'; did you mean 'search.epochs'\? \(valid: epochs"):
-        adl_search_config_from_dict({"search": {"epoch": 3}})
+        from_dict(AutoDeepLabSearchConfig, {"search": {"epoch": 3}})
     with pytest.raises(ConfigError, match="batch_size >= 2"):
-        adl_search_config_from_dict({"search": {"batch_size": 1}})
+        from_dict(AutoDeepLabSearchConfig, {"search": {"batch_size": 1}})
     with pytest.raises(ConfigError, match="net.filter_multiplier must be an integer"):
-        seg_train_config_from_dict({"net": {"filter_multiplier": "20"}})
+        from_dict(AutoDeepLabTrainConfig, {"net": {"filter_multiplier": "20"}})
 
 
 def test_training_writes_a_model_that_reloads(tmp_path):
-    result = run_segmentation_training(seg_train_config_from_dict(TRAIN), None, tmp_path, progress=False)
+    result = run_training(from_dict(AutoDeepLabTrainConfig, TRAIN), None, tmp_path, progress=False)
     summary = json.loads((tmp_path / "done.json").read_text())
     assert summary["finished"] and 0.0 <= summary["val_miou"] <= 1.0 and summary["majority_class_miou"] > 0
     model = load_segmentation_model(result.model_path)
     x = torch.randn(1, 3, 24, 24)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["kind"] == "adl_train" and state["meta"]["epoch"] == 2
+    assert state["kind"] == "train" and state["meta"]["space"] == "autodeeplab" and state["meta"]["epoch"] == 2
     with torch.no_grad():
         assert model(x).shape == (1, 4, 24, 24)
 
@@ -107,7 +109,7 @@ def test_cli_search_and_decode(tmp_path, capsys):
         main(["adl", "train", str(config), "-o", str(tmp_path / "t")])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: adl train config: unknown config key 'search' (valid: net, data, train)") and err.count("\n") == 1
+    assert err.startswith("error: unknown config key 'search' (valid: net, data, train)") and err.count("\n") == 1
 
 
 def test_demo_training_beats_majority_class_and_exports(tmp_path):
@@ -117,14 +119,14 @@ def test_demo_training_beats_majority_class_and_exports(tmp_path):
     from nasdeploy.genotypes import get_genotype, make_adl_genotype, save_genotype
 
     genotype = save_genotype(make_adl_genotype(get_genotype("AutoDeepLab").cell, [0, 0, 0, 1]), tmp_path / "g.json")
-    cfg = seg_train_config_from_dict({
+    cfg = from_dict(AutoDeepLabTrainConfig, {
         "net": {"genotype": str(genotype), "filter_multiplier": 4, "aspp_channels": 16, "decoder_channels": 16,
                 "low_level_channels": 8, "dropout": 0.0},
         "data": {"dataset": "synthetic", "image_size": [64, 64], "num_train": 64, "num_val": 16,
                  "crop_size": [64, 64], "scale_range": [0.75, 1.25]},
         "train": {"epochs": 8, "batch_size": 8, "lr": 0.2, "threads": 1},
     })
-    result = run_segmentation_training(cfg, None, tmp_path / "run", progress=False)
+    result = run_training(cfg, None, tmp_path / "run", progress=False)
     assert result.val_miou > result.majority_miou + 0.2, (result.val_miou, result.majority_miou)
 
     model = load_segmentation_model(result.model_path)

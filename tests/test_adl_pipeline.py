@@ -118,13 +118,13 @@ def test_pipeline_config_errors_name_the_problem():
 
 @pytest.mark.parametrize("name", ["pipeline_adl_demo.yaml", "pipeline_adl_cityscapes.yaml"])
 def test_shipped_adl_pipeline_configs_validate(name):
-    from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict
-    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+    from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
     cfg = load_pipeline_config(CONFIGS / name)
     assert cfg.space == "autodeeplab" and cfg.profile.net == "segmentation"
-    search = adl_search_config_from_dict(cfg.search)
-    train = seg_train_config_from_dict(cfg.train)
+    search = from_dict(AutoDeepLabSearchConfig, cfg.search)
+    train = from_dict(AutoDeepLabTrainConfig, cfg.train)
     if "cityscapes" in name:
         assert search.supernet.layers == 12 and search.search.epochs == 40 and search.search.arch_start_epoch == 20
         assert train.net.filter_multiplier == 20 and cfg.profile.input_size == (1024, 2048)

@@ -18,9 +18,10 @@ from nasdeploy.spaces.autodeeplab_decode import (
     path_log_probability,
     viterbi_path,
 )
-from nasdeploy.spaces.autodeeplab import ADLSupernetConfig, AutoDeepLabSupernet, outgoing_softmax, transition_mask
+from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
+from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet, outgoing_softmax, transition_mask
 
-TINY = ADLSupernetConfig(layers=4, filter_multiplier=2, blocks=2, num_classes=3, stem_channels=4, mixed_op="reference")
+TINY = AutoDeepLabSupernetConfig(layers=4, filter_multiplier=2, blocks=2, num_classes=3, stem_channels=4, mixed_op="reference")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention

@@ -10,16 +10,17 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from nasdeploy.config.darts_cnn import CostOptions, DartsCnnSearchConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES
 from nasdeploy.profile import cost_table_build as ctb
 from nasdeploy.profile.cost_table import save_cost_table
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.config import CostOptions, load_search_config
 from nasdeploy.search.cost import ExpectedCost
-from nasdeploy.search.loop import classification_loss, run_search
+from nasdeploy.search.darts_cnn_loop import classification_loss, run_search
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
+from nasdeploy.utils.yamlconfig import load_config
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,15 @@ def hand_expected(table, a_normal, a_reduce, metric="macs"):
 
 
 def test_config_section_is_validated_at_load(table_file):
-    cfg = load_search_config(None, [f"search.cost.table={table_file}", "search.cost.target=5000000"])
+    cfg = load_config(DartsCnnSearchConfig, None, [f"search.cost.table={table_file}", "search.cost.target=5000000"])
     assert cfg.search.cost == CostOptions(table=table_file, target=5e6)
-    assert load_search_config(None, []).search.cost is None
+    assert load_config(DartsCnnSearchConfig, None, []).search.cost is None
     for bad, match in (("search.cost.metric=flops", "metric"), ("search.cost.form=square", "form"),
                        ("search.cost.target=-1", "target"), ("search.cost.value=mean", "value"), ("search.cost.weight=-0.5", "weight")):
         with pytest.raises(ConfigError, match=match):
-            load_search_config(None, [f"search.cost.table={table_file}", bad])
+            load_config(DartsCnnSearchConfig, None, [f"search.cost.table={table_file}", bad])
     with pytest.raises(ConfigError, match="table"):
-        load_search_config(None, ["search.cost.target=5"])
+        load_config(DartsCnnSearchConfig, None, ["search.cost.target=5"])
 
 
 def test_expected_cost_matches_hand_computation_and_one_hot_sums(table):
@@ -155,9 +156,9 @@ TINY = ["data.dataset=demo", "data.demo_train_size=32", "model.channels=4", "mod
 
 
 def test_budget_lowers_the_derived_macs_on_a_tiny_search(tmp_path, table_file, table):
-    free = run_search(load_search_config(None, TINY), tmp_path / "free", progress=False)
+    free = run_search(load_config(DartsCnnSearchConfig, None, TINY), tmp_path / "free", progress=False)
     budget = 0.6 * table.genotype_cost(free.genotype)
-    constrained = run_search(load_search_config(None, TINY + [
+    constrained = run_search(load_config(DartsCnnSearchConfig, None, TINY + [
         f"search.cost.table={table_file}", f"search.cost.target={int(budget)}", "search.cost.weight=10.0"]),
         tmp_path / "budget", progress=False)
     records = [json.loads(line) for line in (tmp_path / "budget" / "log.jsonl").read_text().splitlines()]

@@ -12,15 +12,17 @@ import pytest
 from nasdeploy.cli.main import main
 from nasdeploy.data.segmentation import SegDataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.search.autodeeplab_loop import ADLSearchConfig, ADLSearchOptions, adl_search_config_from_dict
-from nasdeploy.search.config import SearchConfig, load_search_config, search_config_from_dict
-from nasdeploy.search.rnn_config import RNNSearchConfig, load_rnn_search_config
-from nasdeploy.train.config import TrainConfig, train_config_from_dict
-from nasdeploy.train.rnn_config import RNNTrainConfig, load_rnn_train_config
-from nasdeploy.train.segmentation_loop import SegTrainConfig, SegTrainOptions, seg_train_config_from_dict
-from nasdeploy.utils.yamlconfig import ALLOW_NONFINITE, from_dict
+from nasdeploy.config.autodeeplab import (
+    AutoDeepLabSearchConfig,
+    AutoDeepLabSearchOptions,
+    AutoDeepLabTrainConfig,
+    AutoDeepLabTrainOptions,
+)
+from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
+from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnTrainConfig
+from nasdeploy.utils.yamlconfig import ALLOW_NONFINITE, apply_overrides, from_dict, load_config
 
-ROOTS = [SearchConfig, TrainConfig, RNNSearchConfig, RNNTrainConfig, ADLSearchConfig, SegTrainConfig]
+ROOTS = [DartsCnnSearchConfig, DartsCnnTrainConfig, DartsRnnSearchConfig, DartsRnnTrainConfig, AutoDeepLabSearchConfig, AutoDeepLabTrainConfig]
 
 
 def _float_keys(cls: type, where: str = "") -> list[tuple[str, int | None]]:
@@ -64,7 +66,7 @@ def test_every_float_field_refuses_non_finite(root, bad):
 
 
 def test_float_keys_cover_the_tuples():
-    keys = dict(_float_keys(SearchConfig))
+    keys = dict(_float_keys(DartsCnnSearchConfig))
     assert keys["search.arch_betas"] == 2 and keys["search.lr"] is None and keys["data.mean"] == 3
 
 
@@ -87,7 +89,7 @@ def test_float_keys_cover_the_tuples():
 ])
 def test_darts_search_values(override, message):
     with pytest.raises(ConfigError) as err:
-        search_config_from_dict({"data": {"dataset": "demo"}}, [override])
+        from_dict(DartsCnnSearchConfig, apply_overrides({"data": {"dataset": "demo"}}, [override]))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -101,21 +103,21 @@ def test_darts_search_values(override, message):
 ])
 def test_darts_train_values(override, message):
     with pytest.raises(ConfigError) as err:
-        train_config_from_dict({"data": {"dataset": "demo"}}, [override])
+        from_dict(DartsCnnTrainConfig, apply_overrides({"data": {"dataset": "demo"}}, [override]))
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("load, override, message", [
-    (load_rnn_search_config, "search.arch_betas=[0.9,1]", "search.arch_betas must hold two values in [0, 1)"),
-    (load_rnn_search_config, "search.weight_decay=-1", "search.weight_decay must be >= 0"),
-    (load_rnn_search_config, "model.dropoutx=1", "model.dropoutx must be a probability in [0, 1)"),
-    (load_rnn_search_config, "search.lr=.inf", "search.lr must be a finite number, got inf"),
-    (load_rnn_train_config, "train.beta_tar=-1", "train.beta_tar must be >= 0"),
-    (load_rnn_train_config, "model.dropouth=.nan", "model.dropouth must be a finite number, got nan"),
+@pytest.mark.parametrize("cls, override, message", [
+    (DartsRnnSearchConfig, "search.arch_betas=[0.9,1]", "search.arch_betas must hold two values in [0, 1)"),
+    (DartsRnnSearchConfig, "search.weight_decay=-1", "search.weight_decay must be >= 0"),
+    (DartsRnnSearchConfig, "model.dropoutx=1", "model.dropoutx must be a probability in [0, 1)"),
+    (DartsRnnSearchConfig, "search.lr=.inf", "search.lr must be a finite number, got inf"),
+    (DartsRnnTrainConfig, "train.beta_tar=-1", "train.beta_tar must be >= 0"),
+    (DartsRnnTrainConfig, "model.dropouth=.nan", "model.dropouth must be a finite number, got nan"),
 ])
-def test_rnn_values(load, override, message):
+def test_rnn_values(cls, override, message):
     with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        load(None, [override])
+        load_config(cls, None, [override])
 
 
 @pytest.mark.parametrize("section, values, message", [
@@ -132,7 +134,7 @@ def test_rnn_values(load, override, message):
 ])
 def test_adl_search_values(section, values, message):
     with pytest.raises(ConfigError) as err:
-        adl_search_config_from_dict({section: values})
+        from_dict(AutoDeepLabSearchConfig, {section: values})
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -147,15 +149,15 @@ def test_adl_search_values(section, values, message):
 ])
 def test_adl_train_values(section, values, message):
     with pytest.raises(ConfigError) as err:
-        seg_train_config_from_dict({section: values})
+        from_dict(AutoDeepLabTrainConfig, {section: values})
     assert message in str(err.value)
 
 
 def test_validators_refuse_nan_without_the_loader():
     with pytest.raises(ConfigError, match="search.grad_clip must be positive, got nan"):
-        ADLSearchOptions(grad_clip=math.nan)
+        AutoDeepLabSearchOptions(grad_clip=math.nan)
     with pytest.raises(ConfigError, match="train.weight_decay must be >= 0, got nan"):
-        SegTrainOptions(weight_decay=math.nan)
+        AutoDeepLabTrainOptions(weight_decay=math.nan)
 
 
 def test_defaults_and_shipped_sizes_still_validate():

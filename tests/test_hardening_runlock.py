@@ -111,10 +111,11 @@ def test_a_second_search_into_the_same_directory_is_refused_while_the_first_runs
 
 def test_a_refused_run_leaves_no_directory(tmp_path):
     from nasdeploy.errors import ConfigError
-    from nasdeploy.search.config import load_search_config
-    from nasdeploy.search.loop import run_search
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig
+    from nasdeploy.utils.yamlconfig import load_config
+    from nasdeploy.search.darts_cnn_loop import run_search
 
-    config = load_search_config(CONFIGS / "demo_search.yaml", ["search.batch_size=100000"])
+    config = load_config(DartsCnnSearchConfig, CONFIGS / "demo_search.yaml", ["search.batch_size=100000"])
     with pytest.raises(ConfigError, match="fewer than one batch"):
         run_search(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

@@ -102,23 +102,23 @@ def test_bad_input_errors(tmp_path, finished_run):
 
 
 def test_builtin_demo_config_loads_and_validates():
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
     cfg = load_pipeline_config(None, ["train.train.epochs=3"])
     assert cfg.name == "demo" and cfg.train["train"]["epochs"] == 3
-    search_config_from_dict(cfg.search)
-    train_config_from_dict(cfg.train)
+    from_dict(DartsCnnSearchConfig, cfg.search)
+    from_dict(DartsCnnTrainConfig, cfg.train)
 
 
 @pytest.mark.parametrize("name", ["pipeline_cifar10.yaml", "pipeline_imagenet_mobile.yaml"])
 def test_shipped_pipeline_configs_validate(name):
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
     cfg = load_pipeline_config(Path(__file__).parent.parent / "configs" / name)
-    search = search_config_from_dict(cfg.search)
-    train = train_config_from_dict(cfg.train)
+    search = from_dict(DartsCnnSearchConfig, cfg.search)
+    train = from_dict(DartsCnnTrainConfig, cfg.train)
     assert search.search.epochs == 50 and search.model.channels == 16 and search.model.layers == 8
     assert train.model.net == ("imagenet" if "imagenet" in name else "cifar")
 

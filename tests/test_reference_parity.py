@@ -15,8 +15,8 @@ import torch
 
 from nasdeploy.nets import build_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.loop import classification_loss
-from nasdeploy.search.rnn_architect import RecurrentArchitect, clip_coefficient
+from nasdeploy.search.darts_cnn_loop import classification_loss
+from nasdeploy.search.darts_rnn_architect import RecurrentArchitect, clip_coefficient
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.tasks.language_model import LMBatch, architect_loss

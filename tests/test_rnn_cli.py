@@ -21,7 +21,7 @@ def run(argv, capsys):
 
 TINY = ["data.demo_train_sentences=40", "data.demo_valid_sentences=10", "data.demo_test_sentences=6",
         "model.emsize=8", "model.nhid=8", "model.steps=2", "search.epochs=1", "search.batch_size=4",
-        "search.bptt=5", "search.max_batches_per_epoch=2", "search.progress=false", "search.threads=1"]
+        "search.bptt=5", "search.max_batches_per_epoch=2", "search.threads=1"]
 
 
 def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
     assert "genotype:" in out and (tmp_path / "s" / "genotype.json").is_file()
     train = ["data.demo_train_sentences=40", "data.demo_valid_sentences=10", "data.demo_test_sentences=6",
              "model.emsize=8", "model.nhid=8", "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4",
-             "train.bptt=5", "train.max_batches_per_epoch=2", "train.progress=false", "train.threads=1"]
+             "train.bptt=5", "train.max_batches_per_epoch=2", "train.threads=1"]
     code, out, err = run(["rnn", "train", "--genotype", str(tmp_path / "s" / "genotype.json"),
                           "--out", str(tmp_path / "t"), *train], capsys)
     assert code == 0, err

@@ -7,35 +7,35 @@ import json
 import pytest
 import torch
 
+from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnTrainConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
 from nasdeploy.nets.rnn import load_rnn_lm
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.rnn_config import load_rnn_search_config
-from nasdeploy.search.rnn_loop import load_search_checkpoint_model, run_rnn_search
+from nasdeploy.search.darts_rnn_loop import load_search_checkpoint_model, run_search
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
-from nasdeploy.train import rnn_loop
 from nasdeploy.tasks.language_model import LMBatch, architect_loss
-from nasdeploy.train.rnn_config import load_rnn_train_config
-from nasdeploy.train.rnn_loop import averaged_weights, run_rnn_training, should_switch_to_asgd
+from nasdeploy.train import darts_rnn_loop
+from nasdeploy.train.darts_rnn_loop import averaged_weights, run_training, should_switch_to_asgd
 from nasdeploy.utils.checkpoint import load_checkpoint
+from nasdeploy.utils.yamlconfig import load_config
 
 TINY_DATA = ["data.demo_train_sentences=50", "data.demo_valid_sentences=12", "data.demo_test_sentences=6"]
 TINY_SEARCH = TINY_DATA + [
     "model.emsize=8", "model.nhid=8", "model.steps=3", "search.epochs=2", "search.batch_size=4", "search.bptt=6",
-    "search.max_seq_len_delta=2", "search.max_batches_per_epoch=2", "search.lr=2.0", "search.progress=false",
+    "search.max_seq_len_delta=2", "search.max_batches_per_epoch=2", "search.lr=2.0",
     "search.threads=1",
 ]
 TINY_TRAIN = TINY_DATA + [
     "model.emsize=8", "model.nhid=8", "train.epochs=3", "train.batch_size=4", "train.eval_batch_size=4",
     "train.test_batch_size=2", "train.bptt=6", "train.max_seq_len_delta=2", "train.max_batches_per_epoch=3",
-    "train.nonmono=1", "train.progress=false", "train.threads=1",
+    "train.nonmono=1", "train.threads=1",
 ]
 
 
 def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path, capsys):
-    config = load_rnn_search_config(None, TINY_SEARCH)
-    straight = run_rnn_search(config, tmp_path / "a", progress=False)
+    config = load_config(DartsRnnSearchConfig, None, TINY_SEARCH)
+    straight = run_search(config, tmp_path / "a", progress=False)
     assert straight.finished and straight.epochs_done == 2
     for name in ("genotype.json", "alphas.jsonl", "log.jsonl", "checkpoint.pt", "config.yaml", "vocab.json", "done.json"):
         assert (tmp_path / "a" / name).is_file(), name
@@ -43,9 +43,9 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path, capsys):
     alphas_log = [json.loads(line) for line in (tmp_path / "a" / "alphas.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in alphas_log] == [1, 2] and len(alphas_log[-1]["alphas"]) == 6
 
-    stopped = run_rnn_search(config, tmp_path / "b", stop_after_epoch=1, progress=False)
+    stopped = run_search(config, tmp_path / "b", stop_after_epoch=1, progress=False)
     assert not stopped.finished and not (tmp_path / "b" / "done.json").exists()
-    resumed = run_rnn_search(config, tmp_path / "b", progress=False)
+    resumed = run_search(config, tmp_path / "b", progress=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
     assert not torch.equal(a["alphas"], torch.zeros_like(a["alphas"]))
@@ -54,12 +54,12 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path, capsys):
     assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
 
     capsys.readouterr()
-    again = run_rnn_search(config, tmp_path / "a")  # finished: not redone
-    assert again.genotype == straight.genotype and "already finished" in capsys.readouterr().out
-    other = load_rnn_search_config(None, TINY_SEARCH + ["search.lr=3.0"])
+    again = run_search(config, tmp_path / "a")  # finished: not redone
+    assert again.genotype == straight.genotype and "is finished; nothing to do" in capsys.readouterr().out
+    other = load_config(DartsRnnSearchConfig, None, TINY_SEARCH + ["search.lr=3.0"])
     (tmp_path / "a" / "done.json").unlink()
     with pytest.raises(ConfigError, match=r"different config .*search.lr: 2.0 there vs 3.0 now"):
-        run_rnn_search(other, tmp_path / "a", progress=False)
+        run_search(other, tmp_path / "a", progress=False)
 
 
 def test_architect_steps_the_alphas_with_fixed_dropout_masks():
@@ -106,9 +106,9 @@ def test_averaged_weights_swaps_in_and_restores():
 
 
 def test_training_switches_to_asgd_saves_best_and_resumes_bitwise(tmp_path, monkeypatch):
-    monkeypatch.setattr(rnn_loop, "should_switch_to_asgd", lambda history, loss, nonmono: len(history) == 1)
-    config = load_rnn_train_config(None, TINY_TRAIN)
-    straight = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "a", progress=False)
+    monkeypatch.setattr(darts_rnn_loop, "should_switch_to_asgd", lambda history, loss, nonmono: len(history) == 1)
+    config = load_config(DartsRnnTrainConfig, None, TINY_TRAIN)
+    straight = run_training(config, "DARTS_V2_RNN", tmp_path / "a", progress=False)
     assert straight.finished and straight.asgd_epoch == 2 and straight.test_ppl > 1.0
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["optimizer"] for r in log] == ["sgd", "asgd", "asgd"]
@@ -117,21 +117,21 @@ def test_training_switches_to_asgd_saves_best_and_resumes_bitwise(tmp_path, monk
     model = load_rnn_lm(tmp_path / "a" / "best.pt")
     assert model.ntokens == final["corpus"]["vocab"] and not model.training
 
-    run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", stop_after_epoch=2, progress=False)  # stops in ASGD
-    resumed = run_rnn_training(config, "DARTS_V2_RNN", tmp_path / "b", progress=False)
+    run_training(config, "DARTS_V2_RNN", tmp_path / "b", stop_after_epoch=2, progress=False)  # stops in ASGD
+    resumed = run_training(config, "DARTS_V2_RNN", tmp_path / "b", progress=False)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert resumed.best_valid_ppl == straight.best_valid_ppl and resumed.test_ppl == straight.test_ppl
     with pytest.raises(ConfigError, match="genotype"):
         (tmp_path / "b" / "done.json").unlink()
-        run_rnn_training(config, "DARTS_V1_RNN", tmp_path / "b", progress=False)
+        run_training(config, "DARTS_V1_RNN", tmp_path / "b", progress=False)
 
 
 def test_second_order_search_runs_and_its_checkpoint_rebuilds_the_supernet(tmp_path):
-    config = load_rnn_search_config(None, TINY_SEARCH + ["search.order=second", "search.epochs=1",
+    config = load_config(DartsRnnSearchConfig, None, TINY_SEARCH + ["search.order=second", "search.epochs=1",
                                                          "search.max_batches_per_epoch=1"])
-    result = run_rnn_search(config, tmp_path, progress=False)
+    result = run_search(config, tmp_path, progress=False)
     assert result.finished and result.genotype.steps == 3
     model, ckpt = load_search_checkpoint_model(tmp_path / "checkpoint.pt")
     assert torch.equal(model.alphas, ckpt["model"]["alphas"])

@@ -8,21 +8,20 @@ from pathlib import Path
 import pytest
 
 from nasdeploy.cli.main import main
+from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnTrainConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.config import load_pipeline_config
 from nasdeploy.pipeline.runner import run_pipeline
-from nasdeploy.search.rnn_config import load_rnn_search_config
-from nasdeploy.train.rnn_config import load_rnn_train_config
-from nasdeploy.utils.yamlconfig import dump_yaml, load_yaml
+from nasdeploy.utils.yamlconfig import dump_yaml, load_config, load_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA = ["demo_train_sentences=40", "demo_valid_sentences=10", "demo_test_sentences=6"]
 SEARCH = [f"data.{d}" for d in DATA] + [
     "model.emsize=8", "model.nhid=8", "model.steps=2", "search.epochs=1", "search.batch_size=4", "search.bptt=5",
-    "search.max_batches_per_epoch=1", "search.progress=false"]
+    "search.max_batches_per_epoch=1"]
 TRAIN = [f"data.{d}" for d in DATA] + [
     "model.emsize=8", "model.nhid=8", "model.seq_len=3", "train.epochs=2", "train.batch_size=4",
-    "train.eval_batch_size=4", "train.bptt=5", "train.max_batches_per_epoch=1", "train.progress=false"]
+    "train.eval_batch_size=4", "train.bptt=5", "train.max_batches_per_epoch=1"]
 TINY = ([f"search.{o}" for o in SEARCH] + [f"train.{o}" for o in TRAIN]
         + ["export.seq_len=3", "profile.seq_len=3", "profile.runs=2", "profile.warmup=1"])
 
@@ -133,8 +132,8 @@ def test_a_stage_file_of_another_space_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["rnn_demo_search.yaml", "rnn_ptb_search.yaml", "rnn_demo_train.yaml", "rnn_ptb_train.yaml"])
 def test_shipped_configs_load(name):
-    search = load_rnn_search_config(CONFIGS / name) if "search" in name else None
-    train = load_rnn_train_config(CONFIGS / name) if "train" in name else None
+    search = load_config(DartsRnnSearchConfig, CONFIGS / name) if "search" in name else None
+    train = load_config(DartsRnnTrainConfig, CONFIGS / name) if "train" in name else None
     if name == "rnn_ptb_search.yaml":  # the published search settings
         s, m = search.search, search.model
         assert (m.emsize, m.nhid, s.batch_size, s.bptt, s.lr, s.clip, s.epochs, s.weight_decay) == (300, 300, 256, 35, 20.0, 0.25, 50, 5e-7)

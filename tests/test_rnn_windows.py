@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from nasdeploy.search import rnn_loop
-from nasdeploy.search.rnn_config import RNNSearchConfig, RNNSearchModelConfig, RNNSearchSettings
+from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnSearchOptions, DartsRnnSupernetConfig
+from nasdeploy.search import darts_rnn_loop
 from nasdeploy.tasks.language_model import TBPTTSettings, sample_search_seq_len, sample_seq_len, tbptt_epoch
 
 BPTT = 35
@@ -33,14 +33,14 @@ def test_search_windows_have_no_normal_jitter_and_the_architecture_window_is_ful
     np.random.seed(0)
     torch.manual_seed(0)
     bptt = 10  # short windows keep the epoch cheap; the rule is the same at 35
-    config = RNNSearchConfig(model=RNNSearchModelConfig(emsize=4, nhid=4, steps=1),
-                             search=RNNSearchSettings(batch_size=2, bptt=bptt, lr=20.0, progress=False))
-    model = rnn_loop.build_search_model(config, 7)
+    config = DartsRnnSearchConfig(model=DartsRnnSupernetConfig(emsize=4, nhid=4, steps=1),
+                                  search=DartsRnnSearchOptions(batch_size=2, bptt=bptt, lr=20.0))
+    model = darts_rnn_loop.build_search_model(config, 7)
     optimizer = torch.optim.SGD(model.weight_parameters(), lr=20.0)
     train_data = torch.randint(0, 7, (1000, 2))
     search_data = torch.randint(0, 7, (150, 2))
     architect = RecordingArchitect()
-    rnn_loop._search_epoch(model, architect, optimizer, train_data, search_data, config, 1)
+    darts_rnn_loop.search_epoch(model, architect, optimizer, train_data, search_data, config.search)
     lengths = architect.train_lengths[:-1]  # the last window is cut by the end of the data
     assert len(lengths) > 80
     assert set(lengths) == {bptt, bptt // 2}  # bptt or int(bptt / 2); N(bptt, 5) jitter gives many lengths
@@ -62,14 +62,14 @@ def test_search_rule_probabilities_and_training_rule_keeps_its_jitter():
 
 def test_tbptt_epoch_uses_the_rule_its_settings_name():
     torch.manual_seed(0)
-    config = RNNSearchConfig(model=RNNSearchModelConfig(emsize=4, nhid=4, steps=1))
-    model = rnn_loop.build_search_model(replace(config), 7)
+    config = DartsRnnSearchConfig(model=DartsRnnSupernetConfig(emsize=4, nhid=4, steps=1))
+    model = darts_rnn_loop.build_search_model(replace(config), 7)
     optimizer = torch.optim.SGD(model.weight_parameters(), lr=1.0)
     data = torch.randint(0, 7, (600, 2))
     for jitter, expect_many in ((True, True), (False, False)):
         np.random.seed(2)
         seen: list[int] = []
-        settings = TBPTTSettings(10, 5, 1.0, 0.25, 0.0, 0.0, max_batches=25, progress=False, length_jitter=jitter)
+        settings = TBPTTSettings(10, 5, 1.0, 0.25, 0.0, 0.0, max_batches=25, length_jitter=jitter)
         tbptt_epoch(model, optimizer, data, model.weight_parameters(), settings,
                     before_step=lambda x, y, h, i, n, lr: seen.append(n))
         assert (len(set(seen)) > 5) == expect_many

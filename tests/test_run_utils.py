@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.search.config import SearchConfig, load_search_config
-from nasdeploy.train.config import TrainConfig, load_train_config
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state
 from nasdeploy.utils.runlog import JsonlLog
-from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
+from nasdeploy.utils.yamlconfig import apply_overrides, load_config, load_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,28 +34,6 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     assert _draw() == expected
 
 
-def test_rng_restore_reads_the_flat_layout_of_older_rnn_checkpoints(tmp_path):
-    random.seed(4)
-    np.random.seed(5)
-    torch.manual_seed(6)
-    np.random.randn()
-    version, words, gauss_next = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    flat = {
-        "python_version": torch.tensor(version, dtype=torch.int64),
-        "python": torch.tensor(words, dtype=torch.int64),
-        "python_gauss": torch.tensor([float("nan") if gauss_next is None else gauss_next], dtype=torch.float64),
-        "numpy": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_extra": torch.tensor([pos, has_gauss], dtype=torch.int64),
-        "numpy_gauss": torch.tensor([cached], dtype=torch.float64),
-        "torch": torch.get_rng_state(),
-    }
-    save_checkpoint(tmp_path / "old.pt", {}, kind="test", rng=flat)
-    expected = _draw()
-    restore_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
-    assert _draw() == expected
-
-
 def test_jsonl_log_rewind_drops_later_epochs_and_torn_lines(tmp_path):
     log = JsonlLog(tmp_path / "log.jsonl")
     for e in (1, 2, 3):
@@ -68,17 +45,17 @@ def test_jsonl_log_rewind_drops_later_epochs_and_torn_lines(tmp_path):
 
 
 def test_published_configs_hold_the_reference_hyperparameters():
-    s = load_search_config(CONFIGS / "darts_cifar10_search.yaml")
+    s = load_config(DartsCnnSearchConfig, CONFIGS / "darts_cifar10_search.yaml")
     assert (s.model.channels, s.model.layers, s.model.steps, s.model.multiplier, s.model.stem_multiplier) == (16, 8, 4, 4, 3)
     o = s.search
     assert (o.epochs, o.batch_size, o.lr, o.lr_min, o.momentum, o.weight_decay, o.grad_clip) == (50, 64, 0.025, 0.001, 0.9, 3e-4, 5.0)
     assert (o.arch_lr, o.arch_betas, o.arch_weight_decay, o.train_portion) == (3e-4, (0.5, 0.999), 1e-3, 0.5)
-    t = load_train_config(CONFIGS / "darts_cifar10_train.yaml")
+    t = load_config(DartsCnnTrainConfig, CONFIGS / "darts_cifar10_train.yaml")
     assert (t.model.channels, t.model.layers, t.model.auxiliary, t.data.cutout) == (36, 20, True, 16)
     r = t.train
     assert (r.epochs, r.batch_size, r.lr, r.lr_schedule, r.weight_decay, r.auxiliary_weight, r.drop_path_prob, r.grad_clip) == (
         600, 96, 0.025, "cosine", 3e-4, 0.4, 0.2, 5.0)
-    i = load_train_config(CONFIGS / "darts_imagenet_mobile_train.yaml")
+    i = load_config(DartsCnnTrainConfig, CONFIGS / "darts_imagenet_mobile_train.yaml")
     assert (i.model.net, i.model.channels, i.model.layers, i.data.image_size, i.data.dataset) == ("imagenet", 48, 14, 224, "imagefolder")
     r = i.train
     assert (r.epochs, r.batch_size, r.lr, r.lr_schedule, r.lr_gamma, r.weight_decay, r.label_smoothing, r.auxiliary_weight) == (
@@ -95,38 +72,31 @@ def test_every_config_file_validates(name):
 
         cfg = load_pipeline_config(path)
         search, train = validate_stage_configs(cfg)
-        expected = {"darts_cnn": ("SearchConfig", "TrainConfig"), "autodeeplab": ("ADLSearchConfig", "SegTrainConfig"),
-                    "darts_rnn": ("RNNSearchConfig", "RNNTrainConfig")}[cfg.space]
+        expected = {"darts_cnn": ("DartsCnnSearchConfig", "DartsCnnTrainConfig"), "autodeeplab": ("AutoDeepLabSearchConfig", "AutoDeepLabTrainConfig"),
+                    "darts_rnn": ("DartsRnnSearchConfig", "DartsRnnTrainConfig")}[cfg.space]
         assert (type(search).__name__, type(train).__name__) == expected
-    elif name.startswith("rnn_"):
-        from nasdeploy.search.rnn_config import load_rnn_search_config
-        from nasdeploy.train.rnn_config import load_rnn_train_config
+    else:  # a search or training config of the space its `space:` (or its sections) names
+        from nasdeploy.spaces.table import space_of_config
 
-        (load_rnn_search_config if "search" in name else load_rnn_train_config)(path)
-    elif name.startswith("adl_"):
-        from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict
-        from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
-
-        (adl_search_config_from_dict if "search" in name else seg_train_config_from_dict)(data)
-    elif "search" in data:
-        assert isinstance(load_search_config(path), SearchConfig)
-    else:
-        assert isinstance(load_train_config(path), TrainConfig)
+        space = space_of_config(data)
+        config = (space.load_search_config if "search" in data else space.load_train_config)(data)
+        assert type(config).__module__ == f"nasdeploy.config.{space.name}"
+        assert isinstance(load_config(type(config), path), type(config))
 
 
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
-        load_search_config(tmp_path / "missing.yaml")
+        load_config(DartsCnnSearchConfig, tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("search: [unclosed\n")
     with pytest.raises(ConfigError, match=r"not valid YAML \(line"):
-        load_search_config(bad)
+        load_config(DartsCnnSearchConfig, bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
-        load_search_config(bad)
+        load_config(DartsCnnSearchConfig, bad)
     bad.write_text("serch:\n  epochs: 2\n")
     with pytest.raises(ConfigError, match="unknown config key 'serch'; did you mean 'search'"):
-        load_search_config(bad)
+        load_config(DartsCnnSearchConfig, bad)
 
 
 def test_overrides():

@@ -43,20 +43,20 @@ def test_runtime_settings_sets_and_restores_threads() -> None:
 
 @pytest.mark.parametrize("bad", [0, -2, "many", True, 1.5])
 def test_bad_threads_are_refused_by_the_configs(bad: object) -> None:
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
     with pytest.raises(ConfigError, match="threads"):
-        search_config_from_dict({"search": {"threads": bad}})
+        from_dict(DartsCnnSearchConfig, {"search": {"threads": bad}})
     with pytest.raises(ConfigError, match="threads"):
-        train_config_from_dict({"train": {"threads": bad}})
+        from_dict(DartsCnnTrainConfig, {"train": {"threads": bad}})
 
 
 def test_configs_accept_auto() -> None:
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.search.rnn_config import rnn_search_config_from_dict
-    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
+    from nasdeploy.config.darts_rnn import DartsRnnSearchConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    assert search_config_from_dict({"search": {"threads": "auto"}}).search.threads == "auto"
-    assert train_config_from_dict({"train": {"threads": "auto"}}).train.threads == "auto"
-    assert rnn_search_config_from_dict({"search": {"threads": "auto"}}).search.threads == "auto"
+    assert from_dict(DartsCnnSearchConfig, {"search": {"threads": "auto"}}).search.threads == "auto"
+    assert from_dict(DartsCnnTrainConfig, {"train": {"threads": "auto"}}).train.threads == "auto"
+    assert from_dict(DartsRnnSearchConfig, {"search": {"threads": "auto"}}).search.threads == "auto"

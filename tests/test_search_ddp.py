@@ -8,8 +8,9 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from nasdeploy.search.config import load_search_config
-from nasdeploy.search.loop import run_search
+from nasdeploy.config.darts_cnn import DartsCnnSearchConfig
+from nasdeploy.search.darts_cnn_loop import run_search
+from nasdeploy.utils.yamlconfig import load_config
 
 OVERRIDES = ["data.dataset=demo", "data.demo_train_size=64", "model.channels=4", "model.layers=3", "model.steps=2",
              "model.multiplier=2", "search.epochs=2", "search.batch_size=16", "search.eval_images=16",
@@ -26,7 +27,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     # Each rank gets its own run directory so the test can see that only rank 0 writes.
-    result = run_search(load_search_config(None, OVERRIDES), os.path.join(root, f"run{rank}"), progress=False)
+    result = run_search(load_config(DartsCnnSearchConfig, None, OVERRIDES), os.path.join(root, f"run{rank}"), progress=False)
     torch.save({"normal": result.alphas_normal, "reduce": result.alphas_reduce, "genotype": str(result.genotype)},
                os.path.join(root, f"alphas{rank}.pt"))
 

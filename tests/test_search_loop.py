@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
+from nasdeploy.config.darts_cnn import DartsCnnSearchConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
-from nasdeploy.search.config import load_search_config, search_config_from_dict
-from nasdeploy.search.loop import run_search
+from nasdeploy.search.darts_cnn_loop import run_search
 from nasdeploy.utils.checkpoint import load_checkpoint
+from nasdeploy.utils.yamlconfig import from_dict, load_config, to_dict
 
 TINY = ["data.dataset=demo", "data.demo_train_size=32", "model.channels=4", "model.layers=3", "model.steps=2",
         "model.multiplier=2", "search.epochs=2", "search.batch_size=8", "search.eval_images=8",
@@ -20,7 +21,7 @@ TINY = ["data.dataset=demo", "data.demo_train_size=32", "model.channels=4", "mod
 
 
 def tiny_config(*extra: str):
-    return load_search_config(None, TINY + list(extra))
+    return load_config(DartsCnnSearchConfig, None, TINY + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def test_resume_after_first_checkpoint_is_bitwise_identical(tmp_path, uninterrup
     assert not (tmp_path / "genotype.json").exists()
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True
     assert ckpt["epoch"] == 1 and ckpt["kind"] == "search"
-    assert {"optimizer", "arch_optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+    assert {"optimizer", "arch_optimizer", "scheduler", "rng"} <= set(ckpt)
+    assert ckpt["meta"]["config"] == to_dict(tiny_config()) and ckpt["meta"]["space"] == "darts_cnn"
     assert "alphas_normal" in ckpt["model"] and "alphas_reduce" in ckpt["model"]
 
     resumed = run_search(tiny_config(), tmp_path, progress=False)
@@ -69,14 +71,14 @@ def test_run_directory_contents(uninterrupted):
     assert [r["epoch"] for r in logs] == [1, 2]
     assert logs[0]["lr"] == pytest.approx(0.025) and logs[1]["lr"] == pytest.approx((0.025 + 0.001) / 2)
     assert all(0.0 <= r["train_acc"] <= 1.0 and r["train_loss"] > 0 for r in logs)
-    stored = search_config_from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    stored = from_dict(DartsCnnSearchConfig, yaml.safe_load((out / "config.yaml").read_text()))
     assert stored == tiny_config()
 
 
 def test_finished_run_is_not_redone(uninterrupted, capsys):
     out, result = uninterrupted
     before = (out / "checkpoint.pt").stat().st_mtime_ns
-    again = run_search(tiny_config(), out, progress=False)
+    again = run_search(tiny_config(), out)
     assert again.was_finished and again.genotype == result.genotype
     assert torch.equal(again.alphas_normal, result.alphas_normal)
     assert (out / "checkpoint.pt").stat().st_mtime_ns == before

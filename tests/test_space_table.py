@@ -72,8 +72,8 @@ def test_unknown_space_is_one_line():
 
 
 def test_a_fourth_space_added_to_the_table_runs_through_the_pipeline(tmp_path, monkeypatch, capsys):
-    toy = replace(get_space("darts_cnn"), name="toy", title="toy space", search_config="_toy_space:toy_config",
-                  train_config="_toy_space:toy_config", pipeline="_toy_space", export="_toy_space:_nothing",
+    toy = replace(get_space("darts_cnn"), name="toy", title="toy space", search_config="_toy_space:ToyConfig",
+                  train_config="_toy_space:ToyConfig", pipeline="_toy_space", export="_toy_space:_nothing",
                   profile="_toy_space:_nothing", profile_nets=())
     monkeypatch.setitem(table.SPACES, "toy", toy)
     config = tmp_path / "toy.yaml"

@@ -8,14 +8,15 @@ import math
 import pytest
 import torch
 
+from nasdeploy.config.darts_cnn import DartsCnnTrainConfig, DartsCnnTrainOptions
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_from_dict, get_genotype
 from nasdeploy.nets import build_network
-from nasdeploy.train.config import TrainOptions, load_train_config
-from nasdeploy.train.loop import count_parameters, run_training
+from nasdeploy.train.darts_cnn_loop import count_parameters, run_training
 from nasdeploy.train.recipes import RecipeLoss, drop_path_at, make_scheduler
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
 from nasdeploy.utils.metrics import topk_correct
+from nasdeploy.utils.yamlconfig import load_config
 
 TINY = ["data.dataset=demo", "data.demo_train_size=32", "data.demo_test_size=16", "data.cutout=8",
         "model.channels=4", "model.layers=3", "train.epochs=2", "train.batch_size=8", "train.deterministic=true",
@@ -23,7 +24,7 @@ TINY = ["data.dataset=demo", "data.demo_train_size=32", "data.demo_test_size=16"
 
 
 def tiny_config(*extra: str):
-    return load_train_config(None, TINY + list(extra))
+    return load_config(DartsCnnTrainConfig, None, TINY + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_resume_is_bitwise_identical_and_finished_runs_are_not_redone(tmp_path, 
     a = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     b = load_checkpoint(full_dir / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
-    again = run_training(tiny_config(), "DARTS_V2", tmp_path, progress=False)
+    again = run_training(tiny_config(), "DARTS_V2", tmp_path)
     assert again.was_finished and "finished" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="different genotype"):  # finished, but for another genotype
         run_training(tiny_config(), "DARTS_V1", tmp_path, progress=False)
@@ -82,13 +83,13 @@ def test_resuming_with_another_genotype_is_refused(tmp_path):
 
 def test_schedules_follow_the_recipes():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = make_scheduler(TrainOptions(epochs=250, lr=0.1, lr_schedule="exponential", lr_gamma=0.97), opt)
+    sched = make_scheduler(DartsCnnTrainOptions(epochs=250, lr=0.1, lr_schedule="exponential", lr_gamma=0.97), opt)
     for _ in range(10):
         opt.step()
         sched.step()
     assert sched.get_last_lr()[0] == pytest.approx(0.1 * 0.97 ** 10)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.025)
-    sched = make_scheduler(TrainOptions(epochs=600), opt)
+    sched = make_scheduler(DartsCnnTrainOptions(epochs=600), opt)
     lrs = []
     for _ in range(600):
         lrs.append(sched.get_last_lr()[0])
@@ -121,7 +122,7 @@ def test_channels_last_training_step_matches_float64() -> None:
 
     from nasdeploy.genotypes import get_genotype
     from nasdeploy.nets import build_network
-    from nasdeploy.train.loop import memory_format_for
+    from nasdeploy.train.darts_cnn_loop import memory_format_for
 
     assert memory_format_for(torch.device("cpu"), None) == torch.channels_last
     assert memory_format_for(torch.device("cpu"), False) == torch.contiguous_format
@@ -158,7 +159,7 @@ def test_channels_last_is_refused_where_onednn_would_corrupt_memory() -> None:
     from nasdeploy.genotypes import get_genotype
     from nasdeploy.nets import build_network
     from nasdeploy.ops.layout import unsafe_channels_last_convs
-    from nasdeploy.train.loop import memory_format_for
+    from nasdeploy.train.darts_cnn_loop import memory_format_for
 
     cpu = torch.device("cpu")
     # PNAS's stride-2 skip becomes FactorizedReduce(C, C): at C=2 its 1x1 strided convs see 4 input channels

@@ -32,10 +32,6 @@ def test_nested_load_with_overrides_and_coercion(tmp_path):
     assert isinstance(cfg.inner.lr, float)
     assert from_dict(Outer, to_dict(cfg)) == cfg
     assert to_dict(cfg)["inner"]["betas"] == [0.5, 0.9]
-    section = tmp_path / "s.yaml"
-    section.write_text("outer_run:\n  name: inside\n", encoding="utf-8")
-    assert load_config(Outer, section, section="outer_run").name == "inside"
-    assert load_config(Outer, path, section="missing").name == "run"  # no such section: the whole file
     assert load_config(Outer, None, ["name=y"]) == Outer(name="y")
 
 

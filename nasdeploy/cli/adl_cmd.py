@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
+from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml
 
 
 @click.group()
@@ -31,11 +31,12 @@ def search_cmd(config: str, out_dir: str, overrides: tuple[str, ...], restart: b
 
     DDP: torchrun --nproc_per_node N -m nasdeploy search --config CONFIG --out OUT (search.batch_size is global).
     """
-    from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
+    from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig
+    from nasdeploy.search.autodeeplab_loop import run_search
     from nasdeploy.utils.distributed import launched_as_main
 
-    cfg = adl_search_config_from_dict(_config_dict(config, overrides))
-    result = run_adl_search(cfg, out_dir, force=restart, progress=not no_progress)
+    cfg = from_dict(AutoDeepLabSearchConfig, _config_dict(config, overrides))
+    result = run_search(cfg, out_dir, force=restart, progress=not no_progress)
     if launched_as_main():
         click.echo(result.summary())
 
@@ -54,11 +55,12 @@ def train_cmd(config: str, out_dir: str, genotype: str | None, overrides: tuple[
 
     DDP: torchrun --nproc_per_node N -m nasdeploy train --config CONFIG --out OUT (train.batch_size is global).
     """
-    from nasdeploy.train.segmentation_loop import run_segmentation_training, seg_train_config_from_dict
+    from nasdeploy.config.autodeeplab import AutoDeepLabTrainConfig
+    from nasdeploy.train.autodeeplab_loop import run_training
     from nasdeploy.utils.distributed import launched_as_main
 
-    cfg = seg_train_config_from_dict(_config_dict(config, overrides))
-    result = run_segmentation_training(cfg, genotype, out_dir, force=restart, progress=not no_progress)
+    cfg = from_dict(AutoDeepLabTrainConfig, _config_dict(config, overrides))
+    result = run_training(cfg, genotype, out_dir, force=restart, progress=not no_progress)
     if launched_as_main():
         click.echo(result.summary())
 

@@ -21,35 +21,37 @@ def rnn() -> None:
 
 
 @rnn.command("search")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (a `search_run:` section is used when present).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Search config YAML (`space: darts_rnn`).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="PTB-layout corpus folder (for data.dataset=ptb).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory (resumed when it exists).")
 @click.option("--force", is_flag=True, help="Start over even if the run directory holds a finished or partial run.")
 @_OVERRIDES
 def search_cmd(config_path: str | None, data_dir: str | None, out_dir: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Search a recurrent cell; writes genotype.json, alphas.jsonl, log.jsonl and checkpoint.pt into --out."""
-    from nasdeploy.search.rnn_config import load_rnn_search_config
-    from nasdeploy.search.rnn_loop import run_rnn_search
+    from nasdeploy.config.darts_rnn import DartsRnnSearchConfig
+    from nasdeploy.search.darts_rnn_loop import run_search
+    from nasdeploy.utils.yamlconfig import load_config
 
-    result = run_rnn_search(load_rnn_search_config(config_path, overrides), out_dir, data_dir=data_dir, force=force)
+    result = run_search(load_config(DartsRnnSearchConfig, config_path, overrides), out_dir, data_dir=data_dir, force=force)
     click.echo(result.summary())
 
 
 @rnn.command("train")
 @click.option("--genotype", required=True, help="Recurrent genotype: registry name (e.g. DARTS_V2_RNN) or genotype.json.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (a `train_run:` section is used when present).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Training config YAML (`space: darts_rnn`).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="PTB-layout corpus folder (for data.dataset=ptb).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory (resumed when it exists).")
 @click.option("--force", is_flag=True, help="Start over even if the run directory holds a finished or partial run.")
 @_OVERRIDES
 def train_cmd(genotype: str, config_path: str | None, data_dir: str | None, out_dir: str, force: bool,
               overrides: tuple[str, ...]) -> None:
-    """Train the language model of a recurrent genotype; writes best.pt, log.jsonl and final.json into --out."""
-    from nasdeploy.train.rnn_config import load_rnn_train_config
-    from nasdeploy.train.rnn_loop import run_rnn_training
+    """Train the language model of a recurrent genotype; writes best.pt, log.jsonl and done.json into --out."""
+    from nasdeploy.config.darts_rnn import DartsRnnTrainConfig
+    from nasdeploy.train.darts_rnn_loop import run_training
+    from nasdeploy.utils.yamlconfig import load_config
 
-    result = run_rnn_training(load_rnn_train_config(config_path, overrides), genotype, out_dir, data_dir=data_dir,
-                              force=force)
+    result = run_training(load_config(DartsRnnTrainConfig, config_path, overrides), genotype, out_dir, data_dir=data_dir,
+                          force=force)
     click.echo(result.summary())
 
 

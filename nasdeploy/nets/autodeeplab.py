@@ -27,6 +27,7 @@ from nasdeploy.genotypes.autodeeplab import LEVEL_STRIDES, AutoDeepLabGenotype, 
 from nasdeploy.nets.factory import NetConfig, register_network
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
 from nasdeploy.ops import Identity, ReLUConvBN, build_adl_op, drop_path, resize_bilinear, upsample2
+from nasdeploy.utils.checks import check_bn_settings
 
 CITYSCAPES_NUM_CLASSES = 19
 _NO_DROP_PATH = ("skip_connect", "none")  # the released cell drops every op but its identity
@@ -85,17 +86,6 @@ def default_aspp_rates(level: int) -> tuple[int, int, int]:
     """DeepLab's (6, 12, 18) at output stride 16, scaled to the stride of `level`: 96/s * (1, 2, 3)."""
     base = 96 // LEVEL_STRIDES[level]
     return (base, 2 * base, 3 * base)
-
-
-def check_bn_settings(momentum: float, eps: float) -> None:
-    """BatchNorm momentum must be in (0, 1] (PyTorch's: 1 - TensorFlow's decay) and epsilon positive."""
-    for key, value in (("bn_momentum", momentum), ("bn_eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-    if not 0.0 < momentum <= 1.0:
-        raise ConfigError(f"bn_momentum must be in (0, 1] (PyTorch's momentum = 1 - TF decay), got {momentum}")
-    if not eps > 0.0:
-        raise ConfigError(f"bn_eps must be positive, got {eps}")
 
 
 class AutoDeepLabNet(nn.Module):

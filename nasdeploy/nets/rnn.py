@@ -8,14 +8,14 @@ decoder), so its weights map one to one.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.config.darts_rnn import DartsRnnNetworkConfig
+from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, resolve_genotype
 from nasdeploy.ops.rnn import LockedDropout, embedded_dropout, highway_update, rnn_activation, variational_mask
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
@@ -119,58 +119,18 @@ class RNNLanguageModel(nn.Module):
         return self.encoder.weight.new_zeros(1, batch_size, self.nhid)
 
 
-@dataclass(frozen=True)
-class RNNLMConfig:
-    """Sizes and dropout rates of the evaluation model (defaults: the published PTB model)."""
-
-    ntokens: int = 10000
-    emsize: int = 850
-    nhid: int = 850
-    dropout: float = 0.75  # output of the cell
-    dropouth: float = 0.25  # hidden state fed to every projection
-    dropoutx: float = 0.75  # input x of the cell
-    dropouti: float = 0.2  # embedding output
-    dropoute: float = 0.1  # whole words of the embedding matrix
-    seq_len: int = 35  # default sequence length for export and profiling (the bptt)
-
-    def __post_init__(self) -> None:
-        for name in ("ntokens", "emsize", "nhid", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"rnn model {name} must be a positive integer, got {value!r}")
-        for name in ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"rnn model {name} must be a probability in [0, 1), got {value!r}")
-        if self.emsize != self.nhid:
-            raise ConfigError(f"tied embedding and decoder need emsize == nhid, got {self.emsize} and {self.nhid}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (checkpoint meta)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RNNLMConfig":
-        """Build from a dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown rnn model setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        return cls(**dict(data))
-
-
 def build_rnn_lm(genotype: RecurrentGenotype | str | os.PathLike[str], ntokens: int | None = None,
                  **overrides: Any) -> RNNLanguageModel:
     """The evaluation language model of a recurrent genotype (object, registry name or JSON file).
 
-    Keyword overrides are RNNLMConfig fields; the model carries `default_cfg` (the RNNLMConfig used).
+    Keyword overrides are DartsRnnNetworkConfig fields; the model carries `default_cfg` (the DartsRnnNetworkConfig used).
     """
     resolved = resolve_genotype(genotype, expected_kind=RecurrentGenotype.kind)
-    base = RNNLMConfig().to_dict()
+    base = DartsRnnNetworkConfig().to_dict()
     if ntokens is not None:
         base["ntokens"] = ntokens
     base.update(overrides)
-    cfg = RNNLMConfig.from_dict(base)
+    cfg = DartsRnnNetworkConfig.from_dict(base)
     cell = DARTSCell(cfg.emsize, cfg.nhid, resolved, cfg.dropouth, cfg.dropoutx)
     model = RNNLanguageModel(cell, cfg.ntokens, dropout=cfg.dropout, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
     model.default_cfg = cfg

@@ -29,11 +29,13 @@ from nasdeploy.utils.rundir import read_json
 
 def adl_search_stage(ctx: StageContext) -> dict[str, Any]:
     """Search cell and network level together (resuming an interrupted search)."""
-    from nasdeploy.search.autodeeplab_loop import adl_search_config_from_dict, run_adl_search
+    from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig
+    from nasdeploy.search.autodeeplab_loop import run_search
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    cfg = adl_search_config_from_dict(ctx.config.search)
+    cfg = from_dict(AutoDeepLabSearchConfig, ctx.config.search)
     out = ctx.path("search")
-    result = run_adl_search(cfg, out, **ctx.loop_options())
+    result = run_search(cfg, out, **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"search stopped after epoch {result.epochs_done}/{cfg.search.epochs}")
     last = (read_jsonl(out / "log.jsonl") or [{}])[-1]
@@ -68,19 +70,22 @@ def adl_derive_stage(ctx: StageContext) -> dict[str, Any]:
 
 def _train_config(ctx: StageContext) -> Any:
     """The validated train section with this run's data root (for the sizes the export and profile stages read)."""
-    from nasdeploy.train.segmentation_loop import seg_train_config_from_dict
+    from nasdeploy.config.autodeeplab import AutoDeepLabTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    cfg = seg_train_config_from_dict(ctx.config.train)
+    cfg = from_dict(AutoDeepLabTrainConfig, ctx.config.train)
     return replace(cfg, data=with_data_dir(cfg.data, ctx.config.data_dir))
 
 
 def adl_train_stage(ctx: StageContext) -> dict[str, Any]:
     """Train the decoded segmentation network from scratch (resuming from its checkpoint)."""
-    from nasdeploy.train.segmentation_loop import run_segmentation_training, seg_train_config_from_dict
+    from nasdeploy.config.autodeeplab import AutoDeepLabTrainConfig
+    from nasdeploy.train.autodeeplab_loop import run_training
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    cfg = seg_train_config_from_dict(ctx.config.train)
+    cfg = from_dict(AutoDeepLabTrainConfig, ctx.config.train)
     out = ctx.path("train")
-    result = run_segmentation_training(cfg, ctx.path("genotype.json"), out, **ctx.loop_options())
+    result = run_training(cfg, ctx.path("genotype.json"), out, **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"training stopped after epoch {result.epochs_done}/{cfg.train.epochs}")
     summary = read_json(out / "done.json") or {}

@@ -25,10 +25,11 @@ from nasdeploy.utils.files import write_json_atomic
 
 def run_search_stage(ctx: StageContext) -> dict[str, Any]:
     """Search the supernet (resuming an interrupted search)."""
-    from nasdeploy.search.config import search_config_from_dict
-    from nasdeploy.search.loop import run_search
+    from nasdeploy.config.darts_cnn import DartsCnnSearchConfig
+    from nasdeploy.search.darts_cnn_loop import run_search
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    config = search_config_from_dict(_with_cost_table(ctx))
+    config = from_dict(DartsCnnSearchConfig, _with_cost_table(ctx))
     result = run_search(config, ctx.path("search"), **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"search stopped after epoch {result.epochs_done}/{result.epochs}")
@@ -77,7 +78,7 @@ def budget_verdict(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, A
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
     """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
     from nasdeploy.spaces.darts_cnn_derive import derive_genotype
-    from nasdeploy.search.loop import load_search_result
+    from nasdeploy.search.darts_cnn_loop import load_search_result
 
     result = load_search_result(ctx.path("search"))
     model_cfg = ctx.config.search.get("model", {})
@@ -88,10 +89,11 @@ def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
 
 def run_train_stage(ctx: StageContext) -> dict[str, Any]:
     """Train the derived network from scratch (resuming from the training checkpoint)."""
-    from nasdeploy.train.config import train_config_from_dict
-    from nasdeploy.train.loop import run_training
+    from nasdeploy.config.darts_cnn import DartsCnnTrainConfig
+    from nasdeploy.train.darts_cnn_loop import run_training
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    config = train_config_from_dict(ctx.config.train)
+    config = from_dict(DartsCnnTrainConfig, ctx.config.train)
     result = run_training(config, load_genotype(ctx.path("genotype.json"), "cnn_cell"), ctx.path("train"),
                           **ctx.loop_options())
     if not result.finished:
@@ -105,9 +107,10 @@ def _trained_net_and_data(ctx: StageContext) -> tuple[str, Any]:
     """The trained network family and the run's dataset config (parity on real images, INT8 calibration/scoring)."""
     from dataclasses import replace
 
-    from nasdeploy.train.config import train_config_from_dict
+    from nasdeploy.config.darts_cnn import DartsCnnTrainConfig
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    train = train_config_from_dict(ctx.config.train)
+    train = from_dict(DartsCnnTrainConfig, ctx.config.train)
     return train.model.net, replace(train.data, data_dir=ctx.config.data_dir or train.data.data_dir)
 
 

@@ -30,11 +30,12 @@ _GENOTYPE_KIND = "rnn_cell"
 
 def rnn_search_stage(ctx: StageContext) -> dict[str, Any]:
     """Search the recurrent cell (resuming an interrupted search)."""
-    from nasdeploy.search.rnn_config import rnn_search_config_from_dict
-    from nasdeploy.search.rnn_loop import run_rnn_search
+    from nasdeploy.config.darts_rnn import DartsRnnSearchConfig
+    from nasdeploy.search.darts_rnn_loop import run_search
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    config = rnn_search_config_from_dict(ctx.config.search)
-    result = run_rnn_search(config, ctx.path("search"), **ctx.loop_options())
+    config = from_dict(DartsRnnSearchConfig, ctx.config.search)
+    result = run_search(config, ctx.path("search"), **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"search stopped after epoch {result.epochs_done}/{config.search.epochs}")
     last = last_log_record(ctx.path("search", "log.jsonl"))
@@ -58,12 +59,13 @@ def rnn_derive_stage(ctx: StageContext) -> dict[str, Any]:
 
 def rnn_train_stage(ctx: StageContext) -> dict[str, Any]:
     """Train the language model of the derived cell from scratch (resuming from its checkpoint)."""
-    from nasdeploy.train.rnn_config import rnn_train_config_from_dict
-    from nasdeploy.train.rnn_loop import run_rnn_training
+    from nasdeploy.config.darts_rnn import DartsRnnTrainConfig
+    from nasdeploy.train.darts_rnn_loop import run_training
+    from nasdeploy.utils.yamlconfig import from_dict
 
-    config = rnn_train_config_from_dict(ctx.config.train)
+    config = from_dict(DartsRnnTrainConfig, ctx.config.train)
     genotype = load_genotype(ctx.path("genotype.json"), _GENOTYPE_KIND)
-    result = run_rnn_training(config, genotype, ctx.path("train"), **ctx.loop_options())
+    result = run_training(config, genotype, ctx.path("train"), **ctx.loop_options())
     if not result.finished:
         raise StageInterrupted(f"training stopped after epoch {result.epochs_done}/{config.train.epochs}")
     vocab = read_json(ctx.path("train", "vocab.json")) or {}

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from nasdeploy.config.darts_cnn import CostOptions
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.cost_table import CostTable, load_cost_table
-from nasdeploy.search.config import CostOptions
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 
 NONE_OP = "none"

@@ -21,54 +21,19 @@ B * F * s / 4 (the paper's ASPP); `aspp_channels` > 0 overrides that with one wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from nasdeploy.errors import ConfigError, InputSizeError
+from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
+from nasdeploy.errors import InputSizeError
 from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, LEVEL_STRIDES, NUM_LEVELS
 from nasdeploy.nets.seg_heads import ASPP
 from nasdeploy.ops import ReLUConvBN, build_adl_op, resize_bilinear
 from nasdeploy.spaces.autodeeplab_lattice import node_exists
 from nasdeploy.spaces.autodeeplab_lattice import transition_mask as lattice_mask
 from nasdeploy.spaces.mixing import MixedEdge, get_node_mixer
-
-
-
-@dataclass(frozen=True)
-class ADLSupernetConfig:
-    """Sizes of the Auto-DeepLab supernet (paper: L=12, F=8, B=5)."""
-
-    layers: int = 12
-    filter_multiplier: int = 8
-    blocks: int = 5
-    num_classes: int = 19
-    stem_channels: int = 64
-    aspp_channels: int = 0  # 0: each level's node width B * F * s / 4 (the paper); > 0: this width at every level
-    mixed_op: str | None = None  # reference | fused | auto (None: $NASDEPLOY_MIXED_OP, default auto)
-
-    def __post_init__(self) -> None:
-        for key in ("layers", "filter_multiplier", "blocks", "num_classes", "stem_channels"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"autodeeplab supernet: {key} must be a positive integer, got {value!r}")
-        if self.aspp_channels < 0:
-            raise ConfigError("autodeeplab supernet: aspp_channels must be >= 0 (0: each level's node width), "
-                              f"got {self.aspp_channels}")
-
-
-def upgrade_mixer_key(data: dict) -> dict:
-    """A search config whose supernet uses the old key `mixer:` as `mixed_op:` (with a deprecation warning)."""
-    supernet = data.get("supernet")
-    if not isinstance(supernet, dict) or "mixer" not in supernet:
-        return data
-    from nasdeploy.utils.deprecation import warn_deprecated
-
-    warn_deprecated("supernet.mixer", "supernet.mixed_op (the one mixed-op setting name of every space)", stacklevel=4)
-    upgraded = {("mixed_op" if k == "mixer" else k): v for k, v in supernet.items()}
-    return {**data, "supernet": upgraded}
 
 
 def transition_mask(layers: int) -> torch.Tensor:
@@ -113,7 +78,7 @@ def num_cell_edges(blocks: int) -> int:
 class AutoDeepLabSupernet(nn.Module):
     """The hierarchical search space of Auto-DeepLab with alpha and beta as real parameters."""
 
-    def __init__(self, config: ADLSupernetConfig = ADLSupernetConfig()):
+    def __init__(self, config: AutoDeepLabSupernetConfig = AutoDeepLabSupernetConfig()):
         super().__init__()
         self.config = config
         self.mixer_name, self._mixer = get_node_mixer(config.mixed_op)

@@ -5,7 +5,7 @@ branching on it. Entries name their parts as "module:attribute" strings resolved
 importing the table loads neither torch nor the search code, and a deploy-only user never loads search.
 
 Each space provides, with one vocabulary for all of them:
-- search_config / train_config: mapping -> validated config dataclass (the `space:` key already removed);
+- search_config / train_config: its config dataclasses (nasdeploy.config.<space>), validated from a mapping;
 - search_loop(config, out_dir, *, data_dir, force, stop_after_epoch, progress) -> result with .summary();
 - train_loop(config, genotype, out_dir, *, data_dir, force, stop_after_epoch, progress) -> result with .summary();
 - derive: the rule from architecture weights to a genotype;
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.yamlconfig import from_dict
 
 DEFAULT_SPACE = "darts_cnn"
 
@@ -67,11 +68,11 @@ class SearchSpace:
 
     def load_search_config(self, data: Mapping[str, Any]) -> Any:
         """The validated search config of a mapping (a `space:` key is dropped)."""
-        return self.load("search_config")(without_space(data))
+        return from_dict(self.load("search_config"), without_space(data))
 
     def load_train_config(self, data: Mapping[str, Any]) -> Any:
         """The validated training config of a mapping (a `space:` key is dropped)."""
-        return self.load("train_config")(without_space(data))
+        return from_dict(self.load("train_config"), without_space(data))
 
     def pipeline_stages(self) -> dict[str, Any]:
         """The stage functions of this space's pipeline, by stage name."""
@@ -83,10 +84,10 @@ SPACES: dict[str, SearchSpace] = {
         name="darts_cnn",
         title="DARTS CNN cell (image classification; CIFAR search, CIFAR/ImageNet-mobile networks)",
         genotype_kind="cnn_cell",
-        search_config="nasdeploy.search.config:search_config_from_dict",
-        search_loop="nasdeploy.search.loop:run_search",
-        train_config="nasdeploy.train.config:train_config_from_dict",
-        train_loop="nasdeploy.train.loop:run_training",
+        search_config="nasdeploy.config.darts_cnn:DartsCnnSearchConfig",
+        search_loop="nasdeploy.search.darts_cnn_loop:run_search",
+        train_config="nasdeploy.config.darts_cnn:DartsCnnTrainConfig",
+        train_loop="nasdeploy.train.darts_cnn_loop:run_training",
         derive="nasdeploy.spaces.darts_cnn_derive:derive_genotype",
         network="nasdeploy.nets.darts_cnn:NetworkCIFAR",
         pipeline="nasdeploy.pipeline.darts_cnn_stages",
@@ -99,10 +100,10 @@ SPACES: dict[str, SearchSpace] = {
         name="darts_rnn",
         title="DARTS recurrent cell (language modelling; PTB layout or the generated corpus)",
         genotype_kind="rnn_cell",
-        search_config="nasdeploy.search.rnn_config:rnn_search_config_from_dict",
-        search_loop="nasdeploy.search.rnn_loop:run_rnn_search",
-        train_config="nasdeploy.train.rnn_config:rnn_train_config_from_dict",
-        train_loop="nasdeploy.train.rnn_loop:run_rnn_training",
+        search_config="nasdeploy.config.darts_rnn:DartsRnnSearchConfig",
+        search_loop="nasdeploy.search.darts_rnn_loop:run_search",
+        train_config="nasdeploy.config.darts_rnn:DartsRnnTrainConfig",
+        train_loop="nasdeploy.train.darts_rnn_loop:run_training",
         derive="nasdeploy.spaces.darts_rnn_derive:derive_recurrent_genotype",
         network="nasdeploy.nets.rnn:RNNLanguageModel",
         pipeline="nasdeploy.pipeline.darts_rnn_stages",
@@ -116,10 +117,10 @@ SPACES: dict[str, SearchSpace] = {
         name="autodeeplab",
         title="Auto-DeepLab cell + network level (semantic segmentation; Cityscapes layout or synthetic shapes)",
         genotype_kind="autodeeplab",
-        search_config="nasdeploy.search.autodeeplab_loop:adl_search_config_from_dict",
-        search_loop="nasdeploy.search.autodeeplab_loop:run_adl_search",
-        train_config="nasdeploy.train.segmentation_loop:seg_train_config_from_dict",
-        train_loop="nasdeploy.train.segmentation_loop:run_segmentation_training",
+        search_config="nasdeploy.config.autodeeplab:AutoDeepLabSearchConfig",
+        search_loop="nasdeploy.search.autodeeplab_loop:run_search",
+        train_config="nasdeploy.config.autodeeplab:AutoDeepLabTrainConfig",
+        train_loop="nasdeploy.train.autodeeplab_loop:run_training",
         derive="nasdeploy.spaces.autodeeplab_decode:decode_genotype",
         network="nasdeploy.nets.autodeeplab:AutoDeepLabNet",
         pipeline="nasdeploy.pipeline.autodeeplab_stages",

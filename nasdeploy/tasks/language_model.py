@@ -1,4 +1,4 @@
-"""Language-model steps shared by the RNN search and training loops.
+"""Language-model steps shared by the DARTS recurrent search and training loops.
 
 Truncated backprop through time as in the reference: a random window length around bptt in training
 (bptt or bptt/2 without the normal jitter in search; the learning rate scaled by length / bptt), the hidden state carried from batch to batch and detached,
@@ -14,10 +14,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from nasdeploy.data.text import batchify, get_batch
 from nasdeploy.errors import DataError
+from nasdeploy.utils.epoch_driver import EpochBar
 
 
 def sample_seq_len(bptt: int, max_delta: int) -> int:
@@ -112,7 +112,6 @@ class TBPTTSettings:
     alpha_ar: float
     beta_tar: float
     max_batches: int | None = None
-    progress: bool = True
     length_jitter: bool = True  # window lengths: True the training rule (sample_seq_len), False the search rule
 
 
@@ -121,17 +120,19 @@ BeforeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, float
 
 
 def tbptt_epoch(model: Any, optimizer: torch.optim.Optimizer, data: torch.Tensor, params: list[torch.Tensor],
-                settings: TBPTTSettings, desc: str = "train", before_step: BeforeStep | None = None) -> float:
+                settings: TBPTTSettings, bar: EpochBar | None = None, before_step: BeforeStep | None = None) -> float:
     """One epoch of truncated BPTT over batchified data [N, B]; returns the mean raw training NLL.
 
     The hidden state starts at zero and is carried (detached) from window to window; each window's
-    learning rate is lr * seq_len / bptt; gradients of `params` are clipped to norm `clip`.
+    learning rate is lr * seq_len / bptt; gradients of `params` are clipped to norm `clip`. `bar` counts
+    the rows done and checks each window's loss.
     """
     s = settings
     model.train()
     hidden = model.init_hidden(data.size(1))
     total, count, i, step = 0.0, 0, 0, 0
-    bar = tqdm(total=data.size(0) - 1, desc=desc, unit="row", leave=False, disable=not s.progress)
+    if bar is not None:
+        bar.expect(data.size(0) - 1)
     while i < data.size(0) - 2 and (s.max_batches is None or step < s.max_batches):
         seq_len = sample_seq_len(s.bptt, s.max_seq_len_delta) if s.length_jitter else sample_search_seq_len(s.bptt)
         lr = s.lr * seq_len / s.bptt
@@ -148,12 +149,13 @@ def tbptt_epoch(model: Any, optimizer: torch.optim.Optimizer, data: torch.Tensor
         for group in optimizer.param_groups:
             group["lr"] = s.lr
         hidden = hidden.detach()
-        total += raw_loss.item() * y.numel()
+        value = raw_loss.item()
+        total += value * y.numel()
         count += y.numel()
+        if bar is not None:
+            bar.step(value, min(seq_len, data.size(0) - 1 - i))
         i += seq_len
         step += 1
-        bar.update(min(seq_len, data.size(0) - 1 - bar.n))
-    bar.close()
     if count == 0:
         raise DataError("the training split is too short for one window at this batch size")
     return total / count

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasdeploy.train.config import TrainOptions
+from nasdeploy.config.darts_cnn import DartsCnnTrainOptions
 
 
-def make_scheduler(opts: TrainOptions, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(opts: DartsCnnTrainOptions, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine annealing to lr_min over the epochs (CIFAR) or x lr_gamma per epoch (ImageNet)."""
     if opts.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=opts.lr_gamma)

@@ -72,15 +72,3 @@ def load_weights_into(model: torch.nn.Module, checkpoint: dict[str, Any], source
             parts.append(f"{len(shape)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-
-
-def load_resume_checkpoint(path: Path, kind: str, config: dict[str, Any], what: str) -> dict[str, Any]:
-    """A run's checkpoint to resume from: refused when it is of another kind or was written for another config."""
-    from nasdeploy.errors import ConfigError
-
-    state = load_checkpoint(path)
-    if state.get("kind") != kind:
-        raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, not {what}")
-    if state["meta"].get("config") != config:
-        raise ConfigError(f"{path.parent} holds {what} with a different config; use a new directory or --force to start over")
-    return state

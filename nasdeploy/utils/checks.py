@@ -59,3 +59,14 @@ def check_run_settings(section: str, max_batches_per_epoch: int | None, threads:
     check_threads(section, threads)
     if device not in DEVICES:
         raise ConfigError(f"{section}.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+def check_bn_settings(momentum: float, eps: float) -> None:
+    """BatchNorm momentum must be in (0, 1] (PyTorch's: 1 - TensorFlow's decay) and epsilon positive."""
+    for key, value in (("bn_momentum", momentum), ("bn_eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not 0.0 < momentum <= 1.0:
+        raise ConfigError(f"bn_momentum must be in (0, 1] (PyTorch's momentum = 1 - TF decay), got {momentum}")
+    if not eps > 0.0:
+        raise ConfigError(f"bn_eps must be positive, got {eps}")

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -136,11 +136,9 @@ def gather_rng_states(ctx: DistContext) -> list[dict[str, Any]]:
 def restore_rank_rng(states: Any, ctx: DistContext, epoch: int) -> None:
     """Restore this rank's saved RNG state; under another world size re-seed by (epoch, rank) instead.
 
-    `states` is gather_rng_states()'s list, or a bare torch RNG tensor of a single-process checkpoint.
+    `states` is gather_rng_states()'s list.
     """
-    if isinstance(states, torch.Tensor) and not ctx.distributed:
-        torch.set_rng_state(states)
-    elif isinstance(states, list) and len(states) == ctx.world_size:
+    if isinstance(states, list) and len(states) == ctx.world_size:
         restore_rng_state(states[ctx.rank])
     else:  # a different number of processes: continue deterministically, but not bitwise
         seed_everything(7919 * epoch + 1000 * ctx.rank + 1)
@@ -190,6 +188,18 @@ class SharedShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def shard_loader(dataset: Dataset, batch_size: int, ctx: DistContext, num_workers: int = 0) -> DataLoader:
+    """An evaluation loader of this rank's shard, in order (ShardSampler): every sample once over all ranks."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=num_workers)
+
+
+def shared_shuffle_loader(dataset: Dataset, batch_size: int, ctx: DistContext, generator: torch.Generator,
+                          num_workers: int = 0) -> DataLoader:
+    """A training loader of this rank's share of the shuffle `generator` draws (SharedShuffleSampler), tail dropped."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=SharedShuffleSampler(len(dataset), ctx, generator),
+                      drop_last=True, generator=generator, num_workers=num_workers, worker_init_fn=rank_worker_init(ctx))
 
 
 def _offset_worker_seed(rank: int, worker_id: int) -> None:

@@ -32,10 +32,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore what capture_rng_state() returned (or the flat all-tensor layout of older RNN checkpoints)."""
-    if "python_version" in state:
-        _restore_flat_rng_state(state)
-        return
+    """Restore what capture_rng_state() returned."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
@@ -43,16 +40,3 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _restore_flat_rng_state(state: dict[str, Any]) -> None:
-    """Restore the flat layout (python_version, numpy_extra, ... all tensors) that RNN checkpoints once used."""
-    gauss = float(state["python_gauss"][0])
-    random.setstate((int(state["python_version"]), tuple(int(v) for v in state["python"].tolist()),
-                     None if gauss != gauss else gauss))
-    pos, has_gauss = (int(v) for v in state["numpy_extra"].tolist())
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss,
-                         float(state["numpy_gauss"][0])))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))

@@ -15,9 +15,6 @@ from nasdeploy.utils.yamlconfig import diff_dicts
 # One layout for every search and training run directory: the config it ran with and its finished marker.
 CONFIG_FILE = "config.yaml"
 DONE_FILE = "done.json"
-# Earlier releases' names (read when resuming an old run directory, never written).
-_LEGACY_CONFIG_FILES = ("config.json",)
-_LEGACY_DONE_FILES = ("final.json", "summary.json")
 
 
 @contextlib.contextmanager
@@ -34,11 +31,9 @@ def open_run_directory(out: Path, run_files: Iterable[str], *, main: bool = True
 
 
 def run_config_file(out: Path) -> Path | None:
-    """The config a run directory stored (config.yaml; config.json of earlier Auto-DeepLab runs)."""
-    for name in (CONFIG_FILE, *_LEGACY_CONFIG_FILES):
-        if (out / name).is_file():
-            return out / name
-    return None
+    """The config.yaml a run directory stored, or None."""
+    path = out / CONFIG_FILE
+    return path if path.is_file() else None
 
 
 def write_run_config(out: Path, config: Any, space: str) -> Path:
@@ -60,22 +55,8 @@ def read_run_config(out: Path) -> dict[str, Any]:
 
 def read_done(out: Path) -> dict[str, Any] | None:
     """The finished marker's record of a run directory, or None while the run is not finished."""
-    for name in (DONE_FILE, *_LEGACY_DONE_FILES):
-        record = read_json(out / name)
-        if record is not None and record.get("finished", True):
-            return record
-    return None
-
-
-def epoch_limit(epochs: int, start_epoch: int, stop_after_epoch: int | None, max_epochs: int | None = None) -> int:
-    """The epoch a loop call ends at: all epochs, or stop_after_epoch in total (or max_epochs more, deprecated)."""
-    end = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
-    if max_epochs is not None:
-        from nasdeploy.utils.deprecation import warn_deprecated
-
-        warn_deprecated("max_epochs= (epochs run by this call)", "stop_after_epoch= (epochs done in total)", stacklevel=4)
-        end = min(end, start_epoch + max_epochs)
-    return max(end, start_epoch)
+    record = read_json(out / DONE_FILE)
+    return record if record is not None and record.get("finished", True) else None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -92,13 +92,9 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{label}: {exc}") from None
 
 
-def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
-                section: str | None = None) -> T:
-    """Read YAML (its top-level `section` when present), apply dotted overrides, validate into `cls`.
-    """
+def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> T:
+    """Read YAML (None: the defaults), apply dotted overrides, validate into `cls`."""
     data = load_yaml(path) if path is not None else {}
-    if section is not None and isinstance(data.get(section), dict):
-        data = data[section]
     data = apply_overrides(data, overrides)
     if path is None:
         return from_dict(cls, data)

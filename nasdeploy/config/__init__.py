@@ -1,0 +1,1 @@
+"""The search and training configs of each space, one module per space (dataclasses validated at load; no model code)."""

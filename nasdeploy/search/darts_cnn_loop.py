@@ -1,0 +1,248 @@
+"""The DARTS CNN search: alternate architecture and weight steps on the two halves of the training set (DDP-ready).
+
+Run directory (the driver's files, nasdeploy.utils.epoch_driver): config.yaml, checkpoint.pt, log.jsonl,
+done.json; and alphas.jsonl (per epoch: softmaxed alphas and the genotype so far) and genotype.json once
+finished. Under torchrun the global batch is split over the ranks and the alpha gradient is all-reduced.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from nasdeploy.config.darts_cnn import DartsCnnSearchConfig
+from nasdeploy.data.factory import build_dataset
+from nasdeploy.data.split import search_split
+from nasdeploy.errors import CheckpointError, ConfigError
+from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
+from nasdeploy.search.architect import Architect, ArchitectConfig
+from nasdeploy.search.cost import build_expected_cost
+from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.utils.checkpoint import load_checkpoint
+from nasdeploy.utils.distributed import broadcast_buffers, local_batch_size, shard_loader, train_sampler, wrap_ddp
+from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
+from nasdeploy.utils.metrics import Meter
+from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.rundir import read_done
+from nasdeploy.utils.runlog import format_metrics
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class DartsCnnSearchResult(RunResult):
+    """The genotype and alphas a search reached, and its last epoch's metrics."""
+
+    genotype: CNNGenotype
+    alphas_normal: torch.Tensor
+    alphas_reduce: torch.Tensor
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The genotype found and where the run is, for the console."""
+        g = self.genotype
+        return (f"genotype ({self.epochs_done}/{self.epochs} epochs): normal {list(g.normal)} reduce {list(g.reduce)}\n"
+                f"run directory: {self.out_dir}")
+
+
+def classification_loss(forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Cross-entropy of a forward callable on an (images, labels) batch (the architect's loss_fn)."""
+    x, y = batch
+    return F.cross_entropy(forward(x), y)
+
+
+def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsSupernet:
+    """The supernet a config describes."""
+    m = config.model
+    return DartsSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
+                         multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
+                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale)
+
+
+def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.optim.Optimizer,
+                weight_params: list[nn.Parameter], train_batch: Batch, arch_batch: Batch, lr: float,
+                grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DARTS step: the architecture step on `arch_batch`, then the weight step (clipped) on `train_batch`.
+
+    Returns the weight step's (loss, logits).
+    """
+    architect.step(train_batch, arch_batch, eta=lr)
+    x, y = train_batch
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    weight_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(weight_params, grad_clip)
+    weight_optimizer.step()
+    for p in architect.arch_params:  # the weight step's alpha gradients are not used
+        p.grad = None
+    return loss.detach(), logits.detach()
+
+
+class DartsCnnSearch(EpochLoop):
+    """The DARTS CNN search's step and evaluation (the driver runs the rest)."""
+
+    kind, space = "search", "darts_cnn"
+    run_files = ("genotype.json",)
+    extra_logs = ("alphas.jsonl",)
+    console_keys = ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc")
+    checkpointed = {"optimizer": "w_opt", "arch_optimizer": "architect.optimizer", "scheduler": "scheduler"}
+
+    def __init__(self, config: DartsCnnSearchConfig, data_dir: str | None = None):
+        super().__init__(config)
+        self.data_dir = data_dir
+
+    @property
+    def settings(self) -> RunSettings:
+        s = self.config.search
+        return RunSettings(s.epochs, s.device, s.threads, s.deterministic)
+
+    def setup(self) -> None:
+        config, opts, ctx = self.config, self.config.search, self.ctx
+        local_batch = local_batch_size(opts.batch_size, ctx, "search")
+        # Identical model initialisation on every rank; then per-rank streams for augmentation.
+        seed_everything(opts.seed)
+        train_set, self.info = build_dataset(config.data, "train", augment=True, data_dir=self.data_dir)
+        eval_set, _ = build_dataset(config.data, "train", augment=False, data_dir=self.data_dir)
+        weight_idx, arch_idx = search_split(len(train_set), opts.train_portion)
+        for name, idx in (("weight", weight_idx), ("architecture", arch_idx)):
+            if len(idx) < opts.batch_size:
+                raise ConfigError(f"the {name} half has {len(idx)} images, fewer than one batch of {opts.batch_size}; "
+                                  f"use more data or a smaller search.batch_size")
+        self.model = build_supernet(config, self.info.num_classes).to(ctx.device)
+        if ctx.rank:
+            seed_everything(opts.seed + 1000 * ctx.rank)
+        self.wrapped = wrap_ddp(self.model, ctx)
+        self.weight_params = self.model.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, opts.epochs, eta_min=opts.lr_min)
+        self.architect = Architect(self.wrapped, classification_loss, self.w_opt,
+                                   ArchitectConfig(opts.order, opts.arch_lr, tuple(opts.arch_betas), opts.arch_weight_decay),
+                                   cost=build_expected_cost(opts.cost, self.model))
+        weight_half, arch_half = Subset(train_set, weight_idx), Subset(train_set, arch_idx)
+        self.samplers = (train_sampler(weight_half, ctx, opts.seed), train_sampler(arch_half, ctx, opts.seed + 1))
+        loader_args: dict[str, Any] = dict(batch_size=local_batch, drop_last=True, num_workers=config.data.num_workers,
+                                           pin_memory=ctx.device.type == "cuda")
+        self.loaders = (DataLoader(weight_half, sampler=self.samplers[0], **loader_args),
+                        DataLoader(arch_half, sampler=self.samplers[1], **loader_args))
+        eval_idx = arch_idx if opts.eval_images is None else arch_idx[: opts.eval_images]
+        self.eval_loader = shard_loader(Subset(eval_set, eval_idx), 2 * local_batch, ctx, config.data.num_workers)
+        self.halves = (len(weight_idx), len(arch_idx))
+
+    def describe(self) -> str:
+        ctx, m = self.ctx, self.config.model
+        return (f"{self.info.name} ({self.halves[0]} weight / {self.halves[1]} alpha images), supernet C={m.channels} "
+                f"L={m.layers}, {self.config.search.order} order, mixed op '{self.model.mixed_op}', "
+                f"{ctx.world_size} process(es) on {ctx.device}"
+                + (f", {torch.get_num_threads()} CPU thread(s)" if ctx.device.type == "cpu" else ""))
+
+    def meta(self) -> dict[str, Any]:
+        return {"genotype": genotype_to_dict(self.model.genotype())}
+
+    def train_epoch(self, epoch: int, bar: EpochBar) -> dict[str, Any]:
+        device = self.ctx.device
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+        lr = self.scheduler.get_last_lr()[0]
+        self.model.train()
+        meter = Meter()
+        bar.expect(min(len(loader) for loader in self.loaders))
+        for (xw, yw), (xa, ya) in zip(*self.loaders):
+            train_batch = (xw.to(device, non_blocking=True), yw.to(device, non_blocking=True))
+            arch_batch = (xa.to(device, non_blocking=True), ya.to(device, non_blocking=True))
+            loss, logits = search_step(self.wrapped, self.architect, self.w_opt, self.weight_params, train_batch,
+                                       arch_batch, lr, self.config.search.grad_clip)
+            bar.step(loss.item())
+            meter.update(loss, logits, train_batch[1])
+        self.scheduler.step()
+        train = meter.reduce(self.ctx)
+        return {"epochs": self.settings.epochs, "lr": lr, "train_loss": train["loss"], "train_acc": train["top1"],
+                "mixed_op": self.model.mixed_op}
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        model = self.model
+        broadcast_buffers(model, self.ctx)
+        model.eval()
+        meter = Meter()
+        with torch.no_grad():
+            for x, y in self.eval_loader:
+                x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+                logits = model(x)
+                meter.update(F.cross_entropy(logits, y), logits, y)
+        model.train()
+        valid = meter.reduce(self.ctx)
+        genotype = model.genotype()
+        record = {"valid_loss": valid["loss"], "valid_acc": valid["top1"], "genotype": genotype_to_dict(genotype)}
+        if self.architect.cost is not None:  # expected cost of the alphas and the derived genotype's table cost
+            record.update(self.architect.cost.log_record(model.alphas_normal, model.alphas_reduce, genotype))
+        return record
+
+    def extra_records(self, epoch: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        normal, reduce = self.model.softmaxed_alphas()
+        return {"alphas.jsonl": {"alphas_normal": normal.cpu().tolist(), "alphas_reduce": reduce.cpu().tolist(),
+                                 "genotype": record["genotype"]}}
+
+    def epoch_lines(self, record: dict[str, Any]) -> list[str]:
+        genotype = genotype_from_dict(record["genotype"])
+        lines = [f"  normal: {_cell_text(genotype.normal)}\n  reduce: {_cell_text(genotype.reduce)}"]
+        if self.architect.cost is not None:
+            lines.append("  cost: " + format_metrics(record, tuple(k for k in record if k.startswith(("expected_", "derived_")))))
+        return lines
+
+    def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        genotype = self.model.genotype()
+        if self.ctx.is_main:
+            save_genotype(genotype, self.out / "genotype.json",
+                          meta={"source": "nasdeploy search", "epochs": self.settings.epochs, "dataset": self.info.name})
+        return {"final": _without_genotype(history[-1] if history else {}), "genotype": genotype_to_dict(genotype)}
+
+    def result(self, outcome: RunOutcome) -> DartsCnnSearchResult:
+        if outcome.was_finished:
+            return load_search_result(outcome.out_dir, was_finished=True)
+        model = self.model
+        return DartsCnnSearchResult(out_dir=outcome.out_dir, epochs_done=outcome.epochs_done, epochs=outcome.epochs,
+                                    finished=outcome.finished, genotype=model.genotype(),
+                                    alphas_normal=model.alphas_normal.detach().cpu().clone(),
+                                    alphas_reduce=model.alphas_reduce.detach().cpu().clone(),
+                                    metrics=_without_genotype(outcome.history[-1] if outcome.history else {}))
+
+
+def run_search(config: DartsCnnSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
+               force: bool = False, stop_after_epoch: int | None = None, progress: bool = True) -> DartsCnnSearchResult:
+    """Search (or resume, or report a finished run) in `out_dir`; under torchrun every rank calls this."""
+    return run_epochs(DartsCnnSearch(config, data_dir), out_dir, force=force, stop_after_epoch=stop_after_epoch,
+                      progress=progress)
+
+
+def _without_genotype(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "genotype"}
+
+
+def _cell_text(edges: tuple[tuple[str, int], ...]) -> str:
+    return " ".join(f"{op}<-{i}" for op, i in edges)
+
+
+def load_search_result(out_dir: str | os.PathLike[str], was_finished: bool = False) -> DartsCnnSearchResult:
+    """The result of a finished search run directory (genotype.json, done.json, checkpoint.pt)."""
+    out = Path(out_dir)
+    done = read_done(out)
+    if done is None:
+        raise CheckpointError(f"{out} holds no finished search (done.json missing or unreadable)")
+    genotype_path = out / "genotype.json"
+    genotype = load_genotype(genotype_path, "cnn_cell") if genotype_path.is_file() else genotype_from_dict(done["genotype"])
+    alphas: dict[str, torch.Tensor] = {}
+    if (out / "checkpoint.pt").is_file():
+        state = load_checkpoint(out / "checkpoint.pt")["model"]
+        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce") if k in state}
+    empty = torch.empty(0)
+    epochs = int(done.get("epochs", 0))
+    return DartsCnnSearchResult(out_dir=out, epochs_done=epochs, epochs=epochs, finished=True, was_finished=was_finished,
+                                genotype=genotype, alphas_normal=alphas.get("alphas_normal", empty),
+                                alphas_reduce=alphas.get("alphas_reduce", empty), metrics=dict(done.get("final", {})))
