@@ -138,8 +138,7 @@ def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
     import json
 
     import nasdeploy.nets.autodeeplab as adl_net
-    from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training, \
-        seg_train_config_from_dict
+    from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training
 
     seen: list[float] = []
     real = adl_net.drop_path

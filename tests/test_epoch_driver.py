@@ -35,7 +35,7 @@ class ToyResult(RunResult):
     weights: dict[str, torch.Tensor]
 
 
-class ToyTraining(EpochLoop):
+class ToyTraining(EpochLoop[ToyResult]):
     """A dropout MLP on random data: every epoch draws a shuffle and dropout masks from the global torch RNG."""
 
     kind, space = "train", "toy"

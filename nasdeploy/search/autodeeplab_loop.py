@@ -62,7 +62,7 @@ def split_halves(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[: n // 2]), sorted(order[n // 2:])
 
 
-class AutoDeepLabSearch(EpochLoop):
+class AutoDeepLabSearch(EpochLoop[AutoDeepLabSearchResult]):
     """The Auto-DeepLab search's alternating step and mIoU evaluation (the driver runs the rest)."""
 
     kind, space = "search", "autodeeplab"

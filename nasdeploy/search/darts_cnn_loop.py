@@ -86,14 +86,14 @@ def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.
     return loss.detach(), logits.detach()
 
 
-class DartsCnnSearch(EpochLoop):
+class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
     """The DARTS CNN search's step and evaluation (the driver runs the rest)."""
 
     kind, space = "search", "darts_cnn"
     run_files = ("genotype.json",)
     extra_logs = ("alphas.jsonl",)
     console_keys = ("lr", "train_loss", "train_acc", "valid_loss", "valid_acc")
-    checkpointed = {"optimizer": "w_opt", "arch_optimizer": "architect.optimizer", "scheduler": "scheduler"}
+    checkpointed = {"optimizer": "optimizer", "arch_optimizer": "architect.optimizer", "scheduler": "scheduler"}
 
     def __init__(self, config: DartsCnnSearchConfig, data_dir: str | None = None):
         super().__init__(config)
@@ -121,9 +121,9 @@ class DartsCnnSearch(EpochLoop):
             seed_everything(opts.seed + 1000 * ctx.rank)
         self.wrapped = wrap_ddp(self.model, ctx)
         self.weight_params = self.model.weight_parameters()
-        self.w_opt = torch.optim.SGD(self.weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, opts.epochs, eta_min=opts.lr_min)
-        self.architect = Architect(self.wrapped, classification_loss, self.w_opt,
+        self.optimizer = torch.optim.SGD(self.weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, opts.epochs, eta_min=opts.lr_min)
+        self.architect = Architect(self.wrapped, classification_loss, self.optimizer,
                                    ArchitectConfig(opts.order, opts.arch_lr, tuple(opts.arch_betas), opts.arch_weight_decay),
                                    cost=build_expected_cost(opts.cost, self.model))
         weight_half, arch_half = Subset(train_set, weight_idx), Subset(train_set, arch_idx)
@@ -157,7 +157,7 @@ class DartsCnnSearch(EpochLoop):
         for (xw, yw), (xa, ya) in zip(*self.loaders):
             train_batch = (xw.to(device, non_blocking=True), yw.to(device, non_blocking=True))
             arch_batch = (xa.to(device, non_blocking=True), ya.to(device, non_blocking=True))
-            loss, logits = search_step(self.wrapped, self.architect, self.w_opt, self.weight_params, train_batch,
+            loss, logits = search_step(self.wrapped, self.architect, self.optimizer, self.weight_params, train_batch,
                                        arch_batch, lr, self.config.search.grad_clip)
             bar.step(loss.item())
             meter.update(loss, logits, train_batch[1])

@@ -77,7 +77,7 @@ def search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.o
                        before_step=architecture_step)
 
 
-class DartsRnnSearch(EpochLoop):
+class DartsRnnSearch(EpochLoop[DartsRnnSearchResult]):
     """The DARTS recurrent search's step and evaluation (the driver runs the rest)."""
 
     kind, space = "search", "darts_rnn"

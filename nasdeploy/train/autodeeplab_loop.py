@@ -61,7 +61,7 @@ def load_segmentation_model(path: str | os.PathLike[str]) -> torch.nn.Module:
     return model.eval()
 
 
-class AutoDeepLabTraining(EpochLoop):
+class AutoDeepLabTraining(EpochLoop[AutoDeepLabTrainResult]):
     """The segmentation net's poly-lr SGD step and mIoU evaluation (the driver runs the rest)."""
 
     kind, space = "train", "autodeeplab"

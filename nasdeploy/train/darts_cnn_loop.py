@@ -84,7 +84,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, criterion: 
     return meter.reduce(ctx)
 
 
-class DartsCnnTraining(EpochLoop):
+class DartsCnnTraining(EpochLoop[DartsCnnTrainResult]):
     """Training a static DARTS CNN network: the recipe's step and the test evaluation (the driver runs the rest)."""
 
     kind, space = "train", "darts_cnn"

@@ -75,7 +75,7 @@ def averaged_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
                 p.copy_(value)
 
 
-class DartsRnnTraining(EpochLoop):
+class DartsRnnTraining(EpochLoop[DartsRnnTrainResult]):
     """The language model's TBPTT step, its (averaged) validation and the ASGD switch (the driver runs the rest)."""
 
     kind, space = "train", "darts_rnn"

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from tqdm import tqdm
 
@@ -89,6 +89,9 @@ class RunOutcome:
     done: dict[str, Any] | None = None  # done.json's record once finished
 
 
+R = TypeVar("R", bound=RunResult)
+
+
 class EpochBar:
     """One epoch's progress bar (rank 0, when progress is on) and the divergence check of each step's loss."""
 
@@ -114,7 +117,7 @@ class EpochBar:
         self.bar.close()
 
 
-class EpochLoop(ABC):
+class EpochLoop(ABC, Generic[R]):
     """A space's search or training loop: the hooks run_epochs calls (see the module docstring).
 
     The driver sets `ctx` (the DDP context) and `out` (the run directory) before calling setup().
@@ -182,12 +185,12 @@ class EpochLoop(ABC):
         """Write the final artifacts (rank 0 only) and return done.json's content (the same on every rank)."""
 
     @abstractmethod
-    def result(self, outcome: RunOutcome) -> RunResult:
+    def result(self, outcome: RunOutcome) -> R:
         """The typed result (with outcome.was_finished the loop was not set up: read the run directory)."""
 
 
-def run_epochs(loop: EpochLoop, out_dir: str | os.PathLike[str], *, force: bool = False,
-               stop_after_epoch: int | None = None, progress: bool = True) -> Any:
+def run_epochs(loop: EpochLoop[R], out_dir: str | os.PathLike[str], *, force: bool = False,
+               stop_after_epoch: int | None = None, progress: bool = True) -> R:
     """Run (or resume, or report the finished) `loop` in `out_dir`; under torchrun every rank calls this."""
     out = Path(out_dir)
     s = loop.settings
@@ -198,10 +201,11 @@ def run_epochs(loop: EpochLoop, out_dir: str | os.PathLike[str], *, force: bool 
         return _drive(loop, files, force, stop_after_epoch, progress and ctx.is_main)
 
 
-def _drive(loop: EpochLoop, files: tuple[str, ...], force: bool, stop_after_epoch: int | None,
-           talk: bool) -> RunResult:
+def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_epoch: int | None,
+           talk: bool) -> R:
+    """The protocol; status lines go to the console on rank 0, bars and per-epoch lines only when `talk`."""
     ctx, out, epochs = loop.ctx, loop.out, loop.settings.epochs
-    noun = _NOUN[loop.kind]
+    noun, say = _NOUN[loop.kind], ctx.is_main
     if force:
         if ctx.is_main:
             clear_run_files(out, files)
@@ -211,7 +215,7 @@ def _drive(loop: EpochLoop, files: tuple[str, ...], force: bool, stop_after_epoc
     checkpoint = _resume_checkpoint(loop)
     done = read_done(out)
     if done is not None:
-        console(f"{noun} in {out} is finished; nothing to do (use --force to redo it)", talk)
+        console(f"{noun} in {out} is finished; nothing to do (use --force to redo it)", say)
         done_epochs = int(done.get("epochs", epochs))
         return loop.result(RunOutcome(out, done_epochs, done_epochs, True, was_finished=True, done=done))
 
@@ -222,9 +226,9 @@ def _drive(loop: EpochLoop, files: tuple[str, ...], force: bool, stop_after_epoc
         _restore(loop, checkpoint)
         start, elapsed = int(checkpoint["epoch"]), float(checkpoint["meta"].get("time_s", 0.0))
         restore_rank_rng(checkpoint["rng"], ctx, start)
-        console(f"resuming {noun} in {out} after epoch {start}/{epochs}", talk)
+        console(f"resuming {noun} in {out} after epoch {start}/{epochs}", say)
     else:
-        console(f"{_VERB[loop.kind]} in {out}: {loop.describe()}", talk)
+        console(f"{_VERB[loop.kind]} in {out}: {loop.describe()}", say)
     for log in logs:
         log.rewind(lambda r: r.get("epoch", 0) <= start)
     history = [r for r in logs[0].read() if r.get("epoch", 0) <= start]
@@ -241,7 +245,7 @@ def _drive(loop: EpochLoop, files: tuple[str, ...], force: bool, stop_after_epoc
             saved = epoch + 1
     except KeyboardInterrupt:  # the checkpoint of the last completed epoch is intact (written atomically)
         console(f"interrupted: the {noun} in {out} resumes after epoch {saved}/{epochs} (run the same command again)",
-                talk)
+                say)
         raise
     if end < epochs:
         return loop.result(RunOutcome(out, end, epochs, False, history=history))
@@ -249,7 +253,7 @@ def _drive(loop: EpochLoop, files: tuple[str, ...], force: bool, stop_after_epoc
     done = {"finished": True, "epochs": epochs, **loop.finish(history), "time_s": round(elapsed, 3)}
     if ctx.is_main:
         write_json_atomic(out / DONE_FILE, done)
-    console(f"{noun} finished after {epochs} epochs ({elapsed:.1f} s): {out}", talk)
+    console(f"{noun} finished after {epochs} epochs ({elapsed:.1f} s): {out}", say)
     barrier(ctx)
     return loop.result(RunOutcome(out, epochs, epochs, True, history=history, done=done))
 
