@@ -45,7 +45,7 @@ from nasdeploy.utils.rundir import (
 )
 from nasdeploy.utils.runlog import JsonlLog, console, format_metrics
 from nasdeploy.utils.runtime import runtime_settings
-from nasdeploy.utils.yamlconfig import to_dict
+from nasdeploy.utils.yamlconfig import load_yaml, to_dict
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
@@ -305,8 +305,6 @@ def _check_stored_config(loop: EpochLoop) -> None:
     path = loop.out / CONFIG_FILE
     if not path.is_file():
         return
-    from nasdeploy.utils.yamlconfig import load_yaml
-
     stored_space = load_yaml(path).get("space")
     if stored_space != loop.space:
         raise ConfigError(f"{loop.out} holds a run of the {stored_space!r} space, not {loop.space!r}; "

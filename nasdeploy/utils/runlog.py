@@ -62,11 +62,6 @@ def console(message: str, enabled: bool = True) -> None:
         tqdm.write(message)
 
 
-def console_writer(enabled: bool = True) -> Callable[[str], None]:
-    """A print function for a loop's messages: tqdm.write, or nothing when progress output is off."""
-    return tqdm.write if enabled else (lambda message: None)
-
-
 def format_metrics(record: dict[str, Any], keys: tuple[str, ...]) -> str:
     """'key value' pairs for the console: floats to 4 significant digits."""
     parts = []
