@@ -60,7 +60,7 @@ def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
     # The run directory stores its search config headed by its space: `nasdeploy search --out DIR` alone resumes it.
     assert load_yaml(run_dir / "search" / "config.yaml")["space"] == "darts_rnn"
     code, out, err = _cli(["search", "--out", str(run_dir / "search")], capsys)
-    assert code == 0 and "already finished" in out + err
+    assert code == 0 and "is finished; nothing to do" in out + err
 
     onnx_before = (run_dir / "export" / "model.onnx").stat().st_mtime_ns
     code, _, err = _cli(args + ["--only", "export"], capsys)

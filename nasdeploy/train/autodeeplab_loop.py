@@ -26,7 +26,7 @@ from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import AutoDeepLabGenotype, genotype_from_dict, genotype_to_dict
 from nasdeploy.nets import build_network
 from nasdeploy.tasks.segmentation import evaluate_miou, majority_class_miou
-from nasdeploy.train.genotype_source import GenotypeSource, genotype_fingerprint, resolve_train_genotype
+from nasdeploy.train.genotype_source import GenotypeSource, genotype_file, genotype_fingerprint, resolve_train_genotype
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.distributed import all_reduce_sum, local_batch_size, shard_loader, shared_shuffle_loader, wrap_ddp
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
@@ -173,7 +173,7 @@ def run_training(config: AutoDeepLabTrainConfig, genotype: GenotypeSource, out_d
     Under torchrun every rank calls this and gets the same result.
     """
     if isinstance(genotype, (str, os.PathLike)):  # the config names what it trains
-        config = replace(config, net=replace(config.net, genotype=os.fspath(genotype)))
+        config = replace(config, net=replace(config.net, genotype=os.fspath(genotype_file(genotype))))
     source = genotype if genotype is not None else config.net.genotype
     config = replace(config, data=with_data_dir(config.data, data_dir))
     resolved = resolve_train_genotype(source, Path(out_dir), "autodeeplab")

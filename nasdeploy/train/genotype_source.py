@@ -23,11 +23,17 @@ def resolve_train_genotype(source: GenotypeSource, out: Path, kind: str) -> Geno
             raise ConfigError("no genotype given: pass --genotype NAME|FILE|SEARCH_DIR or set it in the config")
         source = genotype_from_dict(stored)
     elif isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        path = Path(source) / "genotype.json"
+        path = genotype_file(source)
         if not path.is_file():
             raise ConfigError(f"{source} is a directory without genotype.json (is the search finished?)")
         source = path
     return resolve_genotype(source, expected_kind=kind)
+
+
+def genotype_file(source: str | os.PathLike[str]) -> Path:
+    """A genotype name or file as given; a search run directory stands for its genotype.json."""
+    path = Path(source)
+    return path / "genotype.json" if path.is_dir() else path
 
 
 def genotype_fingerprint(genotype: Genotype) -> dict[str, Any]:
