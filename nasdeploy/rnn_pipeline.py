@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from nasdeploy.pipeline.sections import LMExportSection as RNNExportSettings  # noqa: F401  (old names)
-from nasdeploy.pipeline.sections import LMProfileSection as RNNProfileSettings  # noqa: F401
+from nasdeploy.pipeline.sections import DartsRnnExportSection as RNNExportSettings  # noqa: F401  (old names)
+from nasdeploy.pipeline.sections import DartsRnnProfileSection as RNNProfileSettings  # noqa: F401
 from nasdeploy.utils.deprecation import warn_deprecated
 
 

@@ -237,7 +237,7 @@ def test_a_failed_quantize_leaves_export_and_executorch_done(deploy_run, tmp_pat
     def broken(*args, **kwargs):
         raise RuntimeError("killed in the middle of INT8")
 
-    monkeypatch.setattr(api, "_int8_step", broken)
+    monkeypatch.setattr(api, "write_int8", broken)
     with pytest.raises(RuntimeError, match="killed in the middle"):
         run_pipeline(deploy_config(), run_dir, progress=False, force=["quantize"])
     state = _state(run_dir)

@@ -65,7 +65,7 @@ def test_reference_amoebanet_checkpoint_loads_strictly_and_matches_its_logits():
 def test_reference_amoebanet_checkpoint_exports_with_onnx_parity(tmp_path):
     pytest.importorskip("onnxruntime")
     from nasdeploy.export.onnx import export_onnx
-    from nasdeploy.export.parity import check_onnx_parity
+    from nasdeploy.export.onnx_parity import check_onnx_parity
 
     ref = load("darts_reference_amoebanet_tiny.pt")
     s = ref["settings"]

@@ -24,7 +24,6 @@ SUBCOMMANDS: dict[str, str] = {
     "search": "nasdeploy.cli.search_cmd:search",
     "train": "nasdeploy.cli.train_cmd:train",
     "pipeline": "nasdeploy.cli.pipeline_cmd:pipeline",
-    "rnn": "nasdeploy.cli.rnn_cmd:rnn",
 }
 
 

@@ -128,7 +128,7 @@ def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:
     from nasdeploy.nets import build_network
     from nasdeploy.profile.api import profile_model
     from nasdeploy.profile.complexity import model_complexity
-    from nasdeploy.profile.latency import LatencyConfig
+    from nasdeploy.profile.protocol import LatencyConfig
 
     section = ctx.config.profile
     train_cfg = _train_config(ctx)

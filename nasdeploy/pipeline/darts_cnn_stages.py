@@ -162,7 +162,8 @@ def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
     QDQ, ExecuTorch PT2E) sits under its float twin's column (ort-cpu-1t, executorch-fp32).
     """
     from nasdeploy.profile.api import profile_target
-    from nasdeploy.profile.latency import FLOAT_TWIN, INT8_LATENCY_BACKENDS, LatencyConfig
+    from nasdeploy.profile.latency import FLOAT_TWIN, INT8_LATENCY_BACKENDS
+    from nasdeploy.profile.protocol import LatencyConfig
 
     section = ctx.config.profile
     int8_backends = [INT8_LATENCY_BACKENDS[m] for m in section.int8]

@@ -13,6 +13,8 @@ Each space provides, with one vocabulary for all of them:
 - pipeline: a module with STAGES (search, derive, train, export, profile), report_figures(ctx) and
   reproduce_commands(ctx); export/profile: its pipeline export and profile adapters;
 - export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections;
+- export_target / profile_targets: what `nasdeploy export` and `nasdeploy profile` call for its genotypes and
+  checkpoints (one signature each across spaces);
 - cost_cells: the cell description of its per-op cost tables (a deployment budget in the search).
 """
 
@@ -52,6 +54,8 @@ class SearchSpace:
     profile: str
     export_section: str = "nasdeploy.pipeline.sections:ExportSection"
     profile_section: str = "nasdeploy.pipeline.sections:ProfileSection"
+    export_target: str = "nasdeploy.export.api:export_target"
+    profile_targets: str = "nasdeploy.profile.networks:profile_network_targets"
     profile_defaults: Mapping[str, Any] = field(default_factory=dict)
     profile_nets: tuple[str, ...] = ()  # the network families its profile section may name (empty: no `net` key)
     # Top-level sections that only this space's search/train configs have (so `space:` may be left out).
@@ -108,8 +112,10 @@ SPACES: dict[str, SearchSpace] = {
         pipeline="nasdeploy.pipeline.darts_rnn_stages",
         export="nasdeploy.pipeline.darts_rnn_stages:rnn_export_stage",
         profile="nasdeploy.pipeline.darts_rnn_stages:rnn_profile_stage",
-        export_section="nasdeploy.pipeline.sections:LMExportSection",
-        profile_section="nasdeploy.pipeline.sections:LMProfileSection",
+        export_section="nasdeploy.pipeline.sections:DartsRnnExportSection",
+        profile_section="nasdeploy.pipeline.sections:DartsRnnProfileSection",
+        export_target="nasdeploy.export.darts_rnn:export_darts_rnn_target",
+        profile_targets="nasdeploy.profile.darts_rnn:profile_darts_rnn_targets",
         legacy_pipeline_sections={"search_run": "search", "train_run": "train"},
     ),
     "autodeeplab": SearchSpace(

@@ -89,15 +89,18 @@ def _fsync_path(path: Path) -> None:
 
 
 def set_default_permissions(folder: str | os.PathLike[str]) -> None:
-    """Give a staged folder tree the permissions of ordinary mkdir/open (0777 / 0666 less the umask: 0755 / 0644)."""
+    """Give a staged folder tree the permissions of ordinary mkdir/open, less the umask: folders and files the
+    owner may execute (scripts) 0777 -> 0755, other files 0666 -> 0644 (mkdtemp/mkstemp made them 0700/0600)."""
     umask = _umask()
     root = Path(folder)
     os.chmod(root, 0o777 & ~umask)
     for base, dirs, files in os.walk(root):  # os.walk does not enter symlinked folders
-        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+        for name in dirs + files:
             path = os.path.join(base, name)
-            if not os.path.islink(path):
-                os.chmod(path, mode & ~umask)
+            if os.path.islink(path):
+                continue
+            executable = os.path.isdir(path) or os.stat(path).st_mode & stat.S_IXUSR
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
 
 
 def process_start_time() -> float:
