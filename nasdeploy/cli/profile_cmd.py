@@ -77,12 +77,13 @@ def _adapter(targets: list[str]):  # type: ignore[no-untyped-def]
 
     resolved = [t if is_onnx_target(t) else deploy_target(t) for t in targets]
     spaces = {t.space.name: t.space for t in resolved if not isinstance(t, str)}
-    if any(isinstance(t, str) for t in resolved):  # .onnx files
+    onnx_files = any(isinstance(t, str) for t in resolved)
+    if onnx_files:  # an .onnx file is profiled as an image network
         spaces.setdefault(DEFAULT_SPACE, get_space(DEFAULT_SPACE))
     refs = {space.profile_targets for space in spaces.values()}
     if len(refs) > 1:
-        names = " and ".join(sorted(spaces))
-        raise ConfigError(f"targets of the {names} spaces (.onnx files: {DEFAULT_SPACE}) cannot share one profile table")
+        note = f" (an .onnx file counts as {DEFAULT_SPACE})" if onnx_files else ""
+        raise ConfigError(f"targets of the {' and '.join(sorted(spaces))} spaces cannot share one profile table{note}")
     return resolve(refs.pop()), resolved
 
 

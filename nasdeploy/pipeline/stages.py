@@ -67,7 +67,7 @@ def _executorch_installed() -> bool:
 
 
 def _trained_source(ctx: StageContext, net: str, checkpoint: str) -> Any:
-    from nasdeploy.export.api import build_export_model
+    from nasdeploy.export.source import build_export_model
 
     return build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
 
