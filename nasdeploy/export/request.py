@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.export.formats import check_formats
 from nasdeploy.export.options import ExportOptions
 from nasdeploy.export.samples import SampleSizes
+from nasdeploy.export.target import DeployTarget
+from nasdeploy.genotypes import Genotype
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ExportRequest:
     the calibration and validation samples of `samples` images.
     """
 
-    target: Any
+    target: str | os.PathLike[str] | Genotype | DeployTarget
     checkpoint: str | os.PathLike[str] | None = None
     net: str | None = None
     formats: tuple[str, ...] = ("onnx",)

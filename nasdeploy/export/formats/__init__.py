@@ -19,17 +19,18 @@ class FormatStep:
     name: str
     run: str  # "module:function" taking a nasdeploy.export.artifacts.StepContext
     needs: tuple[str, ...] = ()  # earlier steps whose artifact this one reads
+    is_format: bool = True  # asked for with --format (the int8 step is asked for with --int8 METHOD)
 
 
 # In the order an export runs them: a step comes after every step it needs.
 STEPS: dict[str, FormatStep] = {
     "onnx": FormatStep("onnx", "nasdeploy.export.formats.onnx:write_onnx"),
     "executorch": FormatStep("executorch", "nasdeploy.export.formats.executorch:write_executorch"),
-    "int8": FormatStep("int8", "nasdeploy.export.formats.int8:write_int8"),
+    "int8": FormatStep("int8", "nasdeploy.export.formats.int8:write_int8", is_format=False),
     "tensorrt": FormatStep("tensorrt", "nasdeploy.export.formats.tensorrt:write_tensorrt", needs=("onnx",)),
     "triton": FormatStep("triton", "nasdeploy.export.formats.triton:write_triton", needs=("onnx",)),
 }
-FORMATS: tuple[str, ...] = ("onnx", "executorch", "tensorrt", "triton")  # what `--format` may name
+FORMATS: tuple[str, ...] = tuple(name for name, step in STEPS.items() if step.is_format)  # what --format may name
 # INT8 method -> the float artifact it quantizes: onnxruntime static QDQ of model.onnx; PT2E XNNPACKQuantizer
 # scored against the float model.pte.
 INT8_FLOAT_FORMAT: dict[str, str] = {"ort": "onnx", "executorch": "executorch"}
