@@ -43,6 +43,9 @@ def test_every_step_resolves_and_comes_after_what_it_needs():
         assert all(order.index(need) < order.index(name) for need in step.needs), name
     assert FORMATS == ("onnx", "executorch", "tensorrt", "triton") and "int8" not in FORMATS
     assert set(INT8_FLOAT_FORMAT.values()) <= set(FORMATS) and INT8_METHODS == ("ort", "executorch")
+    from nasdeploy.export.formats.int8 import _METHODS
+
+    assert tuple(_METHODS) == INT8_METHODS  # every INT8 method has a handler, and no other
 
 
 def test_names_are_checked_once_for_every_caller():

@@ -23,13 +23,14 @@ class _Method:
     file: str
     role: str
     what: str
+    program: bool = False  # an ExecuTorch program: gets its .pte.json metadata beside it
 
 
 _METHODS = {
     "ort": _Method(quantize.quantize_with_ort, "model_int8.onnx", "onnx_int8",
                    "INT8 with onnxruntime static quantization (QDQ, per-channel)"),
     "executorch": _Method(quantize.quantize_with_executorch, "model_int8.pte", "executorch_int8",
-                          "INT8 with PT2E (XNNPACKQuantizer) -> .pte"),
+                          "INT8 with PT2E (XNNPACKQuantizer) -> .pte", program=True),
 }
 
 
@@ -49,7 +50,7 @@ def write_int8(ctx: StepContext) -> None:
         ctx.result.quantization[name] = res
         if res.status == "ok":
             ctx.result.files[method.role] = res.file
-            if method.file.endswith(".pte"):
+            if method.program:
                 meta = pte_metadata(ctx, {"scheme": res.scheme, "calibration": res.calibration})
                 ctx.result.files[f"{method.role}_metadata"] = write_pte_metadata(ctx.stage / res.file, meta).name
         ctx.say(res.summary())
