@@ -16,7 +16,6 @@ from nasdeploy.utils.files import describe_os_error
 
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
-    "adl": "nasdeploy.cli.adl_cmd:adl",
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "build-ext": "nasdeploy.cli.build_ext_cmd:build_ext",
     "profile": "nasdeploy.cli.profile_cmd:profile",
