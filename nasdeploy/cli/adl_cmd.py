@@ -70,6 +70,7 @@ def decode_cmd(checkpoint: str, output: str | None) -> None:
     """Decode the genotype (cell top-2, Viterbi path) from a search CHECKPOINT."""
     from nasdeploy.errors import CheckpointError
     from nasdeploy.genotypes import save_genotype
+    from nasdeploy.genotypes.describe import describe_genotype
     from nasdeploy.spaces.autodeeplab_decode import decode_genotype
     from nasdeploy.utils.checkpoint import load_checkpoint
 
@@ -79,6 +80,6 @@ def decode_cmd(checkpoint: str, output: str | None) -> None:
         raise CheckpointError(f"{checkpoint} has no alphas/betas: not an Auto-DeepLab search checkpoint")
     blocks = int(state.get("meta", {}).get("config", {}).get("supernet", {}).get("blocks", 5))
     genotype = decode_genotype(model["alphas"].numpy(), model["betas"].numpy(), blocks, name="adl_decoded")
-    click.echo(genotype.describe())
+    click.echo(describe_genotype(genotype))
     if output:
         click.echo(f"wrote {save_genotype(genotype, output)}")
