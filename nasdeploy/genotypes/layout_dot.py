@@ -22,7 +22,7 @@ def dot_layout(
     graph = graphviz.Digraph(
         graph_attr={"rankdir": "LR", "nodesep": "0.14", "ranksep": "0.3", "splines": "spline", "margin": "0"},
         node_attr={"shape": "box", "fixedsize": "true", "label": ""},
-        edge_attr={"arrowhead": "none"},
+        edge_attr={"arrowhead": "none", "tailport": "e", "headport": "w"},
     )
     pull = {b.id for b in boxes if b.pull}
     for b in boxes:
