@@ -26,7 +26,6 @@ class Drawn:
 
         fig.set_dpi(DPI)
         canvas = FigureCanvasAgg(fig)
-        canvas.draw()
         renderer = canvas.get_renderer()
         ax = fig.axes[0]
         self.size = (fig.bbox.width, fig.bbox.height)
@@ -36,6 +35,8 @@ class Drawn:
         self.lines = {
             p.get_gid(): p.get_transform().transform_path(p.get_path()) for p in ax.patches if "/link/" in p.get_gid()
         }
+        boxed = {gid.replace("/text/", "/box/") for gid in self.texts if "/text/" in gid}
+        assert boxed == set(self.boxes) and self.lines, "every label has its box, and there are lines"
 
     def labels(self, panel: int, prefix: str) -> list[str]:
         """Texts of one panel's boxes whose id starts with prefix ('s' states, 'op' ops, 'out')."""

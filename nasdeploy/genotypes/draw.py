@@ -101,7 +101,11 @@ def panel_title(genotype: Any, graph: CellGraph) -> str:
 
 
 def _draw_panel(ax: Any, layout: Layout, texts: dict[str, tuple[str, str]], x0: float, y0: float, tag: str) -> None:
-    """Draw one laid-out cell with its lower-left corner at (x0, y0); artists carry gids for checks."""
+    """Draw one laid-out cell with its lower-left corner at (x0, y0); artists carry gids for checks.
+
+    Patches go in as plain artists: the axis limits are fixed, and add_patch's limit updates cost more
+    than the drawing.
+    """
     from matplotlib.patches import FancyBboxPatch, PathPatch, Polygon
     from matplotlib.path import Path as MplPath
 
@@ -110,17 +114,17 @@ def _draw_panel(ax: Any, layout: Layout, texts: dict[str, tuple[str, str]], x0: 
         step = MplPath.CURVE4 if route.curved else MplPath.LINETO
         line = MplPath(pts, [MplPath.MOVETO] + [step] * (len(pts) - 1))
         gid = f"{tag}/link/{route.source}/{route.target}"
-        ax.add_patch(PathPatch(line, fill=False, ec=_LINE, lw=0.9, capstyle="butt", joinstyle="round", gid=gid))
+        ax.add_artist(PathPatch(line, fill=False, ec=_LINE, lw=0.9, capstyle="butt", joinstyle="round", gid=gid))
         (xa, ya), (xb, yb) = pts[-2], pts[-1]
         norm = max(((xb - xa) ** 2 + (yb - ya) ** 2) ** 0.5, 1e-9)
         ux, uy = (xb - xa) / norm, (yb - ya) / norm
         base = (xb - 6.0 * ux, yb - 6.0 * uy)
         head = [(xb, yb), (base[0] - 2.6 * uy, base[1] + 2.6 * ux), (base[0] + 2.6 * uy, base[1] - 2.6 * ux)]
-        ax.add_patch(Polygon(head, closed=True, fc=_LINE, ec="none", gid=gid + "/head"))
+        ax.add_artist(Polygon(head, closed=True, fc=_LINE, ec="none", gid=gid + "/head"))
     for box_id, box in layout.boxes.items():
         kind, text = texts[box_id]
         rounding = 2.0 if kind == "op" else 4.0
-        ax.add_patch(
+        ax.add_artist(
             FancyBboxPatch(
                 (x0 + box.left, y0 + box.y - box.height / 2), box.width, box.height,
                 boxstyle=f"round,pad=0,rounding_size={rounding}", fc=_FILL[kind], ec="#333333",
