@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
@@ -49,13 +50,10 @@ class Drawn:
         return [(a, b) for a, b in ends]
 
 
-_cache: dict[tuple[str, str], Drawn] = {}
-
-
+@functools.cache
 def drawn(name: str, engine: str = "own") -> Drawn:
-    if (name, engine) not in _cache:
-        _cache[(name, engine)] = Drawn(genotype_figure(get_genotype(name), engine))
-    return _cache[(name, engine)]
+    """A registry genotype's figure, rendered once for all the tests that read it."""
+    return Drawn(genotype_figure(get_genotype(name), engine))
 
 
 def _overlap(a, b, pad: float = 0.0) -> bool:
