@@ -51,7 +51,7 @@ class Drawn:
 
 
 @functools.cache
-def drawn(name: str, engine: str = "own") -> Drawn:
+def drawn(name: str, engine: str) -> Drawn:
     """A registry genotype's figure, rendered once for all the tests that read it."""
     return Drawn(genotype_figure(get_genotype(name), engine))
 
@@ -107,7 +107,7 @@ def _name(ref: str) -> str:
 
 @pytest.mark.parametrize("name", list_genotypes())
 def test_figure_numbers_states_and_wires_ops_as_the_text_does(name):
-    d = drawn(name)
+    d = drawn(name, "own")
     sections = _sections(describe_genotype(get_genotype(name)))
     assert len(sections) == len({gid.split("/")[0] for gid in d.texts})
     for panel, (header, lines) in enumerate(sections):
@@ -144,7 +144,7 @@ def test_figure_numbers_states_and_wires_ops_as_the_text_does(name):
 @pytest.mark.parametrize("name", list_genotypes())
 def test_figure_numbers_are_the_json_indices(name):
     """The numbers drawn are the state indices the genotype's JSON uses (its two inputs drawn as symbols)."""
-    data, d = genotype_to_dict(get_genotype(name)), drawn(name)
+    data, d = genotype_to_dict(get_genotype(name)), drawn(name, "own")
     if "recurrent" in data:  # s0 is state 0, node i is state i; every index refers to a node
         cells = [(data["recurrent"], data["concat"], list(range(len(data["recurrent"]) + 1)), 0)]
     else:  # inputs 0 and 1, node (block) i is state 2 + i
