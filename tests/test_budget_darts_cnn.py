@@ -18,6 +18,7 @@ from nasdeploy.spaces.cell_knapsack import best_unconstrained, cheapest_cost, so
 from nasdeploy.spaces.darts_cnn_budget import DartsCnnCellCosts, derive_genotype_under_budget, genotype_score
 from nasdeploy.spaces.darts_cnn_derive import derive_cell, derive_genotype, softmax_rows
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors on a shared machine
 SMALL = dict(net="cifar", channels=8, layers=5)
 
 
