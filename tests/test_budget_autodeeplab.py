@@ -1,4 +1,4 @@
-"""Auto-DeepLab budget: the cost model equals the profiler, E[cost] equals the exhaustive expectation, and the
+"""Auto-DeepLab budget: the cost table equals the profiler, E[cost] equals the exhaustive expectation, and the
 budgeted decode equals brute force over every (cell, path) of tiny lattices."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from nasdeploy.genotypes.autodeeplab import ADL_CELL_OPS, ADL_PRIMITIVES, ADL_PU
     make_adl_genotype
 from nasdeploy.nets.autodeeplab import AutoDeepLabNet
 from nasdeploy.profile import model_complexity
-from nasdeploy.profile import autodeeplab_cost_table as act
+from nasdeploy.profile import autodeeplab_cost_table_build as act
 from nasdeploy.spaces.autodeeplab_budget import decode_under_budget, genotype_log_score, path_groups
 from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, softmax
 from nasdeploy.spaces.cell_knapsack import solve_cell
@@ -64,7 +64,7 @@ def all_cells(blocks):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return act.build_autodeeplab_cost_model(TINY)
+    return act.build_autodeeplab_cost_table(TINY)
 
 
 @pytest.mark.parametrize("spec", [
@@ -73,29 +73,29 @@ def tiny():
                            separable_heads=True, **HEADS),
 ], ids=["even-size", "odd-size-separable"])
 def test_table_cost_is_the_profilers_count(spec):
-    model = act.build_autodeeplab_cost_model(spec)
+    table = act.build_autodeeplab_cost_table(spec)
     rng = np.random.default_rng(spec.layers)
     for _ in range(4):
         genotype = random_genotype(rng, spec.blocks, spec.layers)
         net = AutoDeepLabNet(genotype, **net_kwargs(spec))
-        assert model.genotype_cost(genotype) == model_complexity(net, (3, *spec.input_size), activations=False).macs
+        assert table.genotype_cost(genotype) == model_complexity(net, (3, *spec.input_size), activations=False).macs
 
 
 def test_published_network_at_1024x2048_matches_its_recorded_count(tmp_path, monkeypatch):
     spec = act.AutoDeepLabNetSpec()  # Auto-DeepLab-S: F=20, 12 layers, dense heads, 1024x2048
-    model = act.build_or_load_autodeeplab_cost_model(spec, cache_dir=tmp_path)
-    assert model.genotype_cost(AUTODEEPLAB) == ADL_PUBLISHED_COSTS["segmentation"]["S"]["macs"]
+    table = act.build_or_load_autodeeplab_cost_table(spec, cache_dir=tmp_path)
+    assert table.genotype_cost(AUTODEEPLAB) == ADL_PUBLISHED_COSTS["segmentation"]["S"]["macs"]
 
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt although cached")
 
-    monkeypatch.setattr(act, "build_autodeeplab_cost_model", fail)
-    again = act.build_or_load_autodeeplab_cost_model(spec, cache_dir=tmp_path)
-    assert again.genotype_cost(AUTODEEPLAB) == model.genotype_cost(AUTODEEPLAB)
-    assert np.array_equal(again.cell_ops, model.cell_ops) and again.levels == model.levels
+    monkeypatch.setattr(act, "build_autodeeplab_cost_table", fail)
+    again = act.build_or_load_autodeeplab_cost_table(spec, cache_dir=tmp_path)
+    assert again.genotype_cost(AUTODEEPLAB) == table.genotype_cost(AUTODEEPLAB)
+    assert np.array_equal(again.cell_ops, table.cell_ops) and again.levels == table.levels
     (next(tmp_path.iterdir())).write_text("{}")
-    with pytest.raises(ConfigError, match="not a nasdeploy autodeeplab cost model"):
-        act.load_cost_model(next(tmp_path.iterdir()))
+    with pytest.raises(ConfigError, match="not a nasdeploy autodeeplab cost table"):
+        act.load_autodeeplab_cost_table(next(tmp_path.iterdir()))
 
 
 def test_expected_cost_is_the_exhaustive_expectation(tiny):
@@ -139,18 +139,18 @@ def test_expected_cost_gradients_reach_alpha_and_beta(tiny):
     assert after < before
 
 
-def brute_force(model, alphas, betas, budget):
+def brute_force(table, alphas, betas, budget):
     """Best (score, cost, genotype) over every cell x path; a genotype's cost by walking its path."""
-    cells = list(all_cells(model.blocks))
+    cells = list(all_cells(table.blocks))
     log_w = np.log(softmax(alphas))
     index = [(sum(2 + i for i in range(k // 2)) + src, ADL_PRIMITIVES.index(op)) for cell in cells
              for k, (op, src) in enumerate(cell)]
     rows, cols = np.array(index).T.reshape(2, len(cells), -1)
     cell_score = log_w[rows, cols].sum(axis=1)
     best = None
-    for path in all_paths(model.layers):
-        counts, fixed = model.path_counts(path)
-        matrix = sum(n * model.cell_ops[k] for k, n in enumerate(counts))
+    for path in all_paths(table.layers):
+        counts, fixed = table.path_counts(path)
+        matrix = sum(n * table.cell_ops[k] for k, n in enumerate(counts))
         cost = fixed + matrix[rows, cols].sum(axis=1)
         score = cell_score + _path_log_prob(path, betas)
         ok = cost <= budget
@@ -177,11 +177,11 @@ def _path_log_prob(path, betas):
 
 def test_without_a_budget_the_decode_is_todays(tiny):
     rng = np.random.default_rng(0)
-    model = act.build_autodeeplab_cost_model(act.AutoDeepLabNetSpec(layers=6, blocks=5, filter_multiplier=2,
+    table = act.build_autodeeplab_cost_table(act.AutoDeepLabNetSpec(layers=6, blocks=5, filter_multiplier=2,
                                                                     input_size=(32, 32), **HEADS))
     for seed in range(6):
         alphas, betas = rng.normal(size=(20, 8)) * (1e-3 if seed % 2 else 1.0), rng.normal(size=(6, 4, 3))
-        r = decode_under_budget(alphas, betas, model, 1e15)
+        r = decode_under_budget(alphas, betas, table, 1e15)
         assert r.genotype == decode_genotype(alphas, betas, 5) and not r.binding
         assert r.score == pytest.approx(genotype_log_score(r.genotype, alphas, betas), abs=1e-12)
 
@@ -215,25 +215,25 @@ def test_budgeted_decode_equals_a_knapsack_per_path_on_a_deeper_lattice():
     """6 layers, 5 blocks, an even input size (sizes drift along up moves): grouping, A* order and bounds
     against the plain reference of one exact cell knapsack per path."""
     spec = act.AutoDeepLabNetSpec(layers=6, blocks=5, filter_multiplier=2, input_size=(30, 44), num_classes=3, **HEADS)
-    model = act.build_autodeeplab_cost_model(spec)
+    table = act.build_autodeeplab_cost_table(spec)
     rng = np.random.default_rng(4)
     paths = all_paths(6)
     for scale in (0.01, 1.0):
         alphas, betas = rng.normal(size=(20, 8)), rng.normal(size=(6, 4, 3)) * scale
         log_w = np.log(softmax(alphas))
         blocks = [log_w[sum(2 + i for i in range(t)):sum(2 + i for i in range(t + 1))] for t in range(5)]
-        free = decode_under_budget(alphas, betas, model, 1e15)
-        cheapest = min(model.path_counts(p)[1] for p in paths)
+        free = decode_under_budget(alphas, betas, table, 1e15)
+        cheapest = min(table.path_counts(p)[1] for p in paths)
         for budget in (cheapest + 0.3 * (free.cost - cheapest), cheapest + 0.9 * (free.cost - cheapest)):
             best = -np.inf
             for path in paths:
-                counts, fixed = model.path_counts(path)
-                matrix = model.cell_cost_matrix(counts)
+                counts, fixed = table.path_counts(path)
+                matrix = table.cell_cost_matrix(counts)
                 costs = [matrix[sum(2 + i for i in range(t)):sum(2 + i for i in range(t + 1))] for t in range(5)]
                 found = solve_cell(blocks, costs, range(1, 8), budget - fixed)
                 if found is not None:
                     best = max(best, found.score + _path_log_prob(path, betas))
-            r = decode_under_budget(alphas, betas, model, float(budget))
-            assert r.cost <= budget and r.cost == model.genotype_cost(r.genotype)
+            r = decode_under_budget(alphas, betas, table, float(budget))
+            assert r.cost <= budget and r.cost == table.genotype_cost(r.genotype)
             assert r.score == pytest.approx(best, abs=1e-9)
             assert r.score == pytest.approx(genotype_log_score(r.genotype, alphas, betas), abs=1e-9)

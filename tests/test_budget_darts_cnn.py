@@ -14,6 +14,7 @@ from nasdeploy.genotypes import CNN_PRIMITIVES
 from nasdeploy.nets import build_network
 from nasdeploy.profile import model_complexity
 from nasdeploy.profile import cost_table_build as ctb
+from nasdeploy.profile.cost_table import CellSpace
 from nasdeploy.spaces.cell_knapsack import best_unconstrained, cheapest_cost, solve_cell
 from nasdeploy.spaces.darts_cnn_budget import DartsCnnCellCosts, derive_genotype_under_budget, genotype_score
 from nasdeploy.spaces.darts_cnn_derive import derive_cell, derive_genotype, softmax_rows
@@ -192,3 +193,15 @@ def test_mobile_budgets_hold_on_five_seeds_by_construction(imagenet_table):
             r = derive_genotype_under_budget(*weights, costs, budget)
             assert r.cost <= budget and r.cost == imagenet_table.genotype_cost(r.genotype)
     assert r.cost == profiler_macs(r.genotype, "imagenet")
+
+
+def test_five_node_cells_meet_the_budget_and_match_the_profiler():
+    space = CellSpace("darts_cnn", CNN_PRIMITIVES, 5, 5)
+    table = ctb.build_cost_table(space, None, **SMALL)
+    costs = DartsCnnCellCosts.from_table(table)
+    rng = np.random.default_rng(9)
+    weights = [softmax_rows(rng.normal(size=(20, 8))) for _ in range(2)]
+    free = derive_genotype_under_budget(*weights, costs, 1e12, steps=5, multiplier=5)
+    r = derive_genotype_under_budget(*weights, costs, 0.8 * free.cost, steps=5, multiplier=5)
+    assert r.binding and r.cost <= 0.8 * free.cost and r.genotype.normal_concat == (2, 3, 4, 5, 6)
+    assert r.cost == table.genotype_cost(r.genotype) == profiler_macs(r.genotype, **SMALL)

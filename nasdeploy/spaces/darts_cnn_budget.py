@@ -178,4 +178,4 @@ def _weights(values: Any, label: str, steps: int, primitives: Sequence[str]) -> 
 
 
 def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
+    return f"{value:,.0f}" if abs(value) >= 1000 or float(value).is_integer() else f"{value:.4g}"

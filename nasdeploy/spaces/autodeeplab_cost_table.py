@@ -14,7 +14,7 @@ genotype-independent part (pre-processing) plus, per kept (edge, op), cell_ops[c
 A final state adds the head (ASPP on the last cell, DeepLabv3+ decoder on the stride-4 feature); the
 stem is a constant. So cost(cell, path) = stem + sum over the path's transitions of (transition +
 sum over kept edges of cell_ops[context]) + head(final state): additive, exact (the table builder in
-profile/autodeeplab_cost_table.py counts every piece with the profiler's FlopCounterMode, and a test
+profile/autodeeplab_cost_table_build.py counts every piece with the profiler's FlopCounterMode, and a test
 checks the sum against the profiler's count of whole networks).
 
 Expectation. E[cost](alpha, beta): beta's Eq. 7 probabilities make the path a Markov chain over the
@@ -42,7 +42,7 @@ NONE_OP = "none"
 
 
 @dataclass(frozen=True)
-class AutoDeepLabCostModel:
+class AutoDeepLabCostTable:
     """Per-context cell op costs and the path's state machine with its genotype-independent costs."""
 
     blocks: int
@@ -61,17 +61,17 @@ class AutoDeepLabCostModel:
     def __post_init__(self) -> None:
         edges = sum(2 + i for i in range(self.blocks))
         if self.cell_ops.shape != (len(self.contexts), edges, len(self.primitives)):
-            raise ConfigError(f"autodeeplab cost model: cell_ops has shape {self.cell_ops.shape}, expected "
+            raise ConfigError(f"autodeeplab cost table: cell_ops has shape {self.cell_ops.shape}, expected "
                               f"{(len(self.contexts), edges, len(self.primitives))} (contexts, edges, primitives)")
         n = len(self.next_state)
         if not (len(self.levels) == n + 1 == len(self.context) + 1 == len(self.transition) + 1) or n < 1:
-            raise ConfigError("autodeeplab cost model: per-layer tables disagree on the number of layers")
+            raise ConfigError("autodeeplab cost table: per-layer tables disagree on the number of layers")
         for l in range(n):
             shape = (len(self.levels[l]), 3)
             if not (self.next_state[l].shape == self.context[l].shape == self.transition[l].shape == shape):
-                raise ConfigError(f"autodeeplab cost model: layer {l} tables do not have shape {shape}")
+                raise ConfigError(f"autodeeplab cost table: layer {l} tables do not have shape {shape}")
         if self.head.shape != (len(self.levels[n]),):
-            raise ConfigError("autodeeplab cost model: one head cost per final state expected")
+            raise ConfigError("autodeeplab cost table: one head cost per final state expected")
 
     @property
     def layers(self) -> int:
@@ -81,7 +81,7 @@ class AutoDeepLabCostModel:
     def walk(self, path: Sequence[int]) -> list[tuple[int, int, int, int]]:
         """(layer, state, direction, next state) of each move of `path`; ConfigError if the path is not in the lattice."""
         if len(path) != self.layers:
-            raise ConfigError(f"path of {len(path)} layers does not fit this cost model ({self.layers} layers)")
+            raise ConfigError(f"path of {len(path)} layers does not fit this cost table ({self.layers} layers)")
         moves, state = [], 0
         for l, level in enumerate(path):
             d = int(level) - self.levels[l][state] + 1
@@ -110,7 +110,7 @@ class AutoDeepLabCostModel:
     def genotype_cost(self, genotype: AutoDeepLabGenotype) -> float:
         """Table cost of a genotype's deployment network (exact for MACs)."""
         if genotype.blocks != self.blocks:
-            raise ConfigError(f"genotype cell has {genotype.blocks} blocks; the cost model {self.blocks}")
+            raise ConfigError(f"genotype cell has {genotype.blocks} blocks; the cost table {self.blocks}")
         counts, fixed = self.path_counts(genotype.path)
         matrix = self.cell_cost_matrix(counts)
         col = {p: k for k, p in enumerate(self.primitives)}
@@ -123,7 +123,7 @@ class AutoDeepLabCostModel:
         """E[cost] (float64 scalar, differentiable) of alpha logits [edges, primitives] and beta logits [L, 4, 3]."""
         device = alphas.device
         if betas.shape[0] != self.layers:
-            raise ConfigError(f"beta has {betas.shape[0]} layers; the cost model {self.layers}")
+            raise ConfigError(f"beta has {betas.shape[0]} layers; the cost table {self.layers}")
         keep = torch.tensor([k for k, p in enumerate(self.primitives) if p != NONE_OP], device=device)
         probs = torch.softmax(alphas.double().index_select(1, keep), dim=-1)
         edge_weight = torch.tensor([2.0 / (2 + i) for i in range(self.blocks) for _ in range(2 + i)],
@@ -155,10 +155,10 @@ class AutoDeepLabCostModel:
                 "primitives": list(self.primitives), "metric": self.metric, "net": self.net}
 
 
-def cost_model_from_dict(data: dict[str, Any], source: str = "autodeeplab cost model") -> AutoDeepLabCostModel:
+def autodeeplab_cost_table_from_dict(data: dict[str, Any], source: str = "autodeeplab cost table") -> AutoDeepLabCostTable:
     """Parse the JSON form (one-line ConfigError when malformed)."""
     try:
-        return AutoDeepLabCostModel(
+        return AutoDeepLabCostTable(
             blocks=int(data["blocks"]), stem=float(data["stem"]),
             contexts=tuple(tuple(int(v) for v in c) for c in data["contexts"]),
             cell_ops=np.asarray(data["cell_ops"], dtype=np.float64),

@@ -1,12 +1,13 @@
-"""Build the Auto-DeepLab cost model: MACs of every cell context, transition, stem and head of a deployment net.
+"""Build the Auto-DeepLab cost table: MACs of every cell context, transition, stem and head of a deployment net.
 
-Walks every state the network path can reach (spaces/autodeeplab_cost_model.py: level, size, previous
+Walks every state the network path can reach (spaces/autodeeplab_cost_table.py: level, size, previous
 widths, stride-4 feature) for the static network of nets/autodeeplab.py at a given filter multiplier,
 input size and head widths, and counts each distinct piece once with the profiler's counter
 (FlopCounterMode total / 2, as utils.model_cost.forward_macs) on the very modules the network builds
-(the cell's pre-processing, build_adl_op, AutoDeepLabStem, ASPP, DeepLabV3PlusDecoder), run on meta
-tensors, so building costs no real convolutions even at 1024x2048. Cached as JSON per network spec and
-library versions, like the DARTS cost tables.
+(the cell's pre-processing, build_adl_op, AutoDeepLabStem, ASPP, DeepLabV3PlusDecoder). Large pieces
+run on meta tensors, so building costs no real convolutions even at 1024x2048 (about 6 s for the
+12-layer Auto-DeepLab-S net there); small ones run on real CPU tensors, which is faster and counts the
+same. Cached as JSON per network spec and library versions, like the DARTS cost tables.
 """
 
 from __future__ import annotations
@@ -29,19 +30,19 @@ from nasdeploy.nets.autodeeplab import AutoDeepLabCell, AutoDeepLabStem, default
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
 from nasdeploy.ops import build_adl_op
 from nasdeploy.profile.cost_table_build import default_cache_dir
-from nasdeploy.spaces.autodeeplab_cost_model import AutoDeepLabCostModel, cost_model_from_dict
+from nasdeploy.spaces.autodeeplab_cost_table import AutoDeepLabCostTable, autodeeplab_cost_table_from_dict
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.model_cost import forward_macs
 
-COST_MODEL_FORMAT = "nasdeploy.autodeeplab_cost_model"
-COST_MODEL_VERSION = 1
+COST_TABLE_FORMAT = "nasdeploy.autodeeplab_cost_table"
+COST_TABLE_VERSION = 1
 _META = torch.device("meta")
 _REAL_LIMIT = 1 << 18  # elements per input below which pieces are counted on real CPU tensors
 
 
 @dataclass(frozen=True)
 class AutoDeepLabNetSpec:
-    """The static segmentation network a cost model describes (AutoDeepLabNet's cost-relevant arguments)."""
+    """The static segmentation network a cost table describes (AutoDeepLabNet's cost-relevant arguments)."""
 
     layers: int = 12
     blocks: int = 5
@@ -60,9 +61,9 @@ class AutoDeepLabNetSpec:
                     "low_level_channels"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"autodeeplab cost model: {key} must be a positive integer, got {value!r}")
+                raise ConfigError(f"autodeeplab cost table: {key} must be a positive integer, got {value!r}")
         if len(self.input_size) != 2 or min(self.input_size) < 2:
-            raise ConfigError(f"autodeeplab cost model: input_size must be (H, W) >= 2, got {self.input_size}")
+            raise ConfigError(f"autodeeplab cost table: input_size must be (H, W) >= 2, got {self.input_size}")
 
 
 def _device(*shapes: Sequence[int]) -> torch.device:
@@ -143,7 +144,7 @@ class _Counter:
         return self._once(("head", level, c, h, w, low), compute)
 
 
-def build_autodeeplab_cost_model(spec: AutoDeepLabNetSpec) -> AutoDeepLabCostModel:
+def build_autodeeplab_cost_table(spec: AutoDeepLabNetSpec) -> AutoDeepLabCostTable:
     """Count every piece of the network for every reachable path state (MACs)."""
     counter = _Counter(spec)
     device = _device((max(spec.stem_channels), *spec.input_size))
@@ -183,7 +184,7 @@ def build_autodeeplab_cost_model(spec: AutoDeepLabNetSpec) -> AutoDeepLabCostMod
         transition.append(fixed)
     head = np.array([counter.head(level, c_prev, hh, ww, low) for level, _, c_prev, hh, ww, low in states[-1]],
                     dtype=np.float64)
-    return AutoDeepLabCostModel(
+    return AutoDeepLabCostTable(
         blocks=spec.blocks, stem=float(stem_macs), contexts=tuple(counter.contexts),
         cell_ops=np.stack(counter.cell_ops), levels=tuple(tuple(s[0] for s in layer) for layer in states),
         next_state=tuple(next_state), context=tuple(context), transition=tuple(transition), head=head,
@@ -194,41 +195,41 @@ def _spec_dict(spec: AutoDeepLabNetSpec) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
 
 
-def cost_model_cache_key(spec: AutoDeepLabNetSpec) -> str:
-    """A hash of what the model depends on: the network spec and the library versions."""
-    key = {"format": COST_MODEL_FORMAT, "version": COST_MODEL_VERSION, "spec": _spec_dict(spec),
+def autodeeplab_cost_table_cache_key(spec: AutoDeepLabNetSpec) -> str:
+    """A hash of what the table depends on: the network spec and the library versions."""
+    key = {"format": COST_TABLE_FORMAT, "version": COST_TABLE_VERSION, "spec": _spec_dict(spec),
            "nasdeploy": __version__, "torch": torch.__version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_cost_model(model: AutoDeepLabCostModel, path: str | os.PathLike[str]) -> Path:
-    """Write the cost model as JSON atomically."""
-    return write_json_atomic(path, {"format": COST_MODEL_FORMAT, "version": COST_MODEL_VERSION, **model.to_dict()})
+def save_autodeeplab_cost_table(table: AutoDeepLabCostTable, path: str | os.PathLike[str]) -> Path:
+    """Write the cost table as JSON atomically."""
+    return write_json_atomic(path, {"format": COST_TABLE_FORMAT, "version": COST_TABLE_VERSION, **table.to_dict()})
 
 
-def load_cost_model(path: str | os.PathLike[str]) -> AutoDeepLabCostModel:
-    """Read a cost model JSON file (ConfigError when it is missing or not one)."""
+def load_autodeeplab_cost_table(path: str | os.PathLike[str]) -> AutoDeepLabCostTable:
+    """Read a cost table JSON file (ConfigError when it is missing or not one)."""
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read autodeeplab cost model {p}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != COST_MODEL_FORMAT or data.get("version") != COST_MODEL_VERSION:
-        raise ConfigError(f"{p} is not a nasdeploy autodeeplab cost model (format {COST_MODEL_FORMAT!r} "
-                          f"version {COST_MODEL_VERSION})")
-    return cost_model_from_dict(data, str(p))
+        raise ConfigError(f"cannot read autodeeplab cost table {p}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != COST_TABLE_FORMAT or data.get("version") != COST_TABLE_VERSION:
+        raise ConfigError(f"{p} is not a nasdeploy autodeeplab cost table (format {COST_TABLE_FORMAT!r} "
+                          f"version {COST_TABLE_VERSION})")
+    return autodeeplab_cost_table_from_dict(data, str(p))
 
 
-def build_or_load_autodeeplab_cost_model(spec: AutoDeepLabNetSpec, cache_dir: str | os.PathLike[str] | None = None,
-                                         rebuild: bool = False) -> AutoDeepLabCostModel:
-    """The cached cost model of `spec`, built and cached on a miss (an unreadable cache entry is rebuilt)."""
+def build_or_load_autodeeplab_cost_table(spec: AutoDeepLabNetSpec, cache_dir: str | os.PathLike[str] | None = None,
+                                         rebuild: bool = False) -> AutoDeepLabCostTable:
+    """The cached cost table of `spec`, built and cached on a miss (an unreadable cache entry is rebuilt)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"autodeeplab-segmentation-macs-{cost_model_cache_key(spec)}.json"
+    path = folder / f"autodeeplab-segmentation-macs-{autodeeplab_cost_table_cache_key(spec)}.json"
     if path.is_file() and not rebuild:
         try:
-            return load_cost_model(path)
+            return load_autodeeplab_cost_table(path)
         except ConfigError:
             pass
-    model = build_autodeeplab_cost_model(spec)
-    save_cost_model(model, path)
-    return model
+    table = build_autodeeplab_cost_table(spec)
+    save_autodeeplab_cost_table(table, path)
+    return table
