@@ -17,7 +17,7 @@ from torch import nn
 from nasdeploy.genotypes.primitives import CNN_PRIMITIVES
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.kernels.terms import Term, TermKind
-from nasdeploy.spaces import mixing
+from nasdeploy.spaces import mixer_table
 from nasdeploy.spaces.mixing import MixedEdge, mix_node_reference
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -392,30 +392,30 @@ def test_fused_mixer_in_eval_mode_equals_reference(ext):
 
 def test_env_var_and_auto_choose_the_implementation(ext, monkeypatch):
     monkeypatch.setenv("NASDEPLOY_MIXED_OP", "reference")
-    assert mixing.get_node_mixer()[0] == "reference"
+    assert mixer_table.get_node_mixer()[0] == "reference"
     monkeypatch.setenv("NASDEPLOY_MIXED_OP", "fused")
-    assert mixing.get_node_mixer()[0] == "fused"
+    assert mixer_table.get_node_mixer()[0] == "fused"
     monkeypatch.delenv("NASDEPLOY_MIXED_OP")
-    assert mixing.get_node_mixer()[0] == "fused"  # auto: fused when it can be built
+    assert mixer_table.get_node_mixer()[0] == "fused"  # auto: fused when it can be built
 
 
 def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monkeypatch):
-    import nasdeploy.spaces.fused_mixer  # noqa: F401  (registered)
+    from types import MappingProxyType
 
     def broken():
         raise RuntimeError("no C++ compiler or ninja on PATH\ndetails")
 
-    monkeypatch.setitem(mixing._MIXERS, "fused", broken)
+    monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "fused": broken}))
     monkeypatch.delenv("NASDEPLOY_MIXED_OP", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        name, mixer = mixing.get_node_mixer("auto")
+        name, mixer = mixer_table.get_node_mixer("auto")
     assert name == "reference" and mixer is mix_node_reference
     assert len(caught) == 1 and "no C++ compiler" in str(caught[0].message)
     from nasdeploy.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'fused' is unavailable: no C\\+\\+ compiler"):
-        mixing.get_node_mixer("fused")
+        mixer_table.get_node_mixer("fused")
 
 
 # ---- a whole search step ---------------------------------------------------------------------------

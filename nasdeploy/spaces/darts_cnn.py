@@ -17,7 +17,8 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.ops import FactorizedReduce, ReLUConvBN
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
-from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, get_node_mixer
+from nasdeploy.spaces.mixer_table import get_node_mixer
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
 
 AlphaInit = Literal["normal", "zeros"]
 

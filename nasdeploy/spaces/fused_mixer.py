@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
+from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
 from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
 from nasdeploy.ops.autodeeplab import AtrousConv, downsample2
-from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference
 
 BN_EPS = 1e-5
 FUSED_DTYPES = (torch.float32, torch.float64)
@@ -193,11 +193,3 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         return out
 
     return mix_node_fused
-
-
-def _factory() -> NodeMixer:
-    info = load_mixed_node()  # RuntimeError/OSError/ImportError when it cannot be built: 'auto' falls back
-    return make_fused_mixer(devices=("cpu", "cuda") if info.cuda else ("cpu",))
-
-
-register_mixer("fused", _factory)
