@@ -86,7 +86,8 @@ def build_supernet(config: SearchConfig, num_classes: int) -> DartsSupernet:
     m = config.model
     return DartsSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
-                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale)
+                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
+                         partial_channels=m.partial_channels)
 
 
 def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.optim.Optimizer,
