@@ -67,6 +67,8 @@ class SearchResult:
     finished: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     was_finished: bool = False  # True when this call found a finished run and did nothing
+    betas_normal: torch.Tensor | None = None  # PC-DARTS edge normalisation (partial_channels > 1), raw
+    betas_reduce: torch.Tensor | None = None
 
     def summary(self) -> str:
         """The genotype found and where the run is, for the console."""
@@ -300,9 +302,10 @@ def _restore(ckpt: dict[str, Any], model: DartsSupernet, w_opt: torch.optim.Opti
 
 def _result(out: Path, model: DartsSupernet, done: int, epochs: int, finished: bool,
             record: dict[str, Any]) -> SearchResult:
+    normal, reduce = (None if b is None else b.detach().cpu().clone() for b in (model.betas_normal, model.betas_reduce))
     return SearchResult(out, model.genotype(), model.alphas_normal.detach().cpu().clone(),
                         model.alphas_reduce.detach().cpu().clone(), done, epochs, finished,
-                        {k: v for k, v in record.items() if k != "genotype"})
+                        {k: v for k, v in record.items() if k != "genotype"}, betas_normal=normal, betas_reduce=reduce)
 
 
 def _last_record(log: JsonlLog) -> dict[str, Any]:
@@ -325,8 +328,8 @@ def load_search_result(out_dir: str | os.PathLike[str], was_finished: bool = Fal
     alphas: dict[str, torch.Tensor] = {}
     if (out / "checkpoint.pt").is_file():
         state = load_checkpoint(out / "checkpoint.pt")["model"]
-        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce") if k in state}
+        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce") if k in state}
     empty = torch.empty(0)
     return SearchResult(out, genotype, alphas.get("alphas_normal", empty), alphas.get("alphas_reduce", empty),
                         int(done.get("epochs", 0)), int(done.get("epochs", 0)), True, dict(done.get("final", {})),
-                        was_finished)
+                        was_finished, betas_normal=alphas.get("betas_normal"), betas_reduce=alphas.get("betas_reduce"))
