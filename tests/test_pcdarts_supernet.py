@@ -62,6 +62,35 @@ def test_shuffle_concat_is_channel_shuffle_of_the_concatenation():
                                rtol=0, atol=0)
 
 
+def test_shuffle_concat_keeps_channels_last_and_the_same_values():
+    partial = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    bypass = torch.randn(2, 9, 4, 5).contiguous(memory_format=torch.channels_last)
+    out = shuffle_concat(partial, bypass, 4)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, channel_shuffle(torch.cat([partial, bypass], 1), 4), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for the fused kernels")
+def test_narrow_strided_nodes_reach_the_kernel_in_nchw(monkeypatch):
+    """Channels-last states (from stride-1 nodes) must not carry a 2-7 channel stride-2 node into
+    oneDNN's channels-last 1x1 strided conv backward (a heap bug on some CPUs, see nasdeploy.ops.layout)."""
+    from nasdeploy.spaces import fused_mixer
+
+    seen: list[tuple[int, bool, bool]] = []
+    real = fused_mixer.mixed_node
+
+    def spy(xs, strides, zs, *args):
+        seen.append((xs[0].shape[1], max(strides) > 1, all(x.is_contiguous() for x in xs)))
+        return real(xs, strides, zs, *args)
+
+    monkeypatch.setattr(fused_mixer, "mixed_node", spy)
+    model = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="fused")
+    F.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+    assert (2, False, False) in seen  # narrow stride-1 nodes run channels-last ...
+    assert all(nchw for c, strided, nchw in seen if strided and c < 8)  # ... narrow strided ones in NCHW
+    assert any(strided and c < 8 for c, strided, _ in seen)
+
+
 def test_node_softmax_normalises_each_nodes_incoming_edges():
     betas = torch.randn(num_edges(3))
     w = node_softmax(betas, 3)
@@ -162,3 +191,17 @@ def test_genotype_uses_the_betas():
     with torch.no_grad():
         model.betas_normal.copy_(torch.tensor([0.0, 0.0, 3.0, 2.0, -5.0]))
     assert [j for _, j in model.genotype().normal[2:]] == [0, 1]
+
+
+@pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for the fused kernels")
+def test_a_narrow_factorized_reduce_preprocess_gets_nchw_input():
+    """Narrow stride-1 nodes run channels-last, so a cell output can be channels-last: a 2-7 channel
+    FactorizedReduce preprocess after it must still get NCHW on the CPU (nasdeploy.ops.layout)."""
+    model = DartsSupernet(channels=2, layers=3, steps=2, multiplier=2, mixed_op="fused")
+    cell = model.cells[2]
+    assert cell.preprocess0.conv_1.in_channels == 4  # cell 0's output: 2 nodes of 2 channels
+    seen: list[bool] = []
+    cell.preprocess0.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    model.cells[0].register_forward_hook(lambda m, args, out: seen.append(out.is_contiguous()))
+    model(torch.randn(2, 3, 8, 8))
+    assert seen == [False, True]  # cell 0's output is channels-last, the FactorizedReduce input NCHW

@@ -18,10 +18,11 @@ from torch.nn import functional as F
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.ops import FactorizedReduce, ReLUConvBN
+from nasdeploy.ops.layout import unsafe_channels_last_convs
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 from nasdeploy.spaces.mixer_table import get_node_mixer
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
-from nasdeploy.spaces.partial_channels import mix_partial_node, node_softmax
+from nasdeploy.spaces.partial_channels import node_softmax, partial_cell_nodes
 
 AlphaInit = Literal["normal", "zeros"]
 
@@ -58,6 +59,8 @@ class SearchCell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        # A narrow FactorizedReduce must not see channels-last input on the CPU (see nasdeploy.ops.layout).
+        self._nchw_s0 = bool(unsafe_channels_last_convs(self.preprocess0))
         self._ops = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
@@ -68,18 +71,19 @@ class SearchCell(nn.Module):
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Cell output for softmaxed op weights `weights` [num_edges, num_primitives] and, with partial
         channels, the node-normalised edge weights `edge_weights` [num_edges]."""
+        if self._nchw_s0 and s0.device.type == "cpu":
+            s0 = s0.contiguous()
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.partial_channels > 1:
+            if edge_weights is None:
+                raise ValueError("a partial-channel cell needs edge weights (softmaxed betas)")
+            states += partial_cell_nodes(self.mixer, states[0], states[1], self._ops, weights, edge_weights,
+                                         self.steps, self.partial_channels)
+            return torch.cat(states[-self.multiplier:], dim=1)
         offset = 0
         for _ in range(self.steps):
             n = len(states)
-            edges, w = self._ops[offset:offset + n], weights[offset:offset + n]
-            if self.partial_channels > 1:
-                if edge_weights is None:
-                    raise ValueError("a partial-channel cell needs edge weights (softmaxed betas)")
-                node = mix_partial_node(self.mixer, states, edges, w, edge_weights[offset:offset + n],
-                                        self.partial_channels)
-            else:
-                node = self.mixer(states, edges, w)
+            node = self.mixer(states, self._ops[offset:offset + n], weights[offset:offset + n])
             offset += n
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
