@@ -53,12 +53,15 @@ def _cpu_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int) -> torch.nn.Module:
-    """The supernet to time: DARTS CNN (C = channels) or Auto-DeepLab (F = channels, B = blocks)."""
+def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int,
+                   partial_channels: int = 1) -> torch.nn.Module:
+    """The supernet to time: DARTS CNN (C = channels; PC-DARTS with partial_channels > 1) or Auto-DeepLab
+    (F = channels, B = blocks)."""
     if space == "autodeeplab":
         return AutoDeepLabSupernet(ADLSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
                                                      num_classes=num_classes, mixed_op=impl))
-    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl)
+    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl,
+                         partial_channels=partial_channels)
 
 
 class _StepBench:
@@ -66,11 +69,11 @@ class _StepBench:
 
     def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
                  num_classes: int, device: str, seed: int, batches_needed: int, space: str = "darts_cnn",
-                 blocks: int = 5):
+                 blocks: int = 5, partial_channels: int = 1):
         self.dev = resolve_device(device)
         self.order, self.batch_size, self.space = order, batch_size, space
         torch.manual_seed(seed)  # the same initial weights and alphas for every implementation
-        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes).to(self.dev)
+        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes, partial_channels).to(self.dev)
         self.impl = getattr(self.model, "mixed_op", None) or self.model.mixer_name
         self.weight_params = list(self.model.weight_parameters())
         self.w_opt = torch.optim.SGD(self.weight_params, 0.025, momentum=0.9, weight_decay=3e-4)
