@@ -423,7 +423,7 @@ def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monk
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_search_step_fused_and_reference_give_the_same_alphas(ext, one_thread, order):
     from nasdeploy.search.architect import Architect, ArchitectConfig
-    from nasdeploy.search.loop import classification_loss, search_step
+    from nasdeploy.search.step import classification_loss, search_step
     from nasdeploy.spaces.darts_cnn import DartsSupernet
 
     g = torch.Generator().manual_seed(3)

@@ -17,7 +17,7 @@ import torch
 
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.loop import classification_loss
+from nasdeploy.search.step import classification_loss
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 

@@ -12,10 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -27,6 +26,7 @@ from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dic
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.config import RESUMABLE_CHANGES, SearchConfig
 from nasdeploy.search.cost import build_expected_cost
+from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
@@ -51,7 +51,6 @@ from nasdeploy.utils.yamlconfig import to_dict
 
 SPACE = "darts_cnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
 RUN_FILES = (CONFIG_FILE, "checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", DONE_FILE)
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -77,12 +76,6 @@ class SearchResult:
                 f"run directory: {self.out_dir}")
 
 
-def classification_loss(forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Cross-entropy of a forward callable on an (images, labels) batch (the architect's loss_fn)."""
-    x, y = batch
-    return F.cross_entropy(forward(x), y)
-
-
 def build_supernet(config: SearchConfig, num_classes: int) -> DartsSupernet:
     """The supernet a config describes."""
     m = config.model
@@ -90,26 +83,6 @@ def build_supernet(config: SearchConfig, num_classes: int) -> DartsSupernet:
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
                          alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
                          partial_channels=m.partial_channels)
-
-
-def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.optim.Optimizer,
-                weight_params: list[nn.Parameter], train_batch: Batch, arch_batch: Batch, lr: float,
-                grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DARTS step: the architecture step on `arch_batch`, then the weight step (clipped) on `train_batch`.
-
-    Returns the weight step's (loss, logits).
-    """
-    architect.step(train_batch, arch_batch, eta=lr)
-    x, y = train_batch
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    weight_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(weight_params, grad_clip)
-    weight_optimizer.step()
-    for p in architect.arch_params:  # the weight step's alpha gradients are not used
-        p.grad = None
-    return loss.detach(), logits.detach()
 
 
 @legacy_loop_keywords
