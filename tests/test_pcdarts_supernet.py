@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from nasdeploy.errors import ConfigError
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.loop import classification_loss
+from nasdeploy.search.step import classification_loss
 from nasdeploy.spaces import mixer_table
 from nasdeploy.spaces.darts_cnn import DartsSupernet, num_edges
 from nasdeploy.spaces.mixing import mix_node_reference
@@ -205,3 +205,20 @@ def test_a_narrow_factorized_reduce_preprocess_gets_nchw_input():
     model.cells[0].register_forward_hook(lambda m, args, out: seen.append(out.is_contiguous()))
     model(torch.randn(2, 3, 8, 8))
     assert seen == [False, True]  # cell 0's output is channels-last, the FactorizedReduce input NCHW
+
+
+@pytest.mark.cuda
+def test_cuda_fused_pc_darts_matches_the_reference_path():
+    """The fused kernel on the C/K channel slices on the GPU: forward, alpha and beta gradients (float64)."""
+    grads, logits = [], []
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    for mixed_op in ("reference", "fused"):
+        torch.manual_seed(0)
+        model = DartsSupernet(channels=16, layers=5, partial_channels=4, mixed_op=mixed_op, alpha_init_scale=0.5)
+        model = model.double().cuda()
+        loss = F.cross_entropy(model(x.cuda()), y.cuda())
+        logits.append(loss.detach())
+        grads.append(torch.autograd.grad(loss, model.arch_parameters()))
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
