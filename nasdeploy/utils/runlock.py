@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +36,28 @@ def _holder(fd: int) -> str:
         return "another process (it has not written its PID yet)"
 
 
+def _open_lock_file(lock_path: Path) -> int:
+    """Open (or create) the lock file itself: never through a symbolic link, never a file with other names.
+
+    The lock is truncated and written, so a planted link (symbolic or hard) would make that hit its target.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(lock_path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{lock_path} is a symbolic link; refusing to follow it (remove it if the run "
+                              f"directory is yours)") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise ConfigError(f"{lock_path} {what}; refusing to use it as the run lock (remove it if the run "
+                          f"directory is yours)")
+    return fd
+
+
 @contextlib.contextmanager
 def run_directory_lock(path: str | os.PathLike[str], *, enabled: bool = True) -> Iterator[Path | None]:
     """Hold `<path>/.lock` for the block, or raise ConfigError naming the process that holds it.
@@ -50,7 +74,7 @@ def run_directory_lock(path: str | os.PathLike[str], *, enabled: bool = True) ->
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(lock_path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
