@@ -57,6 +57,11 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
     return f"a file is not {exc.encoding.upper()} text (byte {exc.start}: {exc.reason}); is it a binary file?"
 
 
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """torch's failed allocations: CPU ("can't allocate memory") and CUDA (torch.OutOfMemoryError)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {_first_line(message)}", err=True)
     sys.exit(2)
@@ -77,6 +82,15 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(describe_decode_error(exc))
     except yaml.YAMLError as exc:
         _fail(f"not valid YAML: {_first_line(getattr(exc, 'problem', None) or exc)}")
+    # The loaders bound size and depth before allocating (nasdeploy.utils.limits); these catch what they missed.
+    except RecursionError:
+        _fail("an input is nested too deeply to process (Python's recursion limit was reached)")
+    except MemoryError:
+        _fail("out of memory: the inputs or settings need more memory than this process may use; make them smaller")
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        _fail(f"out of memory: {_first_line(exc)}")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
