@@ -57,6 +57,15 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
     return f"a file is not {exc.encoding.upper()} text (byte {exc.start}: {exc.reason}); is it a binary file?"
 
 
+def _worker_message(text: str) -> str:
+    """The error a DataLoader worker raised, from the 'Caught X in DataLoader worker' text torch re-raises with."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) < 2 or not (lines[0].startswith("Caught ") and "Original Traceback" in text):
+        return text
+    name, sep, message = lines[-1].partition(": ")  # "nasdeploy.errors.DataError: cannot read image ..."
+    return message if sep and name.rpartition(".")[2] in lines[0] else text
+
+
 def _is_out_of_memory(exc: RuntimeError) -> bool:
     """torch's failed allocations: CPU ("can't allocate memory") and CUDA (torch.OutOfMemoryError)."""
     return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="nasdeploy", standalone_mode=False)
     except NasDeployError as exc:
-        _fail(str(exc))
+        _fail(_worker_message(str(exc)))
     except BrokenPipeError:  # `nasdeploy ... | head`: the reader left; exit quietly like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
