@@ -60,7 +60,8 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
     """The CLI in a subprocess under the 4 GB address-space limit, with the default limits and one thread."""
     import resource
 
@@ -243,7 +244,8 @@ def test_nesting_depth_matches_the_parsed_structure(text):
 
 
 def test_metadata_literals_are_bounded():
-    assert limits.literal_eval_bounded("['', 'cells.0', 'cells.0.ops']", "name scopes") == ["", "cells.0", "cells.0.ops"]
+    scopes = limits.literal_eval_bounded("['', 'cells.0', 'cells.0.ops']", "name scopes")
+    assert scopes == ["", "cells.0", "cells.0.ops"]
     for text, word in [("-" * 60_000 + "1", "too complex"), ("[" * 40 + "]" * 40, "nesting_depth"),
                        ("1" * 70_000, "metadata_chars")]:
         with pytest.raises(LimitError, match=word):

@@ -66,7 +66,8 @@ class SegAugment:
         if self.crop_size is not None and min(self.crop_size) < 1:
             raise ConfigError(f"crop_size must be positive, got {self.crop_size}")
         if len(self.mean) != len(self.std):
-            raise ConfigError(f"mean and std must have one value per channel each, got {list(self.mean)} and {list(self.std)}")
+            raise ConfigError(f"mean and std must have one value per channel each, "
+                              f"got {list(self.mean)} and {list(self.std)}")
         check_normalisation("augment", self.mean, self.std)
 
 

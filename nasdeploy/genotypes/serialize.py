@@ -129,7 +129,8 @@ def genotype_from_dict(data: Any, expected_kind: str | None = None) -> Genotype:
         raise GenotypeError(f"wrong genotype kind: expected '{expected_kind}', got '{kind}'")
     for key, value in data.items():  # bound every cell's size before any object is built from it
         if key != "meta" and isinstance(value, list):
-            GENOTYPE_NODES.check(f"genotype field '{key}' ({len(value):,} entries, up to 2 per node)", -(-len(value) // 2))
+            nodes = -(-len(value) // 2)
+            GENOTYPE_NODES.check(f"genotype field '{key}' ({len(value):,} entries, up to 2 per node)", nodes)
     name = data.get("name")
     return _KINDS[kind][2](data, name if isinstance(name, str) else None)
 

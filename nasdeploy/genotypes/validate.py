@@ -103,7 +103,8 @@ def validate_recurrent_genotype(genotype: RecurrentGenotype) -> RecurrentGenotyp
         raise GenotypeError("recurrent cell: concat list is empty")
     for c in genotype.concat:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c > steps:
-            raise GenotypeError(f"recurrent cell: concat names node {brief(c)}, which does not exist; nodes are 0..{steps}")
+            raise GenotypeError(
+                f"recurrent cell: concat names node {brief(c)}, which does not exist; nodes are 0..{steps}")
     if len(set(genotype.concat)) != len(genotype.concat):
         raise GenotypeError(f"recurrent cell: concat list {list(genotype.concat)} names a node twice")
     return genotype

@@ -69,7 +69,8 @@ def _publish(tmp_path: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        raise OSError(errno.ELOOP, "refusing to publish a temporary file replaced by a symbolic link", str(tmp_path)) from None
+        raise OSError(errno.ELOOP, "refusing to publish a temporary file replaced by a symbolic link",
+                      str(tmp_path)) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "refusing to publish a temporary file replaced by a non-file", str(tmp_path))

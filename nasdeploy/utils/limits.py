@@ -42,8 +42,10 @@ class Limit:
 
     def value(self, environ: Mapping[str, str] | None = None) -> int:
         """The bound in force now: the environment's value when set (raisable limits only), else the default."""
+        if not self.raisable:
+            return self.default
         raw = (os.environ if environ is None else environ).get(self.env, "").strip()
-        if not self.raisable or not raw:
+        if not raw:
             return self.default
         try:
             value = int(raw)
@@ -79,8 +81,8 @@ def _amount(n: int, unit: str) -> str:
 CONFIG_BYTES = Limit("config_bytes", MIB, "bytes", "a config or pipeline file is a few KB")
 GENOTYPE_BYTES = Limit("genotype_bytes", MIB, "bytes", "a genotype file with its meta is about 1 KB")
 JSON_BYTES = Limit("json_bytes", 64 * MIB, "bytes",
-                   "records the tool reads back (done.json, pipeline_state.json, vocab.json, cost tables) are a few MB; "
-                   "parsed JSON takes about 10x its size in memory")
+                   "records the tool reads back (done.json, pipeline_state.json, vocab.json, cost tables) are a "
+                   "few MB; parsed JSON takes about 10x its size in memory")
 NESTING_DEPTH = Limit("nesting_depth", 32, "levels",
                       "configs nest 4 levels and genotypes 3; each level costs parser stack frames, so this keeps "
                       "every parser far from Python's recursion limit", raisable=False)
@@ -185,7 +187,7 @@ def loads_json(text: str, what: str) -> Any:
 
 
 def literal_eval_bounded(text: str, what: str) -> Any:
-    """ast.literal_eval of a short metadata string; anything too long, deep or complex is a LimitError (a ValueError)."""
+    """ast.literal_eval of a short metadata string; too long, deep or complex is a LimitError (a ValueError)."""
     METADATA_CHARS.check(what, len(text))
     check_nesting(what, text)
     try:

@@ -15,7 +15,9 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from nasdeploy.errors import ConfigError, NasDeployError
-from nasdeploy.utils.limits import CONFIG_BYTES, NESTING_DEPTH, YAML_ALIASES, YAML_NODES, brief, check_int64, read_text_limited
+from nasdeploy.utils.limits import (
+    CONFIG_BYTES, NESTING_DEPTH, YAML_ALIASES, YAML_NODES, brief, check_int64, read_text_limited,
+)
 
 T = TypeVar("T")
 
@@ -63,7 +65,7 @@ class _LimitedLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str, what: str) -> Any:
-    """YAML text -> Python values with the limits on depth, aliases and expanded size (yaml.YAMLError when malformed)."""
+    """YAML text -> Python values within the limits on depth, aliases and expanded size (YAMLError if malformed)."""
     loader = _LimitedLoader(text, what)
     try:
         return loader.get_single_data()
