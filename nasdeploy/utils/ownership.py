@@ -9,7 +9,6 @@ marked as its own, a marked one of the same kind is reused, anything else is ref
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from typing import Iterable, Literal
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.files import process_start_time, write_json_atomic
+from nasdeploy.utils.limits import loads_json
 
 MARK_NAME = ".nasdeploy"
 MARK_FORMAT = "nasdeploy.folder"
@@ -54,7 +54,7 @@ def folder_kind(folder: str | os.PathLike[str]) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        record = json.loads(os.read(fd, _MARK_BYTES).decode("utf-8"))
+        record = loads_json(os.read(fd, _MARK_BYTES).decode("utf-8"), MARK_NAME)
     except (OSError, ValueError):
         return None
     finally:

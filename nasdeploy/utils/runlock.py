@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.limits import loads_json
 
 LOCK_NAME = ".lock"
 
@@ -30,7 +31,7 @@ def _command_line() -> str:
 def _holder(fd: int) -> str:
     """'process PID (command)' of the lock's holder, as it wrote it into the lock file."""
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        info = loads_json(os.pread(fd, 4096, 0).decode() or "{}", "run lock")
         return f"process {int(info['pid'])} ({info.get('command', '?')})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (it has not written its PID yet)"
