@@ -15,7 +15,7 @@ import torch
 
 from nasdeploy.nets import build_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.loop import classification_loss
+from nasdeploy.search.step import classification_loss
 from nasdeploy.search.rnn_architect import RecurrentArchitect, clip_coefficient
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_rnn import RNNSearchModel

@@ -75,14 +75,15 @@ def budget_verdict(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, A
 
 
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
-    """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
+    """Derive the genotype from the final alphas (and PC-DARTS betas) by the DARTS rule and draw its cells."""
     from nasdeploy.spaces.darts_cnn_derive import derive_genotype
     from nasdeploy.search.loop import load_search_result
 
     result = load_search_result(ctx.path("search"))
     model_cfg = ctx.config.search.get("model", {})
     genotype = derive_genotype(result.alphas_normal, result.alphas_reduce, steps=model_cfg.get("steps", 4),
-                               multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found")
+                               multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found",
+                               betas_normal=result.betas_normal, betas_reduce=result.betas_reduce)
     return publish_genotype(ctx, genotype, {"source": "search", "epochs": result.epochs})
 
 

@@ -145,12 +145,6 @@ def executorch_trained_model(ctx: StageContext, net: str, checkpoint: str, input
             "runtimes": {name: report.to_dict() for name, report in result.parity.items()}}
 
 
-def float_pte(ctx: StageContext) -> Path:
-    """The float ExecuTorch program: executorch/model.pte (export/model.pte in a run directory of an earlier version)."""
-    new, old = ctx.path("executorch", "model.pte"), ctx.path("export", "model.pte")
-    return old if not new.is_file() and old.is_file() else new
-
-
 def quantize_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
                            data: Any = None) -> dict[str, Any]:
     """The quantize stage of an image net: the section's INT8 paths from export/model.onnx and the float .pte.
@@ -173,8 +167,8 @@ def quantize_trained_model(ctx: StageContext, net: str, checkpoint: str, input_s
     options = _export_options(ctx, input_size, methods)
     result = quantize_model(source.model, ctx.path("quantize"),
                             onnx_path=ctx.path("export", "model.onnx") if "ort" in methods else None,
-                            pte_path=float_pte(ctx) if "executorch" in methods else None, options=options,
-                            data=_export_data(ctx, source.model, options, data), name=ctx.config.name,
+                            pte_path=ctx.path("executorch", "model.pte") if "executorch" in methods else None,
+                            options=options, data=_export_data(ctx, source.model, options, data), name=ctx.config.name,
                             source={"genotype": "genotype.json", "checkpoint": checkpoint},
                             progress=_say(ctx, "quantize"), weights="trained")
     return {"dir": "quantize", "files": result.files, "skipped": skipped,

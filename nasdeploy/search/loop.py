@@ -12,10 +12,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -27,6 +26,7 @@ from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dic
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.config import RESUMABLE_CHANGES, SearchConfig
 from nasdeploy.search.cost import build_expected_cost
+from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
 from nasdeploy.utils.distributed import (
@@ -51,7 +51,6 @@ from nasdeploy.utils.yamlconfig import to_dict
 
 SPACE = "darts_cnn"  # the name of this loop's entry in nasdeploy.spaces.table (written to config.yaml)
 RUN_FILES = (CONFIG_FILE, "checkpoint.pt", "log.jsonl", "alphas.jsonl", "genotype.json", DONE_FILE)
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -67,6 +66,8 @@ class SearchResult:
     finished: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     was_finished: bool = False  # True when this call found a finished run and did nothing
+    betas_normal: torch.Tensor | None = None  # PC-DARTS edge normalisation (partial_channels > 1), raw
+    betas_reduce: torch.Tensor | None = None
 
     def summary(self) -> str:
         """The genotype found and where the run is, for the console."""
@@ -75,38 +76,13 @@ class SearchResult:
                 f"run directory: {self.out_dir}")
 
 
-def classification_loss(forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Cross-entropy of a forward callable on an (images, labels) batch (the architect's loss_fn)."""
-    x, y = batch
-    return F.cross_entropy(forward(x), y)
-
-
 def build_supernet(config: SearchConfig, num_classes: int) -> DartsSupernet:
     """The supernet a config describes."""
     m = config.model
     return DartsSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
-                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale)
-
-
-def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.optim.Optimizer,
-                weight_params: list[nn.Parameter], train_batch: Batch, arch_batch: Batch, lr: float,
-                grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DARTS step: the architecture step on `arch_batch`, then the weight step (clipped) on `train_batch`.
-
-    Returns the weight step's (loss, logits).
-    """
-    architect.step(train_batch, arch_batch, eta=lr)
-    x, y = train_batch
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    weight_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(weight_params, grad_clip)
-    weight_optimizer.step()
-    for p in architect.arch_params:  # the weight step's alpha gradients are not used
-        p.grad = None
-    return loss.detach(), logits.detach()
+                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
+                         partial_channels=m.partial_channels)
 
 
 @legacy_loop_keywords
@@ -299,9 +275,10 @@ def _restore(ckpt: dict[str, Any], model: DartsSupernet, w_opt: torch.optim.Opti
 
 def _result(out: Path, model: DartsSupernet, done: int, epochs: int, finished: bool,
             record: dict[str, Any]) -> SearchResult:
+    normal, reduce = (None if b is None else b.detach().cpu().clone() for b in (model.betas_normal, model.betas_reduce))
     return SearchResult(out, model.genotype(), model.alphas_normal.detach().cpu().clone(),
                         model.alphas_reduce.detach().cpu().clone(), done, epochs, finished,
-                        {k: v for k, v in record.items() if k != "genotype"})
+                        {k: v for k, v in record.items() if k != "genotype"}, betas_normal=normal, betas_reduce=reduce)
 
 
 def _last_record(log: JsonlLog) -> dict[str, Any]:
@@ -324,8 +301,8 @@ def load_search_result(out_dir: str | os.PathLike[str], was_finished: bool = Fal
     alphas: dict[str, torch.Tensor] = {}
     if (out / "checkpoint.pt").is_file():
         state = load_checkpoint(out / "checkpoint.pt")["model"]
-        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce") if k in state}
+        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce") if k in state}
     empty = torch.empty(0)
     return SearchResult(out, genotype, alphas.get("alphas_normal", empty), alphas.get("alphas_reduce", empty),
                         int(done.get("epochs", 0)), int(done.get("epochs", 0)), True, dict(done.get("final", {})),
-                        was_finished)
+                        was_finished, betas_normal=alphas.get("betas_normal"), betas_reduce=alphas.get("betas_reduce"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from nasdeploy.errors import ConfigError
 
@@ -62,8 +62,6 @@ class SearchSpace:
     config_sections: tuple[str, ...] = ()
     # The cell description its per-op cost tables use (nasdeploy.profile.cost_table.CellSpace); "" = none yet.
     cost_cells: str = ""
-    # Sections of an older pipeline-file format of this space and the sections they now are.
-    legacy_pipeline_sections: Mapping[str, str] = field(default_factory=dict)
 
     def load(self, part: str) -> Any:
         """The object behind one of this entry's references, e.g. load("search_loop")."""
@@ -116,7 +114,6 @@ SPACES: dict[str, SearchSpace] = {
         profile_section="nasdeploy.pipeline.sections:DartsRnnProfileSection",
         export_target="nasdeploy.export.darts_rnn:export_darts_rnn_target",
         profile_targets="nasdeploy.profile.darts_rnn:profile_darts_rnn_targets",
-        legacy_pipeline_sections={"search_run": "search", "train_run": "train"},
     ),
     "autodeeplab": SearchSpace(
         name="autodeeplab",
@@ -152,24 +149,19 @@ def get_space(name: str) -> SearchSpace:
         raise ConfigError(f"unknown search space {name!r} (known: {', '.join(SPACES)})") from None
 
 
-def _named_or_implied(data: Mapping[str, Any], implying: Callable[[SearchSpace], Any]) -> SearchSpace:
-    """`space:` of a mapping, else the first space one of whose implying sections it has, else DARTS CNN."""
+def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
+    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
     if "space" in data:
         return get_space(data["space"])
     for space in SPACES.values():
-        if any(section in data for section in implying(space)):
+        if any(section in data for section in space.config_sections):
             return space
     return SPACES[DEFAULT_SPACE]
 
 
-def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
-    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
-    return _named_or_implied(data, lambda space: space.config_sections)
-
-
 def space_of_pipeline(data: Mapping[str, Any]) -> SearchSpace:
-    """The space of a pipeline file: `space:`, else the one whose older section names it uses, else DARTS CNN."""
-    return _named_or_implied(data, lambda space: space.legacy_pipeline_sections)
+    """The space of a pipeline file: `space:`, else DARTS CNN."""
+    return get_space(data["space"]) if "space" in data else SPACES[DEFAULT_SPACE]
 
 
 def without_space(data: Mapping[str, Any]) -> dict[str, Any]:
