@@ -17,6 +17,10 @@ class DataError(NasDeployError):
     """A dataset is missing or not in the expected layout."""
 
 
+class LimitError(NasDeployError, ValueError):
+    """An input is larger or deeper than a stated limit (nasdeploy.utils.limits), checked before it is allocated."""
+
+
 class InputSizeError(NasDeployError, ValueError):
     """A network got an input of a size it cannot take."""
 

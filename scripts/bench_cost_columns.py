@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nasdeploy.export.onnx import export_onnx  # noqa: E402
 from nasdeploy.genotypes import resolve_genotype  # noqa: E402
 from nasdeploy.nets import build_network  # noqa: E402
-from nasdeploy.profile.latency import LatencyConfig, measure_latency  # noqa: E402
+from nasdeploy.profile.latency import measure_latency  # noqa: E402
+from nasdeploy.profile.protocol import LatencyConfig  # noqa: E402
 
 
 def main() -> None:

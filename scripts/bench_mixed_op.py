@@ -2,12 +2,15 @@
 """Benchmark the mixed-op node: fused kernels vs the eager reference, in one run, interleaved.
 
 Workload: the four nodes of a DARTS search cell (2, 3, 4 and 5 incoming mixed edges; all 8
-primitives), forward + backward, batch/C/H as given. Reported per implementation: median time over
+primitives), forward + backward, batch/C/H as given; with --partial-channels K a PC-DARTS cell instead
+(its four chained nodes from two C-channel inputs: ops on C/K channels, bypass, shuffle, edge
+normalisation), so the kernel runs on the C/K channels. Reported per implementation: median time over
 interleaved repeats, images/s, bytes saved for backward (a device-independent memory measure) and,
 on CUDA, peak memory; ratios are against 'reference' measured in the same run.
 
   python scripts/bench_mixed_op.py --impl both --batch 32 --channels 16 --size 32 --json out.json
   python scripts/bench_mixed_op.py --impl steps            # each fusion step separately
+  python scripts/bench_mixed_op.py --impl both --partial-channels 4   # a PC-DARTS K=4 cell
   python scripts/bench_mixed_op.py --bandwidth             # reduction kernel vs device copy bandwidth
 """
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasdeploy.genotypes.primitives import CNN_PRIMITIVES  # noqa: E402
 from nasdeploy.spaces.mixing import MixedEdge, mix_node_reference  # noqa: E402
+from nasdeploy.spaces.partial_channels import node_softmax, partial_cell_nodes  # noqa: E402
 from nasdeploy.utils.files import write_json_atomic  # noqa: E402
 
 NCHW = dict(channels_last=False)
@@ -76,6 +80,48 @@ class CellNodes:
         return copy.deepcopy(self)
 
 
+class PartialCell:
+    """A PC-DARTS cell: its mixed edges on C/K channels, the two C-channel inputs, alphas and betas."""
+
+    def __init__(self, args, device: torch.device, fmt: torch.memory_format):
+        g = torch.Generator().manual_seed(0)
+        self.steps, self.groups = len(args.edges), args.partial_channels
+        stride = 2 if args.reduction else 1
+        size_in = args.size * stride
+        edges = [MixedEdge(CNN_PRIMITIVES, args.channels // self.groups, stride if j < 2 else 1)
+                 for i in range(self.steps) for j in range(2 + i)]
+        self.edges = torch.nn.ModuleList(edges).to(device).to(memory_format=fmt)
+        self.inputs = [torch.randn(args.batch, args.channels, size_in, size_in, generator=g).to(device)
+                       .to(memory_format=fmt) for _ in range(2)]
+        self.alphas = (1e-3 * torch.randn(len(edges), len(CNN_PRIMITIVES), generator=g)).to(device)
+        self.betas = (1e-3 * torch.randn(len(edges), generator=g)).to(device)
+
+    def clone(self) -> "PartialCell":
+        return copy.deepcopy(self)
+
+
+def partial_step_fn(cell: PartialCell, mixer) -> Callable[[], int]:
+    """One forward + backward over the PC-DARTS cell's nodes; returns the bytes saved for backward."""
+    alphas, betas = cell.alphas.clone().requires_grad_(True), cell.betas.clone().requires_grad_(True)
+    s0, s1 = [x.clone().requires_grad_(True) for x in cell.inputs]
+
+    def run() -> int:
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            nodes = partial_cell_nodes(mixer, s0, s1, list(cell.edges), torch.softmax(alphas, dim=-1),
+                                       node_softmax(betas, cell.steps), cell.steps, cell.groups)
+            loss = sum(node.square().mean() for node in nodes)
+        loss.backward()
+        return sum(saved.values())
+
+    return run
+
+
 def step_fn(cell: CellNodes, mixer) -> Callable[[], int]:
     """One forward + backward over the cell's nodes; returns the bytes saved for backward."""
     alphas = cell.alphas.clone().requires_grad_(True)
@@ -106,8 +152,12 @@ def bench_impls(args) -> dict:
     device = torch.device(args.device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     impls = {"both": ["reference", "fused"], "steps": ["reference", *STEPS]}.get(args.impl, [args.impl])
-    base = CellNodes(args, device, fmt)
-    runs = {impl: step_fn(base.clone(), make_mixer(impl)) for impl in impls}
+    if args.partial_channels > 1:
+        cell = PartialCell(args, device, fmt)
+        runs = {impl: partial_step_fn(cell.clone(), make_mixer(impl)) for impl in impls}
+    else:
+        base = CellNodes(args, device, fmt)
+        runs = {impl: step_fn(base.clone(), make_mixer(impl)) for impl in impls}
     times: dict[str, list[float]] = {impl: [] for impl in impls}
     saved: dict[str, int] = {}
     peak: dict[str, int] = {}
@@ -206,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=32, help="node output height/width")
     p.add_argument("--edges", type=lambda s: [int(v) for v in s.split(",")], default=[2, 3, 4, 5])
     p.add_argument("--reduction", action="store_true", help="stride-2 edges (reduction cell)")
+    p.add_argument("--partial-channels", type=int, default=1,
+                   help="K > 1: a PC-DARTS cell (ops on C/K channels; --edges gives the node count only)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
@@ -233,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["results"] = results = bench_impls(args)
         print(f"{report['device']}  batch {args.batch}  C {args.channels}  {args.size}x{args.size}  "
               f"edges {args.edges}  {'reduction' if args.reduction else 'normal'}"
+              f"{f'  PC-DARTS K={args.partial_channels}' if args.partial_channels > 1 else ''}"
               f"{'  channels_last' if args.channels_last else ''}")
         print(f"{'impl':<14}{'median ms':>11}{'img/s':>10}{'speedup':>9}{'saved MB':>10}{'saved x':>9}")
         for impl, r in results.items():

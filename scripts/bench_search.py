@@ -9,6 +9,7 @@ and fused) the steps are interleaved and "comparisons" gives fused vs reference 
 
     python scripts/bench_search.py --order first second --steps 10 --out bench.json
     python scripts/bench_search.py --impl both --order first second --device cuda --out fused_vs_ref.json
+    python scripts/bench_search.py --impl both --partial-channels 4 --out pcdarts.json   # PC-DARTS K=4 supernet
     python scripts/bench_search.py --space autodeeplab --impl both --order first --channels 8 --layers 12 \
         --blocks 5 --image-size 64 --batch-size 2    # the paper's supernet (F=8, L=12, B=5) on small crops
 """
@@ -29,7 +30,7 @@ import torch
 
 from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.darts_cnn_loop import classification_loss, search_step
+from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.distributed import resolve_device
@@ -54,12 +55,15 @@ def _cpu_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int) -> torch.nn.Module:
-    """The supernet to time: DARTS CNN (C = channels) or Auto-DeepLab (F = channels, B = blocks)."""
+def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int,
+                   partial_channels: int = 1) -> torch.nn.Module:
+    """The supernet to time: DARTS CNN (C = channels; PC-DARTS with partial_channels > 1) or Auto-DeepLab
+    (F = channels, B = blocks)."""
     if space == "autodeeplab":
         return AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
                                                      num_classes=num_classes, mixed_op=impl))
-    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl)
+    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl,
+                         partial_channels=partial_channels)
 
 
 class _StepBench:
@@ -67,11 +71,11 @@ class _StepBench:
 
     def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
                  num_classes: int, device: str, seed: int, batches_needed: int, space: str = "darts_cnn",
-                 blocks: int = 5):
+                 blocks: int = 5, partial_channels: int = 1):
         self.dev = resolve_device(device)
         self.order, self.batch_size, self.space = order, batch_size, space
         torch.manual_seed(seed)  # the same initial weights and alphas for every implementation
-        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes).to(self.dev)
+        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes, partial_channels).to(self.dev)
         self.impl = getattr(self.model, "mixed_op", None) or self.model.mixer_name
         self.weight_params = list(self.model.weight_parameters())
         self.w_opt = torch.optim.SGD(self.weight_params, 0.025, momentum=0.9, weight_decay=3e-4)
@@ -138,12 +142,14 @@ class _StepBench:
 
 def bench_impls(order: str, impls: list[str], *, steps: int = 10, warmup: int = 2, batch_size: int = 64,
                 channels: int = 16, layers: int = 8, image_size: int = 32, num_classes: int = 10,
-                device: str = "auto", seed: int = 0, space: str = "darts_cnn", blocks: int = 5) -> list[dict[str, Any]]:
+                device: str = "auto", seed: int = 0, space: str = "darts_cnn", blocks: int = 5,
+                partial_channels: int = 1) -> list[dict[str, Any]]:
     """Time `steps` search steps after `warmup` untimed ones per implementation, the implementations
     interleaved step by step (so load from other processes hits them alike); one result each."""
     benches = [_StepBench(order, impl, batch_size=batch_size, channels=channels, layers=layers,
                           image_size=image_size, num_classes=num_classes, device=device, seed=seed,
-                          batches_needed=steps + warmup, space=space, blocks=blocks) for impl in impls]
+                          batches_needed=steps + warmup, space=space, blocks=blocks,
+                          partial_channels=partial_channels) for impl in impls]
     for i in range(warmup + steps):
         for b in benches:
             b.step(timed=i >= warmup)
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="darts_cnn", choices=["darts_cnn", "autodeeplab"])
     p.add_argument("--blocks", type=int, default=5, help="Auto-DeepLab blocks per cell")
+    p.add_argument("--partial-channels", type=int, default=1, help="DARTS CNN: PC-DARTS K (1 = plain DARTS)")
     p.add_argument("--order", nargs="+", default=["first", "second"], choices=["first", "second"])
     p.add_argument("--impl", nargs="+", default=["reference"], choices=["reference", "fused", "auto", "both"],
                    help="mixed-op implementations; 'both' = reference and fused, interleaved, with their ratios")
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": environment(args.device),
         "config": {"space": args.space, "blocks": args.blocks if args.space == "autodeeplab" else None,
                    "batch_size": args.batch_size, "channels": args.channels, "layers": args.layers,
-                   "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup},
+                   "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup,
+                   "partial_channels": args.partial_channels if args.space == "darts_cnn" else None},
         "results": [],
     }
     impls = list(dict.fromkeys(i for name in args.impl for i in (["reference", "fused"] if name == "both" else [name])))
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in bench_impls(order, impls, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
                              channels=args.channels, layers=args.layers, image_size=args.image_size,
                              device=args.device, space=args.space, blocks=args.blocks,
+                             partial_channels=args.partial_channels,
                              num_classes=19 if args.space == "autodeeplab" else 10):
             report["results"].append(r)
             print(f"{order:>6} order  {r['impl']:<9}  step {r['step_time_s_median'] * 1e3:9.1f} ms  "

@@ -1,66 +1,95 @@
 #!/usr/bin/env bash
-# One call on a GPU machine (H100/H200): build the fused kernels for sm_90, run the CUDA tests, run the
-# benchmarks (fused vs reference in the same run), print a short table and write JSON.
-# About 6-8 minutes. Usage: scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else benchmarks/gpu)
-# Commit the results: cp -r OUT_DIR/*.json benchmarks/gpu/ (see benchmarks/README.md).
+# The GPU check, in ONE call of at most 9 minutes on a GPU machine (H100/H200, sm_90), from the repository
+# root with the machine's own python3 (only torch, pytest, onnxruntime and ninja are assumed; TensorRT,
+# Polygraphy and onnx are optional): build the fused kernels for sm_90, run the CUDA tests, benchmark the
+# fused kernels (DARTS node and the PC-DARTS node on C/K channels) and the search steps (DARTS and PC-DARTS
+# K=4, fused vs reference, first and second order), write JSON and print a summary table (GPU, date).
+#
+#   scripts/gpu_check.sh [--dry-run] [OUT_DIR]      OUT_DIR: default $OUT, else benchmarks/gpu
+#
+# Every step runs under its own time limit (the `step NAME SECONDS ...` lines; they add up to at most
+# 540 s, checked by tests/test_gpu_check.py), and no step starts past the 520 s deadline. --dry-run runs
+# the same steps on the CPU with tiny sizes and no CUDA build (the CUDA tests are collected and skip), so
+# the test suite catches a broken step without a GPU. Commit a real run's JSON: cp OUT_DIR/*.json benchmarks/gpu/
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUT_DIR="${1:-${OUT:-benchmarks/gpu}}"
 PY="${PYTHON:-python3}"
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT_DIR"
+DEADLINE=520
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+mkdir -p "$OUT_DIR"
+: > "$OUT_DIR/steps.tsv"
 status=0
-step() {  # step NAME SECONDS CMD...: run with a time limit, keep going, remember failures
+
+step() {  # step NAME SECONDS CMD...: run under a time limit (cut to the deadline), record, keep going
     local name="$1" limit="$2"; shift 2
-    echo "== $name"
-    if ! timeout "$limit" "$@"; then echo "!! $name failed or timed out"; status=1; fi
+    local left=$((DEADLINE - SECONDS))
+    if ((left < 5)); then
+        echo "!! $name: skipped, past the deadline"; printf '%s\t%s\t0\tskipped\n' "$name" "$limit" >> "$OUT_DIR/steps.tsv"
+        status=1; return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit ${limit} s)"
+    local start=$SECONDS rc=0
+    timeout -k 3 "$limit" "$@" || rc=$?
+    printf '%s\t%s\t%s\t%s\n' "$name" "$limit" "$((SECONDS - start))" "$rc" >> "$OUT_DIR/steps.tsv"
+    if ((rc != 0)); then echo "!! $name failed (exit $rc; 124 = time limit)"; status=1; fi
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
-step "build (sm_90)" 300 "$PY" -m nasdeploy build-ext --cuda --arch 9.0 --json "$OUT_DIR/build.json"
-step "CUDA tests" 180 "$PY" -m pytest -q -rs -m cuda tests/test_kernels_mixed_node.py tests/test_export_tensorrt.py
-# TensorRT next to onnxruntime on the same ONNX, where TensorRT and Polygraphy are installed (optional).
-if "$PY" -c "import tensorrt" 2>/dev/null && command -v polygraphy >/dev/null; then
-    step "export for polygraphy" 120 "$PY" -m nasdeploy export DARTS_V2 --net cifar --out "$OUT_DIR/polygraphy_export" --overwrite
-    step "polygraphy trt vs onnxrt" 240 polygraphy run "$OUT_DIR/polygraphy_export/model.onnx" --trt --onnxrt \
-        --input-shapes input:[1,3,32,32] --atol 1e-4 --rtol 1e-3
+if ((DRY)); then
+    DEV=(--device cpu --threads 1)
+    MIX=(--batch 2 --channels 8 --size 8 --repeats 1 --warmup 0)
+    BW=(--batch 2 --channels 4 --size 8 --terms 3 --repeats 1 --inner 1)
+    SEARCH=(--batch-size 2 --channels 8 --layers 3 --image-size 8 --steps 1 --warmup 0)
+    CUDA_BUILD=False
 else
-    echo "== polygraphy: skipped (tensorrt or polygraphy not installed)"
+    DEV=(--device cuda)
+    MIX=(--batch 64 --repeats 7 --warmup 2)
+    BW=(--batch 256 --repeats 7)
+    SEARCH=(--batch-size 64 --steps 4 --warmup 2)
+    CUDA_BUILD=True
 fi
-step "reduction bandwidth" 60 "$PY" scripts/bench_mixed_op.py --device cuda --bandwidth --batch 256 \
-    --repeats 9 --json "$OUT_DIR/bandwidth.json"
-step "mixed op, fusion steps" 90 "$PY" scripts/bench_mixed_op.py --device cuda --impl steps --batch 64 \
-    --repeats 9 --json "$OUT_DIR/mixed_op_normal.json"
-step "mixed op, reduction cell" 60 "$PY" scripts/bench_mixed_op.py --device cuda --impl both --batch 64 \
-    --size 16 --reduction --repeats 9 --json "$OUT_DIR/mixed_op_reduction.json"
-step "search step, first + second order" 330 "$PY" scripts/bench_search.py --device cuda --impl both \
-    --order first second --batch-size 64 --steps 8 --warmup 2 --out "$OUT_DIR/search.json"
 
-"$PY" - "$OUT_DIR" <<'EOF'
+step "environment" 10 bash -c '
+    if [[ "$1" == 1 ]]; then echo "dry run: CPU, no GPU" > "$2/gpu.txt"
+    else nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$2/gpu.txt"; fi
+    cat "$2/gpu.txt"; "$3" -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"' \
+    _ "$DRY" "$OUT_DIR" "$PY"
+step "build (sm_90)" 140 "$PY" -c '
 import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-def load(name):
-    p = out / name
-    return json.loads(p.read_text()) if p.exists() else None
-rows = []
-bw = load("bandwidth.json")
-if bw:
-    r = bw["results"]
-    rows.append(("reduction kernel bandwidth", f"{r['reduce_GBps']:.0f} GB/s = {100 * r['fraction_of_copy']:.0f}% of copy", ">= 80%"))
-for name, label in (("mixed_op_normal.json", "mixed op fwd+bwd (normal)"), ("mixed_op_reduction.json", "mixed op fwd+bwd (reduction)")):
-    d = load(name)
-    if d and "fused" in d["results"]:
-        f = d["results"]["fused"]
-        rows.append((label, f"{f['speedup_vs_reference']:.2f}x speed, {f.get('peak_bytes_vs_reference', float('nan')):.2f}x peak mem", ""))
-d = load("search.json")
-for c in (d or {}).get("comparisons", []):
-    rows.append((f"search step, {c['order']} order", f"{c['speedup']:.2f}x img/s, {c['peak_memory_ratio']:.2f}x peak mem", ">= 2x, <= 0.7x"))
-gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "?"
-print(f"\n{gpu}")
-for what, got, target in rows:
-    print(f"{what:<32}{got:<44}{target}")
-(out / "summary.json").write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=2))
-EOF
+from nasdeploy.kernels.build import build_extension, loaded_devices
+cuda = sys.argv[1] == "True"
+info = build_extension(cuda=cuda, archs=("9.0",) if cuda else ())
+devices = list(loaded_devices())
+print("built", info.name, "in %.1f s, kernels for" % info.seconds, devices)
+open(sys.argv[2], "w").write(json.dumps({**info.to_dict(), "devices": devices}, indent=2) + "\n")' \
+    "$CUDA_BUILD" "$OUT_DIR/build.json"
+TESTS=(tests/test_kernels_mixed_node.py tests/test_pcdarts_supernet.py)
+timeout 20 "$PY" -c "import onnx" 2>/dev/null && TESTS+=(tests/test_export_tensorrt.py)  # needs onnx to collect
+step "CUDA tests" 60 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda "${TESTS[@]}"
+step "reduction bandwidth" 15 "$PY" scripts/bench_mixed_op.py --bandwidth "${DEV[@]}" "${BW[@]}" \
+    --json "$OUT_DIR/bandwidth.json"
+step "mixed op, DARTS normal cell, fusion steps" 30 "$PY" scripts/bench_mixed_op.py --impl steps "${DEV[@]}" \
+    "${MIX[@]}" --json "$OUT_DIR/mixed_op_normal.json"
+step "mixed op, DARTS reduction cell" 20 "$PY" scripts/bench_mixed_op.py --impl both --reduction "${DEV[@]}" \
+    "${MIX[@]}" --json "$OUT_DIR/mixed_op_reduction.json"
+step "mixed op, PC-DARTS K=4 cell (ops on C/K)" 20 "$PY" scripts/bench_mixed_op.py --impl both \
+    --partial-channels 4 "${DEV[@]}" "${MIX[@]}" --json "$OUT_DIR/mixed_op_pcdarts.json"
+step "search step, DARTS" 80 "$PY" scripts/bench_search.py --impl both --order first second \
+    "${DEV[@]}" "${SEARCH[@]}" --out "$OUT_DIR/search_darts.json"
+step "search step, PC-DARTS K=4" 50 "$PY" scripts/bench_search.py --impl both --order first second \
+    --partial-channels 4 "${DEV[@]}" "${SEARCH[@]}" --out "$OUT_DIR/search_pcdarts.json"
+# TensorRT next to onnxruntime on the same ONNX, only where TensorRT, onnx, click and Polygraphy exist.
+if ((DRY == 0)) && timeout 20 "$PY" -c "import tensorrt, onnx, click" 2>/dev/null && command -v polygraphy >/dev/null; then
+    step "polygraphy trt vs onnxrt" 55 bash -c '
+        "$1" -m nasdeploy export DARTS_V2 --net cifar --out "$2/polygraphy_export" --overwrite &&
+        polygraphy run "$2/polygraphy_export/model.onnx" --trt --onnxrt --input-shapes input:[1,3,32,32] \
+            --atol 1e-4 --rtol 1e-3' _ "$PY" "$OUT_DIR"
+else
+    echo "== polygraphy: skipped (tensorrt, onnx, click or polygraphy not installed, or dry run)"
+fi
+step "summary" 10 "$PY" scripts/gpu_check_summary.py "$OUT_DIR"
 exit $status

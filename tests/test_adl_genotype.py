@@ -20,6 +20,7 @@ from nasdeploy.genotypes import (
     save_genotype,
 )
 from nasdeploy.genotypes.autodeeplab import count_cells, count_distinct_cells, count_network_paths
+from nasdeploy.genotypes.describe import describe_genotype
 
 
 def test_published_architecture_in_registry():
@@ -55,7 +56,7 @@ def test_json_round_trip(tmp_path):
         ([["sep_conv_3x3", 0]], [0], "odd number of"),
         ([["dil_conv_3x3", 0], ["sep_conv_3x3", 1]], [0], "unknown op 'dil_conv_3x3'"),
         ([["none", 0], ["sep_conv_3x3", 1]], [0], "search-only"),
-        ([["sep_conv_3x3", 0], ["sep_conv_3x3", 2]], [0], "block 1 can read states 0..1"),
+        ([["sep_conv_3x3", 0], ["sep_conv_3x3", 2]], [0], "block 2 can read states 0..1"),
         ([["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [2], "jumps from the stride-4 stem to level 2"),
         ([["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [0, 1, 3], "jumps from level 1 at layer 2 to level 3"),
         ([["sep_conv_3x3", 0], ["sep_conv_3x3", 1]], [0, 1, 2, 3, 4], "out of range 0..3"),
@@ -102,5 +103,6 @@ def test_search_space_sizes():
 
 
 def test_describe_names_inputs():
-    text = make_adl_genotype([["sep_conv_3x3", 0], ["skip_connect", 1]], [0, 1], name="tiny").describe()
-    assert "block 1 = sep_conv_3x3(H^{l-2}) + skip_connect(H^{l-1})" in text and "[4, 8]" in text
+    text = describe_genotype(make_adl_genotype([["sep_conv_3x3", 0], ["skip_connect", 1]], [0, 1], name="tiny"))
+    # The block is numbered by its state index, as the JSON's input indices number it.
+    assert "block 2 = sep_conv_3x3(H^{l-2}) + skip_connect(H^{l-1})" in text and "[4, 8]" in text

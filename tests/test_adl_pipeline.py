@@ -87,7 +87,7 @@ def test_run_directory_holds_a_decoded_genotype_a_model_with_parity_and_costs(fi
 
 
 def test_trained_model_reexports_through_the_generic_command_with_sizes_from_its_checkpoint(finished_run, tmp_path):
-    from nasdeploy.export.api import build_export_model
+    from nasdeploy.export.source import build_export_model
 
     run_dir, _, _ = finished_run
     source = build_export_model(run_dir / "genotype.json", net="segmentation", checkpoint=run_dir / "train" / "model.pt")

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.darts_cnn_loop import classification_loss as loss_fn
+from nasdeploy.search.step import classification_loss as loss_fn
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 
 

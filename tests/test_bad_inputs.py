@@ -126,8 +126,7 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
                                                              "--out", "e"], ["ckpt.pt"]),
     ("export-checkpoint-wrong-content", _torch_file({"weights": torch.zeros(3)}), ["export", "DARTS_V2", "--net", "cifar",
                                                                                     "--checkpoint", "{X}", "--out", "e"], ["ckpt.pt"]),
-    ("adl-decode-garbage", _write("ckpt.pt", BINARY), ["adl", "decode", "{X}"], ["ckpt.pt"]),
-    ("rnn-export-garbage", _write("ckpt.pt", BINARY), ["rnn", "export", "--checkpoint", "{X}", "-o", "m.onnx"], ["ckpt.pt"]),
+    ("export-checkpoint-target-garbage", _write("ckpt.pt", BINARY), ["export", "{X}", "--out", "e"], ["ckpt.pt"]),
     # output paths and CLI values
     ("export-out-in-proc", None, ["export", "DARTS_V2", "--net", "cifar", "--channels", "4", "--layers", "2",
                                   "--out", "/proc/nasdeploy/e"], ["/proc/nasdeploy"]),

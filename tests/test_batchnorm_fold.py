@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nasdeploy.export.batchnorm_fold import fold_batchnorm, remaining_batchnorms
-from nasdeploy.export.parity import randomize_bn_statistics_
+from nasdeploy.export.untrained import randomize_bn_statistics_
 from nasdeploy.genotypes import get_genotype
 from nasdeploy.nets import build_network
 from nasdeploy.ops.cnn import FactorizedReduce, SepConv

@@ -37,7 +37,7 @@ def test_profile_darts_v2_json(tmp_path, capsys, net, params, macs):
         (["profile", "NOT_A_GENOTYPE"], "unknown genotype name 'NOT_A_GENOTYPE'"),
         (["profile", "DARTS_V2", "--latency", "tpu"], "unknown latency backend 'tpu'"),
         (["profile", "missing.onnx"], "ONNX file not found"),
-        (["profile", "DARTS_V2_RNN"], "wrong genotype kind"),
+        (["profile", "DARTS_V2_RNN", "--net", "imagenet"], "wrong genotype kind"),
         (["profile", "DARTS_V2", "--input-size", "8"], "needs H and W >= 32"),
         (["profile", "DARTS_V2", "--channels", "7"], "channels must be even"),
         (["profile", "DARTS_V2", "--batch", "0", "--latency", "torch-cpu"], "batch must be a positive integer"),

@@ -17,7 +17,8 @@ from nasdeploy.profile import cost_table_build as ctb
 from nasdeploy.profile.cost_table import save_cost_table
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.cost import ExpectedCost
-from nasdeploy.search.darts_cnn_loop import classification_loss, run_search
+from nasdeploy.search.darts_cnn_loop import run_search
+from nasdeploy.search.step import classification_loss
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 from nasdeploy.utils.yamlconfig import load_config

@@ -102,7 +102,7 @@ def test_cache_reuses_the_table_and_keys_on_backend(tmp_path, monkeypatch):
     monkeypatch.setattr(ctb, "build_cost_table", fail)
     again = ctb.build_or_load_cost_table("darts_cnn", None, cache_dir=tmp_path, **SMALL)
     assert np.array_equal(again.macs, first.macs)
-    space = ctb.get_space("darts_cnn")
+    space = ctb.cell_space("darts_cnn")
     net = {"net": "cifar"}
     keys = {ctb.cost_table_cache_key(space, b, net, ctb.TABLE_LATENCY) for b in (None, "ort-cpu-1t", "torch-cpu-1t")}
     assert len(keys) == 3

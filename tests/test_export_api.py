@@ -18,8 +18,11 @@ from tritonclient.grpc import model_config_pb2
 from _export_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 from nasdeploy.cli.main import cli, main
 from nasdeploy.errors import CheckpointError, ConfigError
-from nasdeploy.export.api import ExportOptions, build_export_model, export_model, export_target
+from nasdeploy.export.api import export_model, export_target
+from nasdeploy.export.options import ExportOptions, TensorRTOptions
 from nasdeploy.export.parity import ToleranceError
+from nasdeploy.export.request import ExportRequest
+from nasdeploy.export.source import build_export_model
 from nasdeploy.genotypes import genotype_to_dict, get_genotype
 from nasdeploy.nets import build_network
 from nasdeploy.utils.checkpoint import save_checkpoint
@@ -117,15 +120,13 @@ def test_triton_repository_parses_with_tritons_schema(cli_export):
     assert trt.platform == "tensorrt_plan" and (repo / "darts_v2_cifar_trt" / "1").is_dir()
     if (out / "trtexec.sh").exists():
         assert "--saveEngine=triton/darts_v2_cifar_trt/1/model.plan" in (out / "trtexec.sh").read_text()
-    # Readable permissions (0755 / 0644 under the usual umask 022), not mkdtemp's 0700.
+    # Readable permissions (0755 / 0644 under the usual umask 022), not mkdtemp's 0700; the script stays executable.
     umask = os.umask(0)
     os.umask(umask)
     for path in [out, *out.rglob("*")]:
         mode = path.stat().st_mode & 0o777
-        if path.is_dir():
-            assert mode == 0o777 & ~umask, (path, oct(mode))
-        else:
-            assert mode in (0o666 & ~umask, 0o777 & ~umask), (path, oct(mode))
+        executable = path.is_dir() or path.name == "trtexec.sh"
+        assert mode == (0o777 if executable else 0o666) & ~umask, (path, oct(mode))
 
 
 def test_missing_tensorrt_one_line_and_trtexec_script(cli_export):
@@ -233,15 +234,15 @@ def test_existing_output_directory(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(ConfigError, match="already exists"):
-        export_target("DARTS_V2", out_dir=tmp_path / "out")
+        export_target(ExportRequest("DARTS_V2", out_dir=tmp_path / "out"))
     with pytest.raises(ConfigError, match="unknown export format"):
-        export_target("DARTS_V2", formats=("tflite",), out_dir=tmp_path / "new")
+        export_target(ExportRequest("DARTS_V2", formats=("tflite",), out_dir=tmp_path / "new"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "keep.txt").exists()
 
 
 def test_options_validation():
     with pytest.raises(ConfigError, match="opt_batch"):
-        ExportOptions(opt_batch=64, max_batch=32)
+        TensorRTOptions(opt_batch=64, max_batch=32)
     with pytest.raises(ConfigError, match="input_size"):
         ExportOptions(input_size=(0, 3))
     with pytest.raises(ConfigError, match="invalid model name"):

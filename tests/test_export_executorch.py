@@ -15,10 +15,14 @@ from torch import nn
 from _export_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError, MissingDependencyError
-from nasdeploy.export.api import ExportOptions, export_target
-from nasdeploy.export.parity import randomize_bn_statistics_
-from nasdeploy.export.quantize import sample_batches, top1
-from nasdeploy.profile.latency import time_model_file
+from nasdeploy.export.api import export_target
+from nasdeploy.export.options import ExportOptions, Int8Options
+from nasdeploy.export.request import ExportRequest, NetSizes
+from nasdeploy.export.quantize import top1
+from nasdeploy.export.samples import SampleSizes, prepare_export_data, sample_batches
+from nasdeploy.export.untrained import randomize_bn_statistics_
+from nasdeploy.profile.latency import ModelFileTimer
+from nasdeploy.profile.protocol import LatencyConfig
 from nasdeploy.genotypes import CNNGenotype, genotype_to_dict
 from nasdeploy.nets import build_network
 from nasdeploy.utils.checkpoint import save_checkpoint
@@ -77,8 +81,8 @@ def test_executorch_export_untrained_runs_in_executorch(tmp_path):
     from executorch.runtime import Runtime
 
     out = tmp_path / "out"
-    result = export_target(TINY, net="cifar", formats=("onnx", "executorch"), out_dir=out, options=ExportOptions(seed=1),
-                           **SIZES)
+    result = export_target(ExportRequest(TINY, net="cifar", formats=("onnx", "executorch"), out_dir=out,
+                                         options=ExportOptions(seed=1), sizes=NetSizes(**SIZES)))
     report = result.parity["executorch"]
     assert report.passed and report.weights == "untrained" and report.output_spread > 1e-2
     assert "untrained weights" in result.summary() and "untrained weights" in " ".join(result.notes)
@@ -100,9 +104,10 @@ def test_trained_checkpoint_on_data_parity_agreement_and_ort_int8(tmp_path, trai
     pytest.importorskip("executorch")
     ckpt, model = trained_checkpoint
     out = tmp_path / "out"
-    options = ExportOptions(seed=2, int8=("ort",), calibration_images=64, validation_images=128, parity_images=16,
-                            latency_runs=5, latency_warmup=1, data=DEMO, latency_timer=time_model_file)
-    result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx", "executorch"), out_dir=out, options=options)
+    options = ExportOptions(seed=2, int8=Int8Options(("ort",), timer=ModelFileTimer(LatencyConfig(warmup=1, runs=5, seed=2))))
+    result = export_target(ExportRequest(TINY, checkpoint=ckpt, net="cifar", formats=("onnx", "executorch"), out_dir=out,
+                                         options=options, data=DEMO,
+                                         samples=SampleSizes(parity=16, validation=128, calibration=64)))
     for key in ("onnx_validation", "executorch_validation"):
         report = result.parity[key]
         assert report.passed and report.weights == "trained" and report.top1_agreement == 1.0
@@ -131,9 +136,9 @@ def test_pt2e_int8_pte(tmp_path, trained_checkpoint):
     pytest.importorskip("executorch")
     ckpt, _ = trained_checkpoint
     out = tmp_path / "out"
-    options = ExportOptions(seed=2, int8=("executorch",), calibration_images=32, validation_images=64, parity_images=8,
-                            latency_runs=5, latency_warmup=1, data=DEMO, latency_timer=time_model_file)
-    result = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=out, options=options)
+    options = ExportOptions(seed=2, int8=Int8Options(("executorch",), timer=ModelFileTimer(LatencyConfig(warmup=1, runs=5, seed=2))))
+    result = export_target(ExportRequest(TINY, checkpoint=ckpt, net="cifar", out_dir=out, options=options, data=DEMO,
+                                         samples=SampleSizes(parity=8, validation=64, calibration=32)))
     q = result.quantization["executorch"]
     assert q.status == "ok", q.note
     assert (out / "model_int8.pte").is_file() and (out / "model.pte").is_file()
@@ -144,25 +149,30 @@ def test_pt2e_int8_pte(tmp_path, trained_checkpoint):
 def test_executorch_alone_writes_no_onnx(tmp_path):
     pytest.importorskip("executorch")
     out = tmp_path / "out"
-    result = export_target(TINY, net="cifar", formats=("executorch",), out_dir=out, options=ExportOptions(seed=1), **SIZES)
+    result = export_target(ExportRequest(TINY, net="cifar", formats=("executorch",), out_dir=out,
+                                         options=ExportOptions(seed=1), sizes=NetSizes(**SIZES)))
     assert result.parity["executorch"].passed and "onnx" not in result.parity and result.onnx == {}
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pte", "model.pte.json", "parity_executorch.json"]
     assert result.complexity["params"] > 0  # still counted without the ONNX step
 
 
 def test_quantize_model_runs_int8_on_its_own_from_an_earlier_export(tmp_path, trained_checkpoint):
-    from nasdeploy.export.api import build_export_model, quantize_model
+    from nasdeploy.export.api import export_model, quantize_model
+    from nasdeploy.export.source import build_export_model
 
     ckpt, model = trained_checkpoint
-    options = ExportOptions(seed=2, int8=("ort",), calibration_images=32, validation_images=64, parity_images=8,
-                            latency_runs=3, latency_warmup=1, data=DEMO, overwrite=True)
+    options = ExportOptions(seed=2, int8=Int8Options(("ort",)), overwrite=True)
+    sizes = SampleSizes(parity=8, validation=64, calibration=32)
     float_dir, together = tmp_path / "float", tmp_path / "together"
-    export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=float_dir,
-                  options=replace(options, int8=()))
-    combined = export_target(TINY, net="cifar", checkpoint=ckpt, formats=("onnx",), out_dir=together, options=options)
+    combined = export_target(ExportRequest(TINY, checkpoint=ckpt, net="cifar", out_dir=together, options=options,
+                                           data=DEMO, samples=sizes))
+    # The model built once and the data sampled once, handed to the float export and to the INT8 step.
     source = build_export_model(TINY, net="cifar", checkpoint=ckpt)
+    data = prepare_export_data(DEMO, source.model, 32, seed=2, sizes=sizes, int8=True)
+    export_model(source.model, float_dir, options=replace(options, int8=Int8Options()), data=data, weights="trained")
     out = tmp_path / "int8"
-    alone = quantize_model(source.model, out, onnx_path=float_dir / "model.onnx", options=options, weights="trained")
+    alone = quantize_model(source.model, out, onnx_path=float_dir / "model.onnx", options=options, data=data,
+                           weights="trained")
     q, ref = alone.quantization["ort"], combined.quantization["ort"]
     assert q.status == "ok" and sorted(p.name for p in out.iterdir()) == ["model_int8.onnx", "quantization.json"]
     # The same calibration and validation samples as the all-in-one export: the same INT8 model and scores.
@@ -170,28 +180,33 @@ def test_quantize_model_runs_int8_on_its_own_from_an_earlier_export(tmp_path, tr
     assert q.float_size_bytes == (float_dir / "model.onnx").stat().st_size
     assert json.loads((out / "quantization.json").read_text())["ort"]["delta"] == pytest.approx(q.delta)
     with pytest.raises(ConfigError, match="needs the float model.pte: none was given"):
-        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx",
-                       options=replace(options, int8=("ort", "executorch")))
-    with pytest.raises(ConfigError, match="at least one INT8 path"):
-        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx", options=replace(options, int8=()))
+        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx", data=data,
+                       options=replace(options, int8=Int8Options(("ort", "executorch"))))
+    with pytest.raises(ConfigError, match="at least one INT8 method"):
+        quantize_model(source.model, tmp_path / "bad", onnx_path=float_dir / "model.onnx", data=data,
+                       options=replace(options, int8=Int8Options()))
     assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # PT2E prepare + INT8 lowering (about 40 s on the shared 2-core machine)
 def test_quantize_model_pt2e_from_a_float_pte_exported_without_onnx(tmp_path, trained_checkpoint):
     pytest.importorskip("executorch")
-    from nasdeploy.export.api import build_export_model, quantize_model
+    from nasdeploy.export.api import quantize_model
+    from nasdeploy.export.source import build_export_model
 
     ckpt, _ = trained_checkpoint
-    options = ExportOptions(seed=2, calibration_images=32, validation_images=64, parity_images=8, latency_runs=3,
-                            latency_warmup=1, data=DEMO, latency_timer=time_model_file)
+    options = ExportOptions(seed=2, int8=Int8Options(timer=ModelFileTimer(LatencyConfig(warmup=1, runs=3, seed=2))))
+    sizes = SampleSizes(parity=8, validation=64, calibration=32)
     float_dir = tmp_path / "executorch"
-    export_target(TINY, net="cifar", checkpoint=ckpt, formats=("executorch",), out_dir=float_dir, options=options)
+    export_target(ExportRequest(TINY, checkpoint=ckpt, net="cifar", formats=("executorch",), out_dir=float_dir,
+                                options=options, data=DEMO, samples=sizes))
     assert not (float_dir / "model.onnx").exists()
     source = build_export_model(TINY, net="cifar", checkpoint=ckpt)
     out = tmp_path / "quantize"
-    result = quantize_model(source.model, out, pte_path=float_dir / "model.pte",
-                            options=replace(options, int8=("executorch",)), weights="trained")
+    data = prepare_export_data(DEMO, source.model, 32, seed=2, sizes=sizes, int8=True)
+    result = quantize_model(source.model, out, pte_path=float_dir / "model.pte", data=data,
+                            options=replace(options, int8=replace(options.int8, methods=("executorch",))),
+                            weights="trained")
     q = result.quantization["executorch"]
     assert q.status == "ok", q.note
     assert q.float_size_bytes == (float_dir / "model.pte").stat().st_size and q.int8_size_bytes < q.float_size_bytes
@@ -202,26 +217,28 @@ def test_quantize_model_pt2e_from_a_float_pte_exported_without_onnx(tmp_path, tr
 
 def test_int8_needs_data_and_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="INT8 needs calibration"):
-        export_target(TINY, net="cifar", out_dir=tmp_path / "o", options=ExportOptions(int8=("ort",)), **SIZES)
+        export_target(ExportRequest(TINY, net="cifar", out_dir=tmp_path / "o", sizes=NetSizes(**SIZES),
+                                    options=ExportOptions(int8=Int8Options(("ort",)))))
     with pytest.raises(ConfigError, match="unknown INT8"):
-        ExportOptions(int8=("tflite",))
+        Int8Options(("tflite",))
     with pytest.raises(ConfigError, match="needs a data directory"):
-        export_target(TINY, net="cifar", out_dir=tmp_path / "o", dataset="cifar10", **SIZES)
+        export_target(ExportRequest(TINY, net="cifar", out_dir=tmp_path / "o", dataset="cifar10", sizes=NetSizes(**SIZES)))
     with pytest.raises(ConfigError, match="classes"):
-        export_target(TINY, net="cifar", out_dir=tmp_path / "o", dataset="demo", channels=8, layers=2, num_classes=5)
+        export_target(ExportRequest(TINY, net="cifar", out_dir=tmp_path / "o", dataset="demo", sizes=NetSizes(8, 2, 5)))
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_executorch_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
     with pytest.raises(MissingDependencyError, match=r"nasdeploy\[executorch\]") as info:
-        export_target(TINY, net="cifar", formats=("executorch",), out_dir=tmp_path / "o", **SIZES)
+        export_target(ExportRequest(TINY, net="cifar", formats=("executorch",), out_dir=tmp_path / "o",
+                                    sizes=NetSizes(**SIZES)))
     assert "\n" not in str(info.value) and not (tmp_path / "o").exists()
 
 
 def test_executorch_latency_backend():
     pytest.importorskip("executorch")
-    from nasdeploy.profile.latency import LatencyConfig, measure_latency, parse_backends
+    from nasdeploy.profile.latency import measure_latency, parse_backends
 
     assert parse_backends("executorch") == ("executorch-fp32", "executorch-int8")
     res = measure_latency(["executorch-fp32"], (3, 32, 32), LatencyConfig(warmup=2, runs=10), model=_fresh())

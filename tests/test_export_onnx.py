@@ -16,7 +16,8 @@ from _export_utils import one_torch_thread, randomize_bn_  # noqa: F401 (autouse
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError, ExportError, MissingDependencyError
 from nasdeploy.export.onnx import export_onnx, onnx_files, onnx_io, read_onnx_metadata
-from nasdeploy.export.parity import OutputShapeError, ToleranceError, check_onnx_parity, second_spatial_size
+from nasdeploy.export.onnx_parity import check_onnx_parity, second_spatial_size
+from nasdeploy.export.parity import OutputShapeError, ToleranceError
 from nasdeploy.genotypes import genotype_from_dict, get_genotype, list_genotypes
 from nasdeploy.nets import build_network
 
@@ -104,6 +105,39 @@ def test_parity_detects_a_changed_model(darts_cifar_onnx):
         check_onnx_parity(other, path, batch_sizes=(2,))
     report = check_onnx_parity(changed, path, batch_sizes=(1,), raise_on_failure=False)
     assert not report.passed and "FAIL" in report.format_table()
+    # The error carries each output's worst errors and the tolerances (the caller decides what to do with them).
+    (logits,) = info.value.outputs
+    assert logits.name == "logits" and not logits.ok and logits.max_abs_err == pytest.approx(1e-2, rel=1e-3)
+    assert (info.value.rtol, info.value.atol) == (1e-3, 1e-5)
+
+
+def test_typed_parity_errors_shape_nan_tolerance():
+    """Each kind of failure raises its own ParityError subclass; a NaN is not hidden behind a small max()."""
+    from nasdeploy.export.parity import NonFiniteOutputError, ParityError, compare_with_torch
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 1)).eval()
+
+    def report(run):
+        return compare_with_torch(model, run, [(2, 3, 4, 4)], runtime="fake", output_names=("y",), seed=0)
+
+    def exact(x):
+        with torch.no_grad():
+            return [model(torch.from_numpy(x)).numpy()]
+
+    assert report(exact).failure() is None
+    nan = report(lambda x: [np.where(np.arange(exact(x)[0].size).reshape(exact(x)[0].shape) == 3, np.nan, exact(x)[0])])
+    off = report(lambda x: [exact(x)[0] + 1e-2])
+    wrong = report(lambda x: [exact(x)[0][:, :1]])
+    for rep, kind in ((nan, NonFiniteOutputError), (off, ToleranceError), (wrong, OutputShapeError)):
+        error = rep.failure()
+        assert type(error) is kind and isinstance(error, ParityError) and error.report is rep
+        assert [o.name for o in error.outputs] == ["y"] and not error.outputs[0].ok
+        with pytest.raises(kind):
+            rep.raise_for_failure()
+    assert np.isnan(nan.outputs[0].max_abs_err) and not nan.cases[0].finite and "NaN or inf" in str(nan.failure())
+    assert off.outputs[0].max_abs_err == pytest.approx(1e-2, rel=1e-4) and off.cases[0].finite
+    saved = nan.to_dict()
+    assert saved["passed"] is False and saved["outputs"][0]["name"] == "y" and saved["cases"][0]["finite"] is False
 
 
 class _PoolTo2(nn.Module):

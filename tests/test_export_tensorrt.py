@@ -194,8 +194,9 @@ def test_export_model_tensorrt_and_triton_plan(tmp_path, monkeypatch):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from nasdeploy.export.api import ExportOptions, export_model
-    from nasdeploy.export.parity import onnxruntime_runner
+    from nasdeploy.export.api import export_model
+    from nasdeploy.export.onnx_parity import onnxruntime_runner
+    from nasdeploy.export.options import ExportOptions, TensorRTOptions, TritonOptions
 
     trt, calls = fake_tensorrt("10.13.0.35", fp16_flag=True)
     monkeypatch.setattr(trt_export, "import_tensorrt", lambda: trt)
@@ -203,7 +204,8 @@ def test_export_model_tensorrt_and_triton_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(trt_export, "tensorrt_runner",
                         lambda plan, trt=None: onnxruntime_runner(plan.with_name("model.onnx"))[:2] + ("fake TensorRT",))
     model = randomize_bn_(_Tiny()).eval()
-    options = ExportOptions(input_size=(16, 16), max_batch=8, opt_batch=4, seed=0)
+    options = ExportOptions(input_size=(16, 16), seed=0, tensorrt=TensorRTOptions(max_batch=8, opt_batch=4),
+                            triton=TritonOptions(max_batch_size=8))
     result = export_model(model, tmp_path / "out", formats=("tensorrt", "triton"), options=options, name="tiny")
     out = tmp_path / "out"
     assert (out / "model.plan").read_bytes() == b"PLAN" and (out / "timing.cache").read_bytes() == b"CACHE"

@@ -13,7 +13,8 @@ from torch import nn
 from nasdeploy.cli.main import main
 from nasdeploy.errors import ConfigError, ExportError
 from nasdeploy.export import onnx as onnx_export
-from nasdeploy.export.api import ExportOptions, export_model
+from nasdeploy.export.api import export_model
+from nasdeploy.export.options import ExportOptions
 from nasdeploy.kernels.build import validate_cuda_arch
 
 from _export_utils import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -113,3 +114,23 @@ def test_export_folder_is_readable_by_others_and_names_itself(tmp_path):
     assert report["parity"]["onnx"]["model_path"] == parity["model_path"] == "model.onnx"
     for text in ((out / "export.json").read_text(), (out / "parity_onnx.json").read_text()):
         assert ".partial-" not in text
+
+
+def test_permission_reset_keeps_the_trtexec_script_executable(tmp_path, monkeypatch):
+    """Data files 0644, folders and trtexec.sh 0755: the staged folder's permission reset must keep the script runnable."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT: the export writes trtexec.sh instead
+    old = os.umask(0o022)
+    try:
+        result = export_model(_tiny(), tmp_path / "exp", formats=("tensorrt", "triton"),
+                              options=ExportOptions(input_size=(8, 8), seed=0), name="tiny")
+    finally:
+        os.umask(old)
+    out = tmp_path / "exp"
+    assert result.files["trtexec_script"] == "trtexec.sh" and "tensorrt" in result.skipped
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert modes.pop("trtexec.sh") == 0o755
+    for name, mode in modes.items():
+        assert mode == (0o755 if (out / name).is_dir() else 0o644), (name, oct(mode))
+    assert os.access(out / "trtexec.sh", os.X_OK) and "triton/tiny/1/model.onnx" in modes

@@ -17,7 +17,7 @@ from torch import nn
 from nasdeploy.genotypes.primitives import CNN_PRIMITIVES
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.kernels.terms import Term, TermKind
-from nasdeploy.spaces import mixing
+from nasdeploy.spaces import mixer_table
 from nasdeploy.spaces.mixing import MixedEdge, mix_node_reference
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -392,30 +392,30 @@ def test_fused_mixer_in_eval_mode_equals_reference(ext):
 
 def test_env_var_and_auto_choose_the_implementation(ext, monkeypatch):
     monkeypatch.setenv("NASDEPLOY_MIXED_OP", "reference")
-    assert mixing.get_node_mixer()[0] == "reference"
+    assert mixer_table.get_node_mixer()[0] == "reference"
     monkeypatch.setenv("NASDEPLOY_MIXED_OP", "fused")
-    assert mixing.get_node_mixer()[0] == "fused"
+    assert mixer_table.get_node_mixer()[0] == "fused"
     monkeypatch.delenv("NASDEPLOY_MIXED_OP")
-    assert mixing.get_node_mixer()[0] == "fused"  # auto: fused when it can be built
+    assert mixer_table.get_node_mixer()[0] == "fused"  # auto: fused when it can be built
 
 
 def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monkeypatch):
-    import nasdeploy.spaces.fused_mixer  # noqa: F401  (registered)
+    from types import MappingProxyType
 
     def broken():
         raise RuntimeError("no C++ compiler or ninja on PATH\ndetails")
 
-    monkeypatch.setitem(mixing._MIXERS, "fused", broken)
+    monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "fused": broken}))
     monkeypatch.delenv("NASDEPLOY_MIXED_OP", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        name, mixer = mixing.get_node_mixer("auto")
+        name, mixer = mixer_table.get_node_mixer("auto")
     assert name == "reference" and mixer is mix_node_reference
     assert len(caught) == 1 and "no C++ compiler" in str(caught[0].message)
     from nasdeploy.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'fused' is unavailable: no C\\+\\+ compiler"):
-        mixing.get_node_mixer("fused")
+        mixer_table.get_node_mixer("fused")
 
 
 # ---- a whole search step ---------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monk
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_search_step_fused_and_reference_give_the_same_alphas(ext, one_thread, order):
     from nasdeploy.search.architect import Architect, ArchitectConfig
-    from nasdeploy.search.darts_cnn_loop import classification_loss, search_step
+    from nasdeploy.search.step import classification_loss, search_step
     from nasdeploy.spaces.darts_cnn import DartsSupernet
 
     g = torch.Generator().manual_seed(3)
@@ -506,9 +506,9 @@ def test_cuda_fused_mixer_matches_the_eager_mixed_op(ext):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_narrow_cpu_nodes_stay_nchw_and_wide_ones_go_channels_last():
+def test_narrow_strided_cpu_nodes_stay_nchw_and_wide_ones_go_channels_last():
     """oneDNN corrupts the heap in the channels-last backward of a 1x1 stride-2 conv with 2-7 input
-    channels on some CPUs; such nodes must not be converted."""
+    channels on some CPUs; nodes that may hold one (a stride-2 edge) must not be converted."""
     from nasdeploy.spaces.fused_mixer import MIN_CPU_CHANNELS_LAST, FusionOptions
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -517,5 +517,6 @@ def test_narrow_cpu_nodes_stay_nchw_and_wide_ones_go_channels_last():
         assert not options.use_channels_last(cpu, 4)
         assert not options.use_channels_last(cpu, MIN_CPU_CHANNELS_LAST - 1)
         assert options.use_channels_last(cpu, MIN_CPU_CHANNELS_LAST)
+        assert options.use_channels_last(cpu, 4, strided=False)  # no strided conv in a stride-1 node
     assert FusionOptions(channels_last=True).use_channels_last(cuda, 4)
     assert not FusionOptions().use_channels_last(cuda, 64)

@@ -237,7 +237,7 @@ def test_a_failed_quantize_leaves_export_and_executorch_done(deploy_run, tmp_pat
     def broken(*args, **kwargs):
         raise RuntimeError("killed in the middle of INT8")
 
-    monkeypatch.setattr(api, "_int8_step", broken)
+    monkeypatch.setattr(api, "write_int8", broken)
     with pytest.raises(RuntimeError, match="killed in the middle"):
         run_pipeline(deploy_config(), run_dir, progress=False, force=["quantize"])
     state = _state(run_dir)
@@ -248,43 +248,6 @@ def test_a_failed_quantize_leaves_export_and_executorch_done(deploy_run, tmp_pat
     monkeypatch.undo()
     again = run_pipeline(deploy_config(), run_dir, progress=False)
     assert again.ran == ["quantize", "profile", "report"] and (run_dir / "quantize" / "model_int8.onnx").is_file()
-
-
-def _as_pre_split_run(run_dir: Path) -> None:
-    """Rewrite a run directory into the earlier layout: one export stage, every artifact in export/."""
-    state = json.loads((run_dir / "pipeline_state.json").read_text())
-    stages = state["stages"]
-    export = stages["export"]["outputs"]
-    for stage in ("executorch", "quantize"):
-        out = stages.pop(stage)["outputs"]
-        for path in (run_dir / stage).iterdir():
-            if path.name != "export.json":
-                path.rename(run_dir / "export" / path.name)
-        (run_dir / stage / "export.json").unlink(missing_ok=True)
-        (run_dir / stage).rmdir()
-        export["files"].update({k: v for k, v in out["files"].items() if k != "report"})
-        export["runtimes"].update(out.get("runtimes") or {})
-        export.setdefault("quantization", {}).update(out.get("quantization") or {})
-    (run_dir / "pipeline_state.json").write_text(json.dumps(state))
-
-
-def test_a_run_directory_of_the_earlier_layout_counts_its_export_as_executorch_and_quantize(deploy_run, tmp_path):
-    run_dir = _copy_run(deploy_run[0], tmp_path)
-    _as_pre_split_run(run_dir)
-    again = run_pipeline(deploy_config(), run_dir, progress=False)
-    assert again.ran == [] and again.skipped == list(STAGE_ORDER)
-    state = _state(run_dir)
-    assert state["executorch"]["status"] == state["quantize"]["status"] == "done"
-    assert state["executorch"]["outputs"]["dir"] == "export" and state["quantize"]["outputs"]["quantization"]["ort"]
-    report_run = run_pipeline(deploy_config(), run_dir, progress=False, only=["report"])
-    assert report_run.ran == ["report"]
-    report = (run_dir / "report.md").read_text()
-    assert "| INT8 (" in report and "done by the export stage of an earlier nasdeploy" in report
-    assert "executorch" in json.loads((run_dir / "summary.json").read_text())["export"]["runtimes"]
-    # Forcing a stage redoes it in the new layout, from the earlier export's files.
-    forced = run_pipeline(deploy_config(), run_dir, progress=False, force=["quantize"])
-    assert forced.ran == ["quantize", "profile", "report"]
-    assert (run_dir / "quantize" / "model_int8.onnx").is_file()
 
 
 def test_export_section_names_are_checked_when_the_file_loads():

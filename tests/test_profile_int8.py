@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -21,7 +22,8 @@ from nasdeploy.pipeline.config import pipeline_config_from_dict
 from nasdeploy.pipeline.darts_cnn_stages import run_profile_stage
 from nasdeploy.pipeline.report import _cost_table
 from nasdeploy.pipeline.stages import StageContext
-from nasdeploy.profile.latency import LatencyConfig, measure_latency, parse_backends
+from nasdeploy.profile.latency import measure_latency, parse_backends
+from nasdeploy.profile.protocol import LatencyConfig
 from nasdeploy.utils.ort import ort_session
 
 from test_pipeline import TINY
@@ -174,3 +176,35 @@ def test_reproduce_command_names_the_int8_row(tmp_path):
     assert table.endswith("DARTS_V2 --net cifar --channels 4 --layers 1 --latency ort-cpu-1t")
     assert int8.endswith("genotype.json --net cifar --channels 4 --layers 1 --latency ort-int8-cpu-1t,executorch-int8")
     assert "\n" not in reproduce_commands(StageContext(_config({}), tmp_path))["profile"]
+
+
+def test_existing_model_files_are_timed_not_rebuilt(tmp_path, monkeypatch):
+    """The profiler times the files an export made (INT8 ONNX, .pte) as they are: nothing is quantized or lowered again."""
+    import nasdeploy.export.quantize as quantize
+
+    model = _convnet()
+    float_path = export_onnx(model, tmp_path / "model.onnx", input_size=(3, 16, 16), dynamic_spatial=False)
+    calibration = [np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)]
+    int8_path = quantize.ort_static_int8(float_path, tmp_path / "model_int8.onnx", calibration)
+    files = {"ort-int8-cpu-1t": int8_path}
+    if importlib.util.find_spec("executorch") is not None:
+        from nasdeploy.export import executorch as et
+
+        files["executorch-fp32"] = et.lower_to_pte(model, tmp_path / "model.pte", (3, 16, 16))
+        monkeypatch.setattr(et, "lower_to_pte", _refuse)
+        monkeypatch.setattr(et, "quantize_pt2e_xnnpack", _refuse)
+    monkeypatch.setattr(quantize, "ort_static_int8", _refuse)
+    res = measure_latency(["ort-cpu-1t", *files], (3, 16, 16), LatencyConfig(warmup=0, runs=3), onnx_path=float_path,
+                          model_files=files)
+    for backend, path in files.items():
+        r = res[backend]
+        assert r.ok and r.runs == 3, r.note
+        assert r.settings["model_bytes"] == path.stat().st_size and r.settings["program"] == path.name
+    assert res["ort-int8-cpu-1t"].settings["intra_op_threads"] == 1 and res["ort-cpu-1t"].ok
+    wrong = measure_latency(["torch-cpu"], (3, 16, 16), LatencyConfig(warmup=0, runs=1), model=model,
+                            model_files={"torch-cpu": float_path})["torch-cpu"]
+    assert wrong.status == "error" and "times a PyTorch model, not a model file" in wrong.note
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("an existing model file was rebuilt instead of timed")

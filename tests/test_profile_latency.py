@@ -9,7 +9,7 @@ import torch
 from nasdeploy.errors import ConfigError
 from nasdeploy.nets import build_network
 from nasdeploy.profile import BACKENDS, LatencyConfig, measure_latency, parse_backends, profile_model
-from nasdeploy.profile.latency import summarize
+from nasdeploy.profile.protocol import summarize
 
 
 @pytest.fixture(scope="module")

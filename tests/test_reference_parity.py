@@ -15,8 +15,8 @@ import torch
 
 from nasdeploy.nets import build_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
-from nasdeploy.search.darts_cnn_loop import classification_loss
 from nasdeploy.search.darts_rnn_architect import RecurrentArchitect, clip_coefficient
+from nasdeploy.search.step import classification_loss
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.spaces.darts_rnn import RNNSearchModel
 from nasdeploy.tasks.language_model import LMBatch, architect_loss
@@ -65,7 +65,7 @@ def test_reference_amoebanet_checkpoint_loads_strictly_and_matches_its_logits():
 def test_reference_amoebanet_checkpoint_exports_with_onnx_parity(tmp_path):
     pytest.importorskip("onnxruntime")
     from nasdeploy.export.onnx import export_onnx
-    from nasdeploy.export.parity import check_onnx_parity
+    from nasdeploy.export.onnx_parity import check_onnx_parity
 
     ref = load("darts_reference_amoebanet_tiny.pt")
     s = ref["settings"]

@@ -12,7 +12,7 @@ import torch
 from nasdeploy.errors import ConfigError, GenotypeError
 from nasdeploy.genotypes import RecurrentGenotype
 from nasdeploy.nets.rnn import DARTSCell, build_rnn_lm
-from nasdeploy.profile.language_model import analytic_macs_per_token, count_macs_per_token
+from nasdeploy.profile.darts_rnn import analytic_macs_per_token, count_macs_per_token
 from nasdeploy.ops.rnn import LockedDropout, embedded_dropout
 from nasdeploy.spaces.darts_rnn import DARTSCellSearch, RNNSearchModel
 

@@ -1,12 +1,16 @@
-"""`nasdeploy rnn ...`: the thin CLI over the recurrent library, and its one-line errors."""
+"""The darts_rnn space through the generic CLI (search, train, profile of a registry genotype) and its one-line errors."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from nasdeploy.cli.main import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SEARCH, TRAIN = str(CONFIGS / "rnn_demo_search.yaml"), str(CONFIGS / "rnn_demo_train.yaml")
 
 
 def run(argv, capsys):
@@ -24,15 +28,15 @@ TINY = ["data.demo_train_sentences=40", "data.demo_valid_sentences=10", "data.de
         "search.bptt=5", "search.max_batches_per_epoch=2", "search.threads=1"]
 
 
-def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
-    code, out, err = run(["rnn", "search", "--out", str(tmp_path / "s"), *TINY], capsys)
+def test_search_then_train_from_the_cli(tmp_path, capsys):
+    code, out, err = run(["search", "--config", SEARCH, "--out", str(tmp_path / "s"), "--no-progress", *TINY], capsys)
     assert code == 0, err
     assert "genotype:" in out and (tmp_path / "s" / "genotype.json").is_file()
     train = ["data.demo_train_sentences=40", "data.demo_valid_sentences=10", "data.demo_test_sentences=6",
              "model.emsize=8", "model.nhid=8", "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4",
              "train.bptt=5", "train.max_batches_per_epoch=2", "train.threads=1"]
-    code, out, err = run(["rnn", "train", "--genotype", str(tmp_path / "s" / "genotype.json"),
-                          "--out", str(tmp_path / "t"), *train], capsys)
+    code, out, err = run(["train", "--config", TRAIN, "--genotype", str(tmp_path / "s" / "genotype.json"),
+                          "--out", str(tmp_path / "t"), "--no-progress", *train], capsys)
     assert code == 0, err
     assert "test ppl" in out and json.loads((tmp_path / "t" / "done.json").read_text())["epochs"] == 1
 
@@ -40,15 +44,15 @@ def test_rnn_search_then_train_from_the_cli(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["rnn", "search", "--out", "{tmp}/x", "search.epoch=2"], "unknown config key 'search.epoch'; did you mean 'search.epochs'?"),
-        (["rnn", "search", "--out", "{tmp}/x", "search.lr=fast"], "search.lr must be a number, got 'fast'"),
-        (["rnn", "search", "--out", "{tmp}/x", "model.dropout=1.5"], "model.dropout must be a probability"),
-        (["rnn", "search", "--out", "{tmp}/x", "data.dataset=ptb"], "needs a data folder"),
-        (["rnn", "search", "--out", "{tmp}/x", "--data-dir", "{tmp}/nope", "data.dataset=ptb"], "corpus folder not found"),
-        (["rnn", "search", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/x"], "config file not found"),
-        (["rnn", "train", "--genotype", "DARTS_V2", "--out", "{tmp}/x"], "wrong genotype kind"),
-        (["rnn", "profile"], "exactly one of --checkpoint or --genotype"),
-        (["rnn", "export", "--checkpoint", "{tmp}/none.pt", "-o", "{tmp}/m.onnx"], "checkpoint not found"),
+        (["search", "--config", SEARCH, "--out", "{tmp}/x", "search.epoch=2"], "unknown config key 'search.epoch'; did you mean 'search.epochs'?"),
+        (["search", "--config", SEARCH, "--out", "{tmp}/x", "search.lr=fast"], "search.lr must be a number, got 'fast'"),
+        (["search", "--config", SEARCH, "--out", "{tmp}/x", "model.dropout=1.5"], "model.dropout must be a probability"),
+        (["search", "--config", SEARCH, "--out", "{tmp}/x", "data.dataset=ptb"], "needs a data folder"),
+        (["search", "--config", SEARCH, "--out", "{tmp}/x", "--data-dir", "{tmp}/nope", "data.dataset=ptb"], "corpus folder not found"),
+        (["train", "--config", TRAIN, "--genotype", "DARTS_V2", "--out", "{tmp}/x"], "wrong genotype kind"),
+        (["profile"], "name at least one TARGET"),
+        (["export", "{tmp}/none.pt", "--out", "{tmp}/m"], "checkpoint not found"),
+        (["profile", "DARTS_V2_RNN", "--layers", "3"], "--layers does not apply"),
     ],
 )
 def test_bad_input_gives_one_line_errors(tmp_path, capsys, argv, message):
@@ -58,8 +62,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys, argv, message):
 
 
 def test_profile_from_a_registry_genotype(capsys):
-    code, out, err = run(["rnn", "profile", "--genotype", "DARTS_V2_RNN", "--ntokens", "50", "--nhid", "16",
-                          "--seq-len", "5", "--runs", "2"], capsys)
+    code, out, err = run(["profile", "DARTS_V2_RNN", "--num-classes", "50", "--channels", "16", "--seq-len", "5",
+                          "--warmup", "1", "--runs", "2"], capsys)
     assert code == 0, err
     macs = (32 * 32 + 8 * 16 * 32 + 16 * 50) / 1e6
     assert f"{macs:.3f} M" in out

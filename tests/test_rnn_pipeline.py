@@ -96,29 +96,6 @@ def test_force_and_only_need_a_pipeline_run_directory(tmp_path, capsys):
     assert (tmp_path / "train" / "keep.txt").read_text() == "mine"
 
 
-def test_an_older_recurrent_pipeline_file_still_loads_with_a_warning(tmp_path):
-    old = {"search_run": load_yaml(CONFIGS / "rnn_demo_search.yaml"), "train_run": load_yaml(CONFIGS / "rnn_demo_train.yaml"),
-           "export": {"seq_len": 20}, "profile": {"seq_len": 20}}
-    for section in ("search_run", "train_run"):
-        old[section].pop("space")
-    path = tmp_path / "old_rnn.yaml"
-    path.write_text(dump_yaml(old))
-    with pytest.warns(DeprecationWarning, match="search_run"):
-        config = load_pipeline_config(path)
-    assert config.space == "darts_rnn" and config.export.seq_len == 20
-    assert config.search["search"]["epochs"] == 12
-
-
-def test_the_old_rnn_pipeline_functions_warn_and_run(tmp_path):
-    from nasdeploy import rnn_pipeline
-
-    with pytest.warns(DeprecationWarning, match="load_pipeline_config"):
-        config = rnn_pipeline.load_rnn_pipeline_config(CONFIGS / "rnn_demo.yaml", TINY)
-    with pytest.warns(DeprecationWarning, match="run_pipeline"):
-        summary = rnn_pipeline.run_rnn_pipeline(config, tmp_path)
-    assert summary == json.loads((tmp_path / "summary.json").read_text())
-
-
 def test_a_stage_file_of_another_space_is_refused(tmp_path):
     path = tmp_path / "mixed.yaml"
     path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": str(CONFIGS / "adl_demo_search.yaml")},

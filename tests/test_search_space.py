@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import pytest
 import torch
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES
 from nasdeploy.spaces.darts_cnn import DartsSupernet, num_edges
-from nasdeploy.spaces.mixing import mix_node_reference, register_mixer
+from nasdeploy.spaces import mixer_table
+from nasdeploy.spaces.mixing import mix_node_reference
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only add contention
@@ -44,7 +47,7 @@ def test_alpha_initialisation_options():
         DartsSupernet(channels=4, layers=3, alpha_init="uniform")
 
 
-def test_every_node_calls_the_mixer_once_with_all_incoming_edges():
+def test_every_node_calls_the_mixer_once_with_all_incoming_edges(monkeypatch):
     calls: list[tuple[int, tuple[int, ...]]] = []
 
     def spy(inputs, edges, weights):
@@ -52,7 +55,7 @@ def test_every_node_calls_the_mixer_once_with_all_incoming_edges():
         assert len(inputs) == len(edges) == weights.shape[0]
         return mix_node_reference(inputs, edges, weights)
 
-    register_mixer("spy_for_test", lambda: spy)
+    monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda: spy}))
     model = DartsSupernet(channels=4, layers=3, steps=3, multiplier=2, mixed_op="spy_for_test")
     assert model.mixed_op == "spy_for_test"
     model(torch.randn(2, 3, 8, 8))

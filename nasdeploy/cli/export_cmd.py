@@ -1,16 +1,16 @@
-"""`nasdeploy export TARGET --net ... --format onnx|executorch|tensorrt|triton [--int8 ...]`: a thin layer over nasdeploy.export.api."""
+"""`nasdeploy export TARGET ...`: a thin layer over the export adapter of TARGET's space (nasdeploy.spaces.table)."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import click
 
 from nasdeploy.errors import ConfigError, MissingDependencyError
+from nasdeploy.export.formats import FORMATS, INT8_METHODS
 
-FORMATS = ("onnx", "executorch", "tensorrt", "triton")
-INT8 = ("ort", "executorch")
 DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
 
 
@@ -27,22 +27,28 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 
 @click.command("export")
 @click.argument("target")
-@click.option("--net", default="cifar", show_default=True, help="Network family: cifar | imagenet | segmentation (Auto-DeepLab).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="nasdeploy train checkpoint or plain state_dict.")
+@click.option("--net", default=None,
+              help="Network family: cifar | imagenet | segmentation [default: the checkpoint's, else cifar for DARTS CNN "
+                   "genotypes, the genotype's own family otherwise].")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="nasdeploy train checkpoint or plain state_dict (TARGET may also be a checkpoint itself).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), default=("onnx",), show_default=True,
               help="Artifact to produce (repeatable). ONNX is exported and verified first whenever a format or --int8 ort needs it "
-                   "(onnx, tensorrt, triton); --format executorch alone writes no ONNX.")
+                   "(onnx, tensorrt, triton); --format executorch alone writes no ONNX. A language model exports ONNX only.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory [default: exports/<name>].")
 @click.option("--opset", type=int, help="ONNX opset (>= 18) [default: the exporter's].")
-@click.option("--dynamic-batch/--static", default=True, show_default=True,
-              help="Dynamic batch (and H/W where the network allows it), or fully static shapes.")
+@click.option("--dynamic-batch/--static", default=None,
+              help="Dynamic batch (and H/W where the network allows it), or fully static shapes "
+                   "[default: dynamic; a language model: static].")
 @click.option("--static-hw", is_flag=True, help="Keep H and W fixed at the input size (batch stays dynamic).")
 @click.option("--fp16", is_flag=True, help="Build the TensorRT engine in FP16 (TensorRT 11: from an FP16 ONNX model).")
 @click.option("--simplify", is_flag=True, help="Simplify the ONNX graph with onnxslim (extra 'slim').")
 @click.option("--input-size", help="Export / check input size S or HxW [default: the network's].")
-@click.option("--channels", type=int, help="Initial channels (plain state_dicts / fresh networks).")
+@click.option("--seq-len", type=int, help="Language model: fixed sequence length of the graph [default: the model's].")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Language model: batch of the graph.")
+@click.option("--channels", type=int, help="Initial channels (plain state_dicts / fresh networks; language model: nhid).")
 @click.option("--layers", type=int, help="Number of cells (plain state_dicts / fresh networks).")
-@click.option("--num-classes", type=int, help="Number of classes (plain state_dicts / fresh networks).")
+@click.option("--num-classes", type=int, help="Number of classes (plain state_dicts / fresh networks; language model: vocabulary).")
 @click.option("--name", help="Model name (Triton folder, metadata) [default: <genotype>_<net>].")
 @click.option("--max-batch", default=32, show_default=True, help="TensorRT profile max batch and Triton max_batch_size.")
 @click.option("--opt-batch", default=8, show_default=True, help="TensorRT profile optimum batch.")
@@ -54,8 +60,8 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--atol", default=1e-5, show_default=True, help="Parity absolute tolerance (ONNX).")
 @click.option("--seed", type=int, help="Seed of the random parity inputs [default: fresh].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the export succeeded).")
-@click.option("--int8", "int8", multiple=True, type=click.Choice(INT8),
-              help="INT8 path (repeatable): ort = onnxruntime static QDQ; executorch = PT2E XNNPACK -> int8 .pte. Needs data.")
+@click.option("--int8", "int8", multiple=True, type=click.Choice(INT8_METHODS),
+              help="INT8 method (repeatable): ort = onnxruntime static QDQ; executorch = PT2E XNNPACK -> int8 .pte. Needs data.")
 @click.option("--dataset", type=click.Choice(DATASETS),
               help="Dataset for parity on real images, calibration and validation [default: the checkpoint's, else cifar10 / imagefolder].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset directory (not needed for --dataset demo).")
@@ -63,29 +69,38 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--val-images", "validation_images", default=500, show_default=True, help="Validation images for float vs INT8 top-1.")
 @click.option("--parity-images", default=64, show_default=True, help="Validation images compared between PyTorch and each runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print export.json instead of the summary.")
-def export(target: str, net: str, checkpoint: str | None, formats: tuple[str, ...], out_dir: str | None, opset: int | None,
-           dynamic_batch: bool, static_hw: bool, fp16: bool, simplify: bool, input_size: str | None,
-           channels: int | None, layers: int | None, num_classes: int | None, name: str | None, max_batch: int,
-           opt_batch: int, workspace_mib: int, instance_kind: str, instance_count: int, rtol: float, atol: float,
-           seed: int | None, overwrite: bool, int8: tuple[str, ...], dataset: str | None, data_dir: str | None,
-           calibration_images: int, validation_images: int, parity_images: int, as_json: bool) -> None:
-    """Export TARGET (registry name or genotype file) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
-    from nasdeploy.export.api import ExportOptions, export_target
-    from nasdeploy.profile.latency import time_model_file
+def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[str, ...], out_dir: str | None,
+           opset: int | None, dynamic_batch: bool | None, static_hw: bool, fp16: bool, simplify: bool,
+           input_size: str | None, seq_len: int | None, batch_size: int, channels: int | None, layers: int | None,
+           num_classes: int | None, name: str | None, max_batch: int, opt_batch: int, workspace_mib: int,
+           instance_kind: str, instance_count: int, rtol: float, atol: float, seed: int | None, overwrite: bool,
+           int8: tuple[str, ...], dataset: str | None, data_dir: str | None, calibration_images: int,
+           validation_images: int, parity_images: int, as_json: bool) -> None:
+    """Export TARGET (registry name, genotype file or checkpoint) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
+    from nasdeploy.export import options as opts
+    from nasdeploy.export.request import ExportRequest, NetSizes
+    from nasdeploy.export.samples import SampleSizes
+    from nasdeploy.export.target import deploy_target
+    from nasdeploy.profile.latency import FILE_TIMING, ModelFileTimer
 
-    options = ExportOptions(
-        input_size=parse_input_size(input_size), opset=opset, dynamic_batch=dynamic_batch,
-        dynamic_spatial=dynamic_batch and not static_hw, simplify=simplify, rtol=rtol, atol=atol, seed=seed, fp16=fp16,
-        max_batch=max_batch if dynamic_batch else 1, opt_batch=min(opt_batch, max_batch) if dynamic_batch else 1,
-        workspace_mib=workspace_mib, instance_kind=instance_kind, instance_count=instance_count, name=name,
-        overwrite=overwrite, int8=tuple(dict.fromkeys(int8)), calibration_images=calibration_images,
-        validation_images=validation_images, parity_images=parity_images, latency_timer=time_model_file,
+    dynamic = dynamic_batch is not False
+    options = opts.ExportOptions(
+        input_size=parse_input_size(input_size), name=name, overwrite=overwrite, seed=seed,
+        parity=opts.ParityOptions(rtol=rtol, atol=atol),
+        onnx=opts.OnnxOptions(opset=opset, dynamic_batch=dynamic, dynamic_spatial=dynamic and not static_hw,
+                              simplify=simplify),
+        tensorrt=opts.TensorRTOptions(fp16=fp16, max_batch=max_batch if dynamic else 1,
+                                      opt_batch=min(opt_batch, max_batch) if dynamic else 1, workspace_mib=workspace_mib),
+        triton=opts.TritonOptions(max_batch_size=max_batch if dynamic else 1, instance_kind=instance_kind,
+                                  instance_count=instance_count),
+        int8=opts.Int8Options(tuple(int8), timer=ModelFileTimer(replace(FILE_TIMING, seed=seed or 0))),
+        darts_rnn=opts.DartsRnnOptions(seq_len=seq_len, batch_size=batch_size, dynamic_batch=bool(dynamic_batch)),
     )
-    result = export_target(
-        target, net=net, checkpoint=checkpoint, formats=formats, out_dir=out_dir, channels=channels, layers=layers,
-        num_classes=num_classes, options=options, progress=lambda msg: click.echo(msg, err=True),
-        dataset=dataset, data_dir=data_dir,
-    )
+    resolved = deploy_target(target, checkpoint)
+    request = ExportRequest(resolved, net=net, formats=formats, out_dir=out_dir,
+                            sizes=NetSizes(channels, layers, num_classes), options=options, dataset=dataset,
+                            data_dir=data_dir, samples=SampleSizes(parity_images, validation_images, calibration_images))
+    result = resolved.space.load("export_target")(request, lambda msg: click.echo(msg, err=True))
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
     if "tensorrt" in result.skipped:
         raise MissingDependencyError(

@@ -16,7 +16,6 @@ from nasdeploy.utils.files import describe_os_error
 
 # command name -> "module:attribute" of its click command. Each stage adds one line here.
 SUBCOMMANDS: dict[str, str] = {
-    "adl": "nasdeploy.cli.adl_cmd:adl",
     "genotypes": "nasdeploy.cli.genotypes_cmd:genotypes",
     "build-ext": "nasdeploy.cli.build_ext_cmd:build_ext",
     "profile": "nasdeploy.cli.profile_cmd:profile",
@@ -24,7 +23,6 @@ SUBCOMMANDS: dict[str, str] = {
     "search": "nasdeploy.cli.search_cmd:search",
     "train": "nasdeploy.cli.train_cmd:train",
     "pipeline": "nasdeploy.cli.pipeline_cmd:pipeline",
-    "rnn": "nasdeploy.cli.rnn_cmd:rnn",
 }
 
 
@@ -58,6 +56,20 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
     return f"a file is not {exc.encoding.upper()} text (byte {exc.start}: {exc.reason}); is it a binary file?"
 
 
+def _worker_message(text: str) -> str:
+    """The error a DataLoader worker raised, from the 'Caught X in DataLoader worker' text torch re-raises with."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) < 2 or not (lines[0].startswith("Caught ") and "Original Traceback" in text):
+        return text
+    name, sep, message = lines[-1].partition(": ")  # "nasdeploy.errors.DataError: cannot read image ..."
+    return message if sep and name.rpartition(".")[2] in lines[0] else text
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """torch's failed allocations: CPU ("can't allocate memory") and CUDA (torch.OutOfMemoryError)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
+
+
 def _fail(message: str) -> None:
     click.echo(f"error: {_first_line(message)}", err=True)
     sys.exit(2)
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="nasdeploy", standalone_mode=False)
     except NasDeployError as exc:
-        _fail(str(exc))
+        _fail(_worker_message(str(exc)))
     except BrokenPipeError:  # `nasdeploy ... | head`: the reader left; exit quietly like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
@@ -78,6 +90,15 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(describe_decode_error(exc))
     except yaml.YAMLError as exc:
         _fail(f"not valid YAML: {_first_line(getattr(exc, 'problem', None) or exc)}")
+    # The loaders bound size and depth before allocating (nasdeploy.utils.limits); these catch what they missed.
+    except RecursionError:
+        _fail("an input is nested too deeply to process (Python's recursion limit was reached)")
+    except MemoryError:
+        _fail("out of memory: the inputs or settings need more memory than this process may use; make them smaller")
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        _fail(f"out of memory: {_first_line(exc)}")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

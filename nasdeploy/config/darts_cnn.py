@@ -22,6 +22,7 @@ class DartsCnnSupernetConfig:
     alpha_init: str = "normal"  # normal: alpha_init_scale * N(0, 1) (reference) | zeros (paper)
     alpha_init_scale: float = 1e-3
     mixed_op: Optional[str] = None  # reference | fused | auto; None: $NASDEPLOY_MIXED_OP, else auto
+    partial_channels: int = 1  # PC-DARTS K: ops on channels/K, channel shuffle, edge-normalisation betas; 1 = plain DARTS
 
     def __post_init__(self) -> None:
         if self.alpha_init not in ("normal", "zeros"):
@@ -34,6 +35,11 @@ class DartsCnnSupernetConfig:
         for key in ("layers", "steps", "multiplier", "stem_multiplier"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        k = self.partial_channels
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"model.partial_channels must be an integer >= 1 (1 = plain DARTS), got {k!r}")
+        if self.channels % k:  # cells have channels x 1, 2 or 4: this makes every cell's width divisible by K
+            raise ConfigError(f"model.channels ({self.channels}) must be divisible by model.partial_channels ({k})")
 
 
 COST_METRICS = ("macs", "latency")

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from nasdeploy.errors import DataError
+from nasdeploy.errors import DataError, LimitError
+from nasdeploy.utils.limits import DATA_FILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,10 @@ class CifarUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
+            DATA_FILE_BYTES.check(f"CIFAR file {path}", os.fstat(f.fileno()).st_size)
             data = CifarUnpickler(f).load()
+    except LimitError:
+        raise
     except RefusedGlobalError as exc:
         raise DataError(f"refused to load CIFAR file {path}: it references '{exc}', which a CIFAR batch never "
                         f"holds (only numpy arrays, lists, dicts, strings and numbers are loaded)") from None

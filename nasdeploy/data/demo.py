@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.limits import INPUT_SIDE, check_generated_data, check_seed
 
 DEMO_SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "ring", "cross")
 DEMO_FILLS: tuple[str, ...] = ("plain", "striped")
@@ -33,6 +34,9 @@ def generate_demo(n: int, seed: int = 0, split: str = "train", size: int = DEMO_
         raise ConfigError(f"demo split must be 'train' or 'test', got {split!r}")
     if size < 8:
         raise ConfigError(f"demo image size must be >= 8, got {size}")
+    INPUT_SIDE.check("demo image size", size)
+    check_seed("demo seed", seed)
+    check_generated_data("demo dataset", n, size * size * 3)
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
     labels = rng.permutation(np.arange(n) % len(DEMO_CLASSES)).astype(np.int64)
     images = np.empty((n, size, size, 3), dtype=np.uint8)

@@ -9,8 +9,10 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from nasdeploy.data.arrays import ArrayImageDataset
-from nasdeploy.data.transforms import AUGMENTS, eval_transform, train_transform
+from nasdeploy.data.demo import DEMO_IMAGE_SIZE
+from nasdeploy.data.transforms import AUGMENTS, check_normalisation, eval_transform, train_transform
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.limits import INPUT_SIDE, check_generated_data, check_seed
 
 DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
 
@@ -56,10 +58,18 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.cutout < 0:
             raise ConfigError(f"data.cutout must be >= 0, got {self.cutout}")
+        if not 0.0 <= self.cutout_prob <= 1.0:
+            raise ConfigError(f"data.cutout_prob must be in [0, 1], got {self.cutout_prob}")
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != 3:
                 raise ConfigError(f"data.{key} must have 3 values (R, G, B), got {list(value)}")
+        check_normalisation("data", self.mean, self.std)
+        INPUT_SIDE.check("data.image_size", self.image_size)
+        check_seed("data.demo_seed", self.demo_seed)
+        if self.dataset == "demo":  # generated in memory: refuse a size that cannot fit before generating it
+            for key in ("demo_train_size", "demo_test_size"):
+                check_generated_data(f"data.{key}", getattr(self, key), DEMO_IMAGE_SIZE * DEMO_IMAGE_SIZE * 3)
 
 
 @dataclass(frozen=True)

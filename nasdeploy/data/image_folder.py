@@ -9,6 +9,7 @@ from typing import Callable
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from nasdeploy.data.images import load_rgb
 from nasdeploy.errors import DataError
 
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {"train": ("train",), "test": ("val", "test")}
@@ -33,10 +34,10 @@ def find_split_dir(data_dir: str | os.PathLike[str] | None, split: str) -> Path:
 
 def load_image_folder(data_dir: str | os.PathLike[str] | None, split: str,
                       transform: Callable | None = None, classes: tuple[str, ...] | None = None) -> ImageFolder:
-    """torchvision's ImageFolder over one split, with a one-line error for empty or mismatched folders."""
+    """torchvision's ImageFolder over one split (images within the pixel limit), one-line errors for bad folders."""
     folder = find_split_dir(data_dir, split)
     try:
-        dataset = ImageFolder(str(folder), transform=transform)
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image-folder dataset {folder}: {str(exc).splitlines()[0]} "
                         f"(expected class sub-folders with {', '.join(IMG_EXTENSIONS[:4])}... images)") from None

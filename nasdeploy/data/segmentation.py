@@ -15,8 +15,11 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from nasdeploy.data.images import open_image
+from nasdeploy.data.transforms import check_normalisation
 from nasdeploy.errors import ConfigError, DataError
 from nasdeploy.utils.checks import check_positive
+from nasdeploy.utils.limits import check_generated_data, check_input_size, check_seed
 
 IGNORE_INDEX = 255
 
@@ -62,6 +65,10 @@ class SegAugment:
             raise ConfigError(f"scale_range must satisfy 0 < min <= max, got {self.scale_range}")
         if self.crop_size is not None and min(self.crop_size) < 1:
             raise ConfigError(f"crop_size must be positive, got {self.crop_size}")
+        if len(self.mean) != len(self.std):
+            raise ConfigError(f"mean and std must have one value per channel each, "
+                              f"got {list(self.mean)} and {list(self.std)}")
+        check_normalisation("augment", self.mean, self.std)
 
 
 def apply_augment(image: torch.Tensor, label: torch.Tensor, aug: SegAugment,
@@ -118,6 +125,8 @@ def generate_shapes(n: int, size: tuple[int, int] = (64, 64), seed: int = 0, max
     jittered per shape, so a small network can learn it in minutes; overlaps are resolved by drawing order.
     """
     h, w = size
+    check_input_size("synthetic image", h, w)
+    check_generated_data("synthetic dataset", n, h * w * 4)
     images = np.empty((n, h, w, 3), dtype=np.uint8)
     labels = np.zeros((n, h, w), dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -183,9 +192,6 @@ class CityscapesSegmentation(Dataset):
 
     def __init__(self, root: str | os.PathLike[str], split: str, augment: SegAugment, downsample: float = 1.0,
                  indices: Sequence[int] | None = None):
-        from PIL import Image  # torchvision depends on Pillow
-
-        self._image = Image
         self.pairs = find_cityscapes_pairs(root, split)
         if indices is not None:
             self.pairs = [self.pairs[i] for i in indices]
@@ -198,11 +204,8 @@ class CityscapesSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path, label_path = self.pairs[index]
-        try:
-            image = np.asarray(self._image.open(img_path).convert("RGB"))
-            label_ids = np.asarray(self._image.open(label_path))
-        except OSError as exc:
-            raise DataError(f"cannot read Cityscapes sample {img_path.name}: {exc}") from None
+        image = np.asarray(open_image(img_path, "RGB"))
+        label_ids = np.asarray(open_image(label_path))
         image_t = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
         label = self.lut[torch.from_numpy(label_ids.astype(np.int64))]
         if self.downsample != 1.0:  # e.g. 0.5: the half-resolution (512x1024) images the search uses
@@ -239,6 +242,13 @@ class SegDataConfig:
             raise ConfigError(f"data.image_size and data.crop_size must be positive, got {list(self.image_size)} "
                               f"and {None if self.crop_size is None else list(self.crop_size)}")
         check_positive("data", num_train=self.num_train, num_val=self.num_val, downsample=self.downsample)
+        for key in ("image_size", "crop_size"):
+            if getattr(self, key) is not None:
+                check_input_size(f"data.{key}", *getattr(self, key))
+        check_seed("data.seed", self.seed)
+        if self.dataset == "synthetic":  # generated in memory (image + label: 4 bytes a pixel)
+            for key in ("num_train", "num_val"):
+                check_generated_data(f"data.{key}", getattr(self, key), 4 * self.image_size[0] * self.image_size[1])
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"data.scale_range must satisfy 0 < min <= max, got {list(self.scale_range)}")

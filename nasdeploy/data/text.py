@@ -21,9 +21,12 @@ from typing import Iterable, Sequence
 
 import torch
 
-from nasdeploy.errors import ConfigError, DataError
+from nasdeploy.errors import ConfigError, DataError, LimitError
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.limits import DATA_FILE_BYTES, JSON_BYTES, brief, check_generated_data, check_seed, loads_json
 
+# Memory of one generated sentence while it is tokenised: about 10 words as Python strings, list slots and ids.
+SENTENCE_BYTES = 1024
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
@@ -70,10 +73,14 @@ class Vocabulary:
     @classmethod
     def from_json(cls, text: str, source: str = "vocabulary JSON") -> "Vocabulary":
         """Read what to_json wrote."""
+        JSON_BYTES.check(source, len(text))
         try:
-            data = json.loads(text)
-            words = data["words"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            words = loads_json(text, source)["words"]
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise TypeError(source)
+        except LimitError:
+            raise
+        except (ValueError, KeyError, TypeError):
             raise DataError(f"{source}: not a nasdeploy vocabulary file") from None
         return cls(words)
 
@@ -129,6 +136,7 @@ def read_ptb_layout(data_dir: str | os.PathLike[str], name: str = "ptb") -> Text
     splits = {}
     for split in SPLITS:
         path = _split_file(root, split)
+        DATA_FILE_BYTES.check(f"corpus file {path}", path.stat().st_size)
         try:
             with path.open(encoding="utf-8") as f:
                 splits[split] = tokenize_lines(f)
@@ -238,7 +246,8 @@ def demo_sentences(seed: int = 0, train: int = 1500, valid: int = 200, test: int
     """The demo corpus as sentence lists per split, deterministic by seed (one grammar stream)."""
     for key, value in (("train", train), ("valid", valid), ("test", test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"demo corpus {key} sentence count must be a positive integer, got {value!r}")
+            raise ConfigError(f"demo corpus {key} sentence count must be a positive integer, got {brief(value)}")
+        check_generated_data(f"demo corpus {key} sentences", value, SENTENCE_BYTES)
     grammar = _DemoGrammar(random.Random(seed))
     return {split: [grammar.sentence() for _ in range(n)] for split, n in zip(SPLITS, (train, valid, test))}
 
@@ -282,7 +291,11 @@ class TextDataConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in ("demo", "ptb"):
-            raise ConfigError(f"data.dataset must be 'demo' or 'ptb', got {self.dataset!r}")
+            raise ConfigError(f"data.dataset must be 'demo' or 'ptb', got {brief(self.dataset)}")
+        check_seed("data.demo_seed", self.demo_seed)
+        if self.dataset == "demo":
+            for key in ("demo_train_sentences", "demo_valid_sentences", "demo_test_sentences"):
+                check_generated_data(f"data.{key}", getattr(self, key), SENTENCE_BYTES)
 
 
 def load_text_corpus(cfg: TextDataConfig, data_dir: str | os.PathLike[str] | None = None) -> TextCorpus:

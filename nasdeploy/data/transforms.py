@@ -5,6 +5,7 @@ Every random draw uses torch's global RNG, so restoring torch's RNG state restor
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -15,6 +16,17 @@ from nasdeploy.errors import ConfigError
 Transform = Callable[..., torch.Tensor]
 
 AUGMENTS = ("cifar", "imagenet", "none")
+
+
+def check_normalisation(section: str, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """Finite means and finite, positive standard deviations (a zero std divides by zero in every batch)."""
+    for k, value in enumerate(mean or ()):
+        if not math.isfinite(value):
+            raise ConfigError(f"{section}.mean must hold finite numbers, got {list(mean or ())} (value {k + 1})")
+    for k, value in enumerate(std or ()):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{section}.std must hold positive numbers (images are divided by it), "
+                              f"got {list(std or ())} (value {k + 1})")
 
 
 class Cutout:

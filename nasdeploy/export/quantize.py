@@ -11,7 +11,6 @@ difference, size on disk and latency; a network a path cannot quantize gives one
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,50 +20,9 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import ConfigError, NasDeployError
-
-INT8_METHODS = ("ort", "executorch")
-Runner = Callable[[np.ndarray], list[np.ndarray]]
-Batch = tuple[np.ndarray, np.ndarray]  # (images float32 [N, C, H, W], labels int64 [N])
-
-
-def dataset_config(
-    dataset: str,
-    data_dir: str | os.PathLike[str] | None,
-    image_size: int,
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Any:
-    """A DataConfig for evaluating / calibrating an exported net (eval transform at the export input size)."""
-    from nasdeploy.data.factory import DataConfig
-
-    augment = "cifar" if image_size <= 64 and dataset != "imagefolder" else "imagenet"
-    if dataset in ("cifar10", "cifar100", "imagefolder") and data_dir is None:
-        raise ConfigError(f"dataset '{dataset}' needs a data directory (--data-dir)")
-    return DataConfig(
-        dataset=dataset, data_dir=str(data_dir) if data_dir is not None else None, augment=augment,
-        image_size=image_size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-    )
-
-
-def sample_batches(data_cfg: Any, split: str, count: int, *, seed: int = 0, batch_size: int = 32) -> list[Batch]:
-    """`count` images (a seeded random sample, not the first N: folders are sorted by class) of `split`."""
-    from nasdeploy.data.factory import build_dataset
-
-    if count < 1:
-        raise ConfigError(f"need a positive number of {split} images, got {count}")
-    dataset, _ = build_dataset(data_cfg, split, augment=False)
-    n = len(dataset)
-    if n == 0:
-        raise ConfigError(f"the {split} split of {data_cfg.dataset} is empty")
-    idx = np.random.default_rng(seed).permutation(n)[: min(count, n)]
-    batches: list[Batch] = []
-    for start in range(0, len(idx), batch_size):
-        items = [dataset[int(i)] for i in idx[start:start + batch_size]]
-        x = torch.stack([img for img, _ in items]).numpy().astype(np.float32)
-        y = np.asarray([int(label) for _, label in items], dtype=np.int64)
-        batches.append((x, y))
-    return batches
+from nasdeploy.export.options import FileTimer
+from nasdeploy.export.parity import Runner, as_arrays
+from nasdeploy.export.samples import Batch, ImageSample
 
 
 def top1(run: Runner, batches: Sequence[Batch]) -> float:
@@ -79,11 +37,9 @@ def top1(run: Runner, batches: Sequence[Batch]) -> float:
 
 def torch_runner(model: nn.Module) -> Runner:
     """A Runner around an eval-mode PyTorch model (the eager reference)."""
-    from nasdeploy.export.parity import _as_arrays
-
     def run(x: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
-            return _as_arrays(model.eval()(torch.from_numpy(np.ascontiguousarray(x))))
+            return as_arrays(model.eval()(torch.from_numpy(np.ascontiguousarray(x))))
 
     return run
 
@@ -162,15 +118,12 @@ class QuantizationResult:
                 f"size {size}; median latency {lat or 'n/a'}")
 
 
-Timer = Callable[[str, Path, tuple[int, int, int]], dict[str, Any]]
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _latency(timer: Timer | None, backend: str, path: Path, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+def _latency(timer: FileTimer | None, backend: str, path: Path, input_shape: tuple[int, int, int]) -> dict[str, Any]:
     if timer is None:
         return {"status": "skipped", "note": "latency not measured (the export was given no timer)"}
     try:
@@ -179,74 +132,77 @@ def _latency(timer: Timer | None, backend: str, path: Path, input_shape: tuple[i
         return {"status": "error", "note": _first_line(exc)}
 
 
+def _quantize_and_score(res: QuantizationResult, quantize: Callable[[], Any], runner: Callable[[Path], Runner],
+                        float_path: Path, out_path: Path, validation: ImageSample,
+                        describe: Callable[[Exception], str]) -> bool:
+    """Write the INT8 model and score float and INT8 on the validation images; a failure is one line in res.note."""
+    try:
+        quantize()
+        res.float_metric = top1(runner(float_path), validation.batches)
+        res.int8_metric = top1(runner(out_path), validation.batches)
+    except Exception as exc:
+        out_path.unlink(missing_ok=True)
+        res.note = describe(exc)
+        return False
+    return True
+
+
+def _succeeded(res: QuantizationResult, model: nn.Module, out_path: Path, validation: ImageSample, float_bytes: int,
+               timings: Sequence[tuple[str, str, Path]], timer: FileTimer | None,
+               input_shape: tuple[int, int, int]) -> QuantizationResult:
+    """Complete a quantization that ran: eager top-1 (the reference), file, sizes, latency of each (label, backend, file)."""
+    res.torch_metric = top1(torch_runner(model), validation.batches)
+    res.status, res.file = "ok", out_path.name
+    res.float_size_bytes, res.int8_size_bytes = float_bytes, out_path.stat().st_size
+    res.latency = {label: _latency(timer, backend, path, input_shape) for label, backend, path in timings}
+    return res
+
+
 def quantize_with_ort(
-    model: nn.Module, onnx_path: Path, out_path: Path, calibration: Sequence[Batch], validation: Sequence[Batch],
-    *, input_shape: tuple[int, int, int], timer: Timer | None, calib_label: str, val_label: str,
+    model: nn.Module, onnx_path: Path, out_path: Path, calibration: ImageSample, validation: ImageSample,
+    *, input_shape: tuple[int, int, int], timer: FileTimer | None,
 ) -> QuantizationResult:
     """onnxruntime static INT8 of `onnx_path`; top-1 of float and INT8 ONNX in onnxruntime (CPU), sizes, latency."""
     import onnxruntime as ort
 
-    from nasdeploy.export.parity import onnxruntime_runner
+    from nasdeploy.export.onnx_parity import onnxruntime_runner
 
     res = QuantizationResult("ort", "failed", "onnxruntime static QDQ, per-channel symmetric INT8 weights, INT8 "
                              "activations, MinMax calibration", runtime=f"onnxruntime {ort.__version__} CPU",
-                             calibration=calib_label, validation=val_label, float_file=onnx_path.name)
-    try:
-        ort_static_int8(onnx_path, out_path, [x for x, _ in calibration])
-        run_f, _, _ = onnxruntime_runner(onnx_path)
-        run_q, _, _ = onnxruntime_runner(out_path)
-        res.float_metric, res.int8_metric = top1(run_f, validation), top1(run_q, validation)
-    except Exception as exc:
-        out_path.unlink(missing_ok=True)
-        res.note = f"onnxruntime static quantization failed: {_first_line(exc)}"
+                             calibration=calibration.label, validation=validation.label, float_file=onnx_path.name)
+    if not _quantize_and_score(res, lambda: ort_static_int8(onnx_path, out_path, calibration.images),
+                               lambda path: onnxruntime_runner(path)[0], onnx_path, out_path, validation,
+                               lambda exc: f"onnxruntime static quantization failed: {_first_line(exc)}"):
         return res
-    res.torch_metric = top1(torch_runner(model), validation)
-    res.status, res.file = "ok", out_path.name
-    res.float_size_bytes = sum(p.stat().st_size for p in onnx_path.parent.glob(onnx_path.name + "*"))
-    res.int8_size_bytes = out_path.stat().st_size
-    res.latency = {
-        "float ort-cpu-1t": _latency(timer, "ort-cpu-1t", onnx_path, input_shape),
-        "int8 ort-cpu-1t": _latency(timer, "ort-cpu-1t", out_path, input_shape),
-    }
-    return res
+    float_bytes = sum(p.stat().st_size for p in onnx_path.parent.glob(onnx_path.name + "*"))
+    timings = [("float ort-cpu-1t", "ort-cpu-1t", onnx_path), ("int8 ort-cpu-1t", "ort-cpu-1t", out_path)]
+    return _succeeded(res, model, out_path, validation, float_bytes, timings, timer, input_shape)
 
 
 def quantize_with_executorch(
-    model: nn.Module, float_pte: Path, out_path: Path, calibration: Sequence[Batch], validation: Sequence[Batch],
-    *, input_shape: tuple[int, int, int], timer: Timer | None, calib_label: str, val_label: str,
+    model: nn.Module, float_pte: Path, out_path: Path, calibration: ImageSample, validation: ImageSample,
+    *, input_shape: tuple[int, int, int], timer: FileTimer | None,
 ) -> QuantizationResult:
     """PT2E INT8 for XNNPACK lowered to `out_path`; top-1 of the float and INT8 .pte in ExecuTorch, sizes, latency."""
     from nasdeploy.export import executorch as et
 
+    def quantize() -> None:
+        q = et.quantize_pt2e_xnnpack(model, input_shape, (torch.from_numpy(x) for x in calibration.images))
+        et.lower_quantized_to_pte(q, out_path, input_shape)
+
+    def describe(exc: Exception) -> str:
+        if isinstance(exc, NasDeployError):
+            return str(exc)
+        return f"PT2E quantization failed: {type(exc).__name__}: {_first_line(exc)}"
+
     res = QuantizationResult("executorch", "failed", "PT2E XNNPACKQuantizer: symmetric INT8, per-channel weights, "
                              "static activations", runtime=f"executorch {et.executorch_version()} XNNPACK",
-                             calibration=calib_label, validation=val_label, float_file=float_pte.name)
-    try:
-        q = et.quantize_pt2e_xnnpack(model, input_shape, (torch.from_numpy(x) for x, _ in calibration))
-        et.lower_quantized_to_pte(q, out_path, input_shape)
-        run_f, _, _ = et.executorch_runner(float_pte)
-        run_q, _, _ = et.executorch_runner(out_path)
-        res.float_metric, res.int8_metric = top1(run_f, validation), top1(run_q, validation)
-    except NasDeployError as exc:
-        out_path.unlink(missing_ok=True)
-        res.note = str(exc)
+                             calibration=calibration.label, validation=validation.label, float_file=float_pte.name)
+    if not _quantize_and_score(res, quantize, lambda path: et.executorch_runner(path)[0], float_pte, out_path,
+                               validation, describe):
         return res
-    except Exception as exc:
-        out_path.unlink(missing_ok=True)
-        res.note = f"PT2E quantization failed: {type(exc).__name__}: {_first_line(exc)}"
-        return res
-    res.torch_metric = top1(torch_runner(model), validation)
-    res.status, res.file = "ok", out_path.name
-    res.float_size_bytes, res.int8_size_bytes = float_pte.stat().st_size, out_path.stat().st_size
-    res.latency = {
-        "float executorch-fp32": _latency(timer, "executorch-fp32", float_pte, input_shape),
-        "int8 executorch": _latency(timer, "executorch-int8", out_path, input_shape),
-    }
-    return res
+    timings = [("float executorch-fp32", "executorch-fp32", float_pte), ("int8 executorch", "executorch-int8", out_path)]
+    return _succeeded(res, model, out_path, validation, float_pte.stat().st_size, timings, timer, input_shape)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """fn() and its wall time in seconds."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, round(time.perf_counter() - t0, 2)
+Quantizer = Callable[..., QuantizationResult]  # quantize_with_ort / quantize_with_executorch

@@ -11,7 +11,11 @@ from typing import Sequence
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.export.onnx import onnx_files, onnx_io
+from nasdeploy.export.staging import staged_folder
 from nasdeploy.utils.files import write_text_atomic
+
+REPOSITORY = "triton"  # the repository folder inside an export directory (only model folders in it)
+README = "TRITON_README.md"  # one level up: Triton's repository root must hold only model folders
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
@@ -206,7 +210,8 @@ def write_triton_model(
 
     An ONNX model with external data files goes in the folder form <version>/model.onnx/ (model + data).
     model_file None (TensorRT plan still to be built by trtexec.sh) writes the config and an empty version
-    folder. `labels` (one class name per output index) go into the labels file the config names.
+    folder. `labels` (one class name per output index) go into the labels file the config names. The model
+    folder is staged and renamed into the repository only when complete.
     """
     folder = Path(repository) / cfg.name
     named = {t.label_filename for t in cfg.outputs if t.label_filename}
@@ -214,36 +219,35 @@ def write_triton_model(
         raise ConfigError("labels were given but the config names no label_filename")
     if named and labels is None:
         raise ConfigError(f"the config names {sorted(named)} but no labels were given")
-    if model_file is None:
-        if cfg.platform != TENSORRT_PLATFORM:
-            raise ConfigError("only a TensorRT model may be written without its model file (trtexec.sh builds it)")
-        if folder.exists():
-            raise ConfigError(f"Triton model folder already exists: {folder}")
-        (folder / str(version)).mkdir(parents=True)
-        _write_labels(folder, named, labels)
-        write_text_atomic(folder / "config.pbtxt", config_pbtxt(cfg))
-        return folder
-    model_file = Path(model_file)
-    if cfg.platform == ONNX_PLATFORM and model_file.name != "model.onnx" and len(onnx_files(model_file)) > 1:
-        raise ConfigError(f"an ONNX model with external data must be named model.onnx, got {model_file.name}")
+    if model_file is None and cfg.platform != TENSORRT_PLATFORM:
+        raise ConfigError("only a TensorRT model may be written without its model file (trtexec.sh builds it)")
+    if model_file is not None and cfg.platform == ONNX_PLATFORM and Path(model_file).name != "model.onnx" \
+            and len(onnx_files(model_file)) > 1:
+        raise ConfigError(f"an ONNX model with external data must be named model.onnx, got {Path(model_file).name}")
     if folder.exists():
         raise ConfigError(f"Triton model folder already exists: {folder}")
-    version_dir = folder / str(version)
-    version_dir.mkdir(parents=True)
-    if cfg.platform == ONNX_PLATFORM:
-        files = onnx_files(model_file)
-        if len(files) == 1:
-            shutil.copy2(files[0], version_dir / "model.onnx")
-        else:
-            # The data file's name is recorded inside the model, so the model keeps its own name in the folder.
-            (version_dir / "model.onnx").mkdir()
-            for f in files:
-                shutil.copy2(f, version_dir / "model.onnx" / f.name)
-    else:
-        shutil.copy2(model_file, version_dir / "model.plan")
-    _write_labels(folder, named, labels)
-    write_text_atomic(folder / "config.pbtxt", config_pbtxt(cfg))
+    with staged_folder(folder) as staging:
+        version_dir = staging / str(version)
+        version_dir.mkdir()
+        if model_file is not None:
+            _copy_model(cfg.platform, Path(model_file), version_dir)
+        _write_labels(staging, named, labels)
+        write_text_atomic(staging / "config.pbtxt", config_pbtxt(cfg))
     return folder
+
+
+def _copy_model(platform: str, model_file: Path, version_dir: Path) -> None:
+    if platform != ONNX_PLATFORM:
+        shutil.copy2(model_file, version_dir / "model.plan")
+        return
+    files = onnx_files(model_file)
+    if len(files) == 1:
+        shutil.copy2(files[0], version_dir / "model.onnx")
+        return
+    # The data file's name is recorded inside the model, so the model keeps its own name in the folder.
+    (version_dir / "model.onnx").mkdir()
+    for f in files:
+        shutil.copy2(f, version_dir / "model.onnx" / f.name)
 
 
 def _write_labels(folder: Path, names: set[str], labels: Sequence[str] | None) -> None:

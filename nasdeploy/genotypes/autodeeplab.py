@@ -60,19 +60,6 @@ class AutoDeepLabGenotype:
         """Output stride of each layer on the path."""
         return tuple(LEVEL_STRIDES[j] for j in self.path)
 
-    def describe(self) -> str:
-        """A multi-line description (used by `nasdeploy genotypes show`)."""
-        lines = [f"{self.name or '(unnamed)'}  [kind: {self.kind}]"]
-        lines.append(f"network path ({self.layers} layers, level per layer): {list(self.path)}")
-        lines.append(f"  output strides: {list(self.strides)}")
-        lines.append(f"cell ({self.blocks} blocks, output = concat of all blocks):")
-        names = {0: "H^{l-2}", 1: "H^{l-1}"}
-        for i in range(self.blocks):
-            (op_a, in_a), (op_b, in_b) = self.cell[2 * i], self.cell[2 * i + 1]
-            a, b = names.get(in_a, f"block {in_a - 1}"), names.get(in_b, f"block {in_b - 1}")
-            lines.append(f"  block {i + 1} = {op_a}({a}) + {op_b}({b})")
-        return "\n".join(lines)
-
 
 def validate_adl_path(path: Sequence[object], num_levels: int = NUM_LEVELS) -> tuple[int, ...]:
     """Check a network path: integer levels in range, first layer at level 0 or 1, steps of at most one."""
@@ -106,11 +93,11 @@ def validate_adl_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
     for k, raw in enumerate(cell):
         block = k // 2
         op, index = _check_edge_shape(f"autodeeplab cell pair {k}", raw)
-        where = f"autodeeplab cell block {block + 1} (pair {k})"
+        where = f"autodeeplab cell block {block + 2} (pair {k})"
         check_op(where, op, ADL_CELL_OPS)
         if not 0 <= index < block + 2:
             raise GenotypeError(
-                f"{where}: input index {index} is not an earlier state; block {block + 1} can read states 0..{block + 1}"
+                f"{where}: input index {index} is not an earlier state; block {block + 2} can read states 0..{block + 1}"
             )
         edges.append((op, index))
     return tuple(edges)

@@ -1,6 +1,9 @@
-"""Cell diagrams in the style of the DARTS papers (inputs left, nodes in the middle, output right).
+"""Cell diagrams: states as coloured boxes, every op as a small box of its own between its input and its node.
 
-Rendered with matplotlib (a core dependency) to SVG or PNG, chosen by the file extension.
+The numbering is the text form's (nasdeploy.genotypes.cellgraph). Graphviz's `dot` places the boxes
+and routes the lines where the `graphviz` extra and the `dot` program are installed; elsewhere our own
+layered layout (nasdeploy.genotypes.layout) does. Rendered with matplotlib to SVG or PNG, chosen by the
+file extension; one axis unit is one point, so the layout's text sizes are the drawn ones.
 """
 
 from __future__ import annotations
@@ -8,118 +11,165 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes.autodeeplab import AutoDeepLabGenotype
-from nasdeploy.genotypes.model import CNNGenotype, Genotype, RecurrentGenotype
+from nasdeploy.genotypes.cellgraph import CellGraph, cell_graphs
+from nasdeploy.genotypes.layout import Box, Layout, layered_layout
+from nasdeploy.genotypes.model import Genotype
 from nasdeploy.utils.files import write_bytes_atomic
 
-_COLORS = {"input": "#a6dba0", "node": "#a6cee3", "output": "#fdbf6f"}
 _FORMATS = {".svg": "svg", ".png": "png"}
+_FILL = {"input": "#a6dba0", "node": "#a6cee3", "output": "#fdbf6f", "op": "#ffffff"}
+_FONT = {"input": 10.0, "node": 10.0, "output": 10.0, "op": 8.5, "title": 11.0}
+_PAD = {"input": (5.0, 3.5), "node": (5.0, 3.5), "output": (5.0, 3.5), "op": (4.0, 2.5)}  # (x, y) around text
+_LINE = "#555555"
+_TITLE_SPACE = 24.0  # height of the band above a panel that holds its title
+_PANEL_GAP = 10.0
+ENGINES = ("dot", "own")
 
 
-def graph_layout(
-    input_labels: Sequence[str],
-    node_labels: Sequence[str],
-    edges: Sequence[tuple[int, int, str]],
-    output_sources: Sequence[int],
-    output_label: str,
-) -> dict:
-    """Positions and labelled edges of a cell graph; states are numbered inputs first, then nodes."""
-    n_in, steps = len(input_labels), len(node_labels)
-    nodes: dict[int | str, dict] = {}
-    for k, label in enumerate(input_labels):
-        nodes[k] = {"xy": (0.0, float(n_in - 1 - k) * 1.6 + 0.8), "label": label, "kind": "input"}
-    for i, label in enumerate(node_labels):
-        y = (steps - 1 - i) * 1.2 - (steps - 1) * 0.6 + 1.6
-        nodes[n_in + i] = {"xy": (1.6 + 1.3 * i, y), "label": label, "kind": "node"}
-    nodes["out"] = {"xy": (1.6 + 1.3 * steps + 0.6, 1.6), "label": output_label, "kind": "output"}
-    arrows: list[tuple[int | str, int | str, str]] = list(edges)
-    arrows += [(c, "out", "") for c in output_sources]
-    return {"nodes": nodes, "edges": arrows}
+def state_label(name: str) -> str:
+    """The drawn text of a state: numbers as they are, symbols such as c_{k-2} as mathtext."""
+    return name if name.isdigit() else f"${name}$"
 
 
-def cell_layout(edges: Sequence[tuple[str, int]], concat: Sequence[int]) -> dict:
-    """Layout of one CNN cell (two inputs, two ops per node, concat to the output)."""
-    steps = len(edges) // 2
-    arrows = [(src, 2 + k // 2, op) for k, (op, src) in enumerate(edges)]
-    return graph_layout(("$c_{k-2}$", "$c_{k-1}$"), [str(i) for i in range(steps)], arrows, concat, "$c_{k}$")
+def default_engine() -> str:
+    """'dot' where the graphviz package and its `dot` program are installed, else 'own'."""
+    import importlib.util
+    import shutil
+
+    return "dot" if importlib.util.find_spec("graphviz") and shutil.which("dot") else "own"
 
 
-def _render(ax, layout: dict, title: str) -> None:
-    from matplotlib.patches import FancyArrowPatch
+def _text_size(text: str, size: float) -> tuple[float, float]:
+    """Width and height (points) of a text line as matplotlib renders it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
 
-    nodes = layout["nodes"]
-    for src, dst, label in layout["edges"]:
-        (x0, y0), (x1, y1) = nodes[src]["xy"], nodes[dst]["xy"]
-        ax.add_patch(
-            FancyArrowPatch(
-                (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10, shrinkA=14, shrinkB=14,
-                connectionstyle="arc3,rad=0.08", color="#555555", lw=0.9,
-            )
-        )
-        if label:
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.08, label, fontsize=6.5, ha="center", va="bottom",
-                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
-    for node in nodes.values():
-        x, y = node["xy"]
-        ax.text(x, y, node["label"], ha="center", va="center", fontsize=8,
-                bbox={"boxstyle": "round,pad=0.35", "fc": _COLORS[node["kind"]], "ec": "#333333"})
-    xs = [n["xy"][0] for n in nodes.values()]
-    ys = [n["xy"][1] for n in nodes.values()]
-    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-    ax.set_ylim(min(ys) - 0.9, max(ys) + 0.9)
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
+    width, height, _ = RendererAgg(1, 1, 72).get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=text.startswith("$")
+    )
+    return width, height
 
 
-def genotype_layouts(genotype: Genotype) -> list[tuple[str, dict]]:
-    """(title, layout) of every cell of a genotype."""
-    if isinstance(genotype, CNNGenotype):
-        return [
-            ("normal cell", cell_layout(genotype.normal, genotype.normal_concat)),
-            ("reduction cell", cell_layout(genotype.reduce, genotype.reduce_concat)),
-        ]
-    if isinstance(genotype, RecurrentGenotype):
-        # States: 0 = x_t, 1 = h_{t-1}, 2 = s0, 2 + i = node i.
-        arrows = [(0, 2, "W0"), (1, 2, "W0")]
-        arrows += [(2 + pred, 3 + i, op) for i, (op, pred) in enumerate(genotype.recurrent)]
-        labels = ["0"] + [str(i + 1) for i in range(genotype.steps)]
-        layout = graph_layout(("$x_t$", "$h_{t-1}$"), labels, arrows, [2 + c for c in genotype.concat], "$h_t$ (mean)")
-        return [("recurrent cell", layout)]
+def panel_graph(graph: CellGraph) -> tuple[list[Box], list[tuple[str, str]], dict[str, tuple[str, str]]]:
+    """Boxes, links and (kind, text) per box of one cell: states 's<i>', ops 'op<k>', the output 'out'."""
+    texts: dict[str, tuple[str, str]] = {}
+    for i, name in enumerate(graph.states):
+        texts[f"s{i}"] = ("input" if i < graph.inputs else "node", state_label(name))
+    texts.update({f"op{k}": ("op", op.op) for k, op in enumerate(graph.ops)})
+    texts["out"] = ("output", state_label(graph.output))
+    order = [f"s{i}" for i in range(graph.inputs)]
+    links: list[tuple[str, str]] = []
+    for target in range(graph.inputs, len(graph.states)):
+        for k, op in enumerate(graph.ops):
+            if op.target == target:
+                order.append(f"op{k}")
+                links += [(f"s{s}", f"op{k}") for s in op.sources] + [(f"op{k}", f"s{target}")]
+        order.append(f"s{target}")
+    links += [(f"s{s}", "out") for s in graph.output_sources]
+    boxes = []
+    for box_id in order + ["out"]:
+        kind, text = texts[box_id]
+        (w, h), (px, py) = _text_size(text, _FONT[kind]), _PAD[kind]
+        line = _FONT[kind] * 1.3  # one height per kind, whatever the glyphs, so rows line up
+        boxes.append(Box(box_id, max(w + 2 * px, line + 2 * py), max(h, line) + 2 * py, pull=kind == "op"))
+    return boxes, links, texts
+
+
+def panel_layout(graph: CellGraph, engine: str) -> tuple[Layout, dict[str, tuple[str, str]]]:
+    """The placed boxes and routed lines of one cell, by the named layout engine."""
+    boxes, links, texts = panel_graph(graph)
+    first, last = [f"s{i}" for i in range(graph.inputs)], ["out"]
+    if engine == "dot":
+        from nasdeploy.genotypes.layout_dot import dot_layout
+
+        return dot_layout(boxes, links, first, last), texts
+    if engine == "own":
+        return layered_layout(boxes, links, first, last), texts
+    raise ConfigError(f"unknown layout engine '{engine}' (known: {', '.join(ENGINES)})")
+
+
+def panel_title(genotype: Any, graph: CellGraph) -> str:
+    """The title over one cell's diagram."""
+    title = f"{genotype.name or 'genotype'}: {graph.title}"
     if isinstance(genotype, AutoDeepLabGenotype):
-        arrows = [(src, 2 + k // 2, op) for k, (op, src) in enumerate(genotype.cell)]
-        blocks = range(2, 2 + genotype.blocks)  # the cell output concatenates every block
-        layout = graph_layout(("$h^{l-2}$", "$h^{l-1}$"), [str(i + 1) for i in range(genotype.blocks)], arrows,
-                              blocks, "$h^{l}$")
-        return [(f"cell (path: strides {'-'.join(str(s) for s in genotype.strides)})", layout)]
-    layouts = getattr(genotype, "layouts", None)
-    if callable(layouts):
-        return layouts()
-    raise ConfigError(f"cannot draw genotype kind '{genotype.kind}'")
+        title += f" (path: strides {'-'.join(str(s) for s in genotype.strides)})"
+    return title
 
 
-def render_genotype(genotype: Genotype, fmt: str = "svg") -> bytes:
-    """The diagram of all cells of a genotype as SVG or PNG bytes."""
-    import matplotlib
+def _draw_panel(ax: Any, layout: Layout, texts: dict[str, tuple[str, str]], x0: float, y0: float, tag: str) -> None:
+    """Draw one laid-out cell with its lower-left corner at (x0, y0); artists carry gids for checks.
 
-    matplotlib.use("Agg", force=False)
+    Patches go in as plain artists: the axis limits are fixed, and add_patch's limit updates cost more
+    than the drawing.
+    """
+    from matplotlib.patches import FancyBboxPatch, PathPatch, Polygon
+    from matplotlib.path import Path as MplPath
+
+    for route in layout.routes:
+        pts = [(x0 + x, y0 + y) for x, y in route.points]
+        step = MplPath.CURVE4 if route.curved else MplPath.LINETO
+        line = MplPath(pts, [MplPath.MOVETO] + [step] * (len(pts) - 1))
+        gid = f"{tag}/link/{route.source}/{route.target}"
+        ax.add_artist(PathPatch(line, fill=False, ec=_LINE, lw=0.9, capstyle="butt", joinstyle="round", gid=gid))
+        (xa, ya), (xb, yb) = pts[-2], pts[-1]
+        norm = max(((xb - xa) ** 2 + (yb - ya) ** 2) ** 0.5, 1e-9)
+        ux, uy = (xb - xa) / norm, (yb - ya) / norm
+        base = (xb - 6.0 * ux, yb - 6.0 * uy)
+        head = [(xb, yb), (base[0] - 2.6 * uy, base[1] + 2.6 * ux), (base[0] + 2.6 * uy, base[1] - 2.6 * ux)]
+        ax.add_artist(Polygon(head, closed=True, fc=_LINE, ec="none", gid=gid + "/head"))
+    for box_id, box in layout.boxes.items():
+        kind, text = texts[box_id]
+        rounding = 2.0 if kind == "op" else 4.0
+        ax.add_artist(
+            FancyBboxPatch(
+                (x0 + box.left, y0 + box.y - box.height / 2), box.width, box.height,
+                boxstyle=f"round,pad=0,rounding_size={rounding}", fc=_FILL[kind], ec="#333333",
+                lw=0.8 if kind == "op" else 1.0, gid=f"{tag}/box/{box_id}",
+            )
+        )  # fmt: skip
+        ax.text(x0 + box.x, y0 + box.y, text, ha="center", va="center", fontsize=_FONT[kind],
+                gid=f"{tag}/text/{box_id}")  # fmt: skip
+
+
+def genotype_figure(genotype: Genotype | AutoDeepLabGenotype, engine: str | None = None) -> Any:
+    """A matplotlib Figure with one panel per cell of the genotype, stacked top to bottom."""
     from matplotlib.figure import Figure
 
-    panels = genotype_layouts(genotype)
-    width = max(len(layout["nodes"]) for _, layout in panels) * 1.1 + 1.0
-    fig = Figure(figsize=(width, 3.2 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    for ax, (title, layout) in zip(axes, panels):
-        _render(ax, layout, f"{genotype.name or 'genotype'}: {title}")
-    fig.tight_layout()
+    engine = engine or default_engine()
+    panels = []
+    for graph in cell_graphs(genotype):
+        layout, texts = panel_layout(graph, engine)
+        title = panel_title(genotype, graph)
+        panels.append((layout, texts, title, _text_size(title, _FONT["title"])[0]))
+    width = max(max(p[0].width, p[3] + 8.0) for p in panels) + 2 * _PANEL_GAP
+    height = sum(p[0].height + _TITLE_SPACE for p in panels) + _PANEL_GAP * (len(panels) + 1)
+    fig = Figure(figsize=(width / 72.0, height / 72.0))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0.0, width)
+    ax.set_ylim(0.0, height)
+    ax.axis("off")
+    top = height - _PANEL_GAP
+    for index, (layout, texts, title, _) in enumerate(panels):
+        ax.text(width / 2, top - _TITLE_SPACE / 2, title, ha="center", va="center", fontsize=_FONT["title"],
+                gid=f"p{index}/title")  # fmt: skip
+        top -= _TITLE_SPACE + layout.height
+        _draw_panel(ax, layout, texts, (width - layout.width) / 2, top, f"p{index}")
+        top -= _PANEL_GAP
+    return fig
+
+
+def render_genotype(genotype: Genotype | AutoDeepLabGenotype, fmt: str = "svg", engine: str | None = None) -> bytes:
+    """The diagram of all cells of a genotype as SVG or PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=150)
+    genotype_figure(genotype, engine).savefig(buf, format=fmt, dpi=150)
     return buf.getvalue()
 
 
-def draw_genotype(genotype: Genotype, path: str | os.PathLike[str]) -> Path:
+def draw_genotype(genotype: Genotype | AutoDeepLabGenotype, path: str | os.PathLike[str]) -> Path:
     """Write the cell diagrams of a genotype to an .svg or .png file (atomically)."""
     suffix = Path(path).suffix.lower()
     if suffix not in _FORMATS:

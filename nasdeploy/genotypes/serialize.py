@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from nasdeploy.errors import GenotypeError
+from nasdeploy.errors import GenotypeError, LimitError
 from nasdeploy.genotypes.model import SCHEMA_VERSION, CNNGenotype, Genotype, RecurrentGenotype
 from nasdeploy.genotypes.validate import validate_cnn_genotype, validate_recurrent_genotype
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.limits import GENOTYPE_BYTES, GENOTYPE_NODES, brief, loads_json, read_text_limited
 
 FORMAT_TAG = "nasdeploy.genotype"
 
@@ -25,14 +26,14 @@ def _edges_from_json(where: str, value: Any) -> tuple[tuple[str, int], ...]:
     edges = []
     for k, pair in enumerate(value):
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise GenotypeError(f"{where} pair {k}: expected [op_name, input_index], got {pair!r}")
+            raise GenotypeError(f"{where} pair {k}: expected [op_name, input_index], got {brief(pair)}")
         edges.append((pair[0], pair[1]))
     return tuple(edges)
 
 
 def _int_list(where: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list):
-        raise GenotypeError(f"{where}: expected a list of node indices, got {value!r}")
+        raise GenotypeError(f"{where}: expected a list of node indices, got {brief(value)}")
     return tuple(value)
 
 
@@ -119,13 +120,17 @@ def genotype_from_dict(data: Any, expected_kind: str | None = None) -> Genotype:
         raise GenotypeError("genotype JSON has no 'schema_version' field")
     if version != SCHEMA_VERSION:
         raise GenotypeError(
-            f"unsupported genotype schema_version {version!r}; this nasdeploy reads version {SCHEMA_VERSION}"
+            f"unsupported genotype schema_version {brief(version)}; this nasdeploy reads version {SCHEMA_VERSION}"
         )
     kind = data.get("kind")
     if kind not in _KINDS:
-        raise GenotypeError(f"unknown genotype kind {kind!r}; known kinds: {', '.join(_KINDS)}")
+        raise GenotypeError(f"unknown genotype kind {brief(kind)}; known kinds: {', '.join(_KINDS)}")
     if expected_kind is not None and kind != expected_kind:
         raise GenotypeError(f"wrong genotype kind: expected '{expected_kind}', got '{kind}'")
+    for key, value in data.items():  # bound every cell's size before any object is built from it
+        if key != "meta" and isinstance(value, list):
+            nodes = -(-len(value) // 2)
+            GENOTYPE_NODES.check(f"genotype field '{key}' ({len(value):,} entries, up to 2 per node)", nodes)
     name = data.get("name")
     return _KINDS[kind][2](data, name if isinstance(name, str) else None)
 
@@ -137,10 +142,15 @@ def genotype_to_json(genotype: Genotype, meta: dict[str, Any] | None = None) -> 
 
 def genotype_from_json(text: str, expected_kind: str | None = None, source: str = "genotype JSON") -> Genotype:
     """Parse a genotype from a JSON string."""
+    GENOTYPE_BYTES.check(source, len(text))
     try:
-        data = json.loads(text)
+        data = loads_json(text, source)
     except json.JSONDecodeError as exc:
         raise GenotypeError(f"{source}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except LimitError:
+        raise
+    except ValueError as exc:  # a number past Python's 4300-digit conversion limit
+        raise GenotypeError(f"{source}: malformed JSON ({str(exc).split(';')[0]})") from None
     return genotype_from_dict(data, expected_kind)
 
 
@@ -155,7 +165,7 @@ def load_genotype(path: str | os.PathLike[str], expected_kind: str | None = None
     if not p.is_file():
         raise GenotypeError(f"genotype file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text_limited(p, GENOTYPE_BYTES, "genotype file")
     except UnicodeDecodeError as exc:
         raise GenotypeError(f"not a genotype JSON file: {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:

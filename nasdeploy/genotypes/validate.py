@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 from nasdeploy.errors import GenotypeError
 from nasdeploy.genotypes.model import CNNGenotype, Edge, RecurrentGenotype
 from nasdeploy.genotypes.primitives import CNN_CELL_OPS, RNN_CELL_OPS
+from nasdeploy.utils.limits import GENOTYPE_NODES, brief
 
 
 def nearest_name(name: str, choices: Iterable[str]) -> str | None:
@@ -17,9 +18,9 @@ def nearest_name(name: str, choices: Iterable[str]) -> str | None:
 
 
 def _unknown_op_message(where: str, op: object, valid: Sequence[str]) -> str:
-    hint = nearest_name(str(op), valid)
+    hint = nearest_name(str(op)[:100], valid)
     did_you_mean = f"; did you mean '{hint}'?" if hint else ""
-    return f"{where}: unknown op '{op}'{did_you_mean} (valid ops: {', '.join(valid)})"
+    return f"{where}: unknown op {brief(str(op))}{did_you_mean} (valid ops: {', '.join(valid)})"
 
 
 def check_op(where: str, op: str, valid: Sequence[str]) -> None:
@@ -39,7 +40,7 @@ def _check_edge_shape(where: str, edge: object) -> Edge:
         or isinstance(edge[1], bool)
         or not isinstance(edge[1], int)
     ):
-        raise GenotypeError(f"{where}: expected an [op_name, input_index] pair, got {edge!r}")
+        raise GenotypeError(f"{where}: expected an [op_name, input_index] pair, got {brief(edge)}")
     return (edge[0], edge[1])
 
 
@@ -47,6 +48,7 @@ def validate_cnn_cell(cell_name: str, edges: Sequence[Edge], concat: Sequence[in
     """Check one CNN cell: even pair count, known ops, inputs from earlier states, concat of existing nodes."""
     if len(edges) == 0:
         raise GenotypeError(f"{cell_name} cell: has no (op, input) pairs")
+    GENOTYPE_NODES.check(f"{cell_name} cell", len(edges) // 2)
     if len(edges) % 2 != 0:
         raise GenotypeError(
             f"{cell_name} cell: odd number of (op, input) pairs ({len(edges)}); each node takes exactly two"
@@ -67,7 +69,7 @@ def validate_cnn_cell(cell_name: str, edges: Sequence[Edge], concat: Sequence[in
         raise GenotypeError(f"{cell_name} cell: concat list is empty")
     for c in concat:
         if isinstance(c, bool) or not isinstance(c, int):
-            raise GenotypeError(f"{cell_name} cell: concat entry {c!r} is not an integer node index")
+            raise GenotypeError(f"{cell_name} cell: concat entry {brief(c)} is not an integer node index")
         if c < 2 or c >= steps + 2:
             raise GenotypeError(
                 f"{cell_name} cell: concat names node {c}, which does not exist; the cell's nodes are 2..{steps + 1}"
@@ -87,6 +89,7 @@ def validate_recurrent_genotype(genotype: RecurrentGenotype) -> RecurrentGenotyp
     """Validate a recurrent genotype: known ops, predecessors computed earlier, concat of existing nodes."""
     if len(genotype.recurrent) == 0:
         raise GenotypeError("recurrent cell: has no (op, predecessor) pairs")
+    GENOTYPE_NODES.check("recurrent cell", len(genotype.recurrent))
     for k, raw in enumerate(genotype.recurrent):
         op, index = _check_edge_shape(f"recurrent cell node {k + 1}", raw)
         where = f"recurrent cell node {k + 1}"
@@ -100,7 +103,8 @@ def validate_recurrent_genotype(genotype: RecurrentGenotype) -> RecurrentGenotyp
         raise GenotypeError("recurrent cell: concat list is empty")
     for c in genotype.concat:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c > steps:
-            raise GenotypeError(f"recurrent cell: concat names node {c!r}, which does not exist; nodes are 0..{steps}")
+            raise GenotypeError(
+                f"recurrent cell: concat names node {brief(c)}, which does not exist; nodes are 0..{steps}")
     if len(set(genotype.concat)) != len(genotype.concat):
         raise GenotypeError(f"recurrent cell: concat list {list(genotype.concat)} names a node twice")
     return genotype

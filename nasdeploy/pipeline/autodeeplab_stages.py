@@ -22,6 +22,7 @@ from nasdeploy.pipeline.stages import (
     latency_summary,
     publish_genotype,
     quote_path,
+    source_arg,
 )
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rundir import read_json
@@ -133,7 +134,7 @@ def adl_profile_stage(ctx: StageContext) -> dict[str, Any]:
     from nasdeploy.nets import build_network
     from nasdeploy.profile.api import profile_model
     from nasdeploy.profile.complexity import model_complexity
-    from nasdeploy.profile.latency import LatencyConfig
+    from nasdeploy.profile.protocol import LatencyConfig
 
     section = ctx.config.profile
     train_cfg = _train_config(ctx)
@@ -203,7 +204,7 @@ def reproduce_commands(ctx: StageContext) -> dict[str, str]:
     return {  # the runner lists them in stage order
         **{k: v for k, v in deploy_commands(ctx, f"{deploy} --input-size {height}x{width}").items() if k != "quantize"},
         "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
-        "derive": f"nasdeploy adl decode {q(run_dir / 'search' / 'checkpoint.pt')} -o {q(run_dir / 'genotype.json')}",
+        "derive": f"nasdeploy pipeline{source_arg(ctx.config)} --out {q(run_dir)} --only derive",
         "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
         "export": f"{deploy} {fmt} --out {q(run_dir / 'export')}",
         "profile": f"nasdeploy profile {q(run_dir / 'genotype.json')} AutoDeepLab --net segmentation --input-size {size}",

@@ -10,8 +10,7 @@ from typing import Any, Sequence
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.sections import ExportSection, ProfileSection
-from nasdeploy.spaces.table import DEFAULT_SPACE, SearchSpace, get_space, resolve, space_of_pipeline
-from nasdeploy.utils.deprecation import warn_deprecated
+from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve, space_of_pipeline
 from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
 
 DEMO_CONFIG = "demo.yaml"
@@ -74,18 +73,6 @@ def _stage_dict(data: dict[str, Any], key: str, base_dir: Path, space: str) -> d
     return merged
 
 
-def _upgrade_legacy_sections(data: dict[str, Any], space: SearchSpace, source: str) -> dict[str, Any]:
-    """An older pipeline file of `space` (e.g. search_run:/train_run:) as today's sections, with a warning."""
-    legacy = [k for k in space.legacy_pipeline_sections if k in data]
-    if not legacy:
-        return data
-    renamed = ", ".join(f"{k}: -> {space.legacy_pipeline_sections[k]}:" for k in legacy)
-    warn_deprecated(f"pipeline file {source} with sections {', '.join(k + ':' for k in legacy)}",
-                    f"space: {space.name} and the sections search:/train: ({renamed})", stacklevel=4)
-    upgraded = {space.legacy_pipeline_sections.get(k, k): v for k, v in data.items()}
-    return {"space": space.name, **upgraded}
-
-
 def _run_name(data: dict[str, Any], source: str) -> str:
     name = str(data.get("name") or Path(source).stem)
     if not name or name in (".", "..") or not set(name) <= _NAME_CHARS:
@@ -97,7 +84,6 @@ def _run_name(data: dict[str, Any], source: str) -> str:
 def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str) -> PipelineConfig:
     """Validate a pipeline config mapping (its space's loaders check the search and train sections)."""
     space = space_of_pipeline(data)
-    data = _upgrade_legacy_sections(data, space, source)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"pipeline config {source}: unknown section '{unknown[0]}' (known: {', '.join(_SECTIONS)})")

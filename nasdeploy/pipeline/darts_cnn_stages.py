@@ -76,14 +76,15 @@ def budget_verdict(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, A
 
 
 def run_derive_stage(ctx: StageContext) -> dict[str, Any]:
-    """Derive the genotype from the final alphas (DARTS rule) and draw its cells."""
+    """Derive the genotype from the final alphas (and PC-DARTS betas) by the DARTS rule and draw its cells."""
     from nasdeploy.spaces.darts_cnn_derive import derive_genotype
     from nasdeploy.search.darts_cnn_loop import load_search_result
 
     result = load_search_result(ctx.path("search"))
     model_cfg = ctx.config.search.get("model", {})
     genotype = derive_genotype(result.alphas_normal, result.alphas_reduce, steps=model_cfg.get("steps", 4),
-                               multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found")
+                               multiplier=model_cfg.get("multiplier", 4), name=f"{ctx.config.name}_found",
+                               betas_normal=result.betas_normal, betas_reduce=result.betas_reduce)
     return publish_genotype(ctx, genotype, {"source": "search", "epochs": result.epochs})
 
 
@@ -165,7 +166,8 @@ def run_profile_stage(ctx: StageContext) -> dict[str, Any]:
     QDQ, ExecuTorch PT2E) sits under its float twin's column (ort-cpu-1t, executorch-fp32).
     """
     from nasdeploy.profile.api import profile_target
-    from nasdeploy.profile.latency import FLOAT_TWIN, INT8_LATENCY_BACKENDS, LatencyConfig
+    from nasdeploy.profile.latency import FLOAT_TWIN, INT8_LATENCY_BACKENDS
+    from nasdeploy.profile.protocol import LatencyConfig
 
     section = ctx.config.profile
     int8_backends = [INT8_LATENCY_BACKENDS[m] for m in section.int8]

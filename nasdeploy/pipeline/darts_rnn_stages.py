@@ -77,15 +77,15 @@ def rnn_train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def rnn_export_stage(ctx: StageContext) -> dict[str, Any]:
     """Export the trained language model to ONNX and check it against PyTorch in onnxruntime."""
-    from nasdeploy.export.language_model import export_rnn_lm_onnx
+    from nasdeploy.export.darts_rnn import export_darts_rnn_onnx
     from nasdeploy.nets.rnn import load_rnn_lm
 
     model = load_rnn_lm(ctx.path("train", "best.pt"))
     section = ctx.config.export
     ctx.path("export").mkdir(exist_ok=True)
-    result = export_rnn_lm_onnx(model, ctx.path("export", "model.onnx"), seq_len=section.seq_len,
-                                batch_size=section.batch_size, dynamic_batch=section.dynamic_batch,
-                                opset=section.opset, rtol=section.rtol, atol=section.atol, windows=section.windows)
+    result = export_darts_rnn_onnx(model, ctx.path("export", "model.onnx"), seq_len=section.seq_len,
+                                   batch_size=section.batch_size, dynamic_batch=section.dynamic_batch,
+                                   opset=section.opset, rtol=section.rtol, atol=section.atol, windows=section.windows)
     report = result.to_dict()
     write_json_atomic(ctx.path("export", "export.json"), report)
     publish_onnx(ctx)
@@ -113,11 +113,11 @@ def rnn_quantize_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 def _profile_row(model: Any, name: str, found: bool, ctx: StageContext, onnx: Any) -> dict[str, Any]:
-    from nasdeploy.profile.language_model import profile_rnn_lm
+    from nasdeploy.profile.darts_rnn import profile_darts_rnn
 
     p = ctx.config.profile
-    prof = profile_rnn_lm(model, seq_len=p.seq_len, batch_size=p.batch_size, warmup=p.warmup, runs=p.runs,
-                          threads=p.threads, onnx_path=onnx)
+    prof = profile_darts_rnn(model, seq_len=p.seq_len, batch_size=p.batch_size, warmup=p.warmup, runs=p.runs,
+                             threads=p.threads, onnx_path=onnx)
     per_token = p.seq_len * p.batch_size
     latency = {"torch-cpu": {k: v / per_token for k, v in prof.torch_window.items() if k.endswith("_ms")}}
     if prof.onnx_window is not None:
@@ -180,8 +180,8 @@ def reproduce_commands(ctx: StageContext) -> dict[str, str]:
         "search": f"nasdeploy search --config {q(run_dir / 'search' / 'config.yaml')} --out {q(run_dir / 'search')}{data}",
         "derive": f"nasdeploy pipeline{source_arg(ctx.config)} --out {q(run_dir)} --only derive",
         "train": f"nasdeploy train --genotype {q(run_dir / 'genotype.json')} --config {q(run_dir / 'train' / 'config.yaml')} --out {q(run_dir / 'train')}{data}",
-        "export": f"nasdeploy rnn export --checkpoint {q(run_dir / 'train' / 'best.pt')} -o {q(run_dir / 'export' / 'model.onnx')} --seq-len {e.seq_len} --batch-size {e.batch_size}",
-        "profile": f"nasdeploy rnn profile --checkpoint {q(run_dir / 'train' / 'best.pt')} --seq-len {p.seq_len} --batch-size {p.batch_size} --threads {p.threads}",
+        "export": f"nasdeploy export {q(run_dir / 'train' / 'best.pt')} --seq-len {e.seq_len} --batch-size {e.batch_size} --out {q(run_dir / 'export')}",
+        "profile": f"nasdeploy profile {q(run_dir / 'train' / 'best.pt')} --seq-len {p.seq_len} --batch {p.batch_size} --threads {p.threads} --warmup {p.warmup} --runs {p.runs}",
     }
 
 

@@ -15,7 +15,7 @@ from nasdeploy.pipeline.plots import plot_curves, read_jsonl
 from nasdeploy.pipeline.report import write_report
 from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, quote_path, skip_stage, source_arg
 from nasdeploy.pipeline.state import STATE_FILE, PipelineState
-from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve
+from nasdeploy.spaces.table import get_space, resolve
 from nasdeploy.utils.files import write_text_atomic
 from nasdeploy.utils.rundir import open_run_directory
 from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
@@ -48,9 +48,7 @@ def _log(message: str, enabled: bool) -> None:
 
 
 def _config_record(config: PipelineConfig) -> dict[str, Any]:
-    # The space is recorded only when it is not the default, so run directories of earlier versions still resume.
-    space = {"space": config.space} if config.space != DEFAULT_SPACE else {}
-    return {"name": config.name, **space, "data_dir": config.data_dir, "search": config.search, "train": config.train,
+    return {"name": config.name, "space": config.space, "data_dir": config.data_dir, "search": config.search, "train": config.train,
             "export": to_dict(config.export), "profile": to_dict(config.profile)}
 
 
@@ -89,9 +87,6 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
                 only: Sequence[str], progress: bool, stop_after_epoch: int | None) -> PipelineResult:
     state = PipelineState.load(run_dir)
     _check_same_config(run_dir, config, state)
-    adopted = adopt_pre_split_export(state)
-    if adopted:
-        _log(f"{', '.join(adopted)}: done by the export stage of an earlier nasdeploy (files in export/)", progress)
     if force:
         first = min(STAGE_ORDER.index(f) for f in force)
         state.invalidate(list(STAGE_ORDER[first:]))
@@ -129,36 +124,6 @@ def _stage_fn(stages: dict[str, StageFn], stage: str, config: PipelineConfig) ->
     if stage in stages:
         return stages[stage]
     return lambda _ctx: skip_stage(f"the {config.space} pipeline has no {stage} stage")
-
-
-def adopt_pre_split_export(state: PipelineState) -> list[str]:
-    """A run directory of an earlier version did ExecuTorch and INT8 in its export stage: count them as done.
-
-    Applies once, to a finished export whose outputs hold those parts (its files stay in export/) and whose
-    state has never seen the executorch/quantize stages; returns the stages it marked done.
-    """
-    if not state.is_done("export") or any(name in state.stages for name in ("executorch", "quantize")):
-        return []
-    outputs = state.stages["export"].get("outputs") or {}
-    files = outputs.get("files") or {}
-    runtimes = outputs.get("runtimes") or {}
-    note = "done by the export stage of an earlier nasdeploy (files in export/)"
-    adopted = {}
-    pte_files = {k: v for k, v in files.items() if k.startswith("executorch") and "int8" not in k}
-    if pte_files:
-        adopted["executorch"] = {"dir": "export", "pte": pte_files.get("executorch"), "files": pte_files, "adopted": note,
-                                 "runtimes": {k: v for k, v in runtimes.items() if k.startswith("executorch")}}
-    if outputs.get("quantization"):
-        q_files = {k: v for k, v in files.items() if "int8" in k or k == "quantization_report"}
-        adopted["quantize"] = {"dir": "export", "files": q_files, "quantization": outputs["quantization"],
-                               "adopted": note}
-    for stage, stage_outputs in adopted.items():
-        finished = state.stages["export"].get("finished")
-        state.stages[stage] = {"status": "done", "started": finished, "finished": finished, "seconds": 0.0,
-                               "outputs": stage_outputs}
-    if adopted:
-        state.save()
-    return list(adopted)
 
 
 def _clear_forced_outputs(run_dir: Path, stages: Sequence[str]) -> None:
@@ -226,13 +191,11 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, 
 
 
 def _stage_record(info: dict[str, Any]) -> dict[str, Any]:
-    """A stage's time for the report, with its one line when it was skipped or done by an earlier version."""
+    """A stage's time for the report, with its one line when it was skipped."""
     outputs = info.get("outputs") or {}
     record: dict[str, Any] = {"seconds": info.get("seconds", 0.0)}
     if outputs.get("stage_skipped"):
         record["note"] = f"skipped: {outputs['stage_skipped']}"
-    elif outputs.get("adopted"):
-        record["note"] = outputs["adopted"]
     return record
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nasdeploy.errors import ConfigError
-
-_IMAGE_FORMATS = ("onnx", "executorch", "tensorrt", "triton")  # as nasdeploy.export.api.FORMATS (no torch import here)
-_INT8_METHODS = ("ort", "executorch")
+from nasdeploy.export.formats import FORMATS, INT8_METHODS
 
 
 @dataclass(frozen=True)
@@ -26,10 +24,10 @@ class ExportSection:
     validation_images: int = 500  # float vs INT8 accuracy on the run's validation split
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.formats if f not in _IMAGE_FORMATS] + [m for m in self.int8 if m not in _INT8_METHODS]
+        bad = [f for f in self.formats if f not in FORMATS] + [m for m in self.int8 if m not in INT8_METHODS]
         if bad:
             raise ConfigError(f"pipeline config: unknown export format / int8 method(s) {bad}; formats: "
-                              f"{', '.join(_IMAGE_FORMATS)}; int8: {', '.join(_INT8_METHODS)}")
+                              f"{', '.join(FORMATS)}; int8: {', '.join(INT8_METHODS)}")
         if min(self.calibration_images, self.validation_images) < 1:
             raise ConfigError("pipeline config: export.calibration_images and export.validation_images must be positive")
 
@@ -83,19 +81,17 @@ def _latency_backends(value: object) -> tuple[str, ...]:
 
 def _int8_methods(value: object) -> tuple[str, ...]:
     """profile.int8 as INT8 method names (ort, executorch), without repeats."""
-    from nasdeploy.profile.latency import INT8_LATENCY_BACKENDS
-
     methods = _names(value, "int8")
     for method in methods:
-        if method not in INT8_LATENCY_BACKENDS:
+        if method not in INT8_METHODS:
             raise ConfigError(f"pipeline config: unknown profile.int8 method '{method}' "
-                              f"(choose from {', '.join(INT8_LATENCY_BACKENDS)})")
+                              f"(choose from {', '.join(INT8_METHODS)})")
     return tuple(dict.fromkeys(methods))
 
 
 @dataclass(frozen=True)
-class LMExportSection:
-    """ONNX export of a language model: the fixed sequence length and batch size, and the parity tolerance."""
+class DartsRnnExportSection:
+    """ONNX export of the darts_rnn language model: the fixed sequence length and batch size, and the parity tolerance."""
 
     seq_len: int = 35
     batch_size: int = 1
@@ -111,8 +107,8 @@ class LMExportSection:
 
 
 @dataclass(frozen=True)
-class LMProfileSection:
-    """Profiling a language model: window, batch, timing runs and CPU threads."""
+class DartsRnnProfileSection:
+    """Profiling the darts_rnn language model: window, batch, timing runs and CPU threads."""
 
     seq_len: int = 35
     batch_size: int = 1

@@ -67,19 +67,31 @@ def _executorch_installed() -> bool:
 
 
 def _trained_source(ctx: StageContext, net: str, checkpoint: str) -> Any:
-    from nasdeploy.export.api import build_export_model
+    from nasdeploy.export.source import build_export_model
 
     return build_export_model(ctx.path("genotype.json"), net=net, checkpoint=ctx.path(checkpoint))
 
 
-def _export_options(ctx: StageContext, input_size: tuple[int, int] | None, data: Any, int8: tuple[str, ...] = ()) -> Any:
-    from nasdeploy.export.api import ExportOptions
-    from nasdeploy.profile.latency import time_model_file
+def _export_options(ctx: StageContext, input_size: tuple[int, int] | None, int8: tuple[str, ...] = ()) -> Any:
+    from nasdeploy.export.options import ExportOptions, Int8Options, OnnxOptions, TensorRTOptions
+    from nasdeploy.profile.latency import ModelFileTimer
 
     section = ctx.config.export
-    return ExportOptions(input_size=input_size, opset=section.opset, fp16=section.fp16, overwrite=True,
-                         int8=int8, data=data, calibration_images=section.calibration_images,
-                         validation_images=section.validation_images, latency_timer=time_model_file)
+    return ExportOptions(input_size=input_size, overwrite=True, onnx=OnnxOptions(opset=section.opset),
+                         tensorrt=TensorRTOptions(fp16=section.fp16), int8=Int8Options(int8, timer=ModelFileTimer()))
+
+
+def _export_data(ctx: StageContext, model: Any, options: Any, data: Any) -> Any:
+    """The run's dataset sampled for the export (parity images; validation and calibration images for INT8)."""
+    from nasdeploy.export.api import input_shape
+    from nasdeploy.export.samples import SampleSizes, prepare_export_data
+
+    if data is None:
+        return None
+    section = ctx.config.export
+    sizes = SampleSizes(validation=section.validation_images, calibration=section.calibration_images)
+    return prepare_export_data(data, model, input_shape(model, options)[1], sizes=sizes,
+                               int8=bool(options.int8.methods))
 
 
 def _say(ctx: StageContext, stage: str) -> Any:
@@ -98,8 +110,10 @@ def export_trained_model(ctx: StageContext, net: str, checkpoint: str, input_siz
 
     source = _trained_source(ctx, net, checkpoint)
     formats = export_stage_formats(ctx.config.export)
-    result = export_model(source.model, ctx.path("export"), formats=formats, options=_export_options(ctx, input_size, data),
-                          name=ctx.config.name, source={"genotype": "genotype.json", "checkpoint": checkpoint},
+    options = _export_options(ctx, input_size)
+    result = export_model(source.model, ctx.path("export"), formats=formats, options=options,
+                          data=_export_data(ctx, source.model, options, data), name=ctx.config.name,
+                          source={"genotype": "genotype.json", "checkpoint": checkpoint},
                           progress=_say(ctx, "export"), weights="trained")
     publish_onnx(ctx)
     parity = result.parity["onnx"].to_dict()
@@ -122,18 +136,13 @@ def executorch_trained_model(ctx: StageContext, net: str, checkpoint: str, input
     if not _executorch_installed():
         return skip_stage(MISSING_EXECUTORCH)
     source = _trained_source(ctx, net, checkpoint)
-    result = export_model(source.model, ctx.path("executorch"), formats=("executorch",),
-                          options=_export_options(ctx, input_size, data), name=ctx.config.name,
+    options = _export_options(ctx, input_size)
+    result = export_model(source.model, ctx.path("executorch"), formats=("executorch",), options=options,
+                          data=_export_data(ctx, source.model, options, data), name=ctx.config.name,
                           source={"genotype": "genotype.json", "checkpoint": checkpoint},
                           progress=_say(ctx, "executorch"), weights="trained")
     return {"dir": "executorch", "pte": "model.pte", "files": result.files,
             "runtimes": {name: report.to_dict() for name, report in result.parity.items()}}
-
-
-def float_pte(ctx: StageContext) -> Path:
-    """The float ExecuTorch program: executorch/model.pte (export/model.pte in a run directory of an earlier version)."""
-    new, old = ctx.path("executorch", "model.pte"), ctx.path("export", "model.pte")
-    return old if not new.is_file() and old.is_file() else new
 
 
 def quantize_trained_model(ctx: StageContext, net: str, checkpoint: str, input_size: tuple[int, int] | None = None,
@@ -155,10 +164,11 @@ def quantize_trained_model(ctx: StageContext, net: str, checkpoint: str, input_s
     if not methods:
         return skip_stage(MISSING_EXECUTORCH)
     source = _trained_source(ctx, net, checkpoint)
+    options = _export_options(ctx, input_size, methods)
     result = quantize_model(source.model, ctx.path("quantize"),
                             onnx_path=ctx.path("export", "model.onnx") if "ort" in methods else None,
-                            pte_path=float_pte(ctx) if "executorch" in methods else None,
-                            options=_export_options(ctx, input_size, data, methods), name=ctx.config.name,
+                            pte_path=ctx.path("executorch", "model.pte") if "executorch" in methods else None,
+                            options=options, data=_export_data(ctx, source.model, options, data), name=ctx.config.name,
                             source={"genotype": "genotype.json", "checkpoint": checkpoint},
                             progress=_say(ctx, "quantize"), weights="trained")
     return {"dir": "quantize", "files": result.files, "skipped": skipped,

@@ -10,8 +10,9 @@ from nasdeploy.profile.api import (
     write_report_json,
 )
 from nasdeploy.profile.complexity import MAC_CONVENTION, Complexity, count_params, model_complexity
-from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS, LatencyConfig, LatencyResult, measure_latency, parse_backends
+from nasdeploy.profile.latency import BACKEND_GROUPS, BACKENDS, measure_latency, parse_backends, time_model_file
 from nasdeploy.profile.mobile import MOBILE_MAC_LIMIT, MobileVerdict, mobile_verdict
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult
 
 __all__ = [
     "ProfileResult",
@@ -31,6 +32,7 @@ __all__ = [
     "BACKEND_GROUPS",
     "measure_latency",
     "parse_backends",
+    "time_model_file",
     "MobileVerdict",
     "MOBILE_MAC_LIMIT",
     "mobile_verdict",

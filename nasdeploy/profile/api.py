@@ -13,9 +13,11 @@ from torch import nn
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.complexity import Complexity, model_complexity
 from nasdeploy.profile.environment import collect_environment
-from nasdeploy.profile.latency import ORT_BACKENDS, LatencyConfig, LatencyResult, measure_latency, parse_backends
-from nasdeploy.profile.mobile import MobileVerdict, mobile_verdict
 from nasdeploy.export.onnx import export_onnx
+from nasdeploy.export.target import deploy_target, network_for
+from nasdeploy.profile.latency import ORT_BACKENDS, measure_latency, parse_backends
+from nasdeploy.profile.mobile import MobileVerdict, mobile_verdict
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult
 from nasdeploy.utils.files import write_json_atomic
 
 REPORT_FORMAT = "nasdeploy.profile"
@@ -191,7 +193,7 @@ def is_onnx_target(target: object) -> bool:
 def profile_target(
     target: Any,
     *,
-    net: str = "imagenet",
+    net: str | None = None,
     channels: int | None = None,
     layers: int | None = None,
     num_classes: int | None = None,
@@ -199,23 +201,33 @@ def profile_target(
     latency: str | Sequence[str] | None = None,
     latency_config: LatencyConfig | None = None,
     environment: dict[str, Any] | None = None,
+    onnx_path: str | os.PathLike[str] | None = None,
 ) -> ProfileResult:
-    """Profile a registry name, a genotype (file or object) built as network `net`, or an .onnx file."""
+    """Profile a registry name, a genotype (file or object) or a checkpoint built as network `net`, or an .onnx file.
+
+    `net` defaults to a checkpoint's, else the ImageNet mobile setting for DARTS CNN genotypes; a checkpoint
+    gives the sizes. onnxruntime backends time `onnx_path` when given, else a temporary export.
+    """
     if is_onnx_target(target):
         return profile_onnx(target, input_size, latency=latency, latency_config=latency_config, environment=environment)
-    from nasdeploy.genotypes import resolve_genotype
+    from nasdeploy.export.source import build_export_model
     from nasdeploy.nets import build_network, get_net_config
 
-    cfg = get_net_config(net)
-    genotype = resolve_genotype(target, expected_kind=cfg.genotype_kind)
-    # Count the auxiliary head separately where the family has one (the DARTS CNN nets).
-    extra = {"auxiliary": True} if cfg.genotype_kind == "cnn_cell" else {}
-    model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes, **extra)
+    resolved = deploy_target(target)
+    net = network_for(resolved, net, prefer="imagenet")
+    genotype = resolved.genotype
+    if resolved.checkpoint is not None:
+        model = build_export_model(genotype, net=net, checkpoint=resolved.checkpoint, channels=channels, layers=layers,
+                                   num_classes=num_classes).model
+    else:
+        # Count the auxiliary head separately where the family has one (the DARTS CNN nets).
+        extra = {"auxiliary": True} if get_net_config(net).genotype_kind == "cnn_cell" else {}
+        model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes, **extra)
     built = model.default_cfg
     net_info = {"family": built.name, "channels": built.channels, "layers": built.layers, "num_classes": built.num_classes}
-    label = genotype.name or (Path(os.fspath(target)).stem if isinstance(target, (str, os.PathLike)) else "genotype")
+    label = genotype.name or ("genotype" if hasattr(target, "kind") else Path(resolved.given).stem)
     return profile_model(model, input_size, name=label, latency=latency, latency_config=latency_config,
-                         environment=environment, _source="genotype", _net=net_info)
+                         onnx_path=onnx_path, environment=environment, _source="genotype", _net=net_info)
 
 
 def profile_targets(targets: Sequence[Any], **kwargs: Any) -> list[ProfileResult]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.profile.latency import LatencyConfig, LatencyResult, summarize, timed_runs
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
 
 
 def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
@@ -33,13 +32,7 @@ def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyCo
     rng = np.random.default_rng(cfg.seed)
     x = torch.from_numpy(rng.standard_normal((batch, *shape)).astype(np.float32))
     threads = executorch_thread_count()
-
-    def once() -> float:
-        start = time.perf_counter()
-        prog.method.execute([x])
-        return (time.perf_counter() - start) * 1000.0
-
-    times = timed_runs(once, cfg, name)
+    times = timed_runs(wall_clock_ms(lambda: prog.method.execute([x])), cfg, name)
     # "intra_op_threads": the key the report table prints as threads=; ExecuTorch's pool is its intra-op pool.
     settings = {"runtime": prog.label, "program": Path(path).name,
                 "intra_op_threads": threads if threads is not None else "ExecuTorch default",
@@ -51,7 +44,6 @@ def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyCo
 def _timed_from_model(name: str, model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig, int8: bool) -> LatencyResult:
     from nasdeploy.errors import MissingDependencyError
     from nasdeploy.export import executorch as et
-    from nasdeploy.profile.latency import skipped
 
     try:
         et.import_executorch()

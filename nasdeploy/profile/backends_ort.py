@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 from torch import nn
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.profile.latency import LatencyConfig, LatencyResult, skipped, summarize, timed_runs
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ORT_OPT_LEVEL, ort_session
 
@@ -44,13 +43,7 @@ def _cpu(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig, thre
     ort = _ort()
     session = _session(ort, path, threads, ["CPUExecutionProvider"])
     feed = _feed(session, shape, cfg)
-
-    def once() -> float:
-        start = time.perf_counter()
-        session.run(None, feed)
-        return (time.perf_counter() - start) * 1000.0
-
-    times = timed_runs(once, cfg, name)
+    times = timed_runs(wall_clock_ms(lambda: session.run(None, feed)), cfg, name)
     settings = {
         "providers": session.get_providers(),
         "intra_op_threads": threads if threads is not None else f"default (physical cores; {os.cpu_count()} logical CPUs)",
@@ -103,6 +96,12 @@ def ort_int8_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tupl
     return dataclasses.replace(result, settings=settings, note=note)
 
 
+def time_int8_onnx(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+    """An INT8 ONNX file that exists already (the export's model_int8.onnx), timed like ort-cpu-1t."""
+    result = _cpu(name, path, shape, cfg, 1)
+    return dataclasses.replace(result, settings={**result.settings, "program": path.name})
+
+
 def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
     ort = _ort()
     available = ort.get_available_providers()
@@ -125,10 +124,7 @@ def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path,
     for out in session.get_outputs():
         binding.bind_output(out.name, "cuda", 0)
 
-    def once() -> float:
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)  # synchronises the provider's stream before returning
-        return (time.perf_counter() - start) * 1000.0
+    once = wall_clock_ms(lambda: session.run_with_iobinding(binding))  # it synchronises the provider's stream
 
     once()  # untimed first run even with warmup=0: it builds the TensorRT engine / loads CUDA kernels
     times = timed_runs(once, cfg, name)

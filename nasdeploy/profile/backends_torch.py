@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from nasdeploy.profile.latency import LatencyConfig, LatencyResult, skipped, summarize, timed_runs
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
 
 
 @contextlib.contextmanager
@@ -35,13 +34,7 @@ def _cpu_eager(name: str, model: nn.Module, shape: tuple[int, ...], cfg: Latency
     model = copy.deepcopy(model).cpu().eval()
     x = _input(shape, cfg)
     with torch_threads(threads) as used, torch.inference_mode():
-
-        def once() -> float:
-            start = time.perf_counter()
-            model(x)
-            return (time.perf_counter() - start) * 1000.0
-
-        times = timed_runs(once, cfg, name)
+        times = timed_runs(wall_clock_ms(lambda: model(x)), cfg, name)
         settings = {"device": "cpu", "intra_op_threads": used, "interop_threads": torch.get_num_interop_threads(),
                     "mode": "eager, inference_mode"}
     return summarize(name, times, cfg, settings)
@@ -70,24 +63,34 @@ def _cuda_settings(mode: str) -> dict[str, object]:
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 
 
+def _on_cuda(model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig) -> tuple[nn.Module, torch.Tensor, torch.device]:
+    """A copy of the model and the seeded input on cuda:0 (the caller's model stays where it was)."""
+    device = torch.device("cuda", 0)
+    return copy.deepcopy(model).to(device).eval(), _input(shape, cfg, device), device
+
+
+def _cuda_event_ms(fn: Callable[[], object]) -> Callable[[], float]:
+    """`fn` as a run_once for timed_runs on the GPU: its time between two CUDA events, in ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def once() -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return once
+
+
 def torch_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
     """Eager PyTorch on the GPU: input resident on the device, each run timed with CUDA events."""
     assert model is not None
     if (why := _no_cuda("torch-cuda", cfg)) is not None:
         return why
-    device = torch.device("cuda", 0)
-    model = copy.deepcopy(model).to(device).eval()
-    x = _input(shape, cfg, device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    model, x, device = _on_cuda(model, shape, cfg)
     with torch.inference_mode():
-
-        def once() -> float:
-            start.record()
-            model(x)
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-
+        once = _cuda_event_ms(lambda: model(x))
         torch.cuda.synchronize(device)
         times = timed_runs(once, cfg, "torch-cuda")
     return summarize("torch-cuda", times, cfg, _cuda_settings("eager, inference_mode"))
@@ -98,9 +101,7 @@ def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tup
     assert model is not None
     if (why := _no_cuda("torch-cuda-graph", cfg)) is not None:
         return why
-    device = torch.device("cuda", 0)
-    model = copy.deepcopy(model).to(device).eval()
-    static_x = _input(shape, cfg, device)
+    model, static_x, device = _on_cuda(model, shape, cfg)
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad():
         # Warm up on a side stream before capture, as CUDA graph capture requires.
@@ -113,15 +114,7 @@ def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tup
         torch.cuda.synchronize(device)
         with torch.cuda.graph(graph):
             static_out = model(static_x)  # kept alive: the graph replays into this buffer
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def once() -> float:
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
+    once = _cuda_event_ms(graph.replay)
     torch.cuda.synchronize(device)
     times = timed_runs(once, cfg, "torch-cuda-graph")
     del static_out

@@ -30,15 +30,16 @@ from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.profile.complexity import MAC_CONVENTION, TORCH_COUNTER, model_complexity
 from nasdeploy.profile.cost_table import CellSpace, CostTable, FixedEntry, load_cost_table, save_cost_table
 from nasdeploy.profile.environment import collect_environment, cpu_model
-from nasdeploy.profile.latency import ORT_BACKENDS, LatencyConfig, measure_latency, parse_backends
+from nasdeploy.profile.latency import ORT_BACKENDS, measure_latency, parse_backends
+from nasdeploy.profile.protocol import LatencyConfig
 
 DARTS_CNN_CELLS = CellSpace("darts_cnn", CNN_PRIMITIVES, 4, 4)  # named by the darts_cnn entry of nasdeploy.spaces.table
 TABLE_LATENCY = LatencyConfig(warmup=5, runs=40)
 _ZERO_MAC_OPS = ("none",)  # a derived cell never keeps 'none': its edge is absent from the static net
 
 
-def get_space(space: str | CellSpace) -> CellSpace:
-    """A CellSpace from a space's name (its `cost_cells` in the table of spaces) or as given."""
+def cell_space(space: str | CellSpace) -> CellSpace:
+    """The cell description of a space's cost tables, from its name (its `cost_cells` in the table of spaces)."""
     from nasdeploy.spaces import table
 
     if isinstance(space, CellSpace):
@@ -209,10 +210,10 @@ def build_cost_table(space: str | CellSpace = "darts_cnn", backend: str | None =
                      num_classes: int | None = None, input_size: Sequence[int] | None = None,
                      latency_config: LatencyConfig = TABLE_LATENCY, progress: bool = False) -> CostTable:
     """Measure a cost table: MACs always, latency on `backend` (None: a MAC-only table)."""
-    cell_space = get_space(space)
+    spec = cell_space(space)
     backend = _one_backend(backend)
     start = time.perf_counter()
-    layout = deployment_layout(cell_space, net, channels=channels, layers=layers, num_classes=num_classes,
+    layout = deployment_layout(spec, net, channels=channels, layers=layers, num_classes=num_classes,
                                input_size=input_size)
     macs_of: dict[Any, int] = {}
     lat_of: dict[Any, float] = {}
@@ -227,12 +228,12 @@ def build_cost_table(space: str | CellSpace = "darts_cnn", backend: str | None =
                     lat_of[key] = 0.0 if zero else timer.time(module, shape)
             return macs_of[key], lat_of.get(key)
 
-        cells, edges, prims = len(layout.reductions), cell_space.num_edges, len(cell_space.primitives)
+        cells, edges, prims = len(layout.reductions), spec.num_edges, len(spec.primitives)
         macs = np.zeros((cells, edges, prims), dtype=np.int64)
         lat = np.zeros((cells, edges, prims), dtype=np.float64)
         for i, per_edge in enumerate(layout.edge_shapes):
             for e, shp in enumerate(per_edge):
-                for k, op in enumerate(cell_space.primitives):
+                for k, op in enumerate(spec.primitives):
                     key = ("op", op, shp)
                     m, t = cost(key, lambda op=op, shp=shp: _op_module(op, shp), shp[:1] + shp[3:],
                                 zero=op in _ZERO_MAC_OPS)
@@ -260,7 +261,7 @@ def build_cost_table(space: str | CellSpace = "darts_cnn", backend: str | None =
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "environment": collect_environment(),
         })
-    return CostTable(cell_space, layout.net, layout.reductions, macs, lat if timer is not None else None,
+    return CostTable(spec, layout.net, layout.reductions, macs, lat if timer is not None else None,
                      layout.edge_shapes, tuple(fixed), measurement)
 
 
@@ -300,21 +301,21 @@ def build_or_load_cost_table(space: str | CellSpace = "darts_cnn", backend: str 
     """The cached table for (space, net, backend, machine, versions), measured and cached on a miss."""
     from nasdeploy.nets import get_net_config
 
-    cell_space = get_space(space)
+    spec = cell_space(space)
     cfg = get_net_config(net)
     net_key = {"net": net, "channels": channels or cfg.channels, "layers": layers or cfg.layers,
                "num_classes": num_classes or cfg.num_classes,
                "input_size": list(input_size) if input_size is not None else list(cfg.input_size)}
     backend = _one_backend(backend)
-    key = cost_table_cache_key(cell_space, backend, net_key, latency_config)
+    key = cost_table_cache_key(spec, backend, net_key, latency_config)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = path / f"{cell_space.name}-{net}-{backend or 'macs'}-{key}.json"
+    path = path / f"{spec.name}-{net}-{backend or 'macs'}-{key}.json"
     if path.is_file() and not rebuild:
         try:
             return load_cost_table(path)
         except ConfigError:
             pass  # an unreadable cache entry is rebuilt
-    table = build_cost_table(cell_space, backend, net=net, channels=channels, layers=layers,
+    table = build_cost_table(spec, backend, net=net, channels=channels, layers=layers,
                              num_classes=num_classes, input_size=input_size, latency_config=latency_config,
                              progress=progress)
     table.measurement["cache_key"] = key

@@ -74,8 +74,9 @@ class ExpectedCost:
         cost = self.expected(arch_params[0], arch_params[1])
         o = self.options
         if o.value == "derived":  # the derived genotype's value, the expectation's gradient (straight-through)
+            betas = arch_params[2:4] if len(arch_params) >= 4 else (None, None)  # PC-DARTS edge normalisation
             derived = self.derived_cost(derive_genotype(arch_params[0], arch_params[1], self.primitives, self.steps,
-                                                        self.multiplier))
+                                                        self.multiplier, betas_normal=betas[0], betas_reduce=betas[1]))
             cost = cost + (derived - cost).detach()
         if o.form == "hinge":
             return loss + (o.weight * torch.relu(cost / o.target - 1.0)).to(loss.dtype)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
@@ -24,6 +23,7 @@ from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.cost import build_expected_cost
+from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.darts_cnn import DartsSupernet
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.distributed import broadcast_buffers, local_batch_size, shard_loader, train_sampler, wrap_ddp
@@ -33,7 +33,8 @@ from nasdeploy.utils.rng import seed_everything
 from nasdeploy.utils.rundir import read_done
 from nasdeploy.utils.runlog import format_metrics
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+# The architecture parameters a result carries (the betas only with PC-DARTS partial channels).
+ARCH_STATE = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
 
 
 @dataclass(kw_only=True)
@@ -44,6 +45,8 @@ class DartsCnnSearchResult(RunResult):
     alphas_normal: torch.Tensor
     alphas_reduce: torch.Tensor
     metrics: dict[str, Any] = field(default_factory=dict)
+    betas_normal: torch.Tensor | None = None  # PC-DARTS edge normalisation (partial_channels > 1), raw
+    betas_reduce: torch.Tensor | None = None
 
     def summary(self) -> str:
         """The genotype found and where the run is, for the console."""
@@ -52,38 +55,13 @@ class DartsCnnSearchResult(RunResult):
                 f"run directory: {self.out_dir}")
 
 
-def classification_loss(forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Cross-entropy of a forward callable on an (images, labels) batch (the architect's loss_fn)."""
-    x, y = batch
-    return F.cross_entropy(forward(x), y)
-
-
 def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsSupernet:
     """The supernet a config describes."""
     m = config.model
     return DartsSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
-                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale)
-
-
-def search_step(model: nn.Module, architect: Architect, weight_optimizer: torch.optim.Optimizer,
-                weight_params: list[nn.Parameter], train_batch: Batch, arch_batch: Batch, lr: float,
-                grad_clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DARTS step: the architecture step on `arch_batch`, then the weight step (clipped) on `train_batch`.
-
-    Returns the weight step's (loss, logits).
-    """
-    architect.step(train_batch, arch_batch, eta=lr)
-    x, y = train_batch
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    weight_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(weight_params, grad_clip)
-    weight_optimizer.step()
-    for p in architect.arch_params:  # the weight step's alpha gradients are not used
-        p.grad = None
-    return loss.detach(), logits.detach()
+                         alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
+                         partial_channels=m.partial_channels)
 
 
 class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
@@ -206,12 +184,11 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
     def result(self, outcome: RunOutcome) -> DartsCnnSearchResult:
         if outcome.was_finished:
             return load_search_result(outcome.out_dir, was_finished=True)
-        model = self.model
+        arch = {name: getattr(self.model, name) for name in ARCH_STATE}
         return DartsCnnSearchResult(out_dir=outcome.out_dir, epochs_done=outcome.epochs_done, epochs=outcome.epochs,
-                                    finished=outcome.finished, genotype=model.genotype(),
-                                    alphas_normal=model.alphas_normal.detach().cpu().clone(),
-                                    alphas_reduce=model.alphas_reduce.detach().cpu().clone(),
-                                    metrics=_without_genotype(outcome.history[-1] if outcome.history else {}))
+                                    finished=outcome.finished, genotype=self.model.genotype(),
+                                    metrics=_without_genotype(outcome.history[-1] if outcome.history else {}),
+                                    **{k: None if v is None else v.detach().cpu().clone() for k, v in arch.items()})
 
 
 def run_search(config: DartsCnnSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,
@@ -237,12 +214,8 @@ def load_search_result(out_dir: str | os.PathLike[str], was_finished: bool = Fal
         raise CheckpointError(f"{out} holds no finished search (done.json missing or unreadable)")
     genotype_path = out / "genotype.json"
     genotype = load_genotype(genotype_path, "cnn_cell") if genotype_path.is_file() else genotype_from_dict(done["genotype"])
-    alphas: dict[str, torch.Tensor] = {}
-    if (out / "checkpoint.pt").is_file():
-        state = load_checkpoint(out / "checkpoint.pt")["model"]
-        alphas = {k: state[k] for k in ("alphas_normal", "alphas_reduce") if k in state}
-    empty = torch.empty(0)
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
     epochs = int(done.get("epochs", 0))
     return DartsCnnSearchResult(out_dir=out, epochs_done=epochs, epochs=epochs, finished=True, was_finished=was_finished,
-                                genotype=genotype, alphas_normal=alphas.get("alphas_normal", empty),
-                                alphas_reduce=alphas.get("alphas_reduce", empty), metrics=dict(done.get("final", {})))
+                                genotype=genotype, metrics=dict(done.get("final", {})),
+                                **{k: state.get(k) for k in ARCH_STATE})

@@ -33,7 +33,8 @@ from nasdeploy.nets.seg_heads import ASPP
 from nasdeploy.ops import ReLUConvBN, build_adl_op, resize_bilinear
 from nasdeploy.spaces.autodeeplab_lattice import node_exists
 from nasdeploy.spaces.autodeeplab_lattice import transition_mask as lattice_mask
-from nasdeploy.spaces.mixing import MixedEdge, get_node_mixer
+from nasdeploy.spaces.mixer_table import get_node_mixer
+from nasdeploy.spaces.mixing import MixedEdge
 
 
 def transition_mask(layers: int) -> torch.Tensor:

@@ -3,6 +3,8 @@
 Every intermediate node calls the NodeMixer once with all of its incoming edges, so a fused
 implementation (get_node_mixer("fused")) can replace the whole node. Module names follow the
 reference search model (stem, cells.N.preprocess0, cells.N._ops.M._ops.K, classifier).
+With partial_channels K > 1 it is the PC-DARTS supernet: ops on C/K channels, channel shuffle, and
+edge-normalisation parameters betas_normal / betas_reduce (see spaces/partial_channels.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from torch.nn import functional as F
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.ops import FactorizedReduce, ReLUConvBN
+from nasdeploy.ops.layout import unsafe_channels_last_convs
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
-from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, get_node_mixer
+from nasdeploy.spaces.mixer_table import get_node_mixer
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
+from nasdeploy.spaces.partial_channels import node_softmax, partial_cell_nodes
 
 AlphaInit = Literal["normal", "zeros"]
 
@@ -41,26 +46,40 @@ class SearchCell(nn.Module):
         reduction_prev: bool,
         primitives: Sequence[str],
         mixer: NodeMixer,
+        partial_channels: int = 1,
     ):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
         self.multiplier = multiplier
         self.mixer = mixer
+        self.partial_channels = partial_channels
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        # A narrow FactorizedReduce must not see channels-last input on the CPU (see nasdeploy.ops.layout).
+        self._nchw_s0 = bool(unsafe_channels_last_convs(self.preprocess0))
         self._ops = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(MixedEdge(primitives, channels, stride))
+                self._ops.append(MixedEdge(primitives, channels // partial_channels, stride))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Cell output for softmaxed edge weights `weights` [num_edges, num_primitives]."""
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Cell output for softmaxed op weights `weights` [num_edges, num_primitives] and, with partial
+        channels, the node-normalised edge weights `edge_weights` [num_edges]."""
+        if self._nchw_s0 and s0.device.type == "cpu":
+            s0 = s0.contiguous()
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.partial_channels > 1:
+            if edge_weights is None:
+                raise ValueError("a partial-channel cell needs edge weights (softmaxed betas)")
+            states += partial_cell_nodes(self.mixer, states[0], states[1], self._ops, weights, edge_weights,
+                                         self.steps, self.partial_channels)
+            return torch.cat(states[-self.multiplier:], dim=1)
         offset = 0
         for _ in range(self.steps):
             n = len(states)
@@ -71,7 +90,8 @@ class SearchCell(nn.Module):
 
 
 class DartsSupernet(nn.Module):
-    """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3)."""
+    """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3);
+    partial_channels K > 1 makes it PC-DARTS's (K=4 in its reference code)."""
 
     def __init__(
         self,
@@ -85,9 +105,11 @@ class DartsSupernet(nn.Module):
         mixed_op: str | None = None,
         alpha_init: AlphaInit = "normal",
         alpha_init_scale: float = 1e-3,
+        partial_channels: int = 1,
     ):
         super().__init__()
         _check_sizes(channels, num_classes, layers, steps, multiplier, stem_multiplier, primitives)
+        _check_partial_channels(channels, partial_channels)
         if alpha_init not in ("normal", "zeros"):
             raise ConfigError(f"alpha_init must be 'normal' or 'zeros', got {alpha_init!r}")
         self.channels = channels
@@ -96,6 +118,7 @@ class DartsSupernet(nn.Module):
         self.steps = steps
         self.multiplier = multiplier
         self.primitives = tuple(primitives)
+        self.partial_channels = partial_channels
         self.mixed_op, mixer = get_node_mixer(mixed_op)
 
         c_curr = stem_multiplier * channels
@@ -108,42 +131,55 @@ class DartsSupernet(nn.Module):
             if reduction:
                 c_curr *= 2
             cell = SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev,
-                              self.primitives, mixer)
+                              self.primitives, mixer, partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_classes)
 
+        def init(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(shape) if alpha_init == "zeros" else alpha_init_scale * torch.randn(shape))
+
         shape = (num_edges(steps), len(self.primitives))
-        init = torch.zeros(shape) if alpha_init == "zeros" else alpha_init_scale * torch.randn(shape)
-        self.alphas_normal = nn.Parameter(init)
-        init = torch.zeros(shape) if alpha_init == "zeros" else alpha_init_scale * torch.randn(shape)
-        self.alphas_reduce = nn.Parameter(init)
+        self.alphas_normal = init(*shape)
+        self.alphas_reduce = init(*shape)
+        # PC-DARTS's edge normalisation, initialised like the alphas; absent (None) in plain DARTS.
+        self.register_parameter("betas_normal", init(shape[0]) if partial_channels > 1 else None)
+        self.register_parameter("betas_reduce", init(shape[0]) if partial_channels > 1 else None)
 
     # -- parameter groups -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture weights [alphas_normal, alphas_reduce]."""
-        return [self.alphas_normal, self.alphas_reduce]
+        """The architecture weights [alphas_normal, alphas_reduce] (+ [betas_normal, betas_reduce] with K > 1)."""
+        betas = [self.betas_normal, self.betas_reduce] if self.betas_normal is not None else []
+        return [self.alphas_normal, self.alphas_reduce, *betas]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not an architecture weight."""
         return [p for _, p in self.named_weight_parameters()]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) of the network weights (alphas excluded)."""
+        """(name, parameter) of the network weights (alphas and betas excluded)."""
+        arch = {id(p) for p in self.arch_parameters()}
         for name, p in self.named_parameters():
-            if not name.startswith("alphas_"):
+            if id(p) not in arch:
                 yield name, p
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the supernet with the current alphas."""
+        """Logits of the supernet with the current alphas (and betas)."""
         weights_normal = F.softmax(self.alphas_normal, dim=-1)
         weights_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        edges_normal = edges_reduce = None
+        if self.betas_normal is not None and self.betas_reduce is not None:
+            edges_normal = node_softmax(self.betas_normal, self.steps)
+            edges_reduce = node_softmax(self.betas_reduce, self.steps)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights_reduce if cell.reduction else weights_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     # -- derivation -------------------------------------------------------------------------------
@@ -152,8 +188,10 @@ class DartsSupernet(nn.Module):
         return (F.softmax(self.alphas_normal.detach(), dim=-1), F.softmax(self.alphas_reduce.detach(), dim=-1))
 
     def genotype(self) -> CNNGenotype:
-        """The genotype the DARTS rule derives from the current alphas."""
-        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.primitives, self.steps, self.multiplier)
+        """The genotype the DARTS rule derives from the current alphas (op weights times the
+        node-normalised betas with partial channels, as PC-DARTS derives)."""
+        return derive_genotype(self.alphas_normal, self.alphas_reduce, self.primitives, self.steps, self.multiplier,
+                               betas_normal=self.betas_normal, betas_reduce=self.betas_reduce)
 
 
 def _check_sizes(channels: int, num_classes: int, layers: int, steps: int, multiplier: int,
@@ -169,3 +207,13 @@ def _check_sizes(channels: int, num_classes: int, layers: int, steps: int, multi
     unknown = [p for p in primitives if p not in CNN_PRIMITIVES]
     if unknown or not primitives:
         raise ConfigError(f"unknown or empty primitives {unknown!r}; valid: {', '.join(CNN_PRIMITIVES)}")
+
+
+def _check_partial_channels(channels: int, partial_channels: int) -> None:
+    # Cells have channels x 1, 2 or 4, so K | channels makes every cell's width divisible by K (and
+    # the stride-2 skip's FactorizedReduce on 2C/K or 4C/K channels gets an even count).
+    if not isinstance(partial_channels, int) or isinstance(partial_channels, bool) or partial_channels < 1:
+        raise ConfigError(f"partial_channels must be an integer >= 1 (1 = plain DARTS), got {partial_channels!r}")
+    if channels % partial_channels:
+        raise ConfigError(f"channels ({channels}) must be divisible by partial_channels ({partial_channels}): "
+                          "every cell runs its ops on channels / partial_channels")

@@ -20,6 +20,23 @@ def softmax_rows(alphas: Any) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def node_softmax_rows(betas: Any, steps: int) -> np.ndarray:
+    """Softmax in float64 of per-edge betas over each node's incoming edges (PC-DARTS edge normalisation)."""
+    b = np.asarray(betas.detach().cpu().double().numpy() if hasattr(betas, "detach") else betas, dtype=np.float64)
+    expected = sum(2 + i for i in range(steps))
+    if b.shape != (expected,):
+        raise GenotypeError(f"betas of shape {b.shape} do not fit {steps} steps (expected ({expected},))")
+    if not np.all(np.isfinite(b)):
+        raise GenotypeError("betas contain NaN or infinite values; the search diverged")
+    out, start = np.empty_like(b), 0
+    for i in range(steps):
+        row = b[start:start + 2 + i]
+        e = np.exp(row - row.max())
+        out[start:start + 2 + i] = e / e.sum()
+        start += 2 + i
+    return out
+
+
 def derive_cell(weights: np.ndarray, primitives: Sequence[str], steps: int) -> tuple[tuple[str, int], ...]:
     """Top-2 incoming edges per node by their best non-'none' weight; on each, the best non-'none' op.
 
@@ -56,15 +73,27 @@ def derive_genotype(
     steps: int = 4,
     multiplier: int = 4,
     name: str | None = None,
+    betas_normal: Any = None,
+    betas_reduce: Any = None,
 ) -> CNNGenotype:
-    """The DARTS genotype of raw (pre-softmax) alphas; concat is the last `multiplier` nodes."""
+    """The DARTS genotype of raw (pre-softmax) alphas; concat is the last `multiplier` nodes.
+
+    With PC-DARTS edge normalisation (raw betas of both cell types), each edge's op weights are
+    multiplied by its node-normalised beta before the edges are ranked, as PC-DARTS's genotype() does.
+    """
     if multiplier > steps or multiplier < 1:
         raise GenotypeError(f"multiplier must be in 1..steps ({steps}), got {multiplier}")
+    if (betas_normal is None) != (betas_reduce is None):
+        raise GenotypeError("betas must be given for both cell types or for neither")
+    normal, reduce = softmax_rows(alphas_normal), softmax_rows(alphas_reduce)
+    if betas_normal is not None:
+        normal = normal * node_softmax_rows(betas_normal, steps)[:, None]
+        reduce = reduce * node_softmax_rows(betas_reduce, steps)[:, None]
     concat = tuple(range(2 + steps - multiplier, 2 + steps))
     genotype = CNNGenotype(
-        normal=derive_cell(softmax_rows(alphas_normal), primitives, steps),
+        normal=derive_cell(normal, primitives, steps),
         normal_concat=concat,
-        reduce=derive_cell(softmax_rows(alphas_reduce), primitives, steps),
+        reduce=derive_cell(reduce, primitives, steps),
         reduce_concat=concat,
         name=name,
     )

@@ -17,15 +17,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, load_mixed_node, mixed_node
+from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
 from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
 from nasdeploy.ops.autodeeplab import AtrousConv, downsample2
-from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference, register_mixer
+from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference
 
 BN_EPS = 1e-5
 FUSED_DTYPES = (torch.float32, torch.float64)
-# Nodes narrower than MIN_CPU_CHANNELS_LAST stay in NCHW on the CPU (a oneDNN heap bug, see nasdeploy.ops.layout).
+# Strided nodes narrower than MIN_CPU_CHANNELS_LAST stay in NCHW on the CPU (a oneDNN heap bug in the 1x1
+# stride-2 conv, see nasdeploy.ops.layout); stride-1 nodes have no such conv and may go channels-last.
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,10 @@ class FusionOptions:
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
 
-    def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
-        """Whether a node of `channels` channels on `device` runs in channels-last."""
-        if device.type == "cpu" and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
+    def use_channels_last(self, device: torch.device, channels: int | None = None, strided: bool = True) -> bool:
+        """Whether a node of `channels` channels on `device` runs in channels-last (`strided`: it has a
+        stride-2 edge, whose ops may hold a 1x1 strided conv)."""
+        if device.type == "cpu" and strided and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
             return False
         return self.channels_last if self.channels_last is not None else device.type == "cpu"
 
@@ -163,8 +165,11 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
-        if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
+        strided = any(edge.stride > 1 for edge in edges)
+        if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs), strided):
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        elif weights.device.type == "cpu":  # channels-last inputs from earlier nodes go back to NCHW here
+            inputs = [x.contiguous() for x in inputs]
         zs: list[torch.Tensor] = []
         terms: list[Term] = []
         stat_bns: list[nn.BatchNorm2d] = []
@@ -193,11 +198,3 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         return out
 
     return mix_node_fused
-
-
-def _factory() -> NodeMixer:
-    info = load_mixed_node()  # RuntimeError/OSError/ImportError when it cannot be built: 'auto' falls back
-    return make_fused_mixer(devices=("cpu", "cuda") if info.cuda else ("cpu",))
-
-
-register_mixer("fused", _factory)

@@ -3,25 +3,20 @@
 A node of a DARTS-style cell is  sum_e sum_k w[e, k] * op_{e,k}(x_e)  over its incoming edges e and
 candidate ops k. A NodeMixer computes exactly that from the edge inputs, the MixedEdge modules and the
 (already softmaxed) weights, so that an implementation can fuse the whole node (the fused CUDA/CPU
-kernels) while the eager reference stays the definition.
+kernels) while the eager reference stays the definition. The implementations are chosen in
+nasdeploy.spaces.mixer_table (this module knows none but the reference).
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from nasdeploy.errors import ConfigError
 from nasdeploy.ops import build_op
 
 NodeMixer = Callable[[Sequence[torch.Tensor], Sequence["MixedEdge"], torch.Tensor], torch.Tensor]
-
-ENV_VAR = "NASDEPLOY_MIXED_OP"
-
 
 OpFactory = Callable[[str, int, int, bool], nn.Module]
 
@@ -65,46 +60,3 @@ def mix_node_reference(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge
     if total is None:
         raise ValueError("a node needs at least one edge with a non-'none' op")
     return total
-
-
-_MIXERS: dict[str, Callable[[], NodeMixer]] = {"reference": lambda: mix_node_reference}
-
-
-def register_mixer(name: str, factory: Callable[[], NodeMixer]) -> None:
-    """Register a NodeMixer implementation; the factory may raise ImportError when unavailable."""
-    _MIXERS[name] = factory
-
-
-def available_mixers() -> list[str]:
-    """Names of the registered mixer implementations."""
-    _load_builtin_plugins()
-    return list(_MIXERS)
-
-
-def _load_builtin_plugins() -> None:
-    # The fused implementation registers itself when its module is importable.
-    try:
-        import nasdeploy.spaces.fused_mixer  # noqa: F401
-    except ImportError:
-        pass
-
-
-def get_node_mixer(name: str | None = None) -> tuple[str, NodeMixer]:
-    """Resolve 'reference' | 'fused' | 'auto' (or None: $NASDEPLOY_MIXED_OP, default auto) to (name, mixer)."""
-    choice = (name or os.environ.get(ENV_VAR) or "auto").lower()
-    _load_builtin_plugins()
-    if choice == "auto":
-        if "fused" in _MIXERS:
-            try:
-                return "fused", _MIXERS["fused"]()
-            except (ImportError, RuntimeError, OSError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                warnings.warn(f"fused mixed-op kernels unavailable ({first}); using the reference path", stacklevel=2)
-        return "reference", mix_node_reference
-    if choice not in _MIXERS:
-        raise ConfigError(f"unknown mixed-op implementation '{choice}'; choose one of: auto, {', '.join(_MIXERS)}")
-    try:
-        return choice, _MIXERS[choice]()
-    except (ImportError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"mixed-op implementation '{choice}' is unavailable: {first}") from None

@@ -13,6 +13,8 @@ Each space provides, with one vocabulary for all of them:
 - pipeline: a module with STAGES (search, derive, train, export, profile), report_figures(ctx) and
   reproduce_commands(ctx); export/profile: its pipeline export and profile adapters;
 - export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections;
+- export_target / profile_targets: what `nasdeploy export` and `nasdeploy profile` call for its genotypes and
+  checkpoints (one signature each across spaces);
 - cost_cells: the cell description of its per-op cost tables (a deployment budget in the search).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.yamlconfig import from_dict
@@ -53,14 +55,14 @@ class SearchSpace:
     profile: str
     export_section: str = "nasdeploy.pipeline.sections:ExportSection"
     profile_section: str = "nasdeploy.pipeline.sections:ProfileSection"
+    export_target: str = "nasdeploy.export.api:export_target"
+    profile_targets: str = "nasdeploy.profile.networks:profile_network_targets"
     profile_defaults: Mapping[str, Any] = field(default_factory=dict)
     profile_nets: tuple[str, ...] = ()  # the network families its profile section may name (empty: no `net` key)
     # Top-level sections that only this space's search/train configs have (so `space:` may be left out).
     config_sections: tuple[str, ...] = ()
     # The cell description its per-op cost tables use (nasdeploy.profile.cost_table.CellSpace); "" = none yet.
     cost_cells: str = ""
-    # Sections of an older pipeline-file format of this space and the sections they now are.
-    legacy_pipeline_sections: Mapping[str, str] = field(default_factory=dict)
 
     def load(self, part: str) -> Any:
         """The object behind one of this entry's references, e.g. load("search_loop")."""
@@ -109,9 +111,10 @@ SPACES: dict[str, SearchSpace] = {
         pipeline="nasdeploy.pipeline.darts_rnn_stages",
         export="nasdeploy.pipeline.darts_rnn_stages:rnn_export_stage",
         profile="nasdeploy.pipeline.darts_rnn_stages:rnn_profile_stage",
-        export_section="nasdeploy.pipeline.sections:LMExportSection",
-        profile_section="nasdeploy.pipeline.sections:LMProfileSection",
-        legacy_pipeline_sections={"search_run": "search", "train_run": "train"},
+        export_section="nasdeploy.pipeline.sections:DartsRnnExportSection",
+        profile_section="nasdeploy.pipeline.sections:DartsRnnProfileSection",
+        export_target="nasdeploy.export.darts_rnn:export_darts_rnn_target",
+        profile_targets="nasdeploy.profile.darts_rnn:profile_darts_rnn_targets",
     ),
     "autodeeplab": SearchSpace(
         name="autodeeplab",
@@ -147,24 +150,19 @@ def get_space(name: str) -> SearchSpace:
         raise ConfigError(f"unknown search space {name!r} (known: {', '.join(SPACES)})") from None
 
 
-def _named_or_implied(data: Mapping[str, Any], implying: Callable[[SearchSpace], Any]) -> SearchSpace:
-    """`space:` of a mapping, else the first space one of whose implying sections it has, else DARTS CNN."""
+def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
+    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
     if "space" in data:
         return get_space(data["space"])
     for space in SPACES.values():
-        if any(section in data for section in implying(space)):
+        if any(section in data for section in space.config_sections):
             return space
     return SPACES[DEFAULT_SPACE]
 
 
-def space_of_config(data: Mapping[str, Any]) -> SearchSpace:
-    """The space a search/train config names with `space:`, else the one its sections imply, else DARTS CNN."""
-    return _named_or_implied(data, lambda space: space.config_sections)
-
-
 def space_of_pipeline(data: Mapping[str, Any]) -> SearchSpace:
-    """The space of a pipeline file: `space:`, else the one whose older section names it uses, else DARTS CNN."""
-    return _named_or_implied(data, lambda space: space.legacy_pipeline_sections)
+    """The space of a pipeline file: `space:`, else DARTS CNN."""
+    return get_space(data["space"]) if "space" in data else SPACES[DEFAULT_SPACE]
 
 
 def without_space(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,27 +47,59 @@ def _cannot_write(exc: OSError, target: Path) -> OSError:
     return type(exc)(exc.errno, f"cannot write file: {reason}", str(target))
 
 
+def _make_temp(target: Path) -> tuple[int, Path]:
+    """An open, new, empty temp file next to `target` (mode 0600)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp opens with O_CREAT | O_EXCL | O_NOFOLLOW: never an existing file, never through a planted link.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _cannot_write(exc, target) from None
+    return fd, Path(tmp)
+
+
+def _publish(tmp_path: Path, target: Path) -> None:
+    """Give the finished temp file the usual mode, flush it and rename it onto `target`.
+
+    The temp file is reopened without following links: one put in its place (by a library or anyone else)
+    is refused, never written through or chmod-ed.
+    """
+    try:
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(errno.ELOOP, "refusing to publish a temporary file replaced by a symbolic link",
+                      str(tmp_path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "refusing to publish a temporary file replaced by a non-file", str(tmp_path))
+        # mkstemp creates 0600 files; artifacts get the usual permissions (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.fsync(fd)  # the data is on disk before the name points at it
+    finally:
+        os.close(fd)
+    os.replace(tmp_path, target)
+    _fsync_path(target.parent)  # and the rename itself survives a crash
+
+
+def _discard(tmp_path: Path) -> None:
+    """Remove a temp file that was not published (a link in its place is removed, its target untouched)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp_path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise _cannot_write(exc, target) from None
+    fd, tmp_path = _make_temp(target)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp creates 0600 files; artifacts get the usual permissions (0666 less the umask).
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        _fsync_path(tmp_path)  # the data is on disk before the name points at it
-        os.replace(tmp_path, target)
-        _fsync_path(target.parent)  # and the rename itself survives a crash
+        _publish(tmp_path, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        _discard(tmp_path)
 
 
 def _umask() -> int:
@@ -89,15 +121,18 @@ def _fsync_path(path: Path) -> None:
 
 
 def set_default_permissions(folder: str | os.PathLike[str]) -> None:
-    """Give a staged folder tree the permissions of ordinary mkdir/open (0777 / 0666 less the umask: 0755 / 0644)."""
+    """Give a staged folder tree the permissions of ordinary mkdir/open, less the umask: folders and files the
+    owner may execute (scripts) 0777 -> 0755, other files 0666 -> 0644 (mkdtemp/mkstemp made them 0700/0600)."""
     umask = _umask()
     root = Path(folder)
     os.chmod(root, 0o777 & ~umask)
     for base, dirs, files in os.walk(root):  # os.walk does not enter symlinked folders
-        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+        for name in dirs + files:
             path = os.path.join(base, name)
-            if not os.path.islink(path):
-                os.chmod(path, mode & ~umask)
+            if os.path.islink(path):
+                continue
+            executable = os.path.isdir(path) or os.stat(path).st_mode & stat.S_IXUSR
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
 
 
 def process_start_time() -> float:
@@ -145,16 +180,20 @@ def remove_stale_temp_files(directory: str | os.PathLike[str], target_name: str)
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write text to `path` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write bytes to `path` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """Write bytes to `path` atomically, through the temp file's own descriptor (never reopened by name)."""
+    target = Path(path)
+    fd, tmp_path = _make_temp(target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _publish(tmp_path, target)
+    finally:
+        _discard(tmp_path)
+    return target
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:

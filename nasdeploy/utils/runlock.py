@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Iterator
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.utils.limits import loads_json
 
 LOCK_NAME = ".lock"
 
@@ -28,10 +31,32 @@ def _command_line() -> str:
 def _holder(fd: int) -> str:
     """'process PID (command)' of the lock's holder, as it wrote it into the lock file."""
     try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        info = loads_json(os.pread(fd, 4096, 0).decode() or "{}", "run lock")
         return f"process {int(info['pid'])} ({info.get('command', '?')})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (it has not written its PID yet)"
+
+
+def _open_lock_file(lock_path: Path) -> int:
+    """Open (or create) the lock file itself: never through a symbolic link, never a file with other names.
+
+    The lock is truncated and written, so a planted link (symbolic or hard) would make that hit its target.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(lock_path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{lock_path} is a symbolic link; refusing to follow it (remove it if the run "
+                              f"directory is yours)") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "has other names (hard links)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise ConfigError(f"{lock_path} {what}; refusing to use it as the run lock (remove it if the run "
+                          f"directory is yours)")
+    return fd
 
 
 @contextlib.contextmanager
@@ -50,7 +75,7 @@ def run_directory_lock(path: str | os.PathLike[str], *, enabled: bool = True) ->
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(lock_path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,7 +14,10 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, NasDeployError
+from nasdeploy.utils.limits import (
+    CONFIG_BYTES, NESTING_DEPTH, YAML_ALIASES, YAML_NODES, brief, check_int64, read_text_limited,
+)
 
 T = TypeVar("T")
 
@@ -22,13 +25,65 @@ T = TypeVar("T")
 ALLOW_NONFINITE = "allow_nonfinite"
 
 
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing, while it composes, a document too deep or whose aliases stand for too much.
+
+    An alias counts as every node it stands for, so a "billion laughs" file is refused before anything is
+    expanded; an alias inside the node it names (a structure that contains itself) is refused outright.
+    """
+
+    def __init__(self, stream: str, what: str) -> None:
+        super().__init__(stream)
+        self._what = what
+        self._depth = self._aliases = self._nodes = 0
+        self._weights: dict[int, int] = {}  # id(node) -> nodes it stands for, once composed
+
+    def _count(self, nodes: int) -> None:
+        self._nodes += nodes
+        YAML_NODES.check(f"{self._what} with its aliases expanded", self._nodes)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            self._aliases += 1
+            YAML_ALIASES.check(f"{self._what} aliases", self._aliases)
+            target = self.anchors.get(anchor)
+            if target is not None:
+                if id(target) not in self._weights:
+                    raise ConfigError(f"{self._what}: alias *{anchor[:40]} is inside the node it names "
+                                      f"(a structure that contains itself)")
+                self._count(self._weights[id(target)])
+            return super().compose_node(parent, index)
+        self._depth += 1
+        NESTING_DEPTH.check(f"{self._what} nesting", self._depth)
+        start = self._nodes
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1)
+        self._weights[id(node)] = self._nodes - start
+        return node
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """YAML text -> Python values within the limits on depth, aliases and expanded size (YAMLError if malformed)."""
+    loader = _LimitedLoader(text, what)
+    try:
+        return loader.get_single_data()
+    except NasDeployError:
+        raise
+    except ValueError as exc:  # an integer past Python's 4300-digit conversion limit
+        raise ConfigError(f"{what}: {str(exc).splitlines()[0].split(';')[0]}") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping, with a one-line error for a missing, unreadable or non-mapping file."""
+    """Read a YAML mapping, with a one-line error for a missing, unreadable, oversized or non-mapping file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = parse_yaml(read_text_limited(p, CONFIG_BYTES, "config file"), f"config file {p}")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not a YAML config file: {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
@@ -53,7 +108,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}' must look like section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw, f"override '{key}'") if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = out
@@ -73,7 +128,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{label} must be a mapping, got {data!r}")
+        raise ConfigError(f"{label} must be a mapping, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     names = list(fields)
@@ -147,16 +202,16 @@ def _coerce(tp: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
                 return _coerce(option, value, key, nonfinite)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {brief(value)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {brief(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {brief(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, key, nonfinite) for v in value)
         if len(value) != len(args):
@@ -166,11 +221,12 @@ def _coerce(tp: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
         raise ConfigError(f"{key}: unsupported config type {tp}")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {brief(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {brief(value)}")
+        check_int64(key, value)
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads '3e-4' (no dot) as a string
@@ -179,17 +235,17 @@ def _coerce(tp: Any, value: Any, key: str, nonfinite: bool = False) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {brief(value)}")
         try:
             number = float(value)
         except OverflowError:  # an integer too large for a float
-            raise ConfigError(f"{key} must be a finite number, got {value}") from None
+            raise ConfigError(f"{key} must be a finite number, got {brief(value)}") from None
         if not nonfinite and not math.isfinite(number):
             raise ConfigError(f"{key} must be a finite number, got {number}")
         return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {brief(value)}")
         return value
     if tp is Any:
         return value

@@ -1,15 +1,16 @@
-"""ONNX export of the recurrent language model for a fixed sequence length, checked in onnxruntime.
+"""ONNX export of the darts_rnn space's language model for a fixed sequence length, checked in onnxruntime.
 
 The graph takes `tokens` int64 [T, B] and `hidden` float32 [1, B, nhid] and returns `log_probs`
 [T, B, ntokens] and `hidden_out` [1, B, nhid], so a caller streams text window by window by feeding
 hidden_out back in. The parity check does exactly that over several consecutive windows, each
 runtime carrying its own state, and compares every output with PyTorch through the shared
-comparison of nasdeploy.export.parity (one error definition, non-finite outputs fail).
+comparison of nasdeploy.export.parity (one error definition, typed failures, non-finite outputs fail).
+export_darts_rnn_target is the space's export adapter (named by its entry in the table of spaces).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import secrets
 import time
@@ -21,31 +22,25 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from nasdeploy.errors import ConfigError, ExportError
+from nasdeploy.errors import CheckpointError, ConfigError, ExportError
+from nasdeploy.export.artifacts import ExportResult, Progress
 from nasdeploy.export.onnx import MIN_OPSET, eval_mode
-from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityCase, ParityReport, compare_outputs
+from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, OutputParity, ParityCase, ParityReport, compare_outputs
+from nasdeploy.export.request import ExportRequest, NetSizes
+from nasdeploy.export.source import default_name, same_cells
+from nasdeploy.export.staging import staged_folder
+from nasdeploy.export.target import DeployTarget, deploy_target, network_for
+from nasdeploy.genotypes import genotype_to_dict
 from nasdeploy.nets.rnn import RNNLanguageModel
-from nasdeploy.utils.files import atomic_path
+from nasdeploy.utils.files import atomic_path, write_json_atomic
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ort_session
-
-__all__ = [
-    "INPUT_NAMES",
-    "OUTPUT_NAMES",
-    "LMParityReport",
-    "OutputParity",
-    "RNNExportReport",
-    "RNNParityReport",
-    "check_rnn_onnx_parity",
-    "export_rnn_lm_onnx",
-    "ort_session",
-]
 
 INPUT_NAMES = ("tokens", "hidden")
 OUTPUT_NAMES = ("log_probs", "hidden_out")
 
 
-class _LMExportWrapper(nn.Module):
+class _ExportWrapper(nn.Module):
     """forward(tokens, hidden) -> (log_probs, hidden_out): the model without its return_h option."""
 
     def __init__(self, model: RNNLanguageModel):
@@ -57,22 +52,7 @@ class _LMExportWrapper(nn.Module):
 
 
 @dataclass(frozen=True)
-class OutputParity:
-    """Worst error of one output over all checked windows and batch sizes (NaN when an output was not finite)."""
-
-    name: str
-    max_abs_err: float
-    max_rel_err: float
-    ok: bool
-
-
-def _worst(values: Sequence[float]) -> float:
-    """The largest value, NaN if any is NaN (a non-finite output must not hide behind max())."""
-    return math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
-
-
-@dataclass(frozen=True)
-class LMParityReport:
+class DartsRnnParityReport:
     """onnxruntime vs PyTorch over consecutive windows with carried hidden state; cases as in ParityReport."""
 
     windows: int
@@ -93,13 +73,7 @@ class LMParityReport:
     @property
     def outputs(self) -> list[OutputParity]:
         """Per output name: worst errors over every case and whether every case passed."""
-        names = list(dict.fromkeys(c.output for c in self.report.cases))
-        out = []
-        for name in names:
-            cases = [c for c in self.report.cases if c.output == name]
-            out.append(OutputParity(name, _worst([c.max_abs_err for c in cases]),
-                                    _worst([c.max_rel_err for c in cases]), all(c.passed for c in cases)))
-        return out
+        return self.report.outputs
 
     @property
     def ok(self) -> bool:
@@ -120,11 +94,15 @@ class LMParityReport:
                 "cases": shared["cases"]}
 
 
-RNNParityReport = LMParityReport  # the name used before the move to nasdeploy.export
+    def raise_for_failure(self) -> None:
+        """The shared report's typed ParityError, its message listing every output's worst errors."""
+        error = self.report.failure()
+        if error is not None:
+            raise type(error)(f"onnxruntime output differs from PyTorch beyond tolerance: {self.summary()}", self.report)
 
 
 @dataclass
-class RNNExportReport:
+class DartsRnnExportReport:
     """What was exported and how well it matched."""
 
     path: str
@@ -136,7 +114,7 @@ class RNNExportReport:
     nhid: int
     file_bytes: int
     export_seconds: float
-    parity: LMParityReport | None
+    parity: DartsRnnParityReport | None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -151,10 +129,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def export_rnn_lm_onnx(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int | None = None,
-                       batch_size: int = 1, dynamic_batch: bool = False, opset: int | None = None,
-                       optimize: bool = False, check: bool = True, windows: int = 3, rtol: float = DEFAULT_RTOL,
-                       atol: float = DEFAULT_ATOL) -> RNNExportReport:
+def export_darts_rnn_onnx(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int | None = None,
+                          batch_size: int = 1, dynamic_batch: bool = False, opset: int | None = None,
+                          optimize: bool = False, check: bool = True, windows: int = 3, rtol: float = DEFAULT_RTOL,
+                          atol: float = DEFAULT_ATOL) -> DartsRnnExportReport:
     """Export to one ONNX file (atomic) for a fixed sequence length; check it in onnxruntime unless check=False.
 
     optimize=False skips the onnxscript graph optimiser, which takes most of the export time on the
@@ -180,7 +158,7 @@ def export_rnn_lm_onnx(model: RNNLanguageModel, path: str | os.PathLike[str], *,
     target = Path(path)
     t0 = time.perf_counter()
     with eval_mode(model):
-        wrapper = _LMExportWrapper(model).eval()
+        wrapper = _ExportWrapper(model).eval()
         try:
             with atomic_path(target) as tmp, warnings.catch_warnings():
                 # Both inputs share the one batch Dim on purpose; the exporter warns that it merges the names.
@@ -202,20 +180,20 @@ def export_rnn_lm_onnx(model: RNNLanguageModel, path: str | os.PathLike[str], *,
         parity = None
         if check:
             sizes = [batch_size] + ([batch_size + 2] if dynamic_batch else [])
-            parity = check_rnn_onnx_parity(model, target, seq_len=seq_len, batch_sizes=sizes, windows=windows,
-                                           rtol=rtol, atol=atol)
-    return RNNExportReport(str(target), seq_len, batch_size, dynamic_batch, opset, model.ntokens, model.nhid,
+            parity = check_darts_rnn_parity(model, target, seq_len=seq_len, batch_sizes=sizes, windows=windows,
+                                            rtol=rtol, atol=atol)
+    return DartsRnnExportReport(str(target), seq_len, batch_size, dynamic_batch, opset, model.ntokens, model.nhid,
                            target.stat().st_size, round(seconds, 3), parity)
 
 
 @torch.no_grad()
-def check_rnn_onnx_parity(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int,
-                          batch_sizes: Sequence[int] = (1,), windows: int = 3, rtol: float = DEFAULT_RTOL,
-                          atol: float = DEFAULT_ATOL, seed: int | None = 0, raise_on_fail: bool = True) -> LMParityReport:
+def check_darts_rnn_parity(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int,
+                           batch_sizes: Sequence[int] = (1,), windows: int = 3, rtol: float = DEFAULT_RTOL,
+                           atol: float = DEFAULT_ATOL, seed: int | None = 0, raise_on_fail: bool = True) -> DartsRnnParityReport:
     """Run PyTorch and onnxruntime over `windows` consecutive windows, each carrying its own hidden state.
 
     Every window's outputs go through export.parity.compare_outputs (elementwise atol + rtol * |torch|,
-    non-finite onnxruntime outputs fail); raise_on_fail raises ExportError with the summary.
+    non-finite onnxruntime outputs fail); raise_on_fail raises the typed ParityError with the summary.
     """
     if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)!r}")
@@ -242,8 +220,85 @@ def check_rnn_onnx_parity(model: RNNLanguageModel, path: str | os.PathLike[str],
                                              rtol=rtol, atol=atol))
                 h_ort = got[1]
     label = f"onnxruntime {ort.__version__} ({session.get_providers()[0]})"
-    report = LMParityReport(windows, seq_len, list(batch_sizes),
-                            ParityReport(label, str(path), rtol, atol, int(seed), tuple(cases)))
-    if raise_on_fail and not report.ok:
-        raise ExportError(f"onnxruntime output differs from PyTorch beyond tolerance: {report.summary()}")
+    inputs = f"random tokens: {windows} consecutive windows of {seq_len} tokens per batch size, hidden state carried"
+    report = DartsRnnParityReport(windows, seq_len, list(batch_sizes),
+                                  ParityReport(label, str(path), rtol, atol, int(seed), tuple(cases), inputs=inputs))
+    if raise_on_fail:
+        report.raise_for_failure()
     return report
+
+
+
+def build_darts_rnn_model(target: DeployTarget, *, net: str | None = None,
+                          sizes: NetSizes = NetSizes()) -> RNNLanguageModel:
+    """The language model of a target: its checkpoint's (the sizes given must match), else a fresh one.
+
+    A fresh model takes sizes.channels as emsize = nhid and sizes.num_classes as the vocabulary (defaults: the
+    published model); a language model has no layers to set.
+    """
+    channels, num_classes = sizes.channels, sizes.num_classes
+    from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm, load_rnn_lm
+
+    if net not in (None, NET_NAME):
+        network_for(target, net, prefer=net)  # names the kind another family builds, or an unknown family
+        raise ConfigError(f"the {target.space.name} space has one network ('{NET_NAME}'), not '{net}'")
+    if sizes.layers is not None:
+        raise ConfigError(f"the {target.space.name} language model has one recurrent cell: --layers does not apply")
+    if target.checkpoint is None:
+        sizes = {k: v for k, v in (("emsize", channels), ("nhid", channels)) if v is not None}
+        return build_rnn_lm(target.genotype, num_classes, **sizes).eval()
+    model = load_rnn_lm(target.checkpoint)
+    where = f"checkpoint {target.checkpoint}"
+    if not same_cells(model.genotype, target.genotype):
+        raise CheckpointError(f"{where} was trained for {model.genotype.name or 'a different genotype'}, which "
+                              f"differs from the target '{target.given}'")
+    for key, value, saved in (("channels", channels, model.nhid), ("num_classes", num_classes, model.ntokens)):
+        if value is not None and value != saved:
+            raise CheckpointError(f"{where} has {key}={saved}, but {key}={value} was requested")
+    return model
+
+
+def export_darts_rnn_target(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
+    """The darts_rnn space's export adapter: out_dir gets model.onnx, parity_onnx.json and export.json.
+
+    ONNX only: another format, INT8 or a dataset is a one-line ConfigError; options.darts_rnn sets the window.
+    """
+    options = request.options
+    if request.formats != ("onnx",):
+        raise ConfigError("the darts_rnn language model exports to ONNX only (no other --format)")
+    request.refuse_data("the darts_rnn language model has no INT8 path and no dataset parity (ONNX with random tokens)")
+    if options.input_size is not None:
+        raise ConfigError("the darts_rnn language model takes --seq-len and --batch-size, not --input-size")
+    resolved = deploy_target(request.target, request.checkpoint)
+    model = build_darts_rnn_model(resolved, net=request.net, sizes=request.sizes)
+    name = options.name or default_name(resolved.genotype.name, "language_model")
+    out = Path(request.out_dir) if request.out_dir is not None else Path("exports") / name
+    seq, cfg = options.darts_rnn, model.default_cfg
+    source = {"target": resolved.given, "genotype": resolved.genotype.name, "checkpoint": resolved.checkpoint,
+              "net_kwargs": cfg.to_dict(), "genotype_dict": genotype_to_dict(resolved.genotype)}
+    result = ExportResult(out, name, ("onnx",), source=source, weights="trained" if resolved.checkpoint else "untrained")
+    with staged_folder(out, overwrite=options.overwrite) as stage:
+        if progress is not None:
+            progress(f"exporting the language model to ONNX (window {seq.seq_len or cfg.seq_len}, batch {seq.batch_size}"
+                     f"{' dynamic' if seq.dynamic_batch else ''}) and checking it in onnxruntime")
+        report = export_darts_rnn_onnx(model, stage / "model.onnx", seq_len=seq.seq_len, batch_size=seq.batch_size,
+                                       dynamic_batch=seq.dynamic_batch, opset=options.onnx.opset, windows=seq.windows,
+                                       rtol=options.parity.rtol, atol=options.parity.atol)
+        assert report.parity is not None
+        parity = dataclasses.replace(report.parity.report, model_path="model.onnx", weights=result.weights)
+        parity.save(stage / "parity_onnx.json")
+        result.parity["onnx"] = parity
+        result.files.update(onnx="model.onnx", onnx_parity="parity_onnx.json", report="export.json")
+        batch = "batch" if report.dynamic_batch else report.batch_size
+        result.onnx = {"opset": _opset(stage / "model.onnx"), "input_shape": [report.seq_len, batch],
+                       "dynamic_axes": {"batch": report.dynamic_batch}, "size_bytes": report.file_bytes}
+        result.timings_s["onnx_export"] = report.export_seconds
+        write_json_atomic(stage / "export.json", result.to_dict())
+    return result
+
+
+def _opset(path: Path) -> int:
+    """The default-domain opset an ONNX file was written with."""
+    onnx = require("onnx", purpose="reading ONNX files")
+    proto = onnx.load(str(path), load_external_data=False)
+    return int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))

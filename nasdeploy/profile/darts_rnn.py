@@ -1,30 +1,32 @@
-"""Cost of the recurrent language model: parameters, MACs per token, latency per token.
+"""Cost of the darts_rnn space's language model: parameters, MACs per token, latency per token.
 
 MACs follow the project convention (multiply-accumulates of matrix products: the cell projections
 and the decoder; embedding lookups, gates and softmax not counted), counted by the profiler's counter
 (profile.complexity.forward_macs: FlopCounterMode total / 2) and cross-checked against the closed form
     (ninp + nhid) * 2 nhid  +  steps * nhid * 2 nhid  +  nhid * ntokens   per token.
-Latency: the profiler's statistics (profile.latency: warm-up, then median / p90 / p99 of timed runs) of
+Latency: the profiler's protocol (profile.protocol: warm-up, then median / p90 / p99 of timed runs) of
 whole windows, divided by the window's tokens; also a single-token step (T = 1, the streaming case).
 CPU timings use `threads` torch threads and, for onnxruntime, the shared session with `threads` threads.
+profile_darts_rnn_targets is the space's profile adapter (named by its entry in the table of spaces).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.export.darts_rnn import build_darts_rnn_model
+from nasdeploy.export.target import DeployTarget, deploy_target
 from nasdeploy.nets.rnn import RNNLanguageModel
 from nasdeploy.profile.complexity import TORCH_COUNTER, forward_macs
-from nasdeploy.profile.latency import LatencyConfig, LatencyResult, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.request import ProfileRequest
 from nasdeploy.utils.ort import ort_session
 from nasdeploy.utils.runtime import runtime_settings
-
-__all__ = ["LMProfile", "RNNProfile", "analytic_macs_per_token", "count_macs_per_token", "profile_rnn_lm"]
 
 
 def analytic_macs_per_token(ninp: int, nhid: int, steps: int, ntokens: int) -> int:
@@ -49,7 +51,7 @@ def _window_dict(result: LatencyResult) -> dict[str, Any]:
 
 
 @dataclass
-class LMProfile:
+class DartsRnnProfile:
     """Parameters, MACs per token and latency per token of one model and setting."""
 
     genotype: str | None
@@ -98,17 +100,14 @@ class LMProfile:
         return "\n".join(lines) + "\n"
 
 
-RNNProfile = LMProfile  # the name used before the move to nasdeploy.profile
-
-
 def _latency_cell(window: dict[str, Any]) -> str:
     return (f"{window['median_ms']:.2f} ms median, p90 {window['p90_ms']:.2f} ms, p99 {window['p99_ms']:.2f} ms "
             f"({window['runs']} runs)")
 
 
 @torch.no_grad()
-def profile_rnn_lm(model: RNNLanguageModel, *, seq_len: int = 35, batch_size: int = 1, warmup: int = 3,
-                   runs: int = 20, threads: int = 1, onnx_path: str | os.PathLike[str] | None = None) -> LMProfile:
+def profile_darts_rnn(model: RNNLanguageModel, *, seq_len: int = 35, batch_size: int = 1, warmup: int = 3,
+                      runs: int = 20, threads: int = 1, onnx_path: str | os.PathLike[str] | None = None) -> DartsRnnProfile:
     """Count and time the model (CPU, eval mode); with onnx_path also time that file in onnxruntime."""
     if seq_len < 1 or batch_size < 1 or runs < 1 or threads < 1:
         raise ConfigError("seq_len, batch_size, runs and threads must be positive")
@@ -146,7 +145,47 @@ def profile_rnn_lm(model: RNNLanguageModel, *, seq_len: int = 35, batch_size: in
         onnx_window = _window_dict(result)
         onnx_per_token = onnx_window["median_ms"] / tokens_per_window
     name = getattr(getattr(model, "genotype", None), "name", None)
-    return LMProfile(name, model.ntokens, cell.ninp, cell.nhid, cell.steps, params, params_cell,
-                     model.encoder.weight.numel(), macs, analytic, seq_len, batch_size, threads, torch_window,
-                     torch_window["median_ms"] / tokens_per_window, torch_step["median_ms"], onnx_window,
-                     onnx_per_token, torch_step)
+    return DartsRnnProfile(name, model.ntokens, cell.ninp, cell.nhid, cell.steps, params, params_cell,
+                           model.encoder.weight.numel(), macs, analytic, seq_len, batch_size, threads, torch_window,
+                           torch_window["median_ms"] / tokens_per_window, torch_step["median_ms"], onnx_window,
+                           onnx_per_token, torch_step)
+
+
+@dataclass(frozen=True)
+class DartsRnnProfileReport:
+    """The language-model profiles of one `nasdeploy profile` call: printed as Markdown, saved as JSON."""
+
+    profiles: tuple[DartsRnnProfile, ...]
+
+    def text(self, breakdown: bool | None = None) -> str:
+        """One Markdown table per target (there are no per-stage breakdowns for the language model)."""
+        return "\n".join(p.to_markdown() for p in self.profiles)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a format tag and one record per target."""
+        return {"format": REPORT_FORMAT, "version": 1, "targets": [p.to_dict() for p in self.profiles]}
+
+
+REPORT_FORMAT = "nasdeploy.profile.darts_rnn"
+
+
+def profile_darts_rnn_targets(targets: Sequence[DeployTarget | str], request: ProfileRequest) -> DartsRnnProfileReport:
+    """The darts_rnn space's profile adapter: params, MACs and latency per token of each language model (a
+    checkpoint's, or a fresh one of sizes.channels units and a vocabulary of sizes.num_classes words).
+
+    PyTorch is always timed (window and single step), request.onnx_path in onnxruntime too; batch, warm-up and
+    runs come from the latency config, CPU threads from request.threads (default 1).
+    """
+    if request.input_size is not None or request.latency:
+        raise ConfigError("a darts_rnn language model is profiled with --seq-len, --batch and --threads "
+                          "(--input-size and --latency do not apply; --onnx times its ONNX model)")
+    if request.onnx_path is not None and len(targets) != 1:
+        raise ConfigError("--onnx times one exported model: give one target with it")
+    cfg = request.latency_config
+    profiles = []
+    for target in targets:
+        model = build_darts_rnn_model(deploy_target(target), net=request.net, sizes=request.sizes)
+        profiles.append(profile_darts_rnn(model, seq_len=request.seq_len or model.default_cfg.seq_len,
+                                          batch_size=cfg.batch, warmup=cfg.warmup, runs=cfg.runs,
+                                          threads=request.threads or 1, onnx_path=request.onnx_path))
+    return DartsRnnProfileReport(tuple(profiles))
