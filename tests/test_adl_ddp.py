@@ -121,9 +121,9 @@ def test_search_alpha_beta_bitwise_identical_and_moved(ranks):
 def test_only_rank0_writes(ranks):
     root, _ = ranks
     assert sorted(p.name for p in (root / "search0").iterdir()) == [
-        ".lock", "checkpoint.pt", "config.yaml", "done.json", "genotype.json", "log.jsonl"]
+        ".lock", ".nasdeploy", "checkpoint.pt", "config.yaml", "done.json", "genotype.json", "log.jsonl"]
     assert sorted(p.name for p in (root / "train0").iterdir()) == [
-        ".lock", "checkpoint.pt", "config.yaml", "done.json", "log.jsonl", "model.pt"]
+        ".lock", ".nasdeploy", "checkpoint.pt", "config.yaml", "done.json", "log.jsonl", "model.pt"]
     assert not (root / "search1").exists()
     # Rank 1 resumed training from a copy of rank 0's epoch-1 directory and left it as it was.
     copy, snapshot = root / "train1", root / "train_epoch1"

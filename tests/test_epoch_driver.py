@@ -13,6 +13,7 @@ from torch import nn
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
+from nasdeploy.utils.ownership import MARK_NAME, mark_folder
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def test_a_finished_run_is_reported_and_left_alone(straight, capsys):
 def test_force_clears_only_the_runs_own_files(tmp_path, straight):
     out, full = straight
     run(tmp_path, config=ToyConfig(replace(ToyOptions(), lr=0.2)))
+    assert (tmp_path / MARK_NAME).is_file()  # the run directory carries the mark of its kind
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "weights.jsonl").write_text('{"epoch": 99}\n')
     again = run(tmp_path, force=True)  # another config: only possible because force starts over
@@ -193,3 +195,17 @@ def test_a_directory_of_another_space_or_kind_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(ToyTraining, "kind", "search")
     with pytest.raises(CheckpointError, match="is not a toy search checkpoint"):
         run(tmp_path)
+
+
+def test_a_folder_nasdeploy_did_not_make_is_refused_and_left_alone(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "log.jsonl").write_text("my own notes\n")
+    for force in (False, True):
+        with pytest.raises(ConfigError, match="did not make"):
+            run(foreign, force=force)
+    assert [p.name for p in foreign.iterdir()] == ["log.jsonl"]
+    assert (foreign / "log.jsonl").read_text() == "my own notes\n"
+    with pytest.raises(ConfigError, match="is an export folder, not a run directory"):
+        mark_folder(tmp_path / "exported", "export")
+        run(tmp_path / "exported")

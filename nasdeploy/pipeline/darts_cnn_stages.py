@@ -45,6 +45,7 @@ def _with_cost_table(ctx: StageContext) -> dict[str, Any]:
         return section
     from nasdeploy.profile.cost_table import save_cost_table
     from nasdeploy.profile.cost_table_build import build_or_load_cost_table
+    from nasdeploy.utils.ownership import claim_folder
 
     prof = ctx.config.profile
     backend = None if cost.get("metric", "macs") == "macs" else cost.get("backend", "ort-cpu-1t")
@@ -52,7 +53,7 @@ def _with_cost_table(ctx: StageContext) -> dict[str, Any]:
     if not path.is_file():  # a resumed search keeps the table it started with
         table = build_or_load_cost_table(ctx.config.space, backend, net=prof.net, channels=prof.channels,
                                          layers=prof.layers, progress=ctx.progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        claim_folder(path.parent, "run")  # the search's run directory: the table is written into it first
         save_cost_table(table, path)
     return {**section, "search": {**section["search"], "cost": {**cost, "table": str(path)}}}
 

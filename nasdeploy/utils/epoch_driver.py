@@ -4,7 +4,8 @@ A loop (one per space and kind) subclasses EpochLoop and supplies only what is i
 model and optimisers (setup), one epoch of its step (train_epoch), its evaluation, its per-epoch records,
 what its checkpoint holds besides the model, and its final artifacts. run_epochs does the rest, the same way for every space:
 
-- the run directory's lock (one process per directory) and, with force, removal of the run's own files;
+- the run directory's lock (one process per directory), its ownership mark (a folder nasdeploy did not make is
+  never written into) and, with force, removal of the run's own files and nothing else;
 - the resume checks: the stored config.yaml (a changed key outside the config's RESUMABLE refuses, finished
   run or not), the checkpoint's kind and the loop's fingerprint (e.g. the trained genotype);
 - a finished run (done.json) is reported and left alone;
@@ -33,11 +34,11 @@ from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_
 from nasdeploy.utils.checks import Threads
 from nasdeploy.utils.distributed import DistContext, barrier, gather_rng_states, process_group, restore_rank_rng
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.ownership import check_folder, clear_own_entries, mark_folder
 from nasdeploy.utils.rundir import (
     CONFIG_FILE,
     DONE_FILE,
     check_resume_config,
-    clear_run_files,
     open_run_directory,
     read_done,
     read_run_config,
@@ -195,10 +196,12 @@ def run_epochs(loop: EpochLoop[R], out_dir: str | os.PathLike[str], *, force: bo
     out = Path(out_dir)
     s = loop.settings
     files = BASE_RUN_FILES + loop.run_files + loop.extra_logs
-    with process_group(s.device) as ctx, runtime_settings(s.deterministic, s.threads), \
-            open_run_directory(out, files, main=ctx.is_main):
-        loop.ctx, loop.out = ctx, out
-        return _drive(loop, files, force, stop_after_epoch, progress and ctx.is_main)
+    with process_group(s.device) as ctx, runtime_settings(s.deterministic, s.threads):
+        if ctx.is_main:  # before the lock too, so that a folder nasdeploy did not make does not even get a .lock
+            check_folder(out, "run")
+        with open_run_directory(out, files, main=ctx.is_main):
+            loop.ctx, loop.out = ctx, out
+            return _drive(loop, files, force, stop_after_epoch, progress and ctx.is_main)
 
 
 def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_epoch: int | None,
@@ -206,9 +209,11 @@ def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_e
     """The protocol; status lines go to the console on rank 0, bars and per-epoch lines only when `talk`."""
     ctx, out, epochs = loop.ctx, loop.out, loop.settings.epochs
     noun, say = _NOUN[loop.kind], ctx.is_main
+    # A folder nasdeploy did not make (no mark, not empty) or of another kind is refused, --force or not.
+    marked = check_folder(out, "run") if ctx.is_main else True
     if force:
-        if ctx.is_main:
-            clear_run_files(out, files)
+        if ctx.is_main and marked:
+            clear_own_entries(out, "run", files)
         barrier(ctx)
     _check_stored_config(loop)
     # Every rank reads the checkpoint before the first collective (setup's DDP wrap), so before rank 0 replaces it.
@@ -233,6 +238,8 @@ def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_e
         log.rewind(lambda r: r.get("epoch", 0) <= start)
     history = [r for r in logs[0].read() if r.get("epoch", 0) <= start]
     if ctx.is_main:
+        if not marked:  # only now: a run refused before this point leaves no folder behind
+            mark_folder(out, "run")
         write_run_config(out, loop.config, loop.space)
 
     end = max(start, epochs if stop_after_epoch is None else min(epochs, stop_after_epoch))

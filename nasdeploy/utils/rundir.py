@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -65,16 +64,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def clear_run_files(out_dir: Path, names: Iterable[str]) -> None:
-    """Remove a run's own files and folders (and nothing else) before a forced redo."""
-    for name in names:
-        p = out_dir / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
 
 
 def check_resume_config(stored: dict[str, Any], current: dict[str, Any], out_dir: Path,
