@@ -32,7 +32,7 @@ from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
-from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 from nasdeploy.utils.distributed import resolve_device
 
 
@@ -62,7 +62,7 @@ def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: in
     if space == "autodeeplab":
         return AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
                                                      num_classes=num_classes, mixed_op=impl))
-    return DartsSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl,
+    return DartsCnnSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl,
                          partial_channels=partial_channels)
 
 

@@ -179,10 +179,10 @@ def test_cityscapes_train_config_carries_the_published_recipe():
 
 
     root = Path(__file__).resolve().parents[1]
-    cfg = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "adl_cityscapes_train.yaml").read_text()))
+    cfg = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "autodeeplab_cityscapes_train.yaml").read_text()))
     assert (cfg.net.bn_momentum, cfg.net.bn_eps) == (pytest.approx(1 - 0.9997), 1e-3)
     assert cfg.train.epochs * cfg.train.steps_per_epoch == 1_500_000 and cfg.train.drop_path_prob > 0
-    demo = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "adl_demo_train.yaml").read_text()))
+    demo = from_dict(AutoDeepLabTrainConfig, yaml.safe_load((root / "configs" / "autodeeplab_demo_train.yaml").read_text()))
     assert demo.train.drop_path_prob == 0 and demo.net.bn_momentum == 0.1  # the demo stays quick to converge
 
 

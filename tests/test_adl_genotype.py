@@ -15,7 +15,7 @@ from nasdeploy.genotypes import (
     get_genotype,
     list_genotypes,
     load_genotype,
-    make_adl_genotype,
+    make_autodeeplab_genotype,
     resolve_genotype,
     save_genotype,
 )
@@ -103,6 +103,6 @@ def test_search_space_sizes():
 
 
 def test_describe_names_inputs():
-    text = describe_genotype(make_adl_genotype([["sep_conv_3x3", 0], ["skip_connect", 1]], [0, 1], name="tiny"))
+    text = describe_genotype(make_autodeeplab_genotype([["sep_conv_3x3", 0], ["skip_connect", 1]], [0, 1], name="tiny"))
     # The block is numbered by its state index, as the JSON's input indices number it.
     assert "block 2 = sep_conv_3x3(H^{l-2}) + skip_connect(H^{l-1})" in text and "[4, 8]" in text

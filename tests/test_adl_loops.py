@@ -118,9 +118,9 @@ def test_demo_training_beats_majority_class_and_exports(tmp_path):
     """The demo pipeline's claim: a trained net clearly beats predicting the majority class, and exports with parity."""
     np = pytest.importorskip("numpy")
     ort = pytest.importorskip("onnxruntime")
-    from nasdeploy.genotypes import get_genotype, make_adl_genotype, save_genotype
+    from nasdeploy.genotypes import get_genotype, make_autodeeplab_genotype, save_genotype
 
-    genotype = save_genotype(make_adl_genotype(get_genotype("AutoDeepLab").cell, [0, 0, 0, 1]), tmp_path / "g.json")
+    genotype = save_genotype(make_autodeeplab_genotype(get_genotype("AutoDeepLab").cell, [0, 0, 0, 1]), tmp_path / "g.json")
     cfg = from_dict(AutoDeepLabTrainConfig, {
         "net": {"genotype": str(genotype), "filter_multiplier": 4, "aspp_channels": 16, "decoder_channels": 16,
                 "low_level_channels": 8, "dropout": 0.0},

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nasdeploy.errors import ConfigError, GenotypeError, InputSizeError
-from nasdeploy.genotypes import get_genotype, make_adl_genotype
+from nasdeploy.genotypes import get_genotype, make_autodeeplab_genotype
 from nasdeploy.nets import build_network
 from nasdeploy.nets.autodeeplab import AutoDeepLabCell
 from nasdeploy.ops import AtrousConv, resize_bilinear, upsample2
@@ -71,7 +71,7 @@ def test_resize_conventions():
 
 @pytest.mark.parametrize("size", [(48, 64), (41, 59)])
 def test_any_input_size_and_training_step(size):
-    g = make_adl_genotype(get_genotype("AutoDeepLab").cell, [0, 1, 2, 3, 2, 1])
+    g = make_autodeeplab_genotype(get_genotype("AutoDeepLab").cell, [0, 1, 2, 3, 2, 1])
     model = build_network(g, "segmentation", filter_multiplier=2, num_classes=3, **SMALL)
     x = torch.randn(2, 3, *size)
     out = model(x)
@@ -84,7 +84,7 @@ def test_any_input_size_and_training_step(size):
 def test_decoder_uses_last_stride4_cell_or_stem():
     g = get_genotype("AutoDeepLab")
     assert build_network(g, "segmentation", filter_multiplier=4, **SMALL)._low_index == 2
-    no_stride4 = make_adl_genotype(g.cell, [1, 2, 2])
+    no_stride4 = make_autodeeplab_genotype(g.cell, [1, 2, 2])
     model = build_network(no_stride4, "segmentation", filter_multiplier=4, num_classes=3, **SMALL)
     assert model._low_index == -1 and model.decoder.project_low[0].in_channels == 128
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_variants_and_errors():
 
 def test_onnx_parity_at_two_sizes_and_batches(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    g = make_adl_genotype(get_genotype("AutoDeepLab").cell, [0, 1, 2, 1])  # a down and an up move
+    g = make_autodeeplab_genotype(get_genotype("AutoDeepLab").cell, [0, 1, 2, 1])  # a down and an up move
     model = build_network(g, "segmentation", filter_multiplier=4, num_classes=5, **SMALL).eval()
     path = tmp_path / "adl.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 65, 97),), str(path), dynamo=False, opset_version=17,

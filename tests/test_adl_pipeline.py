@@ -25,7 +25,7 @@ TRAIN = {
     "data": {"dataset": "synthetic", "image_size": [32, 32], "num_train": 4, "num_val": 2, "crop_size": [32, 32]},
     "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 1, "threads": 1},
 }
-TINY = {"name": "tiny_adl", "space": "autodeeplab", "search": SEARCH, "train": TRAIN,
+TINY = {"name": "tiny_autodeeplab", "space": "autodeeplab", "search": SEARCH, "train": TRAIN,
         "profile": {"backends": ["torch-cpu-1t"], "latency_for": ["found"], "macs_at": [[48, 64]], "warmup": 1,
                     "runs": 2}}
 
@@ -60,7 +60,7 @@ def test_interrupted_search_resumes_where_it_stopped(finished_run):
 def test_run_directory_holds_a_decoded_genotype_a_model_with_parity_and_costs(finished_run):
     run_dir, _, second = finished_run
     genotype = load_genotype(run_dir / "genotype.json", "autodeeplab")
-    assert genotype.layers == 2 and genotype.blocks == 2 and genotype.name == "tiny_adl_found"
+    assert genotype.layers == 2 and genotype.blocks == 2 and genotype.name == "tiny_autodeeplab_found"
     # The decoded genotype is the one the search's final alpha/beta give (the search wrote its own decode).
     searched = load_genotype(run_dir / "search" / "genotype.json", "autodeeplab")
     assert (searched.cell, searched.path) == (genotype.cell, genotype.path)
@@ -116,7 +116,7 @@ def test_pipeline_config_errors_name_the_problem():
         pipeline_config_from_dict({**TINY, "profile": {"macs_at": [[1024]]}}, Path("."), "x.yaml")
 
 
-@pytest.mark.parametrize("name", ["pipeline_adl_demo.yaml", "pipeline_adl_cityscapes.yaml"])
+@pytest.mark.parametrize("name", ["autodeeplab_demo_pipeline.yaml", "autodeeplab_cityscapes_pipeline.yaml"])
 def test_shipped_adl_pipeline_configs_validate(name):
     from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
     from nasdeploy.utils.yamlconfig import from_dict

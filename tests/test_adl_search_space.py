@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nasdeploy.genotypes import ADL_PRIMITIVES
+from nasdeploy.genotypes import AUTODEEPLAB_PRIMITIVES
 from nasdeploy.nets import build_network
 from nasdeploy.spaces.autodeeplab_decode import (
     beta_probabilities,
@@ -148,7 +148,7 @@ def test_viterbi_is_not_greedy():
 def test_decode_cell_top2_never_none():
     blocks = 2
     alphas = np.zeros((5, 8))
-    none, sep3, atr5, skip = (ADL_PRIMITIVES.index(n) for n in ("none", "sep_conv_3x3", "atrous_conv_5x5", "skip_connect"))
+    none, sep3, atr5, skip = (AUTODEEPLAB_PRIMITIVES.index(n) for n in ("none", "sep_conv_3x3", "atrous_conv_5x5", "skip_connect"))
     alphas[0, none] = 50.0  # dominated by 'none': weak once 'none' is excluded
     alphas[1, sep3] = 3.0
     # block 2 (edges 2..4 read states 0, 1, 2): state 1 is all 'none', so the two kept are states 0 and 2
@@ -173,10 +173,10 @@ def test_search_cell_ops_are_the_static_nets_ops(supernet):
     # A known port bug: searching with DARTS's depthwise dil_conv, then deploying dense atrous convs.
     from nasdeploy.nets.autodeeplab import AutoDeepLabCell
     from nasdeploy.ops import AtrousConv
-    from nasdeploy.ops.cnn import SepConv
+    from nasdeploy.ops.darts_cnn import SepConv
 
     edge = next(iter(supernet.cells.values())).edges[0]
-    assert edge.primitives == ADL_PRIMITIVES
+    assert edge.primitives == AUTODEEPLAB_PRIMITIVES
     by_name = dict(zip(edge.primitives, edge._ops))
     assert isinstance(by_name["atrous_conv_3x3"], AtrousConv) and by_name["atrous_conv_3x3"].conv.groups == 1
     assert isinstance(by_name["sep_conv_5x5"], SepConv)

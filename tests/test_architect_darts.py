@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.step import classification_loss as loss_fn
-from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def setup():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     # Larger alphas than the 1e-3 default so that the alpha gradients are not tiny.
-    model = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2, num_classes=3, alpha_init_scale=0.3).double()
+    model = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2, num_classes=3, alpha_init_scale=0.3).double()
     opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     batches = [(torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (4,))) for _ in range(3)]
     opt.zero_grad()

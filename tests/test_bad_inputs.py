@@ -17,10 +17,10 @@ import torch
 from nasdeploy.cli.main import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO_SEARCH = str(CONFIGS / "demo_search.yaml")
-DEMO_TRAIN = str(CONFIGS / "demo_train.yaml")
-ADL_SEARCH = str(CONFIGS / "adl_demo_search.yaml")
-RNN_DEMO = str(CONFIGS / "rnn_demo.yaml")
+DEMO_SEARCH = str(CONFIGS / "darts_cnn_demo_search.yaml")
+DEMO_TRAIN = str(CONFIGS / "darts_cnn_demo_train.yaml")
+ADL_SEARCH = str(CONFIGS / "autodeeplab_demo_search.yaml")
+RNN_DEMO = str(CONFIGS / "darts_rnn_demo_pipeline.yaml")
 
 
 class _Reduce:
@@ -114,11 +114,11 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("train-zero-epochs", None, ["train", "--genotype", "DARTS_V2", "--config", DEMO_TRAIN, "--out", "run", "train.epochs=0"], ["epochs"]),
     ("train-rnn-genotype-for-cnn", None, ["train", "--genotype", "DARTS_V2_RNN", "--config", DEMO_TRAIN, "--out", "run"], ["rnn_cell"]),
     # datasets
-    ("cifar-missing-dir", None, ["search", "--config", str(CONFIGS / "darts_cifar10_search.yaml"), "--data-dir",
+    ("cifar-missing-dir", None, ["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"), "--data-dir",
                                  "no_such_dir", "--out", "run"], ["no_such_dir"]),
-    ("cifar-empty-dir", _empty_dir, ["search", "--config", str(CONFIGS / "darts_cifar10_search.yaml"), "--data-dir", "{X}",
+    ("cifar-empty-dir", _empty_dir, ["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"), "--data-dir", "{X}",
                                      "--out", "run"], ["emptydir"]),
-    ("cifar-pickle-runs-code", _cifar_dir(_Reduce()), ["search", "--config", str(CONFIGS / "darts_cifar10_search.yaml"),
+    ("cifar-pickle-runs-code", _cifar_dir(_Reduce()), ["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"),
                                                         "--data-dir", "{X}", "--out", "run"], ["data_batch_1"]),
     # checkpoints
     ("export-checkpoint-missing", None, ["export", "DARTS_V2", "--net", "cifar", "--checkpoint", "nope.pt", "--out", "e"], ["nope.pt"]),

@@ -10,7 +10,7 @@ from nasdeploy.export.batchnorm_fold import fold_batchnorm, remaining_batchnorms
 from nasdeploy.export.untrained import randomize_bn_statistics_
 from nasdeploy.genotypes import get_genotype
 from nasdeploy.nets import build_network
-from nasdeploy.ops.cnn import FactorizedReduce, SepConv
+from nasdeploy.ops.darts_cnn import FactorizedReduce, SepConv
 
 
 @pytest.mark.parametrize("name", ["DARTS_V2", "NASNet", "AmoebaNet", "PNAS"])

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.genotypes.autodeeplab import ADL_CELL_OPS, ADL_PRIMITIVES, ADL_PUBLISHED_COSTS, AUTODEEPLAB, \
-    make_adl_genotype
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_CELL_OPS, AUTODEEPLAB_PRIMITIVES, AUTODEEPLAB_PUBLISHED_COSTS, AUTODEEPLAB, \
+    make_autodeeplab_genotype
 from nasdeploy.nets.autodeeplab import AutoDeepLabNet
 from nasdeploy.profile import model_complexity
 from nasdeploy.profile import autodeeplab_cost_table_build as act
@@ -35,12 +35,12 @@ def random_genotype(rng, blocks, layers):
     cell = []
     for i in range(blocks):
         for k in sorted(rng.choice(2 + i, 2, replace=False)):
-            cell.append((ADL_CELL_OPS[rng.integers(len(ADL_CELL_OPS))], int(k)))
+            cell.append((AUTODEEPLAB_CELL_OPS[rng.integers(len(AUTODEEPLAB_CELL_OPS))], int(k)))
     path, level = [], 0
     for _ in range(layers):
         level = int(np.clip(level + rng.integers(-1, 2), 0, 3))
         path.append(level)
-    return make_adl_genotype(cell, path)
+    return make_autodeeplab_genotype(cell, path)
 
 
 def all_paths(layers):
@@ -57,7 +57,7 @@ def all_paths(layers):
 
 def all_cells(blocks):
     per_block = [[((a, i), (b, j)) for i, j in itertools.combinations(range(2 + t), 2)
-                  for a, b in itertools.product(ADL_CELL_OPS, ADL_CELL_OPS)] for t in range(blocks)]
+                  for a, b in itertools.product(AUTODEEPLAB_CELL_OPS, AUTODEEPLAB_CELL_OPS)] for t in range(blocks)]
     for combo in itertools.product(*per_block):
         yield tuple(edge for pair in combo for edge in pair)
 
@@ -84,7 +84,7 @@ def test_table_cost_is_the_profilers_count(spec):
 def test_published_network_at_1024x2048_matches_its_recorded_count(tmp_path, monkeypatch):
     spec = act.AutoDeepLabNetSpec()  # Auto-DeepLab-S: F=20, 12 layers, dense heads, 1024x2048
     table = act.build_or_load_autodeeplab_cost_table(spec, cache_dir=tmp_path)
-    assert table.genotype_cost(AUTODEEPLAB) == ADL_PUBLISHED_COSTS["segmentation"]["S"]["macs"]
+    assert table.genotype_cost(AUTODEEPLAB) == AUTODEEPLAB_PUBLISHED_COSTS["segmentation"]["S"]["macs"]
 
     def fail(*args, **kwargs):
         raise AssertionError("rebuilt although cached")
@@ -118,9 +118,9 @@ def test_expected_cost_is_the_exhaustive_expectation(tiny):
         prob = 1.0
         for k, (op, source) in enumerate(cell):
             block = k // 2
-            prob *= p_op[sum(2 + i for i in range(block)) + source, ADL_CELL_OPS.index(op)]
+            prob *= p_op[sum(2 + i for i in range(block)) + source, AUTODEEPLAB_CELL_OPS.index(op)]
         prob /= comb(2, 2) * comb(3, 2)
-        expected += prob * sum(pp * tiny.genotype_cost(make_adl_genotype(cell, path))
+        expected += prob * sum(pp * tiny.genotype_cost(make_autodeeplab_genotype(cell, path))
                                for pp, path in zip(path_prob, paths))
     assert float(tiny.expected_cost(alphas, betas)) == pytest.approx(expected, rel=1e-10)
 
@@ -143,7 +143,7 @@ def brute_force(table, alphas, betas, budget):
     """Best (score, cost, genotype) over every cell x path; a genotype's cost by walking its path."""
     cells = list(all_cells(table.blocks))
     log_w = np.log(softmax(alphas))
-    index = [(sum(2 + i for i in range(k // 2)) + src, ADL_PRIMITIVES.index(op)) for cell in cells
+    index = [(sum(2 + i for i in range(k // 2)) + src, AUTODEEPLAB_PRIMITIVES.index(op)) for cell in cells
              for k, (op, src) in enumerate(cell)]
     rows, cols = np.array(index).T.reshape(2, len(cells), -1)
     cell_score = log_w[rows, cols].sum(axis=1)
@@ -157,7 +157,7 @@ def brute_force(table, alphas, betas, budget):
         if ok.any():
             k = int(np.argmax(np.where(ok, score, -np.inf)))
             if best is None or score[k] > best[0]:
-                best = (float(score[k]), float(cost[k]), make_adl_genotype(cells[k], path))
+                best = (float(score[k]), float(cost[k]), make_autodeeplab_genotype(cells[k], path))
     return best
 
 

@@ -30,7 +30,7 @@ def run_cli(args, capsys):
 
 def test_search_then_train_through_the_cli(tmp_path, capsys):
     search_dir, train_dir = tmp_path / "search", tmp_path / "train"
-    code, out, err = run_cli(["search", "--config", str(CONFIGS / "demo_search.yaml"), "--out", str(search_dir),
+    code, out, err = run_cli(["search", "--config", str(CONFIGS / "darts_cnn_demo_search.yaml"), "--out", str(search_dir),
                               "--no-progress", *SEARCH_TINY], capsys)
     assert code == 0, err
     assert "genotype (1/1 epochs)" in out
@@ -43,7 +43,7 @@ def test_search_then_train_through_the_cli(tmp_path, capsys):
     code, out, _ = run_cli(["search", "--out", str(search_dir), "--no-progress"], capsys)
     assert code == 0 and "is finished; nothing to do" in out
 
-    code, out, err = run_cli(["train", "--genotype", str(search_dir), "--config", str(CONFIGS / "demo_train.yaml"),
+    code, out, err = run_cli(["train", "--genotype", str(search_dir), "--config", str(CONFIGS / "darts_cnn_demo_train.yaml"),
                               "--out", str(train_dir), "--no-progress", *TRAIN_TINY], capsys)
     assert code == 0, err
     final = json.loads((train_dir / "done.json").read_text())
@@ -53,12 +53,12 @@ def test_search_then_train_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["search", "--config", "no/such.yaml"], "error: config file not found: no/such.yaml"),
-    (["search", "--config", str(CONFIGS / "demo_search.yaml"), "search.epoch=2"],
+    (["search", "--config", str(CONFIGS / "darts_cnn_demo_search.yaml"), "search.epoch=2"],
      "error: unknown config key 'search.epoch'; did you mean 'search.epochs'?"),
-    (["search", "--config", str(CONFIGS / "darts_cifar10_search.yaml"), "--data-dir", "/nonexistent/cifar"],
+    (["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"), "--data-dir", "/nonexistent/cifar"],
      "error: CIFAR-10 data directory does not exist: /nonexistent/cifar"),
     (["search"], "error: give --config FILE"),
-    (["train", "--config", str(CONFIGS / "demo_train.yaml"), "--genotype", "DARTS_V3"], "error: "),
+    (["train", "--config", str(CONFIGS / "darts_cnn_demo_train.yaml"), "--genotype", "DARTS_V3"], "error: "),
 ])
 def test_bad_input_gives_one_line_errors(tmp_path, capsys, args, message):
     code, _, err = run_cli(args + ["--out", str(tmp_path / "run")] if "--out" not in args else args, capsys)

@@ -19,7 +19,7 @@ from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.cost import ExpectedCost
 from nasdeploy.search.darts_cnn_loop import run_search
 from nasdeploy.search.step import classification_loss
-from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 from nasdeploy.utils.yamlconfig import load_config
 
@@ -111,7 +111,7 @@ def test_supernet_mismatch_is_one_line_error(table):
 
 def _architect_setup(cost, order):
     torch.manual_seed(0)
-    model = DartsSupernet(channels=4, num_classes=3, layers=3, steps=4, multiplier=4, mixed_op="reference").double()
+    model = DartsCnnSupernet(channels=4, num_classes=3, layers=3, steps=4, multiplier=4, mixed_op="reference").double()
     w_opt = torch.optim.SGD(model.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
     arch = Architect(model, classification_loss, w_opt, ArchitectConfig(order=order), cost=cost)
     g = torch.Generator().manual_seed(2)

@@ -169,7 +169,7 @@ def test_defaults_and_shipped_sizes_still_validate():
 
 def test_cli_names_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["search", "--config", "configs/demo_search.yaml", "--out", str(tmp_path / "r"), "search.lr=.nan"])
+        main(["search", "--config", "configs/darts_cnn_demo_search.yaml", "--out", str(tmp_path / "r"), "search.lr=.nan"])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: ") and "search.lr must be a finite number, got nan" in err[0]

@@ -93,7 +93,7 @@ def test_a_second_search_into_the_same_directory_is_refused_while_the_first_runs
     import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "nasdeploy", "search", "--config", str(CONFIGS / "demo_search.yaml"), "--out", str(out),
+    cmd = [sys.executable, "-m", "nasdeploy", "search", "--config", str(CONFIGS / "darts_cnn_demo_search.yaml"), "--out", str(out),
            "--no-progress", "search.epochs=2"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -115,7 +115,7 @@ def test_a_refused_run_leaves_no_directory(tmp_path):
     from nasdeploy.utils.yamlconfig import load_config
     from nasdeploy.search.darts_cnn_loop import run_search
 
-    config = load_config(DartsCnnSearchConfig, CONFIGS / "demo_search.yaml", ["search.batch_size=100000"])
+    config = load_config(DartsCnnSearchConfig, CONFIGS / "darts_cnn_demo_search.yaml", ["search.batch_size=100000"])
     with pytest.raises(ConfigError, match="fewer than one batch"):
         run_search(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

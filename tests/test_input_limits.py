@@ -37,7 +37,7 @@ from nasdeploy.utils.yamlconfig import parse_yaml
 # The package under test (the checkout pytest imported), so the cases can be pointed at another checkout.
 SOURCE = Path(nasdeploy.__file__).resolve().parents[1]
 CONFIGS = SOURCE / "configs"
-DEMO_SEARCH = str(CONFIGS / "demo_search.yaml")
+DEMO_SEARCH = str(CONFIGS / "darts_cnn_demo_search.yaml")
 ADDRESS_SPACE = 4_000_000 * 1024  # ulimit -v 4000000 (KiB)
 # Keep a search that does start (the original code, in the lock case) to a few seconds.
 TINY_SEARCH = ["--no-progress", "data.demo_train_size=16", "search.epochs=1", "search.batch_size=4",
@@ -149,10 +149,10 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str], dict[
     ("demo-dataset-10**12-images", None, ["search", "--config", DEMO_SEARCH, "--out", "run",
                                           "data.demo_train_size=1000000000000"],
      ["data.demo_train_size", "generated_data_bytes"], {}),
-    ("segmentation-dataset-10**12-images", None, ["search", "--config", str(CONFIGS / "adl_demo_search.yaml"),
+    ("segmentation-dataset-10**12-images", None, ["search", "--config", str(CONFIGS / "autodeeplab_demo_search.yaml"),
                                                   "--out", "run", "data.num_train=1000000000000"],
      ["data.num_train", "generated_data_bytes"], {}),
-    ("text-corpus-10**12-sentences", None, ["search", "--config", str(CONFIGS / "rnn_demo_search.yaml"), "--out",
+    ("text-corpus-10**12-sentences", None, ["search", "--config", str(CONFIGS / "darts_rnn_demo_search.yaml"), "--out",
                                             "run", "data.demo_train_sentences=1000000000000"],
      ["data.demo_train_sentences", "generated_data_bytes"], {}),
     ("data-image-size-100000", None, ["search", "--config", DEMO_SEARCH, "--out", "run", "data.image_size=100000"],

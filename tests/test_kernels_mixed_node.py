@@ -336,15 +336,15 @@ def test_fused_mixer_updates_running_statistics_like_batchnorm(ext, momentum):
 
 def test_fused_mixer_on_auto_deeplab_edges(ext, one_thread):
     """Another op family (dense atrous convs): folded where the op has the ReLU..BN shape, else raw."""
-    from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES
-    from nasdeploy.ops.autodeeplab import build_adl_op
+    from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES
+    from nasdeploy.ops.autodeeplab import build_autodeeplab_op
     from nasdeploy.spaces.fused_mixer import make_fused_mixer
 
     torch.manual_seed(0)
-    edges_ref = nn.ModuleList(MixedEdge(ADL_PRIMITIVES, 4, 1, build_adl_op) for _ in range(3))
+    edges_ref = nn.ModuleList(MixedEdge(AUTODEEPLAB_PRIMITIVES, 4, 1, build_autodeeplab_op) for _ in range(3))
     edges_fused = copy.deepcopy(edges_ref)
     xs = [torch.randn(2, 4, 9, 9) for _ in range(3)]
-    alphas = torch.randn(3, len(ADL_PRIMITIVES))
+    alphas = torch.randn(3, len(AUTODEEPLAB_PRIMITIVES))
     results = []
     for mixer, edges in ((mix_node_reference, edges_ref), (make_fused_mixer(), edges_fused)):
         leaves = [x.clone().requires_grad_(True) for x in xs] + [alphas.clone().requires_grad_(True)]
@@ -424,14 +424,14 @@ def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monk
 def test_search_step_fused_and_reference_give_the_same_alphas(ext, one_thread, order):
     from nasdeploy.search.architect import Architect, ArchitectConfig
     from nasdeploy.search.step import classification_loss, search_step
-    from nasdeploy.spaces.darts_cnn import DartsSupernet
+    from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(2)]
     states = {}
     for impl in ("reference", "fused"):
         torch.manual_seed(0)  # same initial weights and alphas
-        model = DartsSupernet(channels=4, layers=3, steps=4, multiplier=4, alpha_init_scale=0.5, mixed_op=impl)
+        model = DartsCnnSupernet(channels=4, layers=3, steps=4, multiplier=4, alpha_init_scale=0.5, mixed_op=impl)
         assert model.mixed_op == impl
         params = model.weight_parameters()
         opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=3e-4)

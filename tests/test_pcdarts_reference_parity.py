@@ -18,7 +18,7 @@ import torch
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.step import classification_loss
-from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -52,9 +52,9 @@ def ref() -> dict:
     return torch.load(FIXTURES / "pcdarts_reference_supernet.pt", weights_only=True)
 
 
-def build(ref: dict, mixed_op: str) -> tuple[DartsSupernet, torch.optim.Optimizer]:
+def build(ref: dict, mixed_op: str) -> tuple[DartsCnnSupernet, torch.optim.Optimizer]:
     s = ref["settings"]
-    model = DartsSupernet(channels=s["channels"], num_classes=s["num_classes"], layers=s["layers"], steps=s["steps"],
+    model = DartsCnnSupernet(channels=s["channels"], num_classes=s["num_classes"], layers=s["layers"], steps=s["steps"],
                           multiplier=s["multiplier"], partial_channels=s["partial_channels"],
                           mixed_op=mixed_op).double()
     shapes = [(n, list(shape)) for n, shape in ref["parameter_shapes"]]

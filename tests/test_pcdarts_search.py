@@ -33,7 +33,7 @@ def test_partial_channels_is_checked_at_load(override, match):
 
 
 def test_bad_partial_channels_is_one_error_line_and_exit_2(tmp_path):
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo_search.yaml"  # model.channels: 8
+    config = Path(__file__).resolve().parents[1] / "configs" / "darts_cnn_demo_search.yaml"  # model.channels: 8
     proc = subprocess.run([sys.executable, "-m", "nasdeploy", "search", "--config", str(config),
                            "--out", str(tmp_path / "run"), "model.partial_channels=3"],
                           capture_output=True, text=True, timeout=120)

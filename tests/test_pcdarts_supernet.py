@@ -13,7 +13,7 @@ from nasdeploy.kernels.build import compiler_available
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.step import classification_loss
 from nasdeploy.spaces import mixer_table
-from nasdeploy.spaces.darts_cnn import DartsSupernet, num_edges
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet, num_edges
 from nasdeploy.spaces.mixing import mix_node_reference
 from nasdeploy.spaces.partial_channels import node_softmax, shuffle_concat
 
@@ -29,10 +29,10 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def test_betas_are_parameters_in_the_state_dict_only_with_partial_channels():
-    plain = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2)
+    plain = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2)
     assert plain.betas_normal is None and len(plain.arch_parameters()) == 2
     assert not [k for k in plain.state_dict() if k.startswith("betas_")]
-    pc = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4)
+    pc = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4)
     state = pc.state_dict()
     assert state["betas_normal"].shape == state["betas_reduce"].shape == (num_edges(2),)
     arch = {id(p) for p in pc.arch_parameters()}
@@ -43,15 +43,15 @@ def test_betas_are_parameters_in_the_state_dict_only_with_partial_channels():
 
 def test_partial_channels_one_is_plain_darts_bit_for_bit():
     torch.manual_seed(3)
-    a = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2, mixed_op="reference")
+    a = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2, mixed_op="reference")
     torch.manual_seed(3)
-    b = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2, mixed_op="reference", partial_channels=1)
+    b = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2, mixed_op="reference", partial_channels=1)
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(a(x), b(x))
 
 
 def test_ops_run_on_a_quarter_of_the_channels():
-    model = DartsSupernet(channels=16, layers=3, steps=2, multiplier=2, partial_channels=4)
+    model = DartsCnnSupernet(channels=16, layers=3, steps=2, multiplier=2, partial_channels=4)
     widths = [{edge._ops[4].op[1].in_channels for edge in cell._ops} for cell in model.cells]
     assert widths == [{4}, {8}, {16}]  # sep_conv_3x3's depthwise conv: C/4, 2C/4, 4C/4 (cells 1, 2 reduce)
 
@@ -84,7 +84,7 @@ def test_narrow_strided_nodes_reach_the_kernel_in_nchw(monkeypatch):
         return real(xs, strides, zs, *args)
 
     monkeypatch.setattr(fused_mixer, "mixed_node", spy)
-    model = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="fused")
+    model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="fused")
     F.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
     assert (2, False, False) in seen  # narrow stride-1 nodes run channels-last ...
     assert all(nchw for c, strided, nchw in seen if strided and c < 8)  # ... narrow strided ones in NCHW
@@ -113,7 +113,7 @@ def pc_darts_edge(edge, x, weights, groups):
 @pytest.mark.parametrize("groups", [2, 4])
 def test_cell_equals_the_edge_by_edge_definition(mixed_op, groups):
     torch.manual_seed(1)
-    model = DartsSupernet(channels=8, layers=3, steps=3, multiplier=2, partial_channels=groups, mixed_op=mixed_op,
+    model = DartsCnnSupernet(channels=8, layers=3, steps=3, multiplier=2, partial_channels=groups, mixed_op=mixed_op,
                           alpha_init_scale=1.0).double()
     for cell in model.cells:
         alphas = model.alphas_reduce if cell.reduction else model.alphas_normal
@@ -145,7 +145,7 @@ def test_the_mixer_gets_the_partial_channels_once_per_node(monkeypatch):
         return mix_node_reference(inputs, edges, weights)
 
     monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda: spy}))
-    model = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="spy_for_test")
+    model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="spy_for_test")
     model(torch.randn(2, 3, 8, 8))
     assert calls == [(2, 2), (2, 2, 2), (4, 4), (4, 4, 4), (8, 8), (8, 8, 8)]  # C, 2C, 4C over K = 4
 
@@ -153,19 +153,19 @@ def test_the_mixer_gets_the_partial_channels_once_per_node(monkeypatch):
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True])
 def test_partial_channels_must_be_a_positive_integer(bad):
     with pytest.raises(ConfigError, match="partial_channels must be an integer >= 1"):
-        DartsSupernet(channels=8, layers=3, partial_channels=bad)
+        DartsCnnSupernet(channels=8, layers=3, partial_channels=bad)
 
 
 def test_channels_must_be_divisible_by_partial_channels():
     with pytest.raises(ConfigError, match=r"channels \(6\) must be divisible by partial_channels \(4\)"):
-        DartsSupernet(channels=6, layers=3, partial_channels=4)
+        DartsCnnSupernet(channels=6, layers=3, partial_channels=4)
 
 
 @pytest.mark.parametrize("mixed_op", MIXERS)
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_architect_steps_update_alphas_and_betas(mixed_op, order):
     torch.manual_seed(0)
-    model = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, num_classes=3, partial_channels=4,
+    model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, num_classes=3, partial_channels=4,
                           mixed_op=mixed_op)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9)
     architect = Architect(model, classification_loss, w_opt, ArchitectConfig(order=order, lr=0.01))
@@ -181,7 +181,7 @@ def test_architect_steps_update_alphas_and_betas(mixed_op, order):
 
 def test_genotype_uses_the_betas():
     torch.manual_seed(0)
-    model = DartsSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=2, alpha_init_scale=1.0)
+    model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=2, alpha_init_scale=1.0)
     with torch.no_grad():
         model.alphas_normal.zero_()
         model.alphas_normal[:, 4] = 1.0  # every edge's best op is sep_conv_3x3, all edges equally strong
@@ -197,7 +197,7 @@ def test_genotype_uses_the_betas():
 def test_a_narrow_factorized_reduce_preprocess_gets_nchw_input():
     """Narrow stride-1 nodes run channels-last, so a cell output can be channels-last: a 2-7 channel
     FactorizedReduce preprocess after it must still get NCHW on the CPU (nasdeploy.ops.layout)."""
-    model = DartsSupernet(channels=2, layers=3, steps=2, multiplier=2, mixed_op="fused")
+    model = DartsCnnSupernet(channels=2, layers=3, steps=2, multiplier=2, mixed_op="fused")
     cell = model.cells[2]
     assert cell.preprocess0.conv_1.in_channels == 4  # cell 0's output: 2 nodes of 2 channels
     seen: list[bool] = []
@@ -214,7 +214,7 @@ def test_cuda_fused_pc_darts_matches_the_reference_path():
     x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
     for mixed_op in ("reference", "fused"):
         torch.manual_seed(0)
-        model = DartsSupernet(channels=16, layers=5, partial_channels=4, mixed_op=mixed_op, alpha_init_scale=0.5)
+        model = DartsCnnSupernet(channels=16, layers=5, partial_channels=4, mixed_op=mixed_op, alpha_init_scale=0.5)
         model = model.double().cuda()
         loss = F.cross_entropy(model(x.cuda()), y.cuda())
         logits.append(loss.detach())

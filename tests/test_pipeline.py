@@ -111,7 +111,7 @@ def test_builtin_demo_config_loads_and_validates():
     from_dict(DartsCnnTrainConfig, cfg.train)
 
 
-@pytest.mark.parametrize("name", ["pipeline_cifar10.yaml", "pipeline_imagenet_mobile.yaml"])
+@pytest.mark.parametrize("name", ["darts_cnn_cifar10_pipeline.yaml", "darts_cnn_imagenet_mobile_pipeline.yaml"])
 def test_shipped_pipeline_configs_validate(name):
     from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
     from nasdeploy.utils.yamlconfig import from_dict

@@ -17,9 +17,9 @@ from nasdeploy.nets import build_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.darts_rnn_architect import RecurrentArchitect, clip_coefficient
 from nasdeploy.search.step import classification_loss
-from nasdeploy.spaces.darts_cnn import DartsSupernet
-from nasdeploy.spaces.darts_rnn import RNNSearchModel
-from nasdeploy.tasks.language_model import LMBatch, architect_loss
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
+from nasdeploy.spaces.darts_rnn import DartsRnnSupernet
+from nasdeploy.tasks.language_model import LanguageModelBatch, architect_loss
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RTOL = 1e-10
@@ -84,7 +84,7 @@ def test_reference_amoebanet_checkpoint_exports_with_onnx_parity(tmp_path):
 def cnn_setup():
     ref = load("darts_reference_cnn_supernet.pt")
     s = ref["settings"]
-    model = DartsSupernet(channels=s["channels"], num_classes=s["num_classes"], layers=s["layers"],
+    model = DartsCnnSupernet(channels=s["channels"], num_classes=s["num_classes"], layers=s["layers"],
                           steps=s["steps"], multiplier=s["multiplier"]).double()
     shapes = [(n, list(shape)) for n, shape in ref["parameter_shapes"]]
     weights = seeded_tensors(shapes, **s["weights"])
@@ -131,7 +131,7 @@ def test_cnn_alpha_gradients_match_reference(cnn_setup, order):
 def rnn_setup(clip: float | None = None):
     ref = load("darts_reference_rnn_supernet.pt")
     s = ref["settings"]
-    model = RNNSearchModel(s["ntokens"], emsize=s["emsize"], nhid=s["nhid"], steps=s["steps"], dropout=0.0,
+    model = DartsRnnSupernet(s["ntokens"], emsize=s["emsize"], nhid=s["nhid"], steps=s["steps"], dropout=0.0,
                            dropouth=0.0, dropoutx=0.0, dropouti=0.0, dropoute=0.0).double()
     ours = {n: p for n, p in model.named_parameters() if n != "alphas"}
     assert set(ours) == set(ref["params"]), "recurrent supernet parameter names differ from the reference's"
@@ -141,8 +141,8 @@ def rnn_setup(clip: float | None = None):
         model.alphas.copy_(ref["alphas"])
     model.train()
     opt = torch.optim.SGD(model.weight_parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    train = LMBatch(ref["x_train"], ref["y_train"], ref["hidden_train"], seed=0)
-    val = LMBatch(ref["x_valid"], ref["y_valid"], ref["hidden_valid"], seed=1)
+    train = LanguageModelBatch(ref["x_train"], ref["y_train"], ref["hidden_train"], seed=0)
+    val = LanguageModelBatch(ref["x_valid"], ref["y_valid"], ref["hidden_valid"], seed=1)
     architect = RecurrentArchitect(model, architect_loss, opt, ArchitectConfig(order="second"),
                                    clip=s["clip"] if clip is None else clip)
     return model, opt, architect, train, val, ref

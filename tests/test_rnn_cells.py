@@ -11,10 +11,10 @@ import torch
 
 from nasdeploy.errors import ConfigError, GenotypeError
 from nasdeploy.genotypes import RecurrentGenotype
-from nasdeploy.nets.rnn import DARTSCell, build_rnn_lm
+from nasdeploy.nets.darts_rnn import DARTSCell, build_darts_rnn_network
 from nasdeploy.profile.darts_rnn import analytic_macs_per_token, count_macs_per_token
-from nasdeploy.ops.rnn import LockedDropout, embedded_dropout
-from nasdeploy.spaces.darts_rnn import DARTSCellSearch, RNNSearchModel
+from nasdeploy.ops.darts_rnn import LockedDropout, embedded_dropout
+from nasdeploy.spaces.darts_rnn import DARTSCellSearch, DartsRnnSupernet
 
 
 def sig(v: float) -> float:
@@ -96,7 +96,7 @@ def test_search_cell_mixing_equals_per_op_reference():
 
 
 def test_search_model_alphas_are_parameters_of_the_published_shape():
-    model = RNNSearchModel(50, emsize=8, nhid=8)
+    model = DartsRnnSupernet(50, emsize=8, nhid=8)
     assert tuple(model.alphas.shape) == (36, 5)
     assert "alphas" in model.state_dict()
     assert [id(p) for p in model.arch_parameters()] == [id(model.alphas)]
@@ -107,7 +107,7 @@ def test_search_model_alphas_are_parameters_of_the_published_shape():
 
 
 def test_darts_v2_published_size_parameter_count():
-    model = build_rnn_lm("DARTS_V2_RNN", 10000)  # emsize = nhid = 850
+    model = build_darts_rnn_network("DARTS_V2_RNN", 10000)  # emsize = nhid = 850
     n = sum(p.numel() for p in model.parameters())
     embedding, decoder_bias = 10000 * 850, 10000  # decoder weight is tied to the embedding
     w0, ws = (850 + 850) * 2 * 850, 8 * 850 * 2 * 850
@@ -119,13 +119,13 @@ def test_darts_v2_published_size_parameter_count():
 
 
 def test_macs_per_token_flop_counter_matches_closed_form():
-    model = build_rnn_lm("DARTS_V1_RNN", 37, emsize=12, nhid=12)
+    model = build_darts_rnn_network("DARTS_V1_RNN", 37, emsize=12, nhid=12)
     assert count_macs_per_token(model, seq_len=5, batch_size=3) == analytic_macs_per_token(12, 12, 8, 37)
     assert analytic_macs_per_token(850, 850, 8, 10000) == 22_950_000
 
 
 def test_language_model_shapes_eval_determinism_and_hidden_carry():
-    model = build_rnn_lm("DARTS_V2_RNN", 30, emsize=6, nhid=6).eval()
+    model = build_darts_rnn_network("DARTS_V2_RNN", 30, emsize=6, nhid=6).eval()
     tokens = torch.randint(0, 30, (7, 3))
     h = model.init_hidden(3)
     lp, h1 = model(tokens, h)
@@ -154,11 +154,11 @@ def test_locked_and_embedding_dropout_masks():
 
 def test_cell_rejects_unknown_ops_and_wrong_genotype_kinds():
     with pytest.raises(GenotypeError, match="wrong genotype kind"):
-        build_rnn_lm("DARTS_V2", 100)
+        build_darts_rnn_network("DARTS_V2", 100)
     with pytest.raises(ConfigError, match="emsize == nhid"):
-        build_rnn_lm("DARTS_V2_RNN", 100, emsize=10, nhid=12)
+        build_darts_rnn_network("DARTS_V2_RNN", 100, emsize=10, nhid=12)
     with pytest.raises(ConfigError, match="dropout"):
-        build_rnn_lm("DARTS_V2_RNN", 100, dropout=1.5)
+        build_darts_rnn_network("DARTS_V2_RNN", 100, dropout=1.5)
 
 
 REFERENCE_RNN_KEYS = json.loads((Path(__file__).parent / "fixtures" / "darts_reference_rnn_keys.json").read_text("utf-8"))
@@ -168,13 +168,13 @@ REFERENCE_RNN_KEYS = json.loads((Path(__file__).parent / "fixtures" / "darts_ref
 def test_recurrent_lm_keys_and_shapes_equal_the_reference(name):
     # Includes ENAS_RNN (11 nodes, concat of 6 nodes): a reference checkpoint maps one to one.
     s = REFERENCE_RNN_KEYS["settings"]
-    model = build_rnn_lm(name, s["ntokens"], emsize=s["emsize"], nhid=s["nhid"])
+    model = build_darts_rnn_network(name, s["ntokens"], emsize=s["emsize"], nhid=s["nhid"])
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == REFERENCE_RNN_KEYS["models"][name]
 
 
 @pytest.mark.parametrize("build", [
-    lambda: build_rnn_lm("DARTS_V2_RNN", 2000, emsize=16, nhid=16),
-    lambda: RNNSearchModel(2000, emsize=16, nhid=16, steps=2),
+    lambda: build_darts_rnn_network("DARTS_V2_RNN", 2000, emsize=16, nhid=16),
+    lambda: DartsRnnSupernet(2000, emsize=16, nhid=16, steps=2),
 ])
 def test_embedding_and_tied_decoder_init_is_the_reference_uniform_004(build):
     # The reference initialises encoder (= tied decoder) weights U(-0.04, 0.04), like the cell matrices.

@@ -10,7 +10,7 @@ import pytest
 from nasdeploy.cli.main import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SEARCH, TRAIN = str(CONFIGS / "rnn_demo_search.yaml"), str(CONFIGS / "rnn_demo_train.yaml")
+SEARCH, TRAIN = str(CONFIGS / "darts_rnn_demo_search.yaml"), str(CONFIGS / "darts_rnn_demo_train.yaml")
 
 
 def run(argv, capsys):

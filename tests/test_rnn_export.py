@@ -15,7 +15,7 @@ from nasdeploy.errors import ExportError
 from nasdeploy.export.darts_rnn import check_darts_rnn_parity, export_darts_rnn_onnx, export_darts_rnn_target
 from nasdeploy.export.parity import NonFiniteOutputError, ToleranceError
 from nasdeploy.genotypes import genotype_to_dict, get_genotype
-from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm, load_rnn_lm
+from nasdeploy.nets.darts_rnn import NET_NAME, build_darts_rnn_network, load_darts_rnn_network
 from nasdeploy.profile.darts_rnn import profile_darts_rnn
 from nasdeploy.utils.ort import ort_session
 
@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     """A train-format checkpoint exported by `nasdeploy export CHECKPOINT` (dynamic batch, parity at batch 2 and 4)."""
     root = tmp_path_factory.mktemp("darts_rnn_export")
     torch.manual_seed(0)
-    model = build_rnn_lm("DARTS_V2_RNN", NTOKENS, emsize=NHID, nhid=NHID)
+    model = build_darts_rnn_network("DARTS_V2_RNN", NTOKENS, emsize=NHID, nhid=NHID)
     save_meta = {"genotype": genotype_to_dict(get_genotype("DARTS_V2_RNN")), "net": NET_NAME,
                  "net_kwargs": model.default_cfg.to_dict(), "epoch": 1}
     from nasdeploy.utils.checkpoint import save_checkpoint
@@ -61,7 +61,7 @@ def test_export_folder_reports_and_graph_interface(exported):
 
 
 def test_onnx_windows_chained_match_one_long_pytorch_sequence(exported):
-    model = load_rnn_lm(exported / "best.pt")
+    model = load_darts_rnn_network(exported / "best.pt")
     session = ort_session(exported / "export" / "model.onnx")
     tokens = torch.randint(0, NTOKENS, (3 * SEQ_LEN, 3))
     ref_lp, ref_h = model(tokens, model.init_hidden(3))
@@ -75,7 +75,7 @@ def test_onnx_windows_chained_match_one_long_pytorch_sequence(exported):
 
 
 def test_parity_check_fails_loudly_and_typed_on_a_different_model(exported):
-    other = load_rnn_lm(exported / "best.pt")
+    other = load_darts_rnn_network(exported / "best.pt")
     with torch.no_grad():
         other.rnns[0]._Ws[3].mul_(1.5)
     with pytest.raises(ToleranceError, match="log_probs: max abs .* hidden_out: max abs") as info:
@@ -87,7 +87,7 @@ def test_parity_check_fails_loudly_and_typed_on_a_different_model(exported):
 
 
 def test_profile_counts_and_times_torch_and_onnx(exported):
-    model = load_rnn_lm(exported / "best.pt")
+    model = load_darts_rnn_network(exported / "best.pt")
     prof = profile_darts_rnn(model, seq_len=SEQ_LEN, batch_size=2, warmup=1, runs=3,
                              onnx_path=exported / "export" / "model.onnx")
     assert prof.params == sum(p.numel() for p in model.parameters())
@@ -102,13 +102,13 @@ def test_profile_command_takes_the_checkpoint_and_its_onnx_model(exported, tmp_p
                            "--json", str(tmp_path / "p.json")], capsys)
     assert code == 0, err
     (target,) = json.loads((tmp_path / "p.json").read_text())["targets"]
-    model = load_rnn_lm(exported / "best.pt")
+    model = load_darts_rnn_network(exported / "best.pt")
     assert target["params"] == sum(p.numel() for p in model.parameters()) and target["onnx_window"]["runs"] == 2
     assert "onnxruntime latency per token" in out
 
 
 def test_parity_report_uses_the_shared_cases_and_criterion(exported):
-    model = load_rnn_lm(exported / "best.pt")
+    model = load_darts_rnn_network(exported / "best.pt")
     report = check_darts_rnn_parity(model, exported / "export" / "model.onnx", seq_len=SEQ_LEN, batch_sizes=[1, 3],
                                     windows=2)
     assert report.ok and [c.input_shape for c in report.report.cases][::2] == [(SEQ_LEN, 1)] * 2 + [(SEQ_LEN, 3)] * 2
@@ -138,7 +138,7 @@ def test_parity_fails_on_non_finite_onnx_output(exported, monkeypatch):
             return [lp, h]
 
     monkeypatch.setattr(darts_rnn, "ort_session", NaNSession)
-    model = load_rnn_lm(exported / "best.pt")
+    model = load_darts_rnn_network(exported / "best.pt")
     path = exported / "export" / "model.onnx"
     report = check_darts_rnn_parity(model, path, seq_len=SEQ_LEN, batch_sizes=[2], windows=2, raise_on_fail=False)
     by_name = {o.name: o for o in report.outputs}
@@ -150,7 +150,7 @@ def test_parity_fails_on_non_finite_onnx_output(exported, monkeypatch):
 
 def test_export_api_result_and_static_batch_profile(tmp_path):
     torch.manual_seed(1)
-    model = build_rnn_lm("DARTS_V2_RNN", NTOKENS, emsize=NHID, nhid=NHID)
+    model = build_darts_rnn_network("DARTS_V2_RNN", NTOKENS, emsize=NHID, nhid=NHID)
     result = export_darts_rnn_onnx(model, tmp_path / "s.onnx", seq_len=SEQ_LEN, batch_size=1, windows=2)
     assert result.parity is not None and result.parity.ok and result.parity.batch_sizes == [1]
     assert result.file_bytes == (tmp_path / "s.onnx").stat().st_size

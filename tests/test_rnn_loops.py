@@ -10,11 +10,11 @@ import torch
 from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnTrainConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
-from nasdeploy.nets.rnn import load_rnn_lm
+from nasdeploy.nets.darts_rnn import load_darts_rnn_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.darts_rnn_loop import load_search_checkpoint_model, run_search
-from nasdeploy.spaces.darts_rnn import RNNSearchModel
-from nasdeploy.tasks.language_model import LMBatch, architect_loss
+from nasdeploy.spaces.darts_rnn import DartsRnnSupernet
+from nasdeploy.tasks.language_model import LanguageModelBatch, architect_loss
 from nasdeploy.train import darts_rnn_loop
 from nasdeploy.train.darts_rnn_loop import averaged_weights, run_training, should_switch_to_asgd
 from nasdeploy.utils.checkpoint import load_checkpoint
@@ -64,20 +64,20 @@ def test_search_writes_its_run_directory_and_resumes_bitwise(tmp_path, capsys):
 
 def test_architect_steps_the_alphas_with_fixed_dropout_masks():
     torch.manual_seed(0)
-    model = RNNSearchModel(20, emsize=6, nhid=6, steps=2)
+    model = DartsRnnSupernet(20, emsize=6, nhid=6, steps=2)
     weights = torch.optim.SGD(model.weight_parameters(), lr=1.0)
     architect = Architect(model, architect_loss, weights, ArchitectConfig(lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-3))
     x, y = torch.randint(0, 20, (5, 3)), torch.randint(0, 20, (5, 3))
-    batch = LMBatch(x, y, model.init_hidden(3), seed=7)
+    batch = LanguageModelBatch(x, y, model.init_hidden(3), seed=7)
     first = architect_loss(model, batch)
     assert architect_loss(model, batch).item() == first.item()  # same seed, same dropout masks
     assert batch.next_hidden is not None and batch.next_hidden.shape == (1, 3, 6)
     before = model.alphas.detach().clone()
-    architect.step(batch, LMBatch(x, y, model.init_hidden(3), seed=8), eta=1.0)
+    architect.step(batch, LanguageModelBatch(x, y, model.init_hidden(3), seed=8), eta=1.0)
     assert not torch.equal(model.alphas, before)
     # second order runs through the same loss (virtual step, finite-difference Hessian term)
     second = Architect(model, architect_loss, weights, ArchitectConfig(order="second", lr=3e-3, betas=(0.9, 0.999)))
-    grads = second.second_order_grad(batch, LMBatch(x, y, model.init_hidden(3), seed=8), eta=1.0)
+    grads = second.second_order_grad(batch, LanguageModelBatch(x, y, model.init_hidden(3), seed=8), eta=1.0)
     assert grads[0].shape == (3, 5) and torch.isfinite(grads[0]).all()
 
 
@@ -114,7 +114,7 @@ def test_training_switches_to_asgd_saves_best_and_resumes_bitwise(tmp_path, monk
     assert [r["optimizer"] for r in log] == ["sgd", "asgd", "asgd"]
     final = json.loads((tmp_path / "a" / "done.json").read_text())
     assert final["params"] == straight.params and final["genotype"]["kind"] == "rnn_cell"
-    model = load_rnn_lm(tmp_path / "a" / "best.pt")
+    model = load_darts_rnn_network(tmp_path / "a" / "best.pt")
     assert model.ntokens == final["corpus"]["vocab"] and not model.training
 
     run_training(config, "DARTS_V2_RNN", tmp_path / "b", stop_after_epoch=2, progress=False)  # stops in ASGD

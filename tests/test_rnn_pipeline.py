@@ -38,7 +38,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(run_dir), "--quiet"]
+    args = ["pipeline", str(CONFIGS / "darts_rnn_demo_pipeline.yaml"), "--out", str(run_dir), "--quiet"]
     for item in TINY:
         args += ["--set", item]
     code, out, err = _cli(args, capsys)
@@ -75,7 +75,7 @@ def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
 
 
 def test_an_interrupted_recurrent_training_resumes(tmp_path):
-    config = load_pipeline_config(CONFIGS / "rnn_demo.yaml", TINY)
+    config = load_pipeline_config(CONFIGS / "darts_rnn_demo_pipeline.yaml", TINY)
     first = run_pipeline(config, tmp_path, progress=False, stop_after_epoch=1)
     assert first.interrupted == "train" and (tmp_path / "train" / "checkpoint.pt").is_file()
     assert not (tmp_path / "train" / "done.json").exists()
@@ -91,34 +91,34 @@ def test_force_and_only_need_a_pipeline_run_directory(tmp_path, capsys):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "keep.txt").write_text("mine")
     for option in ("--force", "--only"):
-        code, _, err = _cli(["pipeline", str(CONFIGS / "rnn_demo.yaml"), "--out", str(tmp_path), option, "train"], capsys)
+        code, _, err = _cli(["pipeline", str(CONFIGS / "darts_rnn_demo_pipeline.yaml"), "--out", str(tmp_path), option, "train"], capsys)
         assert code == 2 and "holds no pipeline run" in err and err.count("\n") == 1
     assert (tmp_path / "train" / "keep.txt").read_text() == "mine"
 
 
 def test_a_stage_file_of_another_space_is_refused(tmp_path):
     path = tmp_path / "mixed.yaml"
-    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": str(CONFIGS / "adl_demo_search.yaml")},
-                               "train": {"config": str(CONFIGS / "rnn_demo_train.yaml")}}))
-    (tmp_path / "adl.yaml").write_text(dump_yaml({"space": "autodeeplab", **load_yaml(CONFIGS / "adl_demo_search.yaml")}))
+    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": str(CONFIGS / "autodeeplab_demo_search.yaml")},
+                               "train": {"config": str(CONFIGS / "darts_rnn_demo_train.yaml")}}))
+    (tmp_path / "adl.yaml").write_text(dump_yaml({"space": "autodeeplab", **load_yaml(CONFIGS / "autodeeplab_demo_search.yaml")}))
     path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": "adl.yaml"},
-                               "train": {"config": str(CONFIGS / "rnn_demo_train.yaml")}}))
+                               "train": {"config": str(CONFIGS / "darts_rnn_demo_train.yaml")}}))
     with pytest.raises(ConfigError, match="another space"):
         load_pipeline_config(path)
 
 
-@pytest.mark.parametrize("name", ["rnn_demo_search.yaml", "rnn_ptb_search.yaml", "rnn_demo_train.yaml", "rnn_ptb_train.yaml"])
+@pytest.mark.parametrize("name", ["darts_rnn_demo_search.yaml", "darts_rnn_ptb_search.yaml", "darts_rnn_demo_train.yaml", "darts_rnn_ptb_train.yaml"])
 def test_shipped_configs_load(name):
     search = load_config(DartsRnnSearchConfig, CONFIGS / name) if "search" in name else None
     train = load_config(DartsRnnTrainConfig, CONFIGS / name) if "train" in name else None
-    if name == "rnn_ptb_search.yaml":  # the published search settings
+    if name == "darts_rnn_ptb_search.yaml":  # the published search settings
         s, m = search.search, search.model
         assert (m.emsize, m.nhid, s.batch_size, s.bptt, s.lr, s.clip, s.epochs, s.weight_decay) == (300, 300, 256, 35, 20.0, 0.25, 50, 5e-7)
         assert (m.dropout, m.dropouth, m.dropoutx, m.dropouti, m.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.0)
         assert (s.arch_lr, s.arch_betas, s.arch_weight_decay) == (3e-3, (0.9, 0.999), 1e-3)
-    if name == "rnn_ptb_train.yaml":  # the published evaluation settings
+    if name == "darts_rnn_ptb_train.yaml":  # the published evaluation settings
         t, m = train.train, train.model
         assert (m.emsize, m.nhid, t.batch_size, t.weight_decay, t.nonmono) == (850, 850, 64, 8e-7, 5)
         assert (m.dropout, m.dropouth, m.dropoutx, m.dropouti, m.dropoute) == (0.75, 0.25, 0.75, 0.2, 0.1)
-    if name == "rnn_demo_train.yaml":
-        assert load_pipeline_config(CONFIGS / "rnn_demo.yaml").export.seq_len == train.model.seq_len
+    if name == "darts_rnn_demo_train.yaml":
+        assert load_pipeline_config(CONFIGS / "darts_rnn_demo_pipeline.yaml").export.seq_len == train.model.seq_len

@@ -45,17 +45,17 @@ def test_jsonl_log_rewind_drops_later_epochs_and_torn_lines(tmp_path):
 
 
 def test_published_configs_hold_the_reference_hyperparameters():
-    s = load_config(DartsCnnSearchConfig, CONFIGS / "darts_cifar10_search.yaml")
+    s = load_config(DartsCnnSearchConfig, CONFIGS / "darts_cnn_cifar10_search.yaml")
     assert (s.model.channels, s.model.layers, s.model.steps, s.model.multiplier, s.model.stem_multiplier) == (16, 8, 4, 4, 3)
     o = s.search
     assert (o.epochs, o.batch_size, o.lr, o.lr_min, o.momentum, o.weight_decay, o.grad_clip) == (50, 64, 0.025, 0.001, 0.9, 3e-4, 5.0)
     assert (o.arch_lr, o.arch_betas, o.arch_weight_decay, o.train_portion) == (3e-4, (0.5, 0.999), 1e-3, 0.5)
-    t = load_config(DartsCnnTrainConfig, CONFIGS / "darts_cifar10_train.yaml")
+    t = load_config(DartsCnnTrainConfig, CONFIGS / "darts_cnn_cifar10_train.yaml")
     assert (t.model.channels, t.model.layers, t.model.auxiliary, t.data.cutout) == (36, 20, True, 16)
     r = t.train
     assert (r.epochs, r.batch_size, r.lr, r.lr_schedule, r.weight_decay, r.auxiliary_weight, r.drop_path_prob, r.grad_clip) == (
         600, 96, 0.025, "cosine", 3e-4, 0.4, 0.2, 5.0)
-    i = load_config(DartsCnnTrainConfig, CONFIGS / "darts_imagenet_mobile_train.yaml")
+    i = load_config(DartsCnnTrainConfig, CONFIGS / "darts_cnn_imagenet_mobile_train.yaml")
     assert (i.model.net, i.model.channels, i.model.layers, i.data.image_size, i.data.dataset) == ("imagenet", 48, 14, 224, "imagefolder")
     r = i.train
     assert (r.epochs, r.batch_size, r.lr, r.lr_schedule, r.lr_gamma, r.weight_decay, r.label_smoothing, r.auxiliary_weight) == (

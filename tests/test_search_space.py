@@ -9,7 +9,7 @@ import torch
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES
-from nasdeploy.spaces.darts_cnn import DartsSupernet, num_edges
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet, num_edges
 from nasdeploy.spaces import mixer_table
 from nasdeploy.spaces.mixing import mix_node_reference
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny kernels: threads only
 
 
 def test_reference_supernet_parameter_count_and_alpha_shapes():
-    model = DartsSupernet()  # C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3, 10 classes
+    model = DartsCnnSupernet()  # C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3, 10 classes
     weights = sum(p.numel() for p in model.weight_parameters())
     assert weights == 1_930_618  # reference count, alphas not included
     assert model.alphas_normal.shape == model.alphas_reduce.shape == (14, len(CNN_PRIMITIVES))
@@ -26,7 +26,7 @@ def test_reference_supernet_parameter_count_and_alpha_shapes():
 
 
 def test_alphas_are_parameters_in_the_state_dict_and_separate_from_weights():
-    model = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2)
+    model = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2)
     state = model.state_dict()
     assert "alphas_normal" in state and "alphas_reduce" in state
     arch = {id(p) for p in model.arch_parameters()}
@@ -38,13 +38,13 @@ def test_alphas_are_parameters_in_the_state_dict_and_separate_from_weights():
 
 def test_alpha_initialisation_options():
     torch.manual_seed(0)
-    normal = DartsSupernet(channels=4, layers=3, steps=4)
+    normal = DartsCnnSupernet(channels=4, layers=3, steps=4)
     values = torch.cat([p.detach().flatten() for p in normal.arch_parameters()])
     assert 5e-4 < values.std().item() < 2e-3 and values.abs().max().item() < 1e-2  # 1e-3 * N(0, 1)
-    zeros = DartsSupernet(channels=4, layers=3, steps=4, alpha_init="zeros")
+    zeros = DartsCnnSupernet(channels=4, layers=3, steps=4, alpha_init="zeros")
     assert all(torch.count_nonzero(p).item() == 0 for p in zeros.arch_parameters())
     with pytest.raises(ConfigError, match="alpha_init"):
-        DartsSupernet(channels=4, layers=3, alpha_init="uniform")
+        DartsCnnSupernet(channels=4, layers=3, alpha_init="uniform")
 
 
 def test_every_node_calls_the_mixer_once_with_all_incoming_edges(monkeypatch):
@@ -56,7 +56,7 @@ def test_every_node_calls_the_mixer_once_with_all_incoming_edges(monkeypatch):
         return mix_node_reference(inputs, edges, weights)
 
     monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda: spy}))
-    model = DartsSupernet(channels=4, layers=3, steps=3, multiplier=2, mixed_op="spy_for_test")
+    model = DartsCnnSupernet(channels=4, layers=3, steps=3, multiplier=2, mixed_op="spy_for_test")
     assert model.mixed_op == "spy_for_test"
     model(torch.randn(2, 3, 8, 8))
     per_cell = [(2, (2, 8)), (3, (3, 8)), (4, (4, 8))]
@@ -65,7 +65,7 @@ def test_every_node_calls_the_mixer_once_with_all_incoming_edges(monkeypatch):
 
 def test_cell_output_is_the_softmax_weighted_sum_over_the_right_alpha_rows():
     torch.manual_seed(1)
-    model = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2, alpha_init_scale=1.0).double()
+    model = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2, alpha_init_scale=1.0).double()
     model.eval()
     cell = model.cells[0]
     s = torch.randn(2, 12, 8, 8, dtype=torch.float64)
@@ -87,7 +87,7 @@ def test_cell_output_is_the_softmax_weighted_sum_over_the_right_alpha_rows():
 
 
 def test_reduction_cells_stride_only_the_input_edges_and_halve_the_map():
-    model = DartsSupernet(channels=4, layers=3, steps=4)
+    model = DartsCnnSupernet(channels=4, layers=3, steps=4)
     cell = model.cells[1]
     assert cell.reduction
     strides = [edge.stride for edge in cell._ops]
@@ -98,7 +98,7 @@ def test_reduction_cells_stride_only_the_input_edges_and_halve_the_map():
 
 
 def test_forward_backward_reaches_alphas_and_weights():
-    model = DartsSupernet(channels=4, layers=3, steps=2, multiplier=2, num_classes=5)
+    model = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=2, num_classes=5)
     logits = model(torch.randn(2, 3, 16, 16))
     assert logits.shape == (2, 5)
     logits.sum().backward()
@@ -113,4 +113,4 @@ def test_forward_backward_reaches_alphas_and_weights():
 ])
 def test_bad_sizes_give_one_line_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        DartsSupernet(**kwargs)
+        DartsCnnSupernet(**kwargs)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from nasdeploy.ops.cnn import FactorizedReduce
+from nasdeploy.ops.darts_cnn import FactorizedReduce
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:

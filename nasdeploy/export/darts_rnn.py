@@ -31,7 +31,7 @@ from nasdeploy.export.source import default_name, same_cells
 from nasdeploy.export.staging import staged_folder
 from nasdeploy.export.target import DeployTarget, deploy_target, network_for
 from nasdeploy.genotypes import genotype_to_dict
-from nasdeploy.nets.rnn import RNNLanguageModel
+from nasdeploy.nets.darts_rnn import DartsRnnLanguageModel
 from nasdeploy.utils.files import atomic_path, write_json_atomic
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ort_session
@@ -43,7 +43,7 @@ OUTPUT_NAMES = ("log_probs", "hidden_out")
 class _ExportWrapper(nn.Module):
     """forward(tokens, hidden) -> (log_probs, hidden_out): the model without its return_h option."""
 
-    def __init__(self, model: RNNLanguageModel):
+    def __init__(self, model: DartsRnnLanguageModel):
         super().__init__()
         self.model = model
 
@@ -129,7 +129,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def export_darts_rnn_onnx(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int | None = None,
+def export_darts_rnn_onnx(model: DartsRnnLanguageModel, path: str | os.PathLike[str], *, seq_len: int | None = None,
                           batch_size: int = 1, dynamic_batch: bool = False, opset: int | None = None,
                           optimize: bool = False, check: bool = True, windows: int = 3, rtol: float = DEFAULT_RTOL,
                           atol: float = DEFAULT_ATOL) -> DartsRnnExportReport:
@@ -187,7 +187,7 @@ def export_darts_rnn_onnx(model: RNNLanguageModel, path: str | os.PathLike[str],
 
 
 @torch.no_grad()
-def check_darts_rnn_parity(model: RNNLanguageModel, path: str | os.PathLike[str], *, seq_len: int,
+def check_darts_rnn_parity(model: DartsRnnLanguageModel, path: str | os.PathLike[str], *, seq_len: int,
                            batch_sizes: Sequence[int] = (1,), windows: int = 3, rtol: float = DEFAULT_RTOL,
                            atol: float = DEFAULT_ATOL, seed: int | None = 0, raise_on_fail: bool = True) -> DartsRnnParityReport:
     """Run PyTorch and onnxruntime over `windows` consecutive windows, each carrying its own hidden state.
@@ -230,14 +230,14 @@ def check_darts_rnn_parity(model: RNNLanguageModel, path: str | os.PathLike[str]
 
 
 def build_darts_rnn_model(target: DeployTarget, *, net: str | None = None,
-                          sizes: NetSizes = NetSizes()) -> RNNLanguageModel:
+                          sizes: NetSizes = NetSizes()) -> DartsRnnLanguageModel:
     """The language model of a target: its checkpoint's (the sizes given must match), else a fresh one.
 
     A fresh model takes sizes.channels as emsize = nhid and sizes.num_classes as the vocabulary (defaults: the
     published model); a language model has no layers to set.
     """
     channels, num_classes = sizes.channels, sizes.num_classes
-    from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm, load_rnn_lm
+    from nasdeploy.nets.darts_rnn import NET_NAME, build_darts_rnn_network, load_darts_rnn_network
 
     if net not in (None, NET_NAME):
         network_for(target, net, prefer=net)  # names the kind another family builds, or an unknown family
@@ -246,8 +246,8 @@ def build_darts_rnn_model(target: DeployTarget, *, net: str | None = None,
         raise ConfigError(f"the {target.space.name} language model has one recurrent cell: --layers does not apply")
     if target.checkpoint is None:
         sizes = {k: v for k, v in (("emsize", channels), ("nhid", channels)) if v is not None}
-        return build_rnn_lm(target.genotype, num_classes, **sizes).eval()
-    model = load_rnn_lm(target.checkpoint)
+        return build_darts_rnn_network(target.genotype, num_classes, **sizes).eval()
+    model = load_darts_rnn_network(target.checkpoint)
     where = f"checkpoint {target.checkpoint}"
     if not same_cells(model.genotype, target.genotype):
         raise CheckpointError(f"{where} was trained for {model.genotype.name or 'a different genotype'}, which "

@@ -22,20 +22,20 @@ from nasdeploy.genotypes.serialize import (
 )
 from nasdeploy.genotypes.validate import validate_cnn_genotype, validate_recurrent_genotype
 from nasdeploy.genotypes.autodeeplab import (
-    ADL_CELL_OPS,
-    ADL_PRIMITIVES,
-    ADL_PUBLISHED_COSTS,
+    AUTODEEPLAB_CELL_OPS,
+    AUTODEEPLAB_PRIMITIVES,
+    AUTODEEPLAB_PUBLISHED_COSTS,
     AUTODEEPLAB,
     AutoDeepLabGenotype,
-    _adl_from_dict,
-    _adl_to_dict,
-    make_adl_genotype,
-    validate_adl_genotype,
+    _autodeeplab_from_dict,
+    _autodeeplab_to_dict,
+    make_autodeeplab_genotype,
+    validate_autodeeplab_genotype,
 )
 
-register_genotype_kind(AutoDeepLabGenotype, _adl_to_dict, _adl_from_dict)
+register_genotype_kind(AutoDeepLabGenotype, _autodeeplab_to_dict, _autodeeplab_from_dict)
 register_genotype("AutoDeepLab", AUTODEEPLAB)
-PUBLISHED_COSTS["AutoDeepLab"] = ADL_PUBLISHED_COSTS
+PUBLISHED_COSTS["AutoDeepLab"] = AUTODEEPLAB_PUBLISHED_COSTS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -64,8 +64,8 @@ __all__ = [
     "validate_cnn_genotype",
     "validate_recurrent_genotype",
     "AutoDeepLabGenotype",
-    "ADL_PRIMITIVES",
-    "ADL_CELL_OPS",
-    "make_adl_genotype",
-    "validate_adl_genotype",
+    "AUTODEEPLAB_PRIMITIVES",
+    "AUTODEEPLAB_CELL_OPS",
+    "make_autodeeplab_genotype",
+    "validate_autodeeplab_genotype",
 ]

@@ -19,7 +19,7 @@ from nasdeploy.genotypes.validate import _check_edge_shape, check_op
 
 # Auto-DeepLab cell search space, in alpha column order (index order fixes tie-breaking).
 # "atrous_conv_kxk" is the released model's DENSE kxk conv with rate 2 (not DARTS's depthwise dil_conv).
-ADL_PRIMITIVES: tuple[str, ...] = (
+AUTODEEPLAB_PRIMITIVES: tuple[str, ...] = (
     "none",
     "max_pool_3x3",
     "avg_pool_3x3",
@@ -29,7 +29,7 @@ ADL_PRIMITIVES: tuple[str, ...] = (
     "atrous_conv_3x3",
     "atrous_conv_5x5",
 )
-ADL_CELL_OPS: tuple[str, ...] = tuple(p for p in ADL_PRIMITIVES if p != "none")
+AUTODEEPLAB_CELL_OPS: tuple[str, ...] = tuple(p for p in AUTODEEPLAB_PRIMITIVES if p != "none")
 
 NUM_LEVELS = 4  # strides 4, 8, 16, 32
 LEVEL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
@@ -61,7 +61,7 @@ class AutoDeepLabGenotype:
         return tuple(LEVEL_STRIDES[j] for j in self.path)
 
 
-def validate_adl_path(path: Sequence[object], num_levels: int = NUM_LEVELS) -> tuple[int, ...]:
+def validate_autodeeplab_path(path: Sequence[object], num_levels: int = NUM_LEVELS) -> tuple[int, ...]:
     """Check a network path: integer levels in range, first layer at level 0 or 1, steps of at most one."""
     if len(path) == 0:
         raise GenotypeError("autodeeplab path: is empty; it needs one level per layer")
@@ -83,7 +83,7 @@ def validate_adl_path(path: Sequence[object], num_levels: int = NUM_LEVELS) -> t
     return tuple(levels)
 
 
-def validate_adl_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
+def validate_autodeeplab_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
     """Check a cell: two pairs per block, known non-'none' ops, inputs from earlier states only."""
     if len(cell) == 0:
         raise GenotypeError("autodeeplab cell: has no (op, input) pairs")
@@ -94,7 +94,7 @@ def validate_adl_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
         block = k // 2
         op, index = _check_edge_shape(f"autodeeplab cell pair {k}", raw)
         where = f"autodeeplab cell block {block + 2} (pair {k})"
-        check_op(where, op, ADL_CELL_OPS)
+        check_op(where, op, AUTODEEPLAB_CELL_OPS)
         if not 0 <= index < block + 2:
             raise GenotypeError(
                 f"{where}: input index {index} is not an earlier state; block {block + 2} can read states 0..{block + 1}"
@@ -103,24 +103,24 @@ def validate_adl_cell(cell: Sequence[object]) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
-def validate_adl_genotype(genotype: AutoDeepLabGenotype) -> AutoDeepLabGenotype:
+def validate_autodeeplab_genotype(genotype: AutoDeepLabGenotype) -> AutoDeepLabGenotype:
     """Validate cell and path; return the genotype unchanged."""
-    validate_adl_cell(genotype.cell)
-    validate_adl_path(genotype.path)
+    validate_autodeeplab_cell(genotype.cell)
+    validate_autodeeplab_path(genotype.path)
     return genotype
 
 
-def make_adl_genotype(cell: Sequence[Sequence[Any]], path: Sequence[int], name: str | None = None) -> AutoDeepLabGenotype:
+def make_autodeeplab_genotype(cell: Sequence[Sequence[Any]], path: Sequence[int], name: str | None = None) -> AutoDeepLabGenotype:
     """Build and validate a genotype from plain lists."""
-    edges = validate_adl_cell([tuple(e) if isinstance(e, list) else e for e in cell])
-    return AutoDeepLabGenotype(edges, validate_adl_path(list(path)), name=name)
+    edges = validate_autodeeplab_cell([tuple(e) if isinstance(e, list) else e for e in cell])
+    return AutoDeepLabGenotype(edges, validate_autodeeplab_path(list(path)), name=name)
 
 
-def _adl_to_dict(g: AutoDeepLabGenotype) -> dict[str, Any]:
+def _autodeeplab_to_dict(g: AutoDeepLabGenotype) -> dict[str, Any]:
     return {"cell": [[op, index] for op, index in g.cell], "path": list(g.path)}
 
 
-def _adl_from_dict(data: dict[str, Any], name: str | None) -> AutoDeepLabGenotype:
+def _autodeeplab_from_dict(data: dict[str, Any], name: str | None) -> AutoDeepLabGenotype:
     for key in ("cell", "path"):
         if key not in data:
             raise GenotypeError(f"autodeeplab genotype: missing field '{key}'")
@@ -132,7 +132,7 @@ def _adl_from_dict(data: dict[str, Any], name: str | None) -> AutoDeepLabGenotyp
     for k, pair in enumerate(cell):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise GenotypeError(f"autodeeplab cell pair {k}: expected [op_name, input_index], got {pair!r}")
-    return make_adl_genotype(cell, path, name=name)
+    return make_autodeeplab_genotype(cell, path, name=name)
 
 
 def count_network_paths(layers: int, num_levels: int = NUM_LEVELS) -> int:
@@ -143,12 +143,12 @@ def count_network_paths(layers: int, num_levels: int = NUM_LEVELS) -> int:
     return sum(counts)
 
 
-def count_cells(blocks: int = 5, num_ops: int = len(ADL_PRIMITIVES)) -> int:
+def count_cells(blocks: int = 5, num_ops: int = len(AUTODEEPLAB_PRIMITIVES)) -> int:
     """Size of the cell space as the paper counts it: per block, (inputs x ops)^2 ordered choices."""
     return prod(((2 + i) * num_ops) ** 2 for i in range(blocks))
 
 
-def count_distinct_cells(blocks: int = 5, num_ops: int = len(ADL_CELL_OPS)) -> int:
+def count_distinct_cells(blocks: int = 5, num_ops: int = len(AUTODEEPLAB_CELL_OPS)) -> int:
     """Cells as decoding produces them: two distinct inputs per block, one non-zero op on each."""
     return prod(comb(2 + i, 2) * num_ops**2 for i in range(blocks))
 
@@ -165,12 +165,12 @@ AUTODEEPLAB = AutoDeepLabGenotype(
     path=(0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1),
     name="AutoDeepLab",
 )  # fmt: skip
-validate_adl_genotype(AUTODEEPLAB)
+validate_autodeeplab_genotype(AUTODEEPLAB)
 
 # Cityscapes costs at 1024x2048, 19 classes. "published": the paper's table (Auto-DeepLab-S/M/L);
 # "params"/"macs": this implementation (dense ASPP and decoder, FlopCounterMode conv/matmul MACs), which
 # a test recomputes. Parameter counts agree with the published ones to the reported precision.
-ADL_PUBLISHED_COSTS: dict[str, dict[str, dict[str, float]]] = {
+AUTODEEPLAB_PUBLISHED_COSTS: dict[str, dict[str, dict[str, float]]] = {
     "segmentation": {
         "S": {"filter_multiplier": 20, "params": 10_147_427, "macs": 315_137_185_920,
               "published_params": 10.15e6, "published_macs": 333.25e9, "published_miou": 79.74},

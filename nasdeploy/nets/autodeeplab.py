@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import ConfigError, InputSizeError
-from nasdeploy.genotypes.autodeeplab import LEVEL_STRIDES, AutoDeepLabGenotype, validate_adl_genotype
+from nasdeploy.genotypes.autodeeplab import LEVEL_STRIDES, AutoDeepLabGenotype, validate_autodeeplab_genotype
 from nasdeploy.nets.factory import NetConfig, register_network
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
-from nasdeploy.ops import Identity, ReLUConvBN, build_adl_op, drop_path, resize_bilinear, upsample2
+from nasdeploy.ops import Identity, ReLUConvBN, build_autodeeplab_op, drop_path, resize_bilinear, upsample2
 from nasdeploy.utils.checks import check_bn_settings
 
 CITYSCAPES_NUM_CLASSES = 19
@@ -47,7 +47,7 @@ class AutoDeepLabCell(nn.Module):
         self._indices = tuple(index for _, index in edges)
         self._blocks = len(edges) // 2
         self._ops = nn.ModuleList(
-            build_adl_op(op, channels, stride if index < 2 else 1, affine=True) for op, index in edges
+            build_autodeeplab_op(op, channels, stride if index < 2 else 1, affine=True) for op, index in edges
         )
         self._drop_mask = tuple(op not in _NO_DROP_PATH for op, _ in edges)
         self.out_channels = self._blocks * channels
@@ -108,7 +108,7 @@ class AutoDeepLabNet(nn.Module):
         bn_eps: float = 1e-5,
     ):
         super().__init__()
-        validate_adl_genotype(genotype)
+        validate_autodeeplab_genotype(genotype)
         check_bn_settings(bn_momentum, bn_eps)
         for key, value in (("filter_multiplier", filter_multiplier), ("num_classes", num_classes),
                            ("aspp_channels", aspp_channels), ("decoder_channels", decoder_channels)):

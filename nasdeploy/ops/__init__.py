@@ -1,6 +1,6 @@
 """Candidate operations and building blocks shared by search spaces and static networks."""
 
-from nasdeploy.ops.cnn import (
+from nasdeploy.ops.darts_cnn import (
     CNN_OPS,
     Conv7x1_1x7,
     DilConv,
@@ -13,7 +13,7 @@ from nasdeploy.ops.cnn import (
     is_identity,
 )
 from nasdeploy.ops.drop_path import drop_path
-from nasdeploy.ops.autodeeplab import ADL_OPS, AtrousConv, build_adl_op, downsample2, resize_bilinear, upsample2
+from nasdeploy.ops.autodeeplab import AUTODEEPLAB_OPS, AtrousConv, build_autodeeplab_op, downsample2, resize_bilinear, upsample2
 
 __all__ = [
     "CNN_OPS",
@@ -27,9 +27,9 @@ __all__ = [
     "Zero",
     "FactorizedReduce",
     "drop_path",
-    "ADL_OPS",
+    "AUTODEEPLAB_OPS",
     "AtrousConv",
-    "build_adl_op",
+    "build_autodeeplab_op",
     "resize_bilinear",
     "upsample2",
     "downsample2",

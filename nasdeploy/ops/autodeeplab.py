@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES
-from nasdeploy.ops.cnn import Identity, SepConv, Zero
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES
+from nasdeploy.ops.darts_cnn import Identity, SepConv, Zero
 
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -73,7 +73,7 @@ class StridedSkip(nn.Module):
 
 OpBuilder = Callable[[int, int, bool], nn.Module]
 
-ADL_OPS: dict[str, OpBuilder] = {
+AUTODEEPLAB_OPS: dict[str, OpBuilder] = {
     "none": lambda c, stride, affine: Zero(stride),
     "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
     "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
@@ -84,13 +84,13 @@ ADL_OPS: dict[str, OpBuilder] = {
     "atrous_conv_5x5": lambda c, stride, affine: AtrousConv(c, c, 5, stride, affine=affine),
 }
 
-assert tuple(ADL_OPS) == ADL_PRIMITIVES, "Auto-DeepLab op registry out of sync with its primitives"
+assert tuple(AUTODEEPLAB_OPS) == AUTODEEPLAB_PRIMITIVES, "Auto-DeepLab op registry out of sync with its primitives"
 
 
-def build_adl_op(name: str, channels: int, stride: int, affine: bool = True) -> nn.Module:
+def build_autodeeplab_op(name: str, channels: int, stride: int, affine: bool = True) -> nn.Module:
     """Build the Auto-DeepLab candidate op `name` on `channels` channels with the given stride."""
     try:
-        builder = ADL_OPS[name]
+        builder = AUTODEEPLAB_OPS[name]
     except KeyError:
-        raise KeyError(f"unknown Auto-DeepLab op '{name}' (valid: {', '.join(ADL_OPS)})") from None
+        raise KeyError(f"unknown Auto-DeepLab op '{name}' (valid: {', '.join(AUTODEEPLAB_OPS)})") from None
     return builder(channels, stride, affine)

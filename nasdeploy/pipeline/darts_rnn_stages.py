@@ -78,9 +78,9 @@ def rnn_train_stage(ctx: StageContext) -> dict[str, Any]:
 def rnn_export_stage(ctx: StageContext) -> dict[str, Any]:
     """Export the trained language model to ONNX and check it against PyTorch in onnxruntime."""
     from nasdeploy.export.darts_rnn import export_darts_rnn_onnx
-    from nasdeploy.nets.rnn import load_rnn_lm
+    from nasdeploy.nets.darts_rnn import load_darts_rnn_network
 
-    model = load_rnn_lm(ctx.path("train", "best.pt"))
+    model = load_darts_rnn_network(ctx.path("train", "best.pt"))
     section = ctx.config.export
     ctx.path("export").mkdir(exist_ok=True)
     result = export_darts_rnn_onnx(model, ctx.path("export", "model.onnx"), seq_len=section.seq_len,
@@ -128,14 +128,14 @@ def _profile_row(model: Any, name: str, found: bool, ctx: StageContext, onnx: An
 
 def rnn_profile_stage(ctx: StageContext) -> dict[str, Any]:
     """Params, MACs per token and latency per token of the trained LM, next to DARTS_V2_RNN at the same sizes."""
-    from nasdeploy.nets.rnn import build_rnn_lm, load_rnn_lm
+    from nasdeploy.nets.darts_rnn import build_darts_rnn_network, load_darts_rnn_network
 
     p, e = ctx.config.profile, ctx.config.export
-    model = load_rnn_lm(ctx.path("train", "best.pt"))
+    model = load_darts_rnn_network(ctx.path("train", "best.pt"))
     same_window = p.seq_len == e.seq_len and p.batch_size == e.batch_size and ctx.path("model.onnx").is_file()
     rows = [_profile_row(model, f"{ctx.config.name} (found)", True, ctx, ctx.path("model.onnx") if same_window else None)]
     cell = model.rnns[0]
-    reference = build_rnn_lm(resolve_genotype("DARTS_V2_RNN", expected_kind=_GENOTYPE_KIND), model.ntokens,
+    reference = build_darts_rnn_network(resolve_genotype("DARTS_V2_RNN", expected_kind=_GENOTYPE_KIND), model.ntokens,
                              emsize=cell.ninp, nhid=cell.nhid).eval()
     rows.append(_profile_row(reference, "DARTS_V2_RNN", False, ctx, None))
     backends = ["torch-cpu"] + (["ort-cpu"] if same_window else [])

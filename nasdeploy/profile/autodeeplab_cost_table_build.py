@@ -4,7 +4,7 @@ Walks every state the network path can reach (spaces/autodeeplab_cost_table.py: 
 widths, stride-4 feature) for the static network of nets/autodeeplab.py at a given filter multiplier,
 input size and head widths, and counts each distinct piece once with the profiler's counter
 (FlopCounterMode total / 2, as utils.model_cost.forward_macs) on the very modules the network builds
-(the cell's pre-processing, build_adl_op, AutoDeepLabStem, ASPP, DeepLabV3PlusDecoder). Large pieces
+(the cell's pre-processing, build_autodeeplab_op, AutoDeepLabStem, ASPP, DeepLabV3PlusDecoder). Large pieces
 run on meta tensors, so building costs no real convolutions even at 1024x2048 (about 6 s for the
 12-layer Auto-DeepLab-S net there); small ones run on real CPU tensors, which is faster and counts the
 same. Cached as JSON per network spec and library versions, like the DARTS cost tables.
@@ -25,10 +25,10 @@ from torch import nn
 
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, NUM_LEVELS
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, NUM_LEVELS
 from nasdeploy.nets.autodeeplab import AutoDeepLabCell, AutoDeepLabStem, default_aspp_rates
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
-from nasdeploy.ops import build_adl_op
+from nasdeploy.ops import build_autodeeplab_op
 from nasdeploy.profile.cost_table_build import default_cache_dir
 from nasdeploy.spaces.autodeeplab_cost_table import AutoDeepLabCostTable, autodeeplab_cost_table_from_dict
 from nasdeploy.utils.files import write_json_atomic
@@ -99,7 +99,7 @@ class _Counter:
         def compute() -> tuple[int, tuple[int, int]]:
             device = _device((c, h, w))
             with device:
-                module = build_adl_op(op, c, stride).eval()
+                module = build_autodeeplab_op(op, c, stride).eval()
             with torch.no_grad():
                 out = module(*_inputs(device, (c, h, w)))
             return (0 if op == "none" else _macs(module, (c, h, w))), (int(out.shape[-2]), int(out.shape[-1]))
@@ -110,7 +110,7 @@ class _Counter:
         key = (level, stride, h, w)
         if key not in self.contexts:
             c = self.spec.filter_multiplier * 2**level
-            sizes = {self.op(op, c, stride, h, w)[1] for op in ADL_PRIMITIVES}
+            sizes = {self.op(op, c, stride, h, w)[1] for op in AUTODEEPLAB_PRIMITIVES}
             if len(sizes) != 1:
                 raise ConfigError(f"autodeeplab ops disagree on the output size at {key}: {sorted(sizes)}")
             ho, wo = sizes.pop()
@@ -118,7 +118,7 @@ class _Counter:
             for i in range(self.spec.blocks):
                 for k in range(2 + i):
                     shape = (c, stride, h, w) if k < 2 else (c, 1, ho, wo)
-                    edges.append([self.op(op, *shape)[0] for op in ADL_PRIMITIVES])
+                    edges.append([self.op(op, *shape)[0] for op in AUTODEEPLAB_PRIMITIVES])
             self.contexts[key] = len(self.cell_ops)
             self.cell_ops.append(np.asarray(edges, dtype=np.float64))
             self.out_size[self.contexts[key]] = (ho, wo)
@@ -188,7 +188,7 @@ def build_autodeeplab_cost_table(spec: AutoDeepLabNetSpec) -> AutoDeepLabCostTab
         blocks=spec.blocks, stem=float(stem_macs), contexts=tuple(counter.contexts),
         cell_ops=np.stack(counter.cell_ops), levels=tuple(tuple(s[0] for s in layer) for layer in states),
         next_state=tuple(next_state), context=tuple(context), transition=tuple(transition), head=head,
-        primitives=ADL_PRIMITIVES, metric="macs", net={"family": "segmentation", **_spec_dict(spec)})
+        primitives=AUTODEEPLAB_PRIMITIVES, metric="macs", net={"family": "segmentation", **_spec_dict(spec)})
 
 
 def _spec_dict(spec: AutoDeepLabNetSpec) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from nasdeploy.errors import ConfigError
 from nasdeploy.export.darts_rnn import build_darts_rnn_model
 from nasdeploy.export.target import DeployTarget, deploy_target
-from nasdeploy.nets.rnn import RNNLanguageModel
+from nasdeploy.nets.darts_rnn import DartsRnnLanguageModel
 from nasdeploy.profile.complexity import TORCH_COUNTER, forward_macs
 from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, summarize, timed_runs, wall_clock_ms
 from nasdeploy.profile.request import ProfileRequest
@@ -34,7 +34,7 @@ def analytic_macs_per_token(ninp: int, nhid: int, steps: int, ntokens: int) -> i
     return (ninp + nhid) * 2 * nhid + steps * nhid * 2 * nhid + nhid * ntokens
 
 
-def count_macs_per_token(model: RNNLanguageModel, seq_len: int = 35, batch_size: int = 1) -> float:
+def count_macs_per_token(model: DartsRnnLanguageModel, seq_len: int = 35, batch_size: int = 1) -> float:
     """MACs per token of one eval-mode forward over a [seq_len, batch_size] window (profiler's counter)."""
     if seq_len < 1 or batch_size < 1:
         raise ConfigError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
@@ -106,7 +106,7 @@ def _latency_cell(window: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def profile_darts_rnn(model: RNNLanguageModel, *, seq_len: int = 35, batch_size: int = 1, warmup: int = 3,
+def profile_darts_rnn(model: DartsRnnLanguageModel, *, seq_len: int = 35, batch_size: int = 1, warmup: int = 3,
                       runs: int = 20, threads: int = 1, onnx_path: str | os.PathLike[str] | None = None) -> DartsRnnProfile:
     """Count and time the model (CPU, eval mode); with onnx_path also time that file in onnxruntime."""
     if seq_len < 1 or batch_size < 1 or runs < 1 or threads < 1:

@@ -24,7 +24,7 @@ from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dic
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.cost import build_expected_cost
 from nasdeploy.search.step import classification_loss, search_step
-from nasdeploy.spaces.darts_cnn import DartsSupernet
+from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.distributed import broadcast_buffers, local_batch_size, shard_loader, train_sampler, wrap_ddp
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
@@ -55,10 +55,10 @@ class DartsCnnSearchResult(RunResult):
                 f"run directory: {self.out_dir}")
 
 
-def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsSupernet:
+def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsCnnSupernet:
     """The supernet a config describes."""
     m = config.model
-    return DartsSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
+    return DartsCnnSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
                          alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
                          partial_channels=m.partial_channels)

@@ -18,9 +18,9 @@ from nasdeploy.data.text import batchify, get_batch, load_text_corpus
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.darts_rnn_architect import RecurrentArchitect
-from nasdeploy.spaces.darts_rnn import RNNSearchModel
+from nasdeploy.spaces.darts_rnn import DartsRnnSupernet
 from nasdeploy.spaces.darts_rnn_derive import derive_recurrent_genotype
-from nasdeploy.tasks.language_model import LMBatch, TBPTTSettings, architect_loss, evaluate_lm, perplexity, tbptt_epoch
+from nasdeploy.tasks.language_model import LanguageModelBatch, TBPTTSettings, architect_loss, evaluate_language_model, perplexity, tbptt_epoch
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
 from nasdeploy.utils.files import write_text_atomic
@@ -47,15 +47,15 @@ class DartsRnnSearchResult(RunResult):
                 f"run directory: {self.out_dir}")
 
 
-def build_search_model(config: DartsRnnSearchConfig, ntokens: int) -> RNNSearchModel:
+def build_search_model(config: DartsRnnSearchConfig, ntokens: int) -> DartsRnnSupernet:
     """The supernet a config describes."""
     m = config.model
-    return RNNSearchModel(ntokens, emsize=m.emsize, nhid=m.nhid, steps=m.steps, dropout=m.dropout,
+    return DartsRnnSupernet(ntokens, emsize=m.emsize, nhid=m.nhid, steps=m.steps, dropout=m.dropout,
                           dropouth=m.dropouth, dropoutx=m.dropoutx, dropouti=m.dropouti, dropoute=m.dropoute,
                           alpha_init=m.alpha_init, bn_running_stats=m.bn_running_stats)
 
 
-def search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.optim.Optimizer,
+def search_epoch(model: DartsRnnSupernet, architect: Architect, optimizer: torch.optim.Optimizer,
                  train_data: torch.Tensor, search_data: torch.Tensor, options: DartsRnnSearchOptions,
                  bar: EpochBar | None = None) -> float:
     """One epoch: before each weight step, an architecture step on the matching validation window."""
@@ -66,8 +66,8 @@ def search_epoch(model: RNNSearchModel, architect: Architect, optimizer: torch.o
                           lr: float) -> None:
         xv, yv = get_batch(search_data, i % (search_data.size(0) - 1), s.bptt)  # full bptt, as the reference
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        train_batch = LMBatch(x, y, hidden, seed)
-        val_batch = LMBatch(xv, yv, state["hidden"].detach(), seed + 1)
+        train_batch = LanguageModelBatch(x, y, hidden, seed)
+        val_batch = LanguageModelBatch(xv, yv, state["hidden"].detach(), seed + 1)
         architect.step(train_batch, val_batch, eta=lr)
         state["hidden"] = val_batch.next_hidden
 
@@ -120,7 +120,7 @@ class DartsRnnSearch(EpochLoop[DartsRnnSearchResult]):
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
         s = self.config.search
-        valid_nll = evaluate_lm(self.model, self.corpus.valid, s.eval_batch_size or s.batch_size, s.bptt)
+        valid_nll = evaluate_language_model(self.model, self.corpus.valid, s.eval_batch_size or s.batch_size, s.bptt)
         return {"valid_ppl": perplexity(valid_nll), "valid_loss": valid_nll}
 
     def extra_records(self, epoch: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -164,7 +164,7 @@ def run_search(config: DartsRnnSearchConfig, out_dir: str | os.PathLike[str], *,
                       progress=progress)
 
 
-def load_search_checkpoint_model(path: str | os.PathLike[str]) -> tuple[RNNSearchModel, dict[str, Any]]:
+def load_search_checkpoint_model(path: str | os.PathLike[str]) -> tuple[DartsRnnSupernet, dict[str, Any]]:
     """Rebuild the supernet of a search checkpoint (for inspection)."""
     ckpt = load_checkpoint(path)
     config = from_dict(DartsRnnSearchConfig, ckpt["meta"]["config"])

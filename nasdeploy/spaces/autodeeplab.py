@@ -28,9 +28,9 @@ from torch import nn
 
 from nasdeploy.config.autodeeplab import AutoDeepLabSupernetConfig
 from nasdeploy.errors import InputSizeError
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, LEVEL_STRIDES, NUM_LEVELS
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, LEVEL_STRIDES, NUM_LEVELS
 from nasdeploy.nets.seg_heads import ASPP
-from nasdeploy.ops import ReLUConvBN, build_adl_op, resize_bilinear
+from nasdeploy.ops import ReLUConvBN, build_autodeeplab_op, resize_bilinear
 from nasdeploy.spaces.autodeeplab_lattice import node_exists
 from nasdeploy.spaces.autodeeplab_lattice import transition_mask as lattice_mask
 from nasdeploy.spaces.mixer_table import get_node_mixer
@@ -58,7 +58,7 @@ class SearchCell(nn.Module):
         super().__init__()
         self.blocks = blocks
         self.edges = nn.ModuleList(
-            MixedEdge(ADL_PRIMITIVES, channels, 1, build_adl_op) for i in range(blocks) for _ in range(2 + i)
+            MixedEdge(AUTODEEPLAB_PRIMITIVES, channels, 1, build_autodeeplab_op) for i in range(blocks) for _ in range(2 + i)
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, mixer) -> torch.Tensor:
@@ -117,7 +117,7 @@ class AutoDeepLabSupernet(nn.Module):
                     ASPP(self.node_channels[j], aspp_c, (rate,), separable=False, dropout=0.0),
                     nn.Conv2d(aspp_c, config.num_classes, 1),
                 )
-        self.alphas = nn.Parameter(1e-3 * torch.randn(num_cell_edges(B), len(ADL_PRIMITIVES)))
+        self.alphas = nn.Parameter(1e-3 * torch.randn(num_cell_edges(B), len(AUTODEEPLAB_PRIMITIVES)))
         self.betas = nn.Parameter(1e-3 * torch.randn(L, NUM_LEVELS, 3))
         self.register_buffer("beta_mask", transition_mask(L), persistent=False)
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, AutoDeepLabGenotype, make_adl_genotype
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, AutoDeepLabGenotype, make_autodeeplab_genotype
 from nasdeploy.spaces.autodeeplab_cost_table import NONE_OP, AutoDeepLabCostTable
 from nasdeploy.spaces.autodeeplab_decode import (beta_probabilities, decode_cell, path_log_probability, softmax,
                                                  viterbi_path)
@@ -187,7 +187,7 @@ def decode_under_budget(alphas: Any, betas: Any, table: AutoDeepLabCostTable, bu
     scores = _per_block(log_w, table.blocks)
 
     free_path, free_path_score = viterbi_path(beta_probabilities(b))
-    free = make_adl_genotype(decode_cell(a, table.blocks, table.primitives), free_path, name=name)
+    free = make_autodeeplab_genotype(decode_cell(a, table.blocks, table.primitives), free_path, name=name)
     free_cell = best_unconstrained(scores, [np.zeros_like(s) for s in scores], columns)
     free_score = free_cell.score + free_path_score
     free_cost = table.genotype_cost(free)
@@ -215,7 +215,7 @@ def decode_under_budget(alphas: Any, betas: Any, table: AutoDeepLabCostTable, bu
                           f"{unit}")
     total, choice, group, cost = best
     cell = [(table.primitives[col], src) for node in choice.nodes for src, col in zip(node.inputs, node.columns)]
-    genotype = make_adl_genotype(cell, group.path, name=name)
+    genotype = make_autodeeplab_genotype(cell, group.path, name=name)
     return BudgetedAutoDeepLabGenotype(genotype, total, float(cost), free, free_score, free_cost, float(budget),
                                        table.metric)
 
@@ -239,7 +239,7 @@ def genotype_log_score(genotype: AutoDeepLabGenotype, alphas: Any, betas: Any) -
     """The decode score of a genotype: sum of log softmax(alpha) over kept edges + log P(path | beta)."""
     with np.errstate(divide="ignore"):
         log_w = np.log(softmax(_array(alphas)))
-    col = {p: k for k, p in enumerate(ADL_PRIMITIVES)}
+    col = {p: k for k, p in enumerate(AUTODEEPLAB_PRIMITIVES)}
     total = 0.0
     for k, (op, source) in enumerate(genotype.cell):
         total += float(log_w[sum(2 + i for i in range(k // 2)) + source, col[op]])

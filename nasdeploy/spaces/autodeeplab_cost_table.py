@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, AutoDeepLabGenotype
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, AutoDeepLabGenotype
 from nasdeploy.spaces.autodeeplab import outgoing_softmax, transition_mask
 
 NONE_OP = "none"
@@ -54,7 +54,7 @@ class AutoDeepLabCostTable:
     context: tuple[np.ndarray, ...]  # per layer 0..L-1: int [states, 3], context of the cell that move runs
     transition: tuple[np.ndarray, ...]  # per layer 0..L-1: float [states, 3], that cell's fixed cost
     head: np.ndarray  # float [states of layer L]: ASPP + decoder after the last cell
-    primitives: tuple[str, ...] = ADL_PRIMITIVES
+    primitives: tuple[str, ...] = AUTODEEPLAB_PRIMITIVES
     metric: str = "macs"
     net: dict[str, Any] = field(default_factory=dict)  # what network it describes (for reports and caches)
 

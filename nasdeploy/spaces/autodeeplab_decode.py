@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.genotypes.autodeeplab import ADL_PRIMITIVES, AutoDeepLabGenotype, make_adl_genotype
+from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, AutoDeepLabGenotype, make_autodeeplab_genotype
 from nasdeploy.spaces.autodeeplab_lattice import transition_mask
 
 
@@ -34,7 +34,7 @@ def beta_probabilities(betas: np.ndarray) -> np.ndarray:
     return softmax(logits) * mask
 
 
-def decode_cell(alphas: np.ndarray, blocks: int, primitives: Sequence[str] = ADL_PRIMITIVES,
+def decode_cell(alphas: np.ndarray, blocks: int, primitives: Sequence[str] = AUTODEEPLAB_PRIMITIVES,
                 from_logits: bool = True) -> tuple[tuple[str, int], ...]:
     """Top-2 predecessors per block by max non-'none' probability, argmax non-'none' op on each."""
     weights = softmax(np.asarray(alphas, dtype=np.float64)) if from_logits else np.asarray(alphas, dtype=np.float64)
@@ -99,4 +99,4 @@ def decode_genotype(alphas: np.ndarray, betas: np.ndarray, blocks: int, name: st
     """The Auto-DeepLab genotype (cell + Viterbi path) from raw alpha and beta logits."""
     cell = decode_cell(alphas, blocks)
     path, _ = viterbi_path(beta_probabilities(betas))
-    return make_adl_genotype(cell, path, name=name)
+    return make_autodeeplab_genotype(cell, path, name=name)

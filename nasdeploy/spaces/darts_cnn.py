@@ -89,7 +89,7 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-class DartsSupernet(nn.Module):
+class DartsCnnSupernet(nn.Module):
     """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3);
     partial_channels K > 1 makes it PC-DARTS's (K=4 in its reference code)."""
 

@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import RNN_PRIMITIVES
-from nasdeploy.nets.rnn import RecurrentCellBase, RNNLanguageModel
-from nasdeploy.ops.rnn import highway_update, rnn_activation
+from nasdeploy.nets.darts_rnn import RecurrentCellBase, DartsRnnLanguageModel
+from nasdeploy.ops.darts_rnn import highway_update, recurrent_activation
 
 
 def num_recurrent_edges(steps: int) -> int:
@@ -32,7 +32,7 @@ class DARTSCellSearch(RecurrentCellBase):
                  primitives: tuple[str, ...] = RNN_PRIMITIVES, bn_running_stats: bool = False):
         super().__init__(ninp, nhid, steps, dropouth, dropoutx)
         self.primitives = tuple(primitives)
-        self._acts = [(k, rnn_activation(name)) for k, name in enumerate(self.primitives) if name != "none"]
+        self._acts = [(k, recurrent_activation(name)) for k, name in enumerate(self.primitives) if name != "none"]
         # Batch statistics in eval mode too by default: with frozen running statistics the normalisation
         # is a fixed affine map inside the recurrence, whose gain can exceed 1 and blow up over a long
         # evaluation stream (observed: inf/NaN validation perplexity on the demo corpus). One BN per
@@ -63,7 +63,7 @@ class DARTSCellSearch(RecurrentCellBase):
         return states[1:].mean(dim=0)
 
 
-class RNNSearchModel(RNNLanguageModel):
+class DartsRnnSupernet(DartsRnnLanguageModel):
     """The DARTS recurrent supernet: architecture weights `alphas` [36, 5] are a real parameter."""
 
     def __init__(self, ntokens: int, *, emsize: int = 300, nhid: int = 300, steps: int = 8,

@@ -54,7 +54,7 @@ def regularised_loss(model: Any, x: torch.Tensor, y: torch.Tensor, hidden: torch
 
 
 @dataclass
-class LMBatch:
+class LanguageModelBatch:
     """A TBPTT window for the architect: inputs, targets, the carried hidden state and a dropout seed.
 
     Every evaluation of the same batch draws the same dropout masks (the seed), so the architect's
@@ -69,7 +69,7 @@ class LMBatch:
     next_hidden: torch.Tensor | None = field(default=None, repr=False)
 
 
-def architect_loss(forward: Callable[..., Any], batch: LMBatch) -> torch.Tensor:
+def architect_loss(forward: Callable[..., Any], batch: LanguageModelBatch) -> torch.Tensor:
     """The architecture objective: plain NLL of the batch (as the reference), with fixed dropout masks."""
     devices = [batch.x.device] if batch.x.is_cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -80,7 +80,7 @@ def architect_loss(forward: Callable[..., Any], batch: LMBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_lm(model: Any, tokens: torch.Tensor, batch_size: int, bptt: int) -> float:
+def evaluate_language_model(model: Any, tokens: torch.Tensor, batch_size: int, bptt: int) -> float:
     """Mean NLL per predicted token over a whole split (model put in eval mode, hidden carried)."""
     was_training = model.training
     model.eval()

@@ -18,8 +18,8 @@ import torch
 from nasdeploy.config.darts_rnn import DartsRnnTrainConfig
 from nasdeploy.data.text import batchify, load_text_corpus
 from nasdeploy.genotypes import RecurrentGenotype, genotype_to_dict, save_genotype
-from nasdeploy.nets.rnn import NET_NAME, build_rnn_lm
-from nasdeploy.tasks.language_model import TBPTTSettings, evaluate_lm, perplexity, tbptt_epoch
+from nasdeploy.nets.darts_rnn import NET_NAME, build_darts_rnn_network
+from nasdeploy.tasks.language_model import TBPTTSettings, evaluate_language_model, perplexity, tbptt_epoch
 from nasdeploy.train.genotype_source import GenotypeSource, genotype_fingerprint, resolve_train_genotype
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
@@ -103,7 +103,7 @@ class DartsRnnTraining(EpochLoop[DartsRnnTrainResult]):
             write_text_atomic(self.out / "vocab.json", self.corpus.vocab.to_json())
             save_genotype(self.genotype, self.out / "genotype.json")
         seed_everything(s.seed)
-        self.model = build_rnn_lm(self.genotype, **model_cfg.to_dict()).to(device)
+        self.model = build_darts_rnn_network(self.genotype, **model_cfg.to_dict()).to(device)
         self.params = list(self.model.parameters())
         self.mode, self.valid_history, self.best_valid, self.asgd_epoch = "sgd", [], float("inf"), None
         self.optimizer = make_optimizer(self.mode, self.params, s.lr, s.weight_decay)
@@ -132,7 +132,7 @@ class DartsRnnTraining(EpochLoop[DartsRnnTrainResult]):
         """Validation (with ASGD's averages), best.pt when it improves, and the switch to ASGD when it stalls."""
         s = self.config.train
         with averaged_weights(self.model, self.optimizer):
-            valid_nll = evaluate_lm(self.model, self.corpus.valid, s.eval_batch_size, s.bptt)
+            valid_nll = evaluate_language_model(self.model, self.corpus.valid, s.eval_batch_size, s.bptt)
             if valid_nll < self.best_valid:
                 self.best_valid = valid_nll
                 if self.ctx.is_main:
@@ -152,7 +152,7 @@ class DartsRnnTraining(EpochLoop[DartsRnnTrainResult]):
         s = self.config.train
         best = load_checkpoint(self.out / "best.pt")
         load_weights_into(self.model, best, source=str(self.out / "best.pt"))
-        test_nll = evaluate_lm(self.model, self.corpus.test, s.test_batch_size, s.bptt)
+        test_nll = evaluate_language_model(self.model, self.corpus.test, s.test_batch_size, s.bptt)
         return {"best_valid_ppl": perplexity(self.best_valid), "test_ppl": perplexity(test_nll),
                 "best_epoch": int(best["meta"]["epoch"]), "params": sum(p.numel() for p in self.params),
                 "asgd_epoch": self.asgd_epoch, "corpus": self.corpus.summary(), "genotype": genotype_to_dict(self.genotype)}

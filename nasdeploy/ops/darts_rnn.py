@@ -21,7 +21,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 # Op name -> activation applied to the candidate h of a node ("none" is search-only: no function).
-RNN_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+RECURRENT_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
@@ -29,11 +29,11 @@ RNN_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def rnn_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def recurrent_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation of recurrent op `name`."""
-    if name not in RNN_ACTIVATIONS:
-        raise GenotypeError(f"unknown recurrent op '{name}' (valid ops: {', '.join(RNN_ACTIVATIONS)})")
-    return RNN_ACTIVATIONS[name]
+    if name not in RECURRENT_ACTIVATIONS:
+        raise GenotypeError(f"unknown recurrent op '{name}' (valid ops: {', '.join(RECURRENT_ACTIVATIONS)})")
+    return RECURRENT_ACTIVATIONS[name]
 
 
 def highway_update(s_prev: torch.Tensor, ch: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -17,10 +17,10 @@ from torch.nn import functional as F
 from nasdeploy.config.darts_rnn import DartsRnnNetworkConfig
 from nasdeploy.errors import CheckpointError
 from nasdeploy.genotypes import RecurrentGenotype, genotype_from_dict, resolve_genotype
-from nasdeploy.ops.rnn import LockedDropout, embedded_dropout, highway_update, rnn_activation, variational_mask
+from nasdeploy.ops.darts_rnn import LockedDropout, embedded_dropout, highway_update, recurrent_activation, variational_mask
 from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
 
-NET_NAME = "rnn_lm"  # meta["net"] of its train checkpoints
+NET_NAME = "language_model"  # meta["net"] of its train checkpoints
 INIT_RANGE = 0.04  # uniform init range of the cell matrices (reference value)
 EMBED_INIT_RANGE = 0.04  # embedding and tied decoder: the reference's INITRANGE as well (search and train)
 
@@ -70,7 +70,7 @@ class DARTSCell(RecurrentCellBase):
     def __init__(self, ninp: int, nhid: int, genotype: RecurrentGenotype, dropouth: float = 0.0, dropoutx: float = 0.0):
         super().__init__(ninp, nhid, genotype.steps, dropouth, dropoutx)
         self.genotype = genotype
-        self._acts = [rnn_activation(op) for op, _ in genotype.recurrent]
+        self._acts = [recurrent_activation(op) for op, _ in genotype.recurrent]
 
     def nodes(self, s0: torch.Tensor, h_mask: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
         states = [s0]
@@ -81,7 +81,7 @@ class DARTSCell(RecurrentCellBase):
         return torch.stack([states[i] for i in self.genotype.concat], dim=-1).mean(dim=-1)
 
 
-class RNNLanguageModel(nn.Module):
+class DartsRnnLanguageModel(nn.Module):
     """Embedding (with word dropout) -> locked dropout -> recurrent cell -> locked dropout -> tied decoder."""
 
     def __init__(self, cell: RecurrentCellBase, ntokens: int, *, dropout: float, dropouti: float, dropoute: float):
@@ -119,8 +119,8 @@ class RNNLanguageModel(nn.Module):
         return self.encoder.weight.new_zeros(1, batch_size, self.nhid)
 
 
-def build_rnn_lm(genotype: RecurrentGenotype | str | os.PathLike[str], ntokens: int | None = None,
-                 **overrides: Any) -> RNNLanguageModel:
+def build_darts_rnn_network(genotype: RecurrentGenotype | str | os.PathLike[str], ntokens: int | None = None,
+                 **overrides: Any) -> DartsRnnLanguageModel:
     """The evaluation language model of a recurrent genotype (object, registry name or JSON file).
 
     Keyword overrides are DartsRnnNetworkConfig fields; the model carries `default_cfg` (the DartsRnnNetworkConfig used).
@@ -132,18 +132,18 @@ def build_rnn_lm(genotype: RecurrentGenotype | str | os.PathLike[str], ntokens: 
     base.update(overrides)
     cfg = DartsRnnNetworkConfig.from_dict(base)
     cell = DARTSCell(cfg.emsize, cfg.nhid, resolved, cfg.dropouth, cfg.dropoutx)
-    model = RNNLanguageModel(cell, cfg.ntokens, dropout=cfg.dropout, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
+    model = DartsRnnLanguageModel(cell, cfg.ntokens, dropout=cfg.dropout, dropouti=cfg.dropouti, dropoute=cfg.dropoute)
     model.default_cfg = cfg
     model.genotype = resolved
     return model
 
 
-def load_rnn_lm(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> RNNLanguageModel:
-    """The evaluation model of a train checkpoint (meta: genotype, net 'rnn_lm', net_kwargs), in eval mode."""
+def load_darts_rnn_network(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> DartsRnnLanguageModel:
+    """The evaluation model of a train checkpoint (meta: genotype, net 'language_model', net_kwargs), in eval mode."""
     ckpt = load_checkpoint(path, map_location=map_location)
     meta = ckpt.get("meta", {})
     if meta.get("net") != NET_NAME or "genotype" not in meta or "net_kwargs" not in meta:
         raise CheckpointError(f"{path} is not a recurrent language-model checkpoint (meta.net is {meta.get('net')!r})")
-    model = build_rnn_lm(genotype_from_dict(meta["genotype"], RecurrentGenotype.kind), **meta["net_kwargs"])
+    model = build_darts_rnn_network(genotype_from_dict(meta["genotype"], RecurrentGenotype.kind), **meta["net_kwargs"])
     load_weights_into(model, ckpt, source=str(path))
     return model.eval()
