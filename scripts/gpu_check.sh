@@ -8,7 +8,7 @@
 #   scripts/gpu_check.sh [--dry-run] [OUT_DIR]      OUT_DIR: default $OUT, else benchmarks/gpu
 #
 # Every step runs under its own time limit (the `step NAME SECONDS ...` lines; they add up to at most
-# 540 s, checked by tests/test_gpu_check.py), and no step starts past the 520 s deadline. --dry-run runs
+# 540 s, checked by tests/scripts/test_gpu_check.py), and no step starts past the 520 s deadline. --dry-run runs
 # the same steps on the CPU with tiny sizes and no CUDA build (the CUDA tests are collected and skip), so
 # the test suite catches a broken step without a GPU. Commit a real run's JSON: cp OUT_DIR/*.json benchmarks/gpu/
 set -uo pipefail
@@ -67,8 +67,8 @@ devices = list(loaded_devices())
 print("built", info.name, "in %.1f s, kernels for" % info.seconds, devices)
 open(sys.argv[2], "w").write(json.dumps({**info.to_dict(), "devices": devices}, indent=2) + "\n")' \
     "$CUDA_BUILD" "$OUT_DIR/build.json"
-TESTS=(tests/test_kernels_mixed_node.py tests/test_pcdarts_supernet.py)
-timeout 20 "$PY" -c "import onnx" 2>/dev/null && TESTS+=(tests/test_export_tensorrt.py)  # needs onnx to collect
+TESTS=(tests/kernels/test_mixed_node.py tests/spaces/test_partial_channels.py)
+timeout 20 "$PY" -c "import onnx" 2>/dev/null && TESTS+=(tests/export/test_tensorrt.py)  # needs onnx to collect
 step "CUDA tests" 60 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda "${TESTS[@]}"
 step "reduction bandwidth" 15 "$PY" scripts/bench_mixed_op.py --bandwidth "${DEV[@]}" "${BW[@]}" \
     --json "$OUT_DIR/bandwidth.json"

@@ -153,7 +153,7 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
     Raises RuntimeError with a one-line reason when no compiler, ninja or CUDA toolkit is available.
     Only one variant can be loaded per process (both register the same operators). `sanitize`
     ("address", CPU only) builds an instrumented variant under its own name; the process must have
-    the sanitizer runtime loaded first (LD_PRELOAD), see tests/test_kernels_asan.py.
+    the sanitizer runtime loaded first (LD_PRELOAD), see tests/kernels/test_asan.py.
     """
     cpp_extension = _cpp_extension()
     if sanitize is not None and sanitize not in SANITIZERS:
