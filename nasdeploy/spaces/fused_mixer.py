@@ -25,8 +25,9 @@ from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference
 
 BN_EPS = 1e-5
 FUSED_DTYPES = (torch.float32, torch.float64)
-# Strided nodes narrower than MIN_CPU_CHANNELS_LAST stay in NCHW on the CPU (a oneDNN heap bug in the 1x1
-# stride-2 conv, see nasdeploy.ops.layout); stride-1 nodes have no such conv and may go channels-last.
+# Nodes narrower than MIN_CPU_CHANNELS_LAST are not turned channels-last on the CPU (a oneDNN heap bug in the
+# 1x1 stride-2 conv, see nasdeploy.ops.layout); a caller that knows a node has no strided edge may hand it
+# channels-last inputs (the PC-DARTS cell does).
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,10 @@ class FusionOptions:
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
 
-    def use_channels_last(self, device: torch.device, channels: int | None = None, strided: bool = True) -> bool:
-        """Whether a node of `channels` channels on `device` runs in channels-last (`strided`: it has a
-        stride-2 edge, whose ops may hold a 1x1 strided conv)."""
-        if device.type == "cpu" and strided and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
+    def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
+        """Whether the mixer turns a node of `channels` channels on `device` into channels-last (a narrow node
+        keeps the layout its inputs come in)."""
+        if device.type == "cpu" and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
             return False
         return self.channels_last if self.channels_last is not None else device.type == "cpu"
 
@@ -165,11 +166,8 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
-        strided = any(edge.stride > 1 for edge in edges)
-        if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs), strided):
+        if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-        elif weights.device.type == "cpu":  # channels-last inputs from earlier nodes go back to NCHW here
-            inputs = [x.contiguous() for x in inputs]
         zs: list[torch.Tensor] = []
         terms: list[Term] = []
         stat_bns: list[nn.BatchNorm2d] = []

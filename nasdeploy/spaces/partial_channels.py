@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
+from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
 
 
@@ -29,6 +30,18 @@ def node_softmax(betas: torch.Tensor, steps: int) -> torch.Tensor:
 
 def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _head_layout(state: torch.Tensor, width: int, strided: bool) -> torch.memory_format:
+    """The layout of the part of a state the ops read: the state's own, except narrow parts on the CPU.
+
+    There the mixer leaves the layout to the caller (ops.layout: oneDNN's channels-last backward of a 1x1
+    stride-2 conv corrupts the heap below MIN_CPU_CHANNELS_LAST channels), so a cell without a strided
+    edge runs them channels-last (faster depthwise and pointwise backward) and a reduction cell in NCHW.
+    """
+    if state.device.type == "cpu" and 1 < width < MIN_CPU_CHANNELS_LAST:
+        return torch.contiguous_format if strided else torch.channels_last
+    return torch.channels_last if _channels_last(state) else torch.contiguous_format
 
 
 def shuffle_concat(partial: torch.Tensor, bypass: torch.Tensor, groups: int) -> torch.Tensor:
@@ -54,12 +67,13 @@ def partial_cell_nodes(mixer: NodeMixer, s0: torch.Tensor, s1: torch.Tensor, edg
     tails: list[torch.Tensor] = []
     pooled: dict[int, torch.Tensor] = {}
 
+    strided = any(edge.stride > 1 for edge in edges)
+
     def add(state: torch.Tensor) -> None:
         width = state.shape[1] // groups
         head, tail = state.split([width, state.shape[1] - width], dim=1)
-        # Dense once per state, in the state's layout: every op (and every node) reads it as it is.
-        heads.append(head.contiguous(memory_format=torch.channels_last if _channels_last(state)
-                                     else torch.contiguous_format))
+        # Dense once per state: every op (and every node) reads it as it is.
+        heads.append(head.contiguous(memory_format=_head_layout(state, width, strided)))
         tails.append(tail)
 
     def bypass(j: int, stride: int) -> torch.Tensor:

@@ -195,11 +195,11 @@ def test_genotype_uses_the_betas():
 
 @pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for the fused kernels")
 def test_a_narrow_factorized_reduce_preprocess_gets_nchw_input():
-    """Narrow stride-1 nodes run channels-last, so a cell output can be channels-last: a 2-7 channel
-    FactorizedReduce preprocess after it must still get NCHW on the CPU (nasdeploy.ops.layout)."""
-    model = DartsCnnSupernet(channels=2, layers=3, steps=2, multiplier=2, mixed_op="fused")
+    """PC-DARTS runs narrow ops parts of normal cells channels-last, so a cell output can be channels-last: a
+    2-7 channel FactorizedReduce preprocess after it must still get NCHW on the CPU (nasdeploy.ops.layout)."""
+    model = DartsCnnSupernet(channels=4, layers=3, steps=2, multiplier=1, partial_channels=2, mixed_op="fused")
     cell = model.cells[2]
-    assert cell.preprocess0.conv_1.in_channels == 4  # cell 0's output: 2 nodes of 2 channels
+    assert cell.preprocess0.conv_1.in_channels == 4  # cell 0's output: 1 node of 4 channels
     seen: list[bool] = []
     cell.preprocess0.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
     model.cells[0].register_forward_hook(lambda m, args, out: seen.append(out.is_contiguous()))
@@ -222,3 +222,27 @@ def test_cuda_fused_pc_darts_matches_the_reference_path():
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-10, atol=1e-12)
     for a, b in zip(grads[1], grads[0]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_narrow_ops_parts_run_channels_last_only_in_cells_without_a_strided_edge():
+    """PC-DARTS hands the mixer narrow (C/K < 8) parts: channels-last in normal cells (faster), NCHW in reduction
+    cells, whose 1x1 stride-2 convs hit oneDNN's channels-last heap bug (nasdeploy.ops.layout)."""
+    from nasdeploy.spaces.mixing import MixedEdge
+    from nasdeploy.spaces.partial_channels import partial_cell_nodes
+
+    seen: list[tuple[bool, ...]] = []
+
+    def spy(inputs, edges, weights):
+        seen.append(tuple(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x in inputs))
+
+    for stride in (1, 2):
+        seen.clear()
+        edges = [MixedEdge(("skip_connect",), 4, stride if j < 2 else 1) for i in range(2) for j in range(2 + i)]
+        s0 = torch.randn(2, 16, 8, 8)
+
+        def mixer(inputs, e, w, size=8 // stride):
+            spy(inputs, e, w)
+            return torch.zeros(2, 4, size, size)
+
+        partial_cell_nodes(mixer, s0, s0.clone(), edges, torch.ones(5, 1), torch.ones(5), steps=2, groups=4)
+        assert seen and all(all(flags) == (stride == 1) and (any(flags) == (stride == 1)) for flags in seen), seen
