@@ -179,6 +179,7 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
         # torch guesses the toolkit root from nvcc on PATH, which may be a wrapper outside it
         # (e.g. /usr/local/bin/nvcc); point it at the root that has the headers.
         cpp_extension.CUDA_HOME = str(cuda_home())
+    announced = announce_first_build(name, build_dir)
     start = time.perf_counter()
     with _arch_list(archs) if cuda else contextlib.nullcontext():
         library = cpp_extension.load(
@@ -193,8 +194,28 @@ def build_extension(cuda: bool, archs: tuple[str, ...] = (), verbose: bool = Fal
             is_python_module=False,
             verbose=verbose,
         )
+    seconds = time.perf_counter() - start
+    if announced:
+        print(f"[kernels] compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
     return BuildInfo(name=name, cuda=cuda, archs=archs, library=str(library), build_dir=str(build_dir),
-                     seconds=time.perf_counter() - start, torch_version=torch.__version__)
+                     seconds=seconds, torch_version=torch.__version__)
+
+
+# Measured on this project's 2-core CI machines (CPU variant, cold cache): 60-90 s.
+FIRST_BUILD_SECONDS = "1-2 min on 2 CPU cores"
+
+
+def announce_first_build(name: str, build_dir: Path) -> bool:
+    """On a terminal, say that a first-use compile starts and how long it takes (else the wait is silent).
+
+    Only on a terminal: piped or captured stderr (scripts, tests, CI logs) keeps its one `error:` line
+    contract; `nasdeploy build-ext` compiles ahead of time and reports what it built.
+    """
+    if (build_dir / f"{name}.so").exists() or not sys.stderr.isatty():
+        return False
+    print(f"[kernels] compiling the fused mixed-op kernels on first use (about {FIRST_BUILD_SECONDS}; cached in "
+          f"{build_dir}; `nasdeploy build-ext` does this ahead of time)", file=sys.stderr, flush=True)
+    return True
 
 
 @functools.lru_cache(maxsize=1)

@@ -113,3 +113,18 @@ def test_full_cuda_variant_builds_and_loads_without_a_gpu(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     data = json.loads(report.read_text())
     assert data["cuda"] is True and data["archs"] == ["9.0"] and data["devices"] == ["cpu", "cuda"]
+
+
+def test_a_first_use_compile_is_announced_on_a_terminal_only(monkeypatch, tmp_path, capsys):
+    """The first-use compile takes minutes: a terminal user is told what the wait is; captured stderr stays clean."""
+    from nasdeploy.kernels import build
+
+    monkeypatch.setattr(build.sys.stderr, "isatty", lambda: True, raising=False)
+    assert build.announce_first_build("nasdeploy_mixed_node_cpu", tmp_path)
+    err = capsys.readouterr().err
+    assert err.startswith("[kernels] compiling the fused mixed-op kernels on first use (about ") and str(tmp_path) in err
+    (tmp_path / "nasdeploy_mixed_node_cpu.so").write_bytes(b"")  # cached: nothing to say
+    assert not build.announce_first_build("nasdeploy_mixed_node_cpu", tmp_path)
+    monkeypatch.setattr(build.sys.stderr, "isatty", lambda: False, raising=False)
+    assert not build.announce_first_build("nasdeploy_mixed_node_x", tmp_path)
+    assert capsys.readouterr().err == ""
