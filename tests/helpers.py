@@ -92,3 +92,20 @@ def file_maker(name: str, content: bytes | str):
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return str(path)
     return make
+
+
+def assert_commands_parse(commands: dict[str, str]) -> None:
+    """Every line of a report's reproducing commands names an existing `nasdeploy` subcommand whose options parse."""
+    import shlex
+
+    import click
+
+    from nasdeploy.cli.main import cli
+
+    for stage, text in commands.items():
+        for line in text.splitlines():
+            argv = shlex.split(line)
+            assert argv[0] == "nasdeploy", (stage, line)
+            command = cli.get_command(click.Context(cli), argv[1])
+            assert command is not None, f"{stage}: no command 'nasdeploy {argv[1]}'"
+            command.make_context(argv[1], argv[2:])  # click.UsageError on an unknown option or a bad value

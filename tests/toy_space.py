@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import genotype_to_dict, get_genotype, save_genotype
+from nasdeploy.pipeline.results import DeriveStageResult, SearchStageResult, SkippedStage
 from nasdeploy.utils.files import write_json_atomic
 
 
@@ -21,33 +22,37 @@ class ToyConfig:
             raise ConfigError("toy config: steps is missing")
 
 
-def _search(ctx: Any) -> dict[str, Any]:
-    ctx.path("search").mkdir(exist_ok=True)
-    write_json_atomic(ctx.path("search", "done.json"), {"finished": True, "steps": ctx.config.search["steps"]})
-    return {"dir": "search", "epochs": 1, "mixed_op": "toy"}
+class ToyStages:
+    """Search, derive and three do-nothing stages; it has no executorch or quantize stage."""
 
+    def stages(self) -> dict[str, Any]:
+        """The toy's stage functions."""
+        return {"search": self._search, "derive": self._derive, "train": self._nothing, "export": self._nothing,
+                "profile": self._nothing}
 
-def _derive(ctx: Any) -> dict[str, Any]:
-    genotype = get_genotype("DARTS_V2")
-    save_genotype(genotype, ctx.path("genotype.json"))
-    count_file = ctx.path("derive_count.txt")
-    count = int(count_file.read_text()) + 1 if count_file.is_file() else 1
-    count_file.write_text(str(count))
-    return {"genotype": genotype_to_dict(genotype), "text": "toy"}
+    @staticmethod
+    def _search(ctx: Any) -> SearchStageResult:
+        ctx.path("search").mkdir(exist_ok=True)
+        write_json_atomic(ctx.path("search", "done.json"), {"finished": True, "steps": ctx.config.search.steps})
+        return SearchStageResult(epochs=1, order="none", mixed_op="toy")
 
+    @staticmethod
+    def _derive(ctx: Any) -> DeriveStageResult:
+        genotype = get_genotype("DARTS_V2")
+        save_genotype(genotype, ctx.path("genotype.json"))
+        count_file = ctx.path("derive_count.txt")
+        count = int(count_file.read_text()) + 1 if count_file.is_file() else 1
+        count_file.write_text(str(count))
+        return DeriveStageResult(genotype=genotype_to_dict(genotype), text="toy")
 
-def _nothing(ctx: Any) -> dict[str, Any]:
-    return {}
+    @staticmethod
+    def _nothing(ctx: Any) -> SkippedStage:
+        return SkippedStage(reason="the toy does nothing here")
 
+    def report_figures(self, ctx: Any) -> dict[str, str]:
+        """No figures."""
+        return {}
 
-STAGES = {"search": _search, "derive": _derive, "train": _nothing, "export": _nothing, "profile": _nothing}
-
-
-def report_figures(ctx: Any) -> dict[str, str]:
-    """No figures."""
-    return {}
-
-
-def reproduce_commands(ctx: Any) -> dict[str, str]:
-    """No stage commands."""
-    return {}
+    def reproduce_commands(self, ctx: Any) -> dict[str, str]:
+        """No stage commands."""
+        return {}

@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.sections import ExportSection, ProfileSection
-from nasdeploy.spaces.table import DEFAULT_SPACE, get_space, resolve, space_of_pipeline
-from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml
+from nasdeploy.spaces.table import DEFAULT_SPACE, resolve, space_of_pipeline
+from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml, to_dict
 
 DEMO_CONFIG = "demo.yaml"
 _SECTIONS = ("name", "space", "data_dir", "search", "train", "export", "profile")
@@ -21,16 +21,25 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The whole pipeline: raw search/train config dicts (validated by their own loaders) plus sections."""
+    """The whole pipeline, validated: the space's search and train configs and its export and profile sections.
+
+    search / train are the config dataclasses of the space's table entry (e.g. DartsCnnSearchConfig), export /
+    profile its section dataclasses (nasdeploy.pipeline.sections); every stage reads their typed fields.
+    """
 
     name: str
-    search: dict[str, Any]
-    train: dict[str, Any]
-    export: Any = ExportSection()  # the space's export section (see its table entry)
-    profile: Any = ProfileSection()  # the space's profile section
+    search: Any  # the space's search config dataclass
+    train: Any  # the space's train config dataclass
+    export: Any = ExportSection()
+    profile: Any = ProfileSection()
     data_dir: str | None = None
     source: str = "(built-in demo)"
     space: str = DEFAULT_SPACE
+
+    def record(self) -> dict[str, Any]:
+        """The plain form stored as the run's pipeline.yaml (and compared to refuse mixing two configs in one run)."""
+        return {"name": self.name, "space": self.space, "data_dir": self.data_dir, "search": to_dict(self.search),
+                "train": to_dict(self.train), "export": to_dict(self.export), "profile": to_dict(self.profile)}
 
 
 def _as_tuple(value: Any) -> Any:
@@ -82,7 +91,7 @@ def _run_name(data: dict[str, Any], source: str) -> str:
 
 
 def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str) -> PipelineConfig:
-    """Validate a pipeline config mapping (its space's loaders check the search and train sections)."""
+    """Validate a pipeline config mapping into typed configs (its space's loaders check the search and train sections)."""
     space = space_of_pipeline(data)
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
@@ -92,18 +101,24 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
     if space.profile_nets and profile.net not in space.profile_nets:
         raise ConfigError(f"pipeline config: profile.net must be one of {', '.join(space.profile_nets)} for the "
                           f"{space.name} space, got {profile.net!r}")
-    config = PipelineConfig(
+    return PipelineConfig(
         space=space.name,
         name=_run_name(data, source),
-        search=_stage_dict(data, "search", base_dir, space.name),
-        train=_stage_dict(data, "train", base_dir, space.name),
+        search=_validated(space.load_search_config, _stage_dict(data, "search", base_dir, space.name), "search", source),
+        train=_validated(space.load_train_config, _stage_dict(data, "train", base_dir, space.name), "train", source),
         export=export,
         profile=profile,
         data_dir=data.get("data_dir"),
         source=source,
     )
-    validate_stage_configs(config)
-    return config
+
+
+def _validated(load: Callable[[dict[str, Any]], Any], section: dict[str, Any], name: str, source: str) -> Any:
+    """A stage section validated by its space's loader (errors name the pipeline file and the section)."""
+    try:
+        return load(section)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline config {source}, section {name}: {exc}") from None
 
 
 def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -117,14 +132,3 @@ def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: 
     data = apply_overrides(load_yaml(p), overrides)
     return pipeline_config_from_dict(data, p.parent, str(p))
 
-
-def validate_stage_configs(config: PipelineConfig) -> tuple[Any, Any]:
-    """The search and train sections validated by their space's own loaders (errors name the section)."""
-    space = get_space(config.space)
-    results = []
-    for section, load in (("search", space.load_search_config), ("train", space.load_train_config)):
-        try:
-            results.append(load(getattr(config, section)))
-        except ConfigError as exc:
-            raise ConfigError(f"pipeline config {config.source}, section {section}: {exc}") from None
-    return results[0], results[1]

@@ -6,19 +6,21 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nasdeploy._version import __version__
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.config import PipelineConfig
 from nasdeploy.pipeline.plots import plot_curves, read_jsonl
 from nasdeploy.pipeline.report import write_report
-from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, quote_path, skip_stage, source_arg
+from nasdeploy.pipeline.results import DeriveStageResult, ReportStageResult, SkippedStage, StageResult
+from nasdeploy.pipeline.stages import PipelineStages, StageContext, StageFn, StageInterrupted, quote_path, source_arg
 from nasdeploy.pipeline.state import STATE_FILE, PipelineState
-from nasdeploy.spaces.table import get_space, resolve
+from nasdeploy.pipeline.summary import StageTime, run_summary
+from nasdeploy.spaces.table import get_space
 from nasdeploy.utils.files import write_text_atomic
-from nasdeploy.utils.rundir import open_run_directory
-from nasdeploy.utils.yamlconfig import dump_yaml, to_dict
+from nasdeploy.utils.rundir import open_run_directory, read_json
+from nasdeploy.utils.yamlconfig import dump_yaml
 
 STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "executorch", "quantize", "profile", "report")
 # Stages whose output folder a --force removes first (search/train would resume from their checkpoints; the
@@ -26,8 +28,8 @@ STAGE_ORDER: tuple[str, ...] = ("search", "derive", "train", "export", "executor
 _CLEARED_WHEN_FORCED = ("search", "train", "export", "executorch", "quantize")
 
 
-def stages_for(space: str) -> dict[str, StageFn]:
-    """The stage functions of a search space, from its table entry (same names and run-directory contract)."""
+def stages_for(space: str) -> PipelineStages:
+    """The pipeline stages of a search space, from its table entry (same names and run-directory contract)."""
     return get_space(space).pipeline_stages()
 
 
@@ -47,15 +49,10 @@ def _log(message: str, enabled: bool) -> None:
         print(f"[pipeline] {message}", file=sys.stderr, flush=True)
 
 
-def _config_record(config: PipelineConfig) -> dict[str, Any]:
-    return {"name": config.name, "space": config.space, "data_dir": config.data_dir, "search": config.search, "train": config.train,
-            "export": to_dict(config.export), "profile": to_dict(config.profile)}
-
-
 def _check_same_config(run_dir: Path, config: PipelineConfig, state: PipelineState) -> None:
     """A run directory belongs to one config: refuse to mix stages of two configs."""
     stored = run_dir / "pipeline.yaml"
-    record = dump_yaml(_config_record(config))
+    record = dump_yaml(config.record())
     if stored.is_file() and state.stages and stored.read_text() != record:
         raise ConfigError(
             f"{run_dir} was started with a different pipeline config (see {stored}); use a new --out directory"
@@ -83,7 +80,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         return _run_stages(config, run_dir, stages, force, only, progress, stop_after_epoch)
 
 
-def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn], force: Sequence[str],
+def _run_stages(config: PipelineConfig, run_dir: Path, stages: PipelineStages, force: Sequence[str],
                 only: Sequence[str], progress: bool, stop_after_epoch: int | None) -> PipelineResult:
     state = PipelineState.load(run_dir)
     _check_same_config(run_dir, config, state)
@@ -92,6 +89,7 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
         state.invalidate(list(STAGE_ORDER[first:]))
         _clear_forced_outputs(run_dir, STAGE_ORDER[first:])
     ctx = StageContext(config, run_dir, progress, stop_after_epoch)
+    functions = stages.stages()
     result = PipelineResult(run_dir)
     for stage in STAGE_ORDER:
         if only and stage not in only:
@@ -103,27 +101,26 @@ def _run_stages(config: PipelineConfig, run_dir: Path, stages: dict[str, StageFn
         _log(f"{stage}: running", progress)
         state.mark_started(stage)
         try:
-            outputs = write_pipeline_report(ctx, state) if stage == "report" else _stage_fn(stages, stage, config)(ctx)
+            done: StageResult = (write_pipeline_report(ctx, state, stages) if stage == "report"
+                                 else _stage_fn(functions, stage, config)(ctx))
         except StageInterrupted as stop:
             result.interrupted = stage
             _log(f"{stage}: {stop}; rerun the same command to resume", progress)
             return result
-        state.mark_done(stage, outputs)
+        state.mark_done(stage, done)
         result.ran.append(stage)
-        why = outputs.get("stage_skipped")
-        _log(f"{stage}: skipped: {why}" if why else f"{stage}: done in {state.stages[stage]['seconds']:.1f} s", progress)
+        why = done.skip_reason
+        _log(f"{stage}: skipped: {why}" if why else f"{stage}: done in {state.seconds(stage):.1f} s", progress)
     if state.is_done("report"):
-        import json
-
-        result.summary = json.loads((run_dir / "summary.json").read_text())
+        result.summary = read_json(run_dir / "summary.json") or {}
     return result
 
 
-def _stage_fn(stages: dict[str, StageFn], stage: str, config: PipelineConfig) -> StageFn:
-    """The space's function for `stage`; a stage module without one (an older or third-party space) skips it."""
-    if stage in stages:
-        return stages[stage]
-    return lambda _ctx: skip_stage(f"the {config.space} pipeline has no {stage} stage")
+def _stage_fn(functions: Mapping[str, StageFn], stage: str, config: PipelineConfig) -> StageFn:
+    """The space's function for `stage`; a stage set without one (a third-party space) skips it with one line."""
+    if stage in functions:
+        return functions[stage]
+    return lambda _ctx: SkippedStage(reason=f"the {config.space} pipeline has no {stage} stage")
 
 
 def _clear_forced_outputs(run_dir: Path, stages: Sequence[str]) -> None:
@@ -135,90 +132,23 @@ def _clear_forced_outputs(run_dir: Path, stages: Sequence[str]) -> None:
             shutil.rmtree(run_dir / stage)
 
 
-def write_pipeline_report(ctx: StageContext, state: PipelineState) -> dict[str, Any]:
-    """Figures, report.md and summary.json from the files the other stages left."""
-    import json
-
+def write_pipeline_report(ctx: StageContext, state: PipelineState, stages: PipelineStages) -> ReportStageResult:
+    """Figures, report.md and summary.json from the other stages' results and files."""
     run_dir = ctx.run_dir
-    stage_module = resolve(get_space(ctx.config.space).pipeline)
-    figures_dir = run_dir / "figures"
-    figures_dir.mkdir(exist_ok=True)
-    figures: dict[str, str] = {}
-    for key, name in (("cells", "cells.svg"), ("path", "path.png")):
-        if (figures_dir / name).is_file():
-            figures[key] = f"figures/{name}"
-    figures.update(stage_module.report_figures(ctx))
+    ctx.path("figures").mkdir(exist_ok=True)
+    results = {stage: result for stage in STAGE_ORDER if stage != "report" and (result := state.result(stage)) is not None}
+    derive = results.get("derive")
+    figures = dict(derive.figures) if isinstance(derive, DeriveStageResult) else {}
+    figures.update(stages.report_figures(ctx))
     curves = {"search": read_jsonl(run_dir / "search" / "log.jsonl"), "train": read_jsonl(run_dir / "train" / "log.jsonl")}
-    if plot_curves(curves, figures_dir / "curves.png"):
+    if plot_curves(curves, ctx.path("figures", "curves.png")):
         figures["curves"] = "figures/curves.png"
-
-    outputs = {name: info.get("outputs", {}) for name, info in state.stages.items()}
-    search = dict(outputs.get("search", {}))
-    search["seconds"] = state.stages.get("search", {}).get("seconds", 0.0)
-    train = dict(outputs.get("train", {}))
-    train["seconds"] = state.stages.get("train", {}).get("seconds", 0.0)
-    for key in ("top1", "top5"):  # the train loop records fractions; the report speaks percent
-        if isinstance(train.get(key), (int, float)):
-            train[key] = 100.0 * train[key]
-    if train.get("num_classes"):
-        train["chance"] = 100.0 / train["num_classes"]
-    export = deployment_summary(outputs)
-    parity = export.get("parity") or {}
-    export["parity"] = {"passed": parity.get("passed"), "max_abs_error": parity.get("max_abs_err"),
-                        "max_rel_error": parity.get("max_rel_err"), "rtol": parity.get("rtol"), "atol": parity.get("atol")}
-    profile_path = run_dir / "profile.json"
-    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
-    commands = stage_module.reproduce_commands(ctx)
+    commands = stages.reproduce_commands(ctx)
     commands = {**{s: commands[s] for s in STAGE_ORDER if s in commands}, **commands}  # in stage order
     commands["pipeline"] = f"nasdeploy pipeline{source_arg(ctx.config)} --out {quote_path(run_dir)}"
-    summary = {
-        "name": ctx.config.name,
-        "space": ctx.config.space,
-        "nasdeploy_version": __version__,
-        "config": ctx.config.source,
-        "genotype": outputs.get("derive", {}).get("genotype"),
-        "genotype_text": outputs.get("derive", {}).get("text"),
-        "search": search,
-        "train": train,
-        "export": export,
-        "profile": profile,
-        "figures": figures,
-        "commands": commands,
-        "stages": {k: _stage_record(state.stages[k]) for k in STAGE_ORDER if k in state.stages and k != "report"},
-    }
-    write_report(run_dir, summary)
-    return {"report": "report.md", "summary": "summary.json", "figures": figures}
-
-
-def _stage_record(info: dict[str, Any]) -> dict[str, Any]:
-    """A stage's time for the report, with its one line when it was skipped."""
-    outputs = info.get("outputs") or {}
-    record: dict[str, Any] = {"seconds": info.get("seconds", 0.0)}
-    if outputs.get("stage_skipped"):
-        record["note"] = f"skipped: {outputs['stage_skipped']}"
-    return record
-
-
-def deployment_summary(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The report's export record: the export stage's outputs with the executorch and quantize stages' folded in."""
-    export = dict(outputs.get("export", {}))
-    if not export:
-        return {}
-    runtimes = dict(export.get("runtimes") or {})
-    quantization = dict(export.get("quantization") or {})
-    skipped = dict(export.get("skipped") or {})
-    dirs, stage_skips = {"export": export.get("dir")}, {}
-    for stage in ("executorch", "quantize"):
-        out = outputs.get(stage) or {}
-        runtimes.update(out.get("runtimes") or {})
-        quantization.update(out.get("quantization") or {})
-        skipped.update(out.get("skipped") or {})
-        if out.get("stage_skipped"):
-            stage_skips[stage] = out["stage_skipped"]
-        if out.get("dir"):
-            dirs[stage] = out["dir"]
-    export.update(runtimes=runtimes, quantization=quantization, skipped=skipped,
-                  dirs={k: v for k, v in dirs.items() if v}, stage_skips=stage_skips)
-    if outputs.get("executorch", {}).get("pte"):
-        export["pte"] = f"{outputs['executorch'].get('dir', 'executorch')}/{outputs['executorch']['pte']}"
-    return export
+    times = {stage: StageTime(state.seconds(stage), result.skip_reason) for stage, result in results.items()}
+    run = run_summary(results, name=ctx.config.name, space=ctx.config.space, version=__version__,
+                      config=ctx.config.source, times=times, profile=read_json(ctx.path("profile.json")) or {},
+                      figures=figures, commands=commands)
+    write_report(run_dir, run)
+    return ReportStageResult(figures=figures)

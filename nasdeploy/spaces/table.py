@@ -10,8 +10,8 @@ Each space provides, with one vocabulary for all of them:
 - train_loop(config, genotype, out_dir, *, data_dir, force, stop_after_epoch, progress) -> result with .summary();
 - derive: the rule from architecture weights to a genotype;
 - network: the static network family its genotypes build (nasdeploy.nets);
-- pipeline: a module with STAGES (search, derive, train, export, profile), report_figures(ctx) and
-  reproduce_commands(ctx); export/profile: its pipeline export and profile adapters;
+- pipeline: its pipeline stages, a class whose instances have stages() (search, derive, train, export,
+  executorch, quantize, profile), report_figures(ctx) and reproduce_commands(ctx);
 - export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections;
 - export_target / profile_targets: what `nasdeploy export` and `nasdeploy profile` call for its genotypes and
   checkpoints (one signature each across spaces);
@@ -51,8 +51,6 @@ class SearchSpace:
     derive: str
     network: str
     pipeline: str
-    export: str
-    profile: str
     export_section: str = "nasdeploy.pipeline.sections:ExportSection"
     profile_section: str = "nasdeploy.pipeline.sections:ProfileSection"
     export_target: str = "nasdeploy.export.api:export_target"
@@ -76,9 +74,9 @@ class SearchSpace:
         """The validated training config of a mapping (a `space:` key is dropped)."""
         return from_dict(self.load("train_config"), without_space(data))
 
-    def pipeline_stages(self) -> dict[str, Any]:
-        """The stage functions of this space's pipeline, by stage name."""
-        return dict(resolve(self.pipeline).STAGES)
+    def pipeline_stages(self) -> Any:
+        """This space's pipeline stages (nasdeploy.pipeline.stages.PipelineStages)."""
+        return resolve(self.pipeline)()
 
 
 SPACES: dict[str, SearchSpace] = {
@@ -92,9 +90,7 @@ SPACES: dict[str, SearchSpace] = {
         train_loop="nasdeploy.train.darts_cnn_loop:run_training",
         derive="nasdeploy.spaces.darts_cnn_derive:derive_genotype",
         network="nasdeploy.nets.darts_cnn:NetworkCIFAR",
-        pipeline="nasdeploy.pipeline.darts_cnn_stages",
-        export="nasdeploy.pipeline.darts_cnn_stages:run_export_stage",
-        profile="nasdeploy.pipeline.darts_cnn_stages:run_profile_stage",
+        pipeline="nasdeploy.pipeline.darts_cnn_stages:DartsCnnStages",
         profile_nets=("cifar", "imagenet"),
         cost_cells="nasdeploy.profile.cost_table_build:DARTS_CNN_CELLS",
     ),
@@ -108,9 +104,7 @@ SPACES: dict[str, SearchSpace] = {
         train_loop="nasdeploy.train.darts_rnn_loop:run_training",
         derive="nasdeploy.spaces.darts_rnn_derive:derive_recurrent_genotype",
         network="nasdeploy.nets.darts_rnn:DartsRnnLanguageModel",
-        pipeline="nasdeploy.pipeline.darts_rnn_stages",
-        export="nasdeploy.pipeline.darts_rnn_stages:rnn_export_stage",
-        profile="nasdeploy.pipeline.darts_rnn_stages:rnn_profile_stage",
+        pipeline="nasdeploy.pipeline.darts_rnn_stages:DartsRnnStages",
         export_section="nasdeploy.pipeline.sections:DartsRnnExportSection",
         profile_section="nasdeploy.pipeline.sections:DartsRnnProfileSection",
         export_target="nasdeploy.export.darts_rnn:export_darts_rnn_target",
@@ -126,9 +120,7 @@ SPACES: dict[str, SearchSpace] = {
         train_loop="nasdeploy.train.autodeeplab_loop:run_training",
         derive="nasdeploy.spaces.autodeeplab_decode:decode_genotype",
         network="nasdeploy.nets.autodeeplab:AutoDeepLabNet",
-        pipeline="nasdeploy.pipeline.autodeeplab_stages",
-        export="nasdeploy.pipeline.autodeeplab_stages:adl_export_stage",
-        profile="nasdeploy.pipeline.autodeeplab_stages:adl_profile_stage",
+        pipeline="nasdeploy.pipeline.autodeeplab_stages:AutoDeepLabStages",
         profile_nets=("segmentation",),
         profile_defaults={"net": "segmentation", "compare": ("AutoDeepLab",),
                           "latency_for": ("found", "AutoDeepLab"), "macs_at": ((1024, 2048),)},

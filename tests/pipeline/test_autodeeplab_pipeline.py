@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import assert_commands_parse
 from nasdeploy.cli.main import main
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import get_genotype, load_genotype
@@ -84,6 +85,8 @@ def test_run_directory_holds_a_decoded_genotype_a_model_with_parity_and_costs(fi
     assert "median_ms" in found["latency"]["torch-cpu-1t"] and published["latency"] == {}
     report = (run_dir / "report.md").read_text()
     assert "validation mIoU" in report and "MACs at 48x64" in report and "figures/path.png" in report
+    assert summary["search"]["final"]["path_log_prob"] < 0 and summary["genotype"]["path"] == list(genotype.path)
+    assert_commands_parse(summary["commands"])
 
 
 def test_trained_model_reexports_through_the_generic_command_with_sizes_from_its_checkpoint(finished_run, tmp_path):
@@ -119,12 +122,11 @@ def test_pipeline_config_errors_name_the_problem():
 @pytest.mark.parametrize("name", ["autodeeplab_demo_pipeline.yaml", "autodeeplab_cityscapes_pipeline.yaml"])
 def test_shipped_adl_pipeline_configs_validate(name):
     from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
-    from nasdeploy.utils.yamlconfig import from_dict
 
     cfg = load_pipeline_config(CONFIGS / name)
     assert cfg.space == "autodeeplab" and cfg.profile.net == "segmentation"
-    search = from_dict(AutoDeepLabSearchConfig, cfg.search)
-    train = from_dict(AutoDeepLabTrainConfig, cfg.train)
+    search, train = cfg.search, cfg.train
+    assert isinstance(search, AutoDeepLabSearchConfig) and isinstance(train, AutoDeepLabTrainConfig)
     if "cityscapes" in name:
         assert search.supernet.layers == 12 and search.search.epochs == 40 and search.search.arch_start_epoch == 20
         assert train.net.filter_multiplier == 20 and cfg.profile.input_size == (1024, 2048)

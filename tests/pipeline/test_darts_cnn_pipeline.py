@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from helpers import TINY_PIPELINE as TINY
+from helpers import assert_commands_parse
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import load_genotype
 from nasdeploy.pipeline.config import load_pipeline_config, pipeline_config_from_dict
+from nasdeploy.pipeline.deployment import NO_EXECUTORCH, NO_INT8
+from nasdeploy.pipeline.results import SkippedStage
 from nasdeploy.pipeline.runner import STAGE_ORDER, run_pipeline
-from nasdeploy.pipeline.stages import NO_EXECUTORCH, NO_INT8
-
 
 
 def tiny_config():
@@ -56,13 +57,31 @@ def test_run_directory_holds_the_deliverables(finished_run):
     # An export section without executorch / int8: those stages are done, each with one line saying why.
     state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
     for stage, why in (("executorch", NO_EXECUTORCH), ("quantize", NO_INT8)):
-        assert state[stage]["status"] == "done" and state[stage]["outputs"] == {"stage_skipped": why}
+        assert state[stage]["status"] == "done" and state[stage]["outputs"] == {"kind": "skipped", "reason": why}
         assert f"| {stage} | " in report and f"skipped: {why}" in report
         assert not (run_dir / stage).exists()
     # The top-level model.onnx is the exported, parity-checked model and runs.
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 3, 32, 32).numpy()})[0]
     assert out.shape == (3, 10)
+    assert_commands_parse(summary["commands"])
+
+
+def test_derive_publishes_the_genotype_the_search_wrote(finished_run, tmp_path):
+    import shutil
+
+    from nasdeploy.genotypes import get_genotype, save_genotype
+
+    run_dir, _, _ = finished_run
+    published = load_genotype(run_dir / "genotype.json", "cnn_cell")
+    searched = load_genotype(run_dir / "search" / "genotype.json", "cnn_cell")
+    assert published == searched and published.name == "tiny_found"  # equal cells; the run names it
+    # derive copies search/genotype.json (it does not derive again from the alphas): another file there is published
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    save_genotype(get_genotype("DARTS_V2"), copy / "search" / "genotype.json")
+    assert run_pipeline(tiny_config(), copy, progress=False, only=["derive"]).ran == ["derive"]
+    assert load_genotype(copy / "genotype.json", "cnn_cell") == get_genotype("DARTS_V2")
 
 
 def test_finished_run_is_not_redone_and_force_redoes_later_stages(finished_run):
@@ -91,20 +110,20 @@ def test_builtin_demo_config_loads_and_validates():
     from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
     from nasdeploy.utils.yamlconfig import from_dict
 
-    cfg = load_pipeline_config(None, ["train.train.epochs=3"])
-    assert cfg.name == "demo" and cfg.train["train"]["epochs"] == 3
-    from_dict(DartsCnnSearchConfig, cfg.search)
-    from_dict(DartsCnnTrainConfig, cfg.train)
+    cfg = load_pipeline_config(None, ["train.train.epochs=3", "search.search.threads=1"])
+    assert cfg.name == "demo" and cfg.train.train.epochs == 3 and cfg.search.search.threads == 1
+    assert isinstance(cfg.search, DartsCnnSearchConfig) and isinstance(cfg.train, DartsCnnTrainConfig)
+    # The record stored as pipeline.yaml is the typed configs' plain form (defaults included).
+    assert from_dict(DartsCnnTrainConfig, cfg.record()["train"]) == cfg.train
 
 
 @pytest.mark.parametrize("name", ["darts_cnn_cifar10_pipeline.yaml", "darts_cnn_imagenet_mobile_pipeline.yaml"])
 def test_shipped_pipeline_configs_validate(name):
     from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
-    from nasdeploy.utils.yamlconfig import from_dict
 
     cfg = load_pipeline_config(Path(__file__).resolve().parents[2] / "configs" / name)
-    search = from_dict(DartsCnnSearchConfig, cfg.search)
-    train = from_dict(DartsCnnTrainConfig, cfg.train)
+    search, train = cfg.search, cfg.train
+    assert isinstance(search, DartsCnnSearchConfig) and isinstance(train, DartsCnnTrainConfig)
     assert search.search.epochs == 50 and search.model.channels == 16 and search.model.layers == 8
     assert train.model.net == ("imagenet" if "imagenet" in name else "cifar")
 
@@ -139,8 +158,28 @@ DEPLOY_EXPORT = {"formats": ["onnx", "executorch"], "int8": ["ort"], "calibratio
 def deploy_config():
     data = json.loads(json.dumps(TINY))
     data["export"] = dict(DEPLOY_EXPORT)
-    data["profile"]["compare"] = []
+    data["profile"].update(compare=[], int8=["ort"], warmup=0, runs=2)
     return pipeline_config_from_dict(data, Path("."), "deploy.yaml")
+
+
+def _run_counting_builds(run_dir: Path, **kwargs) -> tuple[object, dict[str, int]]:
+    """run_pipeline, counting how often the trained network is rebuilt and the run's images sampled."""
+    from nasdeploy.export import samples, source
+
+    counts = {"build_export_model": 0, "prepare_export_data": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kw):
+            counts[name] += 1
+            return real(*args, **kw)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(source, "build_export_model", counted(source, "build_export_model"))
+        mp.setattr(samples, "prepare_export_data", counted(samples, "prepare_export_data"))
+        return run_pipeline(deploy_config(), run_dir, progress=False, **kwargs), counts
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +187,8 @@ def deploy_run(tmp_path_factory):
     """A finished tiny run with ONNX, an ExecuTorch program and onnxruntime INT8 (left unchanged: tests copy it)."""
     pytest.importorskip("executorch")
     run_dir = tmp_path_factory.mktemp("deploy") / "run"
-    return run_dir, run_pipeline(deploy_config(), run_dir, progress=False)
+    result, counts = _run_counting_builds(run_dir)
+    return run_dir, result, counts
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -164,7 +204,9 @@ def _state(run_dir: Path) -> dict:
 
 
 def test_deploy_stages_write_their_own_folders_and_the_report_shows_float_vs_int8(deploy_run):
-    run_dir, result = deploy_run
+    run_dir, result, counts = deploy_run
+    # export, executorch and quantize share one build of the trained network and one sample of the run's images
+    assert counts == {"build_export_model": 1, "prepare_export_data": 1}
     assert result.interrupted is None and result.ran == list(STAGE_ORDER)
     summary = json.loads((run_dir / "summary.json").read_text())
     export = summary["export"]
@@ -190,14 +232,39 @@ def test_deploy_stages_write_their_own_folders_and_the_report_shows_float_vs_int
     assert list(commands)[:len(STAGE_ORDER) - 1] == list(STAGE_ORDER[:-1])
     assert "--format executorch --out" in commands["executorch"] and "--format executorch" not in commands["export"]
     assert commands["quantize"].endswith("--only quantize")
+    assert_commands_parse(commands)
+
+
+def test_profile_times_the_int8_files_the_run_wrote(deploy_run, tmp_path, monkeypatch):
+    import nasdeploy.export.quantize as quantize
+
+    run_dir = _copy_run(deploy_run[0], tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the profile stage quantized again instead of timing quantize/model_int8.onnx")
+
+    monkeypatch.setattr(quantize, "ort_static_int8", refuse)
+    assert run_pipeline(deploy_config(), run_dir, progress=False, only=["profile"]).ran == ["profile"]
+    timings = json.loads((run_dir / "profile.json").read_text())["int8_files"]
+    (row,) = timings["rows"]
+    assert (row["float_file"], row["int8_file"]) == ("export/model.onnx", "quantize/model_int8.onnx")
+    assert (row["float_backend"], row["int8_backend"]) == ("ort-cpu-1t", "ort-int8-cpu-1t")
+    for side, name in (("float", row["float_file"]), ("int8", row["int8_file"])):
+        assert row[side]["model_bytes"] == (run_dir / name).stat().st_size and row[side]["median_ms"] > 0
+    # The trained network at its input size: the cost table's rows stay at the profile section's setting.
+    assert timings["input_shape"] == [3, 32, 32] and "cifar network" in timings["network"]
+    report = (deploy_run[0] / "report.md").read_text()
+    assert "INT8 latency: the trained cifar network as exported (input 3x32x32, batch 1)" in report
+    assert "| ort | `export/model.onnx` (ort-cpu-1t) | `quantize/model_int8.onnx` (ort-int8-cpu-1t) |" in report
 
 
 def test_only_quantize_redoes_just_int8(deploy_run, tmp_path):
     run_dir = _copy_run(deploy_run[0], tmp_path)
     kept = {p: p.stat().st_mtime_ns for p in (run_dir / "export" / "model.onnx", run_dir / "executorch" / "model.pte")}
     before = json.loads((run_dir / "quantize" / "quantization.json").read_text())
-    result = run_pipeline(deploy_config(), run_dir, progress=False, only=["quantize"])
+    result, counts = _run_counting_builds(run_dir, only=["quantize"])
     assert result.ran == ["quantize"] and result.skipped == []
+    assert counts == {"build_export_model": 1, "prepare_export_data": 1}
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     after = json.loads((run_dir / "quantize" / "quantization.json").read_text())
     # Seeded calibration and validation samples: the same INT8 model, the same scores.
@@ -258,12 +325,11 @@ def test_spaces_without_a_deployment_path_declare_the_stage_skipped(space, int8,
     config = replace(tiny_config(), space=space)
     if space == "autodeeplab":
         config = replace(config, export=ExportSection(formats=("onnx",), int8=int8))
-    stages = get_space(space).pipeline_stages()
+    stages = get_space(space).pipeline_stages().stages()
     ctx = StageContext(config, tmp_path, progress=False)
     for stage, why in expected.items():
-        outputs = stages[stage](ctx)  # no trained model in tmp_path: a skipping stage must not need one
-        assert set(outputs) == {"stage_skipped"} and why in outputs["stage_skipped"]
-        assert "\n" not in outputs["stage_skipped"]
+        result = stages[stage](ctx)  # no trained model in tmp_path: a skipping stage must not need one
+        assert isinstance(result, SkippedStage) and why in result.reason and "\n" not in result.reason
     assert list(tmp_path.iterdir()) == []
 
 
@@ -271,15 +337,16 @@ def test_without_the_executorch_extra_its_stages_skip_with_the_install_hint(monk
     from dataclasses import replace
 
     from nasdeploy.cli import pipeline_cmd
-    from nasdeploy.pipeline import stages as stage_helpers
+    from nasdeploy.pipeline import deployment
     from nasdeploy.pipeline.sections import ExportSection
+    from nasdeploy.pipeline.stages import StageContext
     from nasdeploy.spaces.table import get_space
 
-    monkeypatch.setattr(stage_helpers, "_executorch_installed", lambda: False)
+    monkeypatch.setattr(deployment, "executorch_installed", lambda: False)
     config = replace(tiny_config(), export=ExportSection(formats=("onnx", "executorch"), int8=("executorch",)))
-    ctx = stage_helpers.StageContext(config, tmp_path, progress=False)
-    stages = get_space("darts_cnn").pipeline_stages()
+    ctx = StageContext(config, tmp_path, progress=False)
+    stages = get_space("darts_cnn").pipeline_stages().stages()
     for stage in ("executorch", "quantize"):
-        assert stages[stage](ctx) == {"stage_skipped": stage_helpers.MISSING_EXECUTORCH}
-    assert "nasdeploy[executorch]" in stage_helpers.MISSING_EXECUTORCH and list(tmp_path.iterdir()) == []
+        assert stages[stage](ctx) == SkippedStage(reason=deployment.MISSING_EXECUTORCH)
+    assert "nasdeploy[executorch]" in deployment.MISSING_EXECUTORCH and list(tmp_path.iterdir()) == []
     assert pipeline_cmd._STAGES == ", ".join(STAGE_ORDER)  # the CLI help lists the runner's stages

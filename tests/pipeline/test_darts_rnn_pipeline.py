@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_commands_parse
 from nasdeploy.cli.main import main
 from nasdeploy.config.darts_rnn import DartsRnnSearchConfig, DartsRnnTrainConfig
 from nasdeploy.errors import ConfigError
@@ -57,6 +58,9 @@ def test_recurrent_pipeline_runs_through_the_one_runner(tmp_path, capsys):
     # No ExecuTorch / INT8 path for the language model: both stages are done, with one line each.
     assert "ExecuTorch stage (executorch): skipped: the recurrent language model has no ExecuTorch" in report
     assert "| quantize | " in report and "skipped: the recurrent language model has no INT8 path" in report
+    assert_commands_parse(summary["commands"])
+    # derive published the genotype the search wrote (names aside)
+    assert summary["genotype"]["recurrent"] == json.loads((run_dir / "search" / "genotype.json").read_text())["recurrent"]
     # The run directory stores its search config headed by its space: `nasdeploy search --out DIR` alone resumes it.
     assert load_yaml(run_dir / "search" / "config.yaml")["space"] == "darts_rnn"
     code, out, err = _cli(["search", "--out", str(run_dir / "search")], capsys)

@@ -1,32 +1,22 @@
-"""INT8 latency in the profiler (ort-int8-cpu-1t) and the pipeline cost table's ExecuTorch column and INT8 row."""
+"""INT8 latency in the profiler: ort-int8-cpu-1t, and existing INT8 files timed as they are."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 import torch
 from torch import nn
 
 from nasdeploy.cli.main import main
 from nasdeploy.errors import ConfigError
 from nasdeploy.export.onnx import export_onnx
-from nasdeploy.genotypes import resolve_genotype, save_genotype
-from nasdeploy.pipeline.config import pipeline_config_from_dict
-from nasdeploy.pipeline.darts_cnn_stages import run_profile_stage
-from nasdeploy.pipeline.report import _cost_table
-from nasdeploy.pipeline.stages import StageContext
 from nasdeploy.profile.latency import measure_latency, parse_backends
 from nasdeploy.profile.protocol import LatencyConfig
 from nasdeploy.utils.ort import ort_session
-
-from helpers import TINY_PIPELINE as TINY
 
 
 def _convnet() -> nn.Module:
@@ -88,94 +78,6 @@ def test_int8_group_and_cli(tmp_path):
     (target,) = json.loads(out.read_text())["targets"]
     res = target["latency"]["results"]["ort-int8-cpu-1t"]
     assert res["status"] == "ok" and res["runs"] == 2 and res["median_ms"] > 0
-
-
-def _config(profile: dict) -> object:
-    data = json.loads(json.dumps(TINY))
-    data["profile"] = {"net": "cifar", "channels": 4, "layers": 1, "compare": ["DARTS_V2"], "latency_for": ["found"],
-                       "warmup": 0, "runs": 2, **profile}
-    return pipeline_config_from_dict(data, Path("."), "tiny.yaml")
-
-
-@pytest.mark.parametrize("profile, message", [
-    ({"int8": ["onnx"]}, r"unknown profile.int8 method 'onnx' \(choose from ort, executorch\)"),
-    ({"int8": "ort"}, r"profile.int8 must be a list of names, got 'ort'"),
-    ({"backends": ["ort-cpu-1t", "executorch"]}, None),  # a group name is fine
-    ({"backends": ["ort-gpu"]}, r"profile.backends: unknown latency backend 'ort-gpu'"),
-])
-def test_profile_section_validation(profile, message):
-    if message is None:
-        assert _config(profile).profile.backends == ("ort-cpu-1t", "executorch-fp32", "executorch-int8")
-        return
-    with pytest.raises(ConfigError, match=message):
-        _config(profile)
-
-
-def _run_stage(tmp_path: Path, profile: dict) -> tuple[dict, str]:
-    save_genotype(resolve_genotype("DARTS_V1", expected_kind="cnn_cell"), tmp_path / "genotype.json")
-    run_profile_stage(StageContext(_config(profile), tmp_path, progress=False))
-    data = json.loads((tmp_path / "profile.json").read_text())
-    return data, "\n".join(_cost_table(data))
-
-
-def _row_line(table: str, name: str) -> list[str]:
-    line = next(l for l in table.splitlines() if l.startswith(f"| {name} |") or l.startswith(f"| **{name}** |"))
-    return [c.strip() for c in line.strip("|").split("|")]
-
-
-@pytest.mark.slow  # ~30 s: three ExecuTorch lowerings (float column, PT2E INT8) of a one-cell net
-def test_executorch_column_and_int8_row(tmp_path):
-    data, table = _run_stage(tmp_path, {"backends": ["torch-cpu-1t", "ort-cpu-1t", "executorch-fp32"],
-                                        "int8": ["ort", "executorch"]})
-    assert data["backends"] == ["torch-cpu-1t", "ort-cpu-1t", "executorch-fp32"]
-    found, int8, darts = data["rows"]
-    assert found["name"] == "tiny (found)" and found["found"] and set(found["latency"]) == set(data["backends"])
-    assert int8["name"] == "tiny (found), INT8" and int8["int8"] and not int8["found"]
-    assert int8["params"] == found["params"] and int8["macs"] == found["macs"]
-    assert {c: v["backend"] for c, v in int8["latency"].items()} == {"ort-cpu-1t": "ort-int8-cpu-1t",
-                                                                    "executorch-fp32": "executorch-int8"}
-    for col, cell in int8["latency"].items():
-        # (at 4 channels the Q/DQ scales outweigh the INT8 saving; the size drop is checked on a wider net above)
-        assert 0 < cell["median_ms"] <= cell["p90_ms"] and cell["model_bytes"] > 0
-    assert darts["latency"] == {} and darts["not_run"] == {}
-    assert data["int8"] == {"ort": {"backend": "ort-int8-cpu-1t", "column": "ort-cpu-1t"},
-                            "executorch": {"backend": "executorch-int8", "column": "executorch-fp32"}}
-    assert data["latency_protocol"]["runs"] == 2 and data["latency_protocol"]["threads"]["ort-int8-cpu-1t"] == 1
-    header = table.splitlines()[0]
-    assert "executorch-fp32 median / p90 ms" in header
-    cells = _row_line(table, "tiny (found), INT8")
-    assert cells[4] == "-"  # no INT8 under the torch column
-    ort_cell = int8["latency"]["ort-cpu-1t"]
-    assert cells[5] == f"{ort_cell['median_ms']:.2f} / {ort_cell['p90_ms']:.2f} ({ort_cell['model_bytes'] / 1e6:.2f} MB)"
-    assert cells[6].endswith(" MB)")
-    assert "INT8 row: the found architecture quantized to INT8 (ort-int8-cpu-1t under ort-cpu-1t, " \
-           "executorch-int8 under executorch-fp32" in table
-    assert "2 timed runs per backend" in table
-
-
-def test_missing_executorch_skips_the_column_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
-    data, table = _run_stage(tmp_path, {"backends": ["ort-cpu-1t", "executorch-fp32"], "int8": ["ort", "executorch"]})
-    found, int8, _ = data["rows"]
-    assert set(found["latency"]) == {"ort-cpu-1t"} and found["not_run"]["executorch-fp32"]["status"] == "skipped"
-    assert set(int8["latency"]) == {"ort-cpu-1t"}
-    assert int8["not_run"]["executorch-fp32"]["backend"] == "executorch-int8"
-    assert _row_line(table, "tiny (found)")[-1] == "skipped" and _row_line(table, "tiny (found), INT8")[-1] == "skipped"
-    lines = [l for l in table.splitlines() if "is not installed" in l]
-    assert len(lines) == 2  # one line per backend, naming its rows
-    assert lines[0].startswith("executorch-fp32 skipped for tiny (found): optional dependency 'executorch'")
-    assert lines[1].startswith("executorch-int8 skipped for tiny (found), INT8:")
-    assert "Traceback" not in table
-
-
-def test_reproduce_command_names_the_int8_row(tmp_path):
-    from nasdeploy.pipeline.darts_cnn_stages import reproduce_commands
-
-    cmd = reproduce_commands(StageContext(_config({"backends": ["ort-cpu-1t"], "int8": ["ort", "executorch"]}), tmp_path))
-    table, int8 = cmd["profile"].splitlines()
-    assert table.endswith("DARTS_V2 --net cifar --channels 4 --layers 1 --latency ort-cpu-1t")
-    assert int8.endswith("genotype.json --net cifar --channels 4 --layers 1 --latency ort-int8-cpu-1t,executorch-int8")
-    assert "\n" not in reproduce_commands(StageContext(_config({}), tmp_path))["profile"]
 
 
 def test_existing_model_files_are_timed_not_rebuilt(tmp_path, monkeypatch):

@@ -40,11 +40,11 @@ def test_no_space_dispatch_outside_the_table():
 def test_every_reference_of_every_space_resolves(name):
     space = get_space(name)
     for part in ("search_config", "search_loop", "train_config", "train_loop", "derive", "network", "pipeline",
-                 "export", "profile", "export_section", "profile_section"):
+                 "export_section", "profile_section"):
         assert resolve(getattr(space, part)) is not None, part
-    assert set(space.pipeline_stages()) == {"search", "derive", "train", "export", "executorch", "quantize", "profile"}
-    module = resolve(space.pipeline)
-    assert callable(module.report_figures) and callable(module.reproduce_commands)
+    stages = space.pipeline_stages()
+    assert list(stages.stages()) == ["search", "derive", "train", "export", "executorch", "quantize", "profile"]
+    assert callable(stages.report_figures) and callable(stages.reproduce_commands)
 
 
 def test_the_six_loops_speak_one_vocabulary():
@@ -73,8 +73,7 @@ def test_unknown_space_is_one_line():
 
 def test_a_fourth_space_added_to_the_table_runs_through_the_pipeline(tmp_path, monkeypatch, capsys):
     toy = replace(get_space("darts_cnn"), name="toy", title="toy space", search_config="toy_space:ToyConfig",
-                  train_config="toy_space:ToyConfig", pipeline="toy_space", export="toy_space:_nothing",
-                  profile="toy_space:_nothing", profile_nets=())
+                  train_config="toy_space:ToyConfig", pipeline="toy_space:ToyStages", profile_nets=())
     monkeypatch.setitem(table.SPACES, "toy", toy)
     config = tmp_path / "toy.yaml"
     config.write_text(dump_yaml({"name": "toy", "space": "toy", "search": {"steps": 2}, "train": {"steps": 1}}))
@@ -90,7 +89,7 @@ def test_a_fourth_space_added_to_the_table_runs_through_the_pipeline(tmp_path, m
     assert (run_dir / "report.md").is_file() and (run_dir / "derive_count.txt").read_text() == "1"
     # Its stage module predates the executorch and quantize stages: they are skipped with one line.
     state = json.loads((run_dir / "pipeline_state.json").read_text())["stages"]
-    assert state["quantize"]["outputs"] == {"stage_skipped": "the toy pipeline has no quantize stage"}
+    assert state["quantize"]["outputs"] == {"kind": "skipped", "reason": "the toy pipeline has no quantize stage"}
     run("--only", "derive")
     assert (run_dir / "derive_count.txt").read_text() == "2"
     assert "toy" in (run_dir / "summary.json").read_text()

@@ -68,10 +68,10 @@ def test_every_config_file_validates(name):
     path = CONFIGS / name
     data = load_yaml(path)
     if name.startswith("pipeline_") or {"search", "train"} <= set(data):  # a pipeline file has both stages
-        from nasdeploy.pipeline.config import load_pipeline_config, validate_stage_configs
+        from nasdeploy.pipeline.config import load_pipeline_config
 
         cfg = load_pipeline_config(path)
-        search, train = validate_stage_configs(cfg)
+        search, train = cfg.search, cfg.train
         expected = {"darts_cnn": ("DartsCnnSearchConfig", "DartsCnnTrainConfig"), "autodeeplab": ("AutoDeepLabSearchConfig", "AutoDeepLabTrainConfig"),
                     "darts_rnn": ("DartsRnnSearchConfig", "DartsRnnTrainConfig")}[cfg.space]
         assert (type(search).__name__, type(train).__name__) == expected
