@@ -193,7 +193,7 @@ def export_target(request: ExportRequest, progress: Progress | None = None) -> E
     check_out_dir(out, options.overwrite)  # checked again when staging; this one saves building the model
     sizes = request.sizes
     src = build_export_model(resolved.genotype, net=net, checkpoint=resolved.checkpoint, channels=sizes.channels,
-                             layers=sizes.layers, num_classes=sizes.num_classes)
+                             layers=sizes.layers, num_classes=sizes.num_classes, input_size=options.input_size)
     prepared = None
     if request.wants_data:
         height = input_shape(src.model, options)[1]
