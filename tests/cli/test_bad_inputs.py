@@ -109,7 +109,8 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("train-image-below-the-stride", None, ["train", "--genotype", "DARTS_V2", "--config", DEMO_TRAIN, "--out", "run",
                                             "data.image_size=2", "data.augment=none"], ["data.image_size", "stride"]),
     ("train-imagenet-image-below-the-stride", None, ["train", "--genotype", "DARTS_V2", "--config", IMAGENET_TRAIN,
-                                                     "--out", "run", "data.image_size=24"], ["data.image_size", "32"]),
+                                                     "--out", "run", "data.dataset=demo", "data.image_size=24"],
+     ["data.image_size", "32"]),
     ("search-2-layers", None, ["search", "--config", DEMO_SEARCH, "--out", "run", "model.layers=2"], ["model.layers"]),
     # datasets
     ("cifar-missing-dir", None, ["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"), "--data-dir",

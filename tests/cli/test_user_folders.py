@@ -46,8 +46,10 @@ def _user_folder(root: Path) -> Path:
     (mine / "search" / "checkpoint.pt").write_text("the user's")
     (mine / "notes").mkdir()
     (mine / "notes" / "todo.txt").write_text("keep me")
-    for name in ("config.yaml", "done.json", "log.jsonl", "model.onnx", "export.json", "genotype.json"):
+    for name in ("done.json", "log.jsonl", "model.onnx", "export.json", "genotype.json"):
         (mine / name).write_text("the user's " + name)
+    # A config the user keeps there: `search --out mine` alone would run it (a run directory's config.yaml).
+    (mine / "config.yaml").write_text(Path(DEMO_SEARCH).read_text())
     return mine
 
 
