@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -109,3 +112,27 @@ def assert_commands_parse(commands: dict[str, str]) -> None:
             command = cli.get_command(click.Context(cli), argv[1])
             assert command is not None, f"{stage}: no command 'nasdeploy {argv[1]}'"
             command.make_context(argv[1], argv[2:])  # click.UsageError on an unknown option or a bad value
+
+
+def laughs(levels: int = 9) -> str:
+    """A YAML list of nested aliases that expands to 10**levels strings (a "billion laughs" at 9)."""
+    items = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@functools.lru_cache(maxsize=None)
+def _bomb_bytes(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def bomb_png(path: Path, width: int = 20_000, height: int = 20_000) -> None:
+    """A 50 KB PNG whose header claims width x height 1-bit pixels (400 MP by default: 1.2 GB once RGB)."""
+    path.write_bytes(_bomb_bytes(width, height))

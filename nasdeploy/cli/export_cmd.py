@@ -10,19 +10,22 @@ import click
 
 from nasdeploy.errors import ConfigError, MissingDependencyError
 from nasdeploy.export.formats import FORMATS, INT8_METHODS
+from nasdeploy.utils.limits import brief, check_input_size
 
 DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
 
 
 def parse_input_size(text: str | None) -> tuple[int, int] | None:
-    """'224' or '224x192' -> (H, W)."""
+    """'224' or '224x192' -> (H, W), each side within the input_side limit."""
     if text is None:
         return None
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
+    match = re.fullmatch(r"\s*(\d{1,9})\s*(?:[xX,]\s*(\d{1,9}))?\s*", text)
     if not match:
-        raise ConfigError(f"--input-size must be S or HxW (e.g. 224 or 224x192), got {text!r}")
+        raise ConfigError(f"--input-size must be S or HxW (e.g. 224 or 224x192), got {brief(text)}")
     h = int(match.group(1))
-    return h, int(match.group(2)) if match.group(2) else h
+    w = int(match.group(2)) if match.group(2) else h
+    check_input_size("--input-size", h, w)
+    return h, w
 
 
 @click.command("export")

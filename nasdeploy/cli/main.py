@@ -102,8 +102,13 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # `nasdeploy` alone: the help text
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a usage error (missing argument, bad value) is one line too
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click.UsageError) and ctx is not None else ""
+        click.echo(f"error: {_first_line(exc.format_message())}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

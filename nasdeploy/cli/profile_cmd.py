@@ -88,12 +88,14 @@ def _adapter(targets: list[str]):  # type: ignore[no-untyped-def]
 
 
 def _parse_input_size(text: str | None) -> int | tuple[int, int, int] | None:
-    """'224' -> 224, '1024x2048' -> (3, 1024, 2048); anything else is a one-line error."""
+    """'224' -> 224, '1024x2048' -> (3, 1024, 2048), each side within the input_side limit; else a one-line error."""
     from nasdeploy.errors import ConfigError
+    from nasdeploy.utils.limits import brief, check_input_size
 
     if text is None:
         return None
     parts = text.lower().split("x")
-    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2):
-        raise ConfigError(f"--input-size must be S or HxW with positive integers, got '{text}'")
+    if not all(p.isdecimal() and len(p) < 10 and int(p) > 0 for p in parts) or len(parts) not in (1, 2):
+        raise ConfigError(f"--input-size must be S or HxW with positive integers, got {brief(text)}")
+    check_input_size("--input-size", int(parts[0]), int(parts[-1]))
     return int(parts[0]) if len(parts) == 1 else (3, int(parts[0]), int(parts[1]))

@@ -7,7 +7,9 @@ from typing import Any, ClassVar
 
 from nasdeploy.data.segmentation import SegDataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes import AUTODEEPLAB_PRIMITIVES
 from nasdeploy.utils.checks import check_betas, check_bn_settings, check_fraction, check_non_negative, check_positive
+from nasdeploy.utils.limits import CellNetworkShape, check_network, check_seed
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class AutoDeepLabSearchOptions:
         check_non_negative("search", weight_decay=self.weight_decay, arch_weight_decay=self.arch_weight_decay,
                            steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
         check_betas("search", "arch_betas", self.arch_betas)
+        check_seed("search.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,16 @@ class AutoDeepLabSearchConfig:
 
     # Keys that may change when a run is resumed (they do not change the result).
     RESUMABLE: ClassVar[tuple[str, ...]] = ("data.root", "search.device", "search.threads")
+
+    def __post_init__(self) -> None:
+        s, size = self.supernet, self.data.crop_size or self.data.image_size
+        edges = sum(2 + i for i in range(s.blocks))
+        # Counted as if every layer ran at stride 4: the four levels of a layer hold under twice the stride-4 level's
+        # activations, and each level's cell is computed from up to three neighbours; every op on every edge.
+        ops = -(-len(AUTODEEPLAB_PRIMITIVES) * edges * 3 // (2 * s.blocks))
+        check_network("supernet", CellNetworkShape(s.filter_multiplier, s.layers, (size[0], size[1]), nodes=s.blocks,
+                                                   multiplier=s.blocks, stem_stride=4, levels=(0,) * s.layers,
+                                                   num_classes=s.num_classes, ops_per_edge=ops))
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,7 @@ class AutoDeepLabTrainOptions:
                            steps_per_epoch=self.steps_per_epoch, threads=self.threads, workers=self.workers)
         if isinstance(self.drop_path_prob, bool) or not 0 <= self.drop_path_prob < 1:
             raise ConfigError(f"train.drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
+        check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Optional
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes import CNN_PRIMITIVES
+from nasdeploy.nets.factory import get_net_config
 from nasdeploy.utils.checks import Threads, check_betas, check_fraction, check_non_negative, check_positive, check_threads
+from nasdeploy.utils.limits import CellNetworkShape, check_network, check_seed
+
+# The supernet's reduction cells sit at layers // 3 and 2 * layers // 3; below 3 layers no normal cell is left, so
+# the normal cell's alphas get no gradient (autograd failed mid-search).
+MIN_SEARCH_LAYERS = 3
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,9 @@ class DartsCnnSupernetConfig:
         for key in ("layers", "steps", "multiplier", "stem_multiplier"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.layers < MIN_SEARCH_LAYERS:
+            raise ConfigError(f"model.layers must be >= {MIN_SEARCH_LAYERS}, got {self.layers}: the reduction cells sit at "
+                              "layers // 3 and 2 * layers // 3, and the search needs a normal cell besides them")
         k = self.partial_channels
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"model.partial_channels must be an integer >= 1 (1 = plain DARTS), got {k!r}")
@@ -123,6 +133,7 @@ class DartsCnnSearchOptions:
         check_threads("search", self.threads)
         if self.eval_images is not None and self.eval_images < 1:
             raise ConfigError(f"search.eval_images must be positive, got {self.eval_images}")
+        check_seed("search.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,15 @@ class DartsCnnSearchConfig:
 
     # Keys that may change when a run is resumed (they do not change the result).
     RESUMABLE: ClassVar[tuple[str, ...]] = ("data.data_dir", "data.num_workers", "search.device", "search.threads")
+
+    def __post_init__(self) -> None:
+        m = self.model
+        # Every candidate op runs on every edge (node i has 2 + i edges), on channels / K with PC-DARTS.
+        edges = sum(2 + i for i in range(m.steps))
+        ops = max(1, -(-len(CNN_PRIMITIVES) * edges // (2 * m.steps * m.partial_channels)))
+        check_network("model (the search supernet)", CellNetworkShape(
+            m.channels, m.layers, (self.data.image_size, self.data.image_size), nodes=m.steps, multiplier=m.multiplier,
+            stem_multiplier=m.stem_multiplier, ops_per_edge=ops))
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,7 @@ class DartsCnnTrainOptions:
         check_positive("train", grad_clip=self.grad_clip)
         check_fraction("train", momentum=self.momentum)
         check_threads("train", self.threads)
+        check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -211,3 +232,17 @@ class DartsCnnTrainConfig:
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("data.data_dir", "data.num_workers", "train.device", "train.threads",
                                             "train.channels_last", "genotype")
+
+    def __post_init__(self) -> None:
+        net = get_net_config(self.model.net)
+        if net.genotype_kind != "cnn_cell":
+            raise ConfigError(f"model.net must be a DARTS CNN network family, got '{self.model.net}' "
+                              f"(for {net.genotype_kind} genotypes)")
+        size = self.data.image_size
+        if size < net.min_input_size:
+            raise ConfigError(f"data.image_size {size} is below the {net.name} network's total stride "
+                              f"{net.min_input_size} (its last cells would see less than one pixel); use at least "
+                              f"{net.min_input_size}")
+        sized = replace(net, channels=self.model.channels, layers=self.model.layers,
+                        num_classes=self.model.num_classes or net.num_classes)
+        check_network("model", sized.shape((size, size)))

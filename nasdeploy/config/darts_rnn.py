@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Mapping
 from nasdeploy.data.text import TextDataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.utils.checks import Threads, check_betas, check_non_negative, check_positive, check_run_settings
+from nasdeploy.utils.limits import CHANNELS, GENOTYPE_NODES, NETWORK_BYTES, check_seed
 
 
 def _check_probability(where: str, **values: float) -> None:
@@ -19,6 +20,17 @@ def _check_probability(where: str, **values: float) -> None:
 def _check_tied(emsize: int, nhid: int) -> None:
     if emsize != nhid:
         raise ConfigError(f"model: tied embedding and decoder need emsize == nhid, got {emsize} and {nhid}")
+
+
+def _check_sizes(nhid: int, steps: int, ntokens: int = 0, seq_len: int = 1) -> None:
+    """The width and nodes within the limits, and (given a vocabulary) the language model's memory estimate:
+    float32 parameters (tied embedding, the cell's projections) and one window's activations."""
+    CHANNELS.check("model.nhid", nhid)
+    GENOTYPE_NODES.check("model steps (nodes of the cell)", steps)
+    params = ntokens * (nhid + 1) + 2 * nhid * 2 * nhid + steps * nhid * 2 * nhid
+    activations = seq_len * (ntokens + 4 * steps * nhid)
+    NETWORK_BYTES.check("the language model's estimated memory (parameters + one window's activations)",
+                        4 * (params + activations))
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class DartsRnnSupernetConfig:
         _check_probability("model", dropout=self.dropout, dropouth=self.dropouth, dropoutx=self.dropoutx,
                            dropouti=self.dropouti, dropoute=self.dropoute)
         _check_tied(self.emsize, self.nhid)
+        _check_sizes(self.nhid, self.steps)
         if self.alpha_init not in ("normal", "zeros"):
             raise ConfigError(f"model.alpha_init must be 'normal' or 'zeros', got {self.alpha_init!r}")
 
@@ -79,6 +92,7 @@ class DartsRnnSearchOptions:
         if self.batch_size < 2 or (self.eval_batch_size is not None and self.eval_batch_size < 2):
             raise ConfigError("search.batch_size and search.eval_batch_size must be >= 2 (BatchNorm over the batch)")
         check_run_settings("search", self.max_batches_per_epoch, self.threads, self.device)
+        check_seed("search.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class DartsRnnNetworkConfig:
         _check_probability("model", dropout=self.dropout, dropouth=self.dropouth, dropoutx=self.dropoutx,
                            dropouti=self.dropouti, dropoute=self.dropoute)
         _check_tied(self.emsize, self.nhid)
+        _check_sizes(self.nhid, 8, self.ntokens, self.seq_len)  # the DARTS recurrent cells have 8 nodes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (checkpoint meta)."""
@@ -158,6 +173,7 @@ class DartsRnnTrainOptions:
             raise ConfigError(f"train.nonmono must be >= 1, got {self.nonmono}")
         check_non_negative("train", weight_decay=self.weight_decay, alpha_ar=self.alpha_ar, beta_tar=self.beta_tar)
         check_run_settings("train", self.max_batches_per_epoch, self.threads, self.device)
+        check_seed("train.seed", self.seed)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from torch import nn
 
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.artifacts import ExportResult, Progress, StepContext
+from nasdeploy.export.artifacts import ExportResult, Progress, StepContext, write_export_report
 from nasdeploy.export.formats import INT8_FLOAT_FORMAT, STEPS, check_formats, planned_steps
 from nasdeploy.export.formats.int8 import NO_DATA, write_int8
 from nasdeploy.export.options import ExportOptions
@@ -29,7 +29,6 @@ from nasdeploy.export.staging import check_out_dir, staged_folder
 from nasdeploy.export.target import deploy_target, network_for
 from nasdeploy.export.untrained import UNTRAINED_NOTE, randomize_bn_statistics_
 from nasdeploy.spaces.table import resolve
-from nasdeploy.utils.files import write_json_atomic
 
 WEIGHTS = ("trained", "untrained")
 DEFAULT_DATASETS = {"cifar": "cifar10", "imagenet": "imagefolder"}
@@ -115,7 +114,7 @@ def export_model(
     if labels is not None and len(labels) != n_classes:
         result.notes.append(f"ignored {len(labels)} class labels: the network has {n_classes} outputs")
         labels = None
-    with staged_folder(out_dir, overwrite=options.overwrite) as stage:
+    with staged_folder(out_dir, "export", overwrite=options.overwrite) as stage:
         ctx = StepContext(stage, model, result, options, shape, progress or (lambda _msg: None), data,
                           metadata or {}, labels)
         result.complexity, note = _complexity(model, shape)
@@ -123,8 +122,7 @@ def export_model(
             result.notes.append(note)
         for step in planned_steps(fmts, options.int8.methods):
             resolve(STEPS[step].run)(ctx)
-        write_json_atomic(stage / "export.json", result.to_dict())
-        result.files["report"] = "export.json"
+        write_export_report(stage, result)
     return result
 
 
@@ -165,7 +163,7 @@ def quantize_model(
     data.check_fits(model, shape[1])
     model = _exported_weights(model, weights, shape, options.seed)
     result = ExportResult(Path(out_dir), name, (), source=dict(source or {}), weights=weights)
-    with staged_folder(out_dir, overwrite=options.overwrite) as stage:
+    with staged_folder(out_dir, "export", overwrite=options.overwrite) as stage:
         if "executorch" in options.int8.methods:
             from nasdeploy.export.executorch import import_executorch
 
@@ -195,7 +193,7 @@ def export_target(request: ExportRequest, progress: Progress | None = None) -> E
     check_out_dir(out, options.overwrite)  # checked again when staging; this one saves building the model
     sizes = request.sizes
     src = build_export_model(resolved.genotype, net=net, checkpoint=resolved.checkpoint, channels=sizes.channels,
-                             layers=sizes.layers, num_classes=sizes.num_classes)
+                             layers=sizes.layers, num_classes=sizes.num_classes, input_size=options.input_size)
     prepared = None
     if request.wants_data:
         height = input_shape(src.model, options)[1]

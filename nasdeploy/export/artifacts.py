@@ -13,9 +13,10 @@ from nasdeploy._version import __version__
 from nasdeploy.export.options import ExportOptions
 from nasdeploy.export.parity import ParityReport, Runner, compare_on_batches
 from nasdeploy.export.samples import ExportData
-from nasdeploy.export.staging import relative_to_stage
+from nasdeploy.utils.ownership import report_path
 
 Progress = Callable[[str], None]
+REPORT_FILE = "export.json"
 T = TypeVar("T")
 
 
@@ -37,14 +38,18 @@ class ExportResult:
     quantization: dict[str, Any] = field(default_factory=dict)  # method -> QuantizationResult
     weights: str | None = None  # "trained" | "untrained" | None (as given)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (written as export.json)."""
+    def to_dict(self, report: Path | None = None) -> dict[str, Any]:
+        """JSON-ready dict; with `report` (where it is written: out_dir/export.json) its paths are relative to it."""
         import onnx
         import onnxruntime
         import torch
 
         out = asdict(self)
-        out["out_dir"] = str(self.out_dir)
+        out["out_dir"] = str(self.out_dir) if report is None else report_path(self.out_dir, report)
+        for key in ("target", "checkpoint") if report is not None else ():
+            value = out["source"].get(key)
+            if isinstance(value, str) and Path(value).is_file():  # a registry name stays a name
+                out["source"][key] = report_path(value, report)
         out["parity"] = {k: v.to_dict() for k, v in self.parity.items()}
         out["quantization"] = {k: v.to_dict() for k, v in self.quantization.items()}
         out["versions"] = {"nasdeploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
@@ -70,6 +75,14 @@ class ExportResult:
         lines += [f"  skipped {fmt}: {why}" for fmt, why in self.skipped.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def write_export_report(stage: Path, result: ExportResult) -> Path:
+    """export.json in the staging folder, naming files relative to where it is published (result.out_dir)."""
+    from nasdeploy.utils.files import write_json_atomic
+
+    result.files["report"] = REPORT_FILE
+    return write_json_atomic(stage / REPORT_FILE, result.to_dict(report=result.out_dir / REPORT_FILE))
 
 
 @dataclass
@@ -107,16 +120,18 @@ class StepContext:
 def record_parity(ctx: StepContext, key: str, report: ParityReport) -> ParityReport:
     """The one verify-and-save path: keep the report, show its table and raise its typed error if it failed, else save it.
 
-    The report names its model relative to the export folder and carries the export's weights label.
+    The report names its model relative to itself (the staging folder is renamed whole, so the path stays true) and
+    carries the export's weights label.
     """
-    report = replace(report, model_path=relative_to_stage(report.model_path, ctx.stage),
-                     weights=report.weights or ctx.result.weights)
+    name = f"parity_{key}.json"
+    model_path = report_path(report.model_path, ctx.stage / name) if report.model_path else ""
+    report = replace(report, model_path=model_path, weights=report.weights or ctx.result.weights)
     ctx.result.parity[key] = report
     if not report.passed:
         ctx.say(report.format_table())
     report.raise_for_failure()
-    report.save(ctx.stage / f"parity_{key}.json")
-    ctx.result.files[f"{key}_parity"] = f"parity_{key}.json"
+    report.save(ctx.stage / name)
+    ctx.result.files[f"{key}_parity"] = name
     return report
 
 

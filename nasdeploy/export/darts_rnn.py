@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import CheckpointError, ConfigError, ExportError
-from nasdeploy.export.artifacts import ExportResult, Progress
+from nasdeploy.export.artifacts import ExportResult, Progress, write_export_report
 from nasdeploy.export.onnx import MIN_OPSET, eval_mode
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, OutputParity, ParityCase, ParityReport, compare_outputs
 from nasdeploy.export.request import ExportRequest, NetSizes
@@ -32,7 +32,7 @@ from nasdeploy.export.staging import staged_folder
 from nasdeploy.export.target import DeployTarget, deploy_target, network_for
 from nasdeploy.genotypes import genotype_to_dict
 from nasdeploy.nets.darts_rnn import DartsRnnLanguageModel
-from nasdeploy.utils.files import atomic_path, write_json_atomic
+from nasdeploy.utils.files import atomic_path
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ort_session
 
@@ -277,7 +277,7 @@ def export_darts_rnn_target(request: ExportRequest, progress: Progress | None = 
     source = {"target": resolved.given, "genotype": resolved.genotype.name, "checkpoint": resolved.checkpoint,
               "net_kwargs": cfg.to_dict(), "genotype_dict": genotype_to_dict(resolved.genotype)}
     result = ExportResult(out, name, ("onnx",), source=source, weights="trained" if resolved.checkpoint else "untrained")
-    with staged_folder(out, overwrite=options.overwrite) as stage:
+    with staged_folder(out, "export", overwrite=options.overwrite) as stage:
         if progress is not None:
             progress(f"exporting the language model to ONNX (window {seq.seq_len or cfg.seq_len}, batch {seq.batch_size}"
                      f"{' dynamic' if seq.dynamic_batch else ''}) and checking it in onnxruntime")
@@ -288,12 +288,12 @@ def export_darts_rnn_target(request: ExportRequest, progress: Progress | None = 
         parity = dataclasses.replace(report.parity.report, model_path="model.onnx", weights=result.weights)
         parity.save(stage / "parity_onnx.json")
         result.parity["onnx"] = parity
-        result.files.update(onnx="model.onnx", onnx_parity="parity_onnx.json", report="export.json")
+        result.files.update(onnx="model.onnx", onnx_parity="parity_onnx.json")
         batch = "batch" if report.dynamic_batch else report.batch_size
         result.onnx = {"opset": _opset(stage / "model.onnx"), "input_shape": [report.seq_len, batch],
                        "dynamic_axes": {"batch": report.dynamic_batch}, "size_bytes": report.file_bytes}
         result.timings_s["onnx_export"] = report.export_seconds
-        write_json_atomic(stage / "export.json", result.to_dict())
+        write_export_report(stage, result)
     return result
 
 

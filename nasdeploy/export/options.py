@@ -14,6 +14,7 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.export.formats import check_int8_methods
 from nasdeploy.export.onnx import check_opset
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
+from nasdeploy.utils.limits import check_input_size
 
 # Times an exported file: (latency backend, path, (C, H, W)) -> a LatencyResult dict. The callers (CLI, pipeline)
 # pass nasdeploy.profile.latency.ModelFileTimer; export itself never imports the profiler.
@@ -126,5 +127,7 @@ class ExportOptions:
             len(self.input_size) != 2 or not all(isinstance(s, int) and s >= 1 for s in self.input_size)
         ):
             raise ConfigError(f"input_size must be (height, width) of positive integers, got {self.input_size!r}")
+        if self.input_size is not None:
+            check_input_size("input_size", *self.input_size)
         if self.name is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", self.name):
             raise ConfigError(f"invalid model name {self.name!r}: use letters, digits, '_', '-' and '.'")

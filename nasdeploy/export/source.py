@@ -75,11 +75,13 @@ def build_export_model(
     channels: int | None = None,
     layers: int | None = None,
     num_classes: int | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ExportSource:
     """Build the network for `target` (registry name, genotype file or object) and load checkpoint weights.
 
     A nasdeploy checkpoint's meta (genotype, net, net_kwargs) must agree with the target and the given
-    sizes; a plain state_dict loads into a network of the given (or default) sizes.
+    sizes; a plain state_dict loads into a network of the given (or default) sizes. The sizes (a checkpoint's
+    included) and the memory of one `input_size` (H, W) image are checked against the limits before building.
     """
     from nasdeploy.genotypes import resolve_genotype
     from nasdeploy.nets import build_network, get_net_config
@@ -108,7 +110,7 @@ def build_export_model(
             kwargs["auxiliary"] = bool(saved.get("auxiliary", has_aux))
     elif cfg.genotype_kind == "cnn_cell":
         kwargs["auxiliary"] = False
-    model = build_network(genotype, net, **kwargs)
+    model = build_network(genotype, net, input_size=input_size, **kwargs)
     if ckpt is not None:
         load_weights_into(model, ckpt, source=f"checkpoint {checkpoint}")
     model.eval()

@@ -13,8 +13,11 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.export.onnx import onnx_files, onnx_io
 from nasdeploy.export.staging import staged_folder
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.ownership import claim_folder
 
-REPOSITORY = "triton"  # the repository folder inside an export directory (only model folders in it)
+# The repository folder inside an export directory: only model folders in it, and nasdeploy's mark (a file; Triton
+# loads every subfolder as a model and ignores files).
+REPOSITORY = "triton"
 README = "TRITON_README.md"  # one level up: Triton's repository root must hold only model folders
 
 ONNX_PLATFORM = "onnxruntime_onnx"
@@ -211,7 +214,8 @@ def write_triton_model(
     An ONNX model with external data files goes in the folder form <version>/model.onnx/ (model + data).
     model_file None (TensorRT plan still to be built by trtexec.sh) writes the config and an empty version
     folder. `labels` (one class name per output index) go into the labels file the config names. The model
-    folder is staged and renamed into the repository only when complete.
+    folder is staged and renamed into the repository only when complete. The repository must be absent, empty
+    or one nasdeploy made (its .nasdeploy mark names a Triton repository); it is created and marked when needed.
     """
     folder = Path(repository) / cfg.name
     named = {t.label_filename for t in cfg.outputs if t.label_filename}
@@ -224,9 +228,10 @@ def write_triton_model(
     if model_file is not None and cfg.platform == ONNX_PLATFORM and Path(model_file).name != "model.onnx" \
             and len(onnx_files(model_file)) > 1:
         raise ConfigError(f"an ONNX model with external data must be named model.onnx, got {Path(model_file).name}")
-    if folder.exists():
+    claim_folder(repository, "triton", "Triton repository")
+    if folder.exists() or folder.is_symlink():
         raise ConfigError(f"Triton model folder already exists: {folder}")
-    with staged_folder(folder) as staging:
+    with staged_folder(folder, "triton") as staging:
         version_dir = staging / str(version)
         version_dir.mkdir()
         if model_file is not None:

@@ -17,6 +17,7 @@ PyTorch momentum 3e-4, and epsilon 1e-3; the defaults here are PyTorch's 0.1 and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -180,7 +181,10 @@ SEGMENTATION_CONFIG = NetConfig(
     input_size=(3, 1024, 2048),
     mean=(0.5, 0.5, 0.5),  # the released model maps [0, 255] to [-1, 1]
     std=(0.5, 0.5, 0.5),
-    extra={"task": "segmentation", "variants": dict(VARIANT_FILTER_MULTIPLIERS)},
+    # head_channels: the ASPP and decoder width, for the memory estimate checked before a network is built
+    extra={"task": "segmentation", "variants": dict(VARIANT_FILTER_MULTIPLIERS), "head_channels": 256},
+    stem_stride=4,
+    reductions=3,  # levels of stride 4, 8, 16 and 32
 )
 
 
@@ -193,9 +197,8 @@ def _build_segmentation(genotype: AutoDeepLabGenotype, cfg: NetConfig, *, channe
     if layers not in (cfg.layers, genotype.layers):
         raise ConfigError(f"layers={layers} does not match the genotype path ({genotype.layers} layers); the path sets the depth")
     model = AutoDeepLabNet(genotype, filter_multiplier=multiplier, num_classes=num_classes, **kwargs)
-    model.default_cfg = NetConfig(cfg.name, cfg.genotype_kind, multiplier, genotype.layers, num_classes, cfg.input_size,
-                                  cfg.mean, cfg.std, {**cfg.extra, "filter_multiplier": multiplier,
-                                                      "path": list(genotype.path)})
+    model.default_cfg = replace(cfg, channels=multiplier, layers=genotype.layers, num_classes=num_classes,
+                                extra={**cfg.extra, "filter_multiplier": multiplier, "path": list(genotype.path)})
     return model
 
 

@@ -19,6 +19,7 @@ from nasdeploy.pipeline.state import STATE_FILE, PipelineState
 from nasdeploy.pipeline.summary import StageTime, run_summary
 from nasdeploy.spaces.table import get_space
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.ownership import claim_folder
 from nasdeploy.utils.rundir import open_run_directory, read_json
 from nasdeploy.utils.yamlconfig import dump_yaml
 
@@ -76,6 +77,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
         raise ConfigError(f"{run_dir} holds no pipeline run ({STATE_FILE} is missing): {option} acts only on a "
                           f"pipeline run directory; run the pipeline without {option} first")
     stages = stages_for(config.space)
+    claim_folder(run_dir, "pipeline")  # a folder nasdeploy did not make is refused before it gets a lock
     with open_run_directory(run_dir, (STATE_FILE, "pipeline.yaml", "profile.json", "summary.json", "report.md")):
         return _run_stages(config, run_dir, stages, force, only, progress, stop_after_epoch)
 

@@ -19,6 +19,7 @@ from nasdeploy.profile.latency import ORT_BACKENDS, measure_latency, parse_backe
 from nasdeploy.profile.mobile import MobileVerdict, mobile_verdict
 from nasdeploy.profile.protocol import LatencyConfig, LatencyResult
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.limits import check_input_size
 
 REPORT_FORMAT = "nasdeploy.profile"
 REPORT_VERSION = 1
@@ -104,6 +105,7 @@ def _input_shape(input_size: int | Sequence[int] | None, default: Sequence[int] 
         shape = tuple(int(d) for d in input_size)
     if any(d < 1 for d in shape):
         raise ConfigError(f"input size must be positive, got {shape}")
+    check_input_size("input size", shape[-2], shape[-1])
     return shape
 
 
@@ -216,13 +218,15 @@ def profile_target(
     resolved = deploy_target(target)
     net = network_for(resolved, net, prefer="imagenet")
     genotype = resolved.genotype
+    hw = None if input_size is None else _input_shape(input_size, None, "the target")[-2:]
     if resolved.checkpoint is not None:
         model = build_export_model(genotype, net=net, checkpoint=resolved.checkpoint, channels=channels, layers=layers,
-                                   num_classes=num_classes).model
+                                   num_classes=num_classes, input_size=hw).model
     else:
         # Count the auxiliary head separately where the family has one (the DARTS CNN nets).
         extra = {"auxiliary": True} if get_net_config(net).genotype_kind == "cnn_cell" else {}
-        model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes, **extra)
+        model = build_network(genotype, net, channels=channels, layers=layers, num_classes=num_classes,
+                              input_size=hw, **extra)
     built = model.default_cfg
     net_info = {"family": built.name, "channels": built.channels, "layers": built.layers, "num_classes": built.num_classes}
     label = genotype.name or ("genotype" if hasattr(target, "kind") else Path(resolved.given).stem)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nasdeploy._version import __version__
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
 from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, NUM_LEVELS
 from nasdeploy.nets.autodeeplab import AutoDeepLabCell, AutoDeepLabStem, default_aspp_rates
 from nasdeploy.nets.seg_heads import ASPP, DeepLabV3PlusDecoder
@@ -32,6 +32,7 @@ from nasdeploy.ops import build_autodeeplab_op
 from nasdeploy.profile.cost_table_build import default_cache_dir
 from nasdeploy.spaces.autodeeplab_cost_table import AutoDeepLabCostTable, autodeeplab_cost_table_from_dict
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.limits import read_json_limited
 from nasdeploy.utils.model_cost import forward_macs
 
 COST_TABLE_FORMAT = "nasdeploy.autodeeplab_cost_table"
@@ -211,8 +212,10 @@ def load_autodeeplab_cost_table(path: str | os.PathLike[str]) -> AutoDeepLabCost
     """Read a cost table JSON file (ConfigError when it is missing or not one)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = read_json_limited(p, "autodeeplab cost table")
+    except LimitError:
+        raise
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read autodeeplab cost table {p}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != COST_TABLE_FORMAT or data.get("version") != COST_TABLE_VERSION:
         raise ConfigError(f"{p} is not a nasdeploy autodeeplab cost table (format {COST_TABLE_FORMAT!r} "

@@ -8,7 +8,6 @@ genotype-independent parts (stems, each cell's preprocessing and combine, poolin
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.limits import read_json_limited
 
 COST_TABLE_FORMAT = "nasdeploy.cost_table"
 COST_TABLE_VERSION = 1
@@ -206,8 +206,10 @@ def load_cost_table(path: str | os.PathLike[str]) -> CostTable:
     if not p.is_file():
         raise ConfigError(f"cost table {p} does not exist (build one with: nasdeploy profile --cost-table darts_cnn)")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = read_json_limited(p, "cost table")
+    except LimitError:
+        raise
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read cost table {p}: {exc}") from None
     return cost_table_from_dict(data, str(p))
 

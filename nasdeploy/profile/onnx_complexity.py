@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
 from nasdeploy.profile.activations import ActivationMemory
 from nasdeploy.profile.complexity import MAC_CONVENTION, Complexity
 from nasdeploy.profile.stages import CostItem, scope_stage
+from nasdeploy.utils.limits import literal_eval_bounded
 from nasdeploy.utils.optional import require
 
 ONNX_COUNTER = "ONNX graph walk after onnx.shape_inference (Conv, ConvTranspose, Gemm, MatMul)"
@@ -41,15 +41,17 @@ def graph_inputs(model: Any) -> list[Any]:
 
 def _exported_input_size(model: Any) -> tuple[int, ...] | None:
     """The example input size (C, H, W) that `nasdeploy export` records in the metadata, if any."""
-    import json
-
     for prop in getattr(model, "metadata_props", []):
         if prop.key == "example_input_shape":
-            try:
-                dims = json.loads(prop.value)
-            except ValueError:
+            try:  # a JSON list is also a Python literal: one bounded parser for every metadata value
+                dims = literal_eval_bounded(prop.value, "ONNX metadata example_input_shape")
+            except LimitError:
+                raise
+            except (ValueError, SyntaxError):
                 return None
-            return tuple(int(d) for d in dims[1:]) if isinstance(dims, list) and len(dims) > 1 else None
+            if not (isinstance(dims, list) and len(dims) > 1 and all(isinstance(d, int) for d in dims)):
+                return None
+            return tuple(dims[1:])
     return None
 
 
@@ -222,7 +224,9 @@ def _node_stage(node: Any) -> str:
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
-                scopes = ast.literal_eval(prop.value)
+                scopes = literal_eval_bounded(prop.value, "ONNX node name scopes")
+            except LimitError:
+                raise
             except (ValueError, SyntaxError):
                 return "(graph)"
             if isinstance(scopes, list) and len(scopes) > 1 and scopes[1]:

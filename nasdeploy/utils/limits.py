@@ -186,6 +186,12 @@ def loads_json(text: str, what: str) -> Any:
     return json.loads(text)
 
 
+def read_json_limited(path: str | os.PathLike[str], what: str, limit: Limit = JSON_BYTES) -> Any:
+    """A JSON file's content: its size within `limit` before reading, its nesting checked before parsing
+    (OSError, UnicodeDecodeError and malformed JSON's ValueError are the caller's to word; LimitError names the limit)."""
+    return loads_json(read_text_limited(path, limit, what), f"{what} {path}")
+
+
 def literal_eval_bounded(text: str, what: str) -> Any:
     """ast.literal_eval of a short metadata string; too long, deep or complex is a LimitError (a ValueError)."""
     METADATA_CHARS.check(what, len(text))
@@ -210,6 +216,17 @@ class CellNetworkShape:
     stem_stride: int = 1
     num_classes: int = 10
     ops_per_edge: int = 1  # a search supernet runs every candidate op on every edge
+    # Per layer, how many times H and W were halved (and the channels doubled) after the stem; None: `reductions`
+    # evenly spaced (DARTS: at layers // 3 and 2 * layers // 3). Auto-DeepLab's path gives its levels.
+    levels: tuple[int, ...] | None = None
+    head_channels: int = 0  # a dense head at the stem's resolution (a segmentation decoder), 0: a classifier
+
+    def layer_levels(self) -> tuple[int, ...]:
+        """How many times H and W were halved at each layer."""
+        if self.levels is not None:
+            return tuple(self.levels)
+        reduce_at = {(k + 1) * self.layers // (self.reductions + 1) for k in range(self.reductions)}
+        return tuple(sum(r <= layer for r in reduce_at) for layer in range(self.layers))
 
 
 # Tensors one edge op holds per C*H*W in a forward pass (sep_conv_5x5: relu, depthwise, pointwise, BN, twice).
@@ -218,19 +235,23 @@ _TENSORS_PER_OP = 8
 
 def estimate_network_bytes(shape: CellNetworkShape) -> int:
     """float32 bytes of the parameters and of every activation of one image's forward pass (what training keeps):
-    an upper estimate from the config's numbers, computed before anything is built."""
-    c, (h, w) = shape.channels, shape.input_hw
-    h, w = max(1, h // shape.stem_stride), max(1, w // shape.stem_stride)
+    an estimate from the config's numbers, computed before anything is built (above a DARTS network's measured
+    total, within a factor of two of an Auto-DeepLab network's, whose cells on its path take more parameters)."""
+    c0, (h0, w0) = shape.channels, shape.input_hw
+    h0, w0 = max(1, h0 // shape.stem_stride), max(1, w0 // shape.stem_stride)
     edges = 2 * shape.nodes * shape.ops_per_edge
-    params = 3 * 9 * shape.stem_multiplier * c
-    activations = 2 * shape.stem_multiplier * c * h * w
-    reduce_at = {(k + 1) * shape.layers // (shape.reductions + 1) for k in range(shape.reductions)}
-    for layer in range(shape.layers):
-        if layer in reduce_at:
-            c, h, w = 2 * c, max(1, h // 2), max(1, w // 2)
+    params = 3 * 9 * shape.stem_multiplier * c0
+    activations = 2 * shape.stem_multiplier * c0 * h0 * w0
+    c = c0
+    for level in shape.layer_levels():
+        c, h, w = c0 << level, max(1, h0 >> level), max(1, w0 >> level)
         params += edges * (2 * c * c + 50 * c) + 2 * shape.multiplier * c * c
         activations += (edges * _TENSORS_PER_OP + shape.nodes + 2 * shape.multiplier) * c * h * w
     params += shape.multiplier * c * shape.num_classes
+    if shape.head_channels:  # ASPP on the last cell and a decoder: 3x3 convolutions of the head's width
+        k = shape.head_channels
+        params += 9 * k * (3 * k + 2 * shape.multiplier * c) + k * shape.num_classes
+        activations += _TENSORS_PER_OP * k * h0 * w0 + shape.num_classes * shape.input_hw[0] * shape.input_hw[1]
     return 4 * (params + activations)
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
+from nasdeploy.utils.limits import read_json_limited
 from nasdeploy.utils.yamlconfig import diff_dicts
 
 
@@ -59,11 +59,14 @@ def read_done(out: Path) -> dict[str, Any] | None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it is missing or torn."""
+    """A JSON file's content, or None when it is missing or torn (one over the size or nesting limit: LimitError)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = read_json_limited(path, "run record")
+    except LimitError:
+        raise
+    except (OSError, ValueError):  # missing, or torn by a killed write (JSONDecodeError, UnicodeDecodeError)
         return None
+    return data if isinstance(data, dict) else None
 
 
 def check_resume_config(stored: dict[str, Any], current: dict[str, Any], out_dir: Path,

@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from nasdeploy.errors import LimitError
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.limits import JSON_BYTES, loads_json, read_text_limited
 
 
 class JsonlLog:
@@ -23,14 +25,7 @@ class JsonlLog:
         """Atomically drop the records `keep` rejects (and any torn last line)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if keep(record):
-                kept.append(line)
+        kept = [line for line, record in self._records() if keep(record)]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -45,14 +40,21 @@ class JsonlLog:
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete record."""
-        if not self.path.is_file():
-            return []
+        return [record for _, record in self._records()] if self.path.is_file() else []
+
+    def _records(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, record) of every complete record: the file within the size limit, each line within the nesting
+        limit (LimitError), a torn or foreign line skipped."""
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in read_text_limited(self.path, JSON_BYTES, "run log").splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = loads_json(line, f"run log {self.path}")
+            except LimitError:
+                raise
+            except ValueError:
                 continue
+            if isinstance(record, dict):
+                out.append((line, record))
         return out
 
 

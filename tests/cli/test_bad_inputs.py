@@ -20,6 +20,7 @@ from nasdeploy.cli.main import main
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_SEARCH = str(CONFIGS / "darts_cnn_demo_search.yaml")
 DEMO_TRAIN = str(CONFIGS / "darts_cnn_demo_train.yaml")
+IMAGENET_TRAIN = str(CONFIGS / "darts_cnn_imagenet_mobile_train.yaml")
 ADL_SEARCH = str(CONFIGS / "autodeeplab_demo_search.yaml")
 RNN_DEMO = str(CONFIGS / "darts_rnn_demo_pipeline.yaml")
 
@@ -105,6 +106,12 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("train-no-genotype", None, ["train", "--config", DEMO_TRAIN, "--out", "run"], ["genotype"]),
     ("train-zero-epochs", None, ["train", "--genotype", "DARTS_V2", "--config", DEMO_TRAIN, "--out", "run", "train.epochs=0"], ["epochs"]),
     ("train-rnn-genotype-for-cnn", None, ["train", "--genotype", "DARTS_V2_RNN", "--config", DEMO_TRAIN, "--out", "run"], ["rnn_cell"]),
+    ("train-image-below-the-stride", None, ["train", "--genotype", "DARTS_V2", "--config", DEMO_TRAIN, "--out", "run",
+                                            "data.image_size=2", "data.augment=none"], ["data.image_size", "stride"]),
+    ("train-imagenet-image-below-the-stride", None, ["train", "--genotype", "DARTS_V2", "--config", IMAGENET_TRAIN,
+                                                     "--out", "run", "data.dataset=demo", "data.image_size=24"],
+     ["data.image_size", "32"]),
+    ("search-2-layers", None, ["search", "--config", DEMO_SEARCH, "--out", "run", "model.layers=2"], ["model.layers"]),
     # datasets
     ("cifar-missing-dir", None, ["search", "--config", str(CONFIGS / "darts_cnn_cifar10_search.yaml"), "--data-dir",
                                  "no_such_dir", "--out", "run"], ["no_such_dir"]),

@@ -141,6 +141,23 @@ def test_boundary_catches_leaked_errors(capsys, monkeypatch, kind, expected):
     assert _run(capsys, ["boom", kind]) == expected
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["export"], ["Missing argument 'TARGET'", "nasdeploy export --help"]),
+    (["profile", "DARTS_V2", "--json", "."], ["'--json'", "is a directory"]),
+    (["genotypes", "draw", "DARTS_V2", "-o", "."], ["'--output'", "is a directory"]),
+    (["profile", "DARTS_V2", "--no-such-option"], ["No such option"]),
+])
+def test_usage_errors_are_one_line(capsys, argv, words):
+    line = _run(capsys, argv)
+    assert all(word in line for word in words), line
+
+
+def test_the_bare_command_still_shows_its_help(capsys):
+    with pytest.raises(SystemExit):
+        main([])
+    assert "Commands:" in capsys.readouterr().err
+
+
 def test_describe_os_error_plain():
     assert describe_os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")) == \
         "no such file or directory (/x)"

@@ -11,7 +11,7 @@ import pytest
 
 from nasdeploy.cli.main import main
 from nasdeploy.data.segmentation import SegDataConfig
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
 from nasdeploy.config.autodeeplab import (
     AutoDeepLabSearchConfig,
     AutoDeepLabSearchOptions,
@@ -151,6 +151,41 @@ def test_adl_train_values(section, values, message):
     with pytest.raises(ConfigError) as err:
         from_dict(AutoDeepLabTrainConfig, {section: values})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("root, overrides, message", [
+    (DartsCnnSearchConfig, ["search.seed=-1"], "search.seed must be a whole number in 0 .. 4294967295"),
+    (DartsCnnTrainConfig, [f"train.seed={2 ** 32}"], "train.seed must be a whole number in 0 .. 4294967295"),
+    (DartsRnnSearchConfig, ["search.seed=-3"], "search.seed must be a whole number"),
+    (DartsRnnTrainConfig, [f"train.seed={2 ** 40}"], "train.seed must be a whole number"),
+    (AutoDeepLabSearchConfig, ["search.seed=-1"], "search.seed must be a whole number"),
+    (AutoDeepLabTrainConfig, [f"train.seed={2 ** 33}"], "train.seed must be a whole number"),
+    (DartsCnnSearchConfig, ["model.layers=2"], "model.layers must be >= 3, got 2: the reduction cells sit at"),
+    (DartsCnnTrainConfig, ["data.image_size=3"], "data.image_size 3 is below the cifar network's total stride 4"),
+    (DartsCnnTrainConfig, ["model.net=imagenet", "data.image_size=31"], "below the imagenet network's total stride 32"),
+    (DartsCnnTrainConfig, ["model.net=segmentation"], "model.net must be a DARTS CNN network family"),
+    (DartsCnnTrainConfig, ["model.net=mobile"], "unknown network 'mobile'"),
+    (DartsCnnSearchConfig, ["model.channels=100000"], "model (the search supernet) channels: 100,000 channels"),
+    (DartsCnnSearchConfig, ["model.layers=100000"], "(layers); set NASDEPLOY_MAX_LAYERS"),
+    (DartsCnnSearchConfig, ["data.image_size=4096"], "(network_bytes)"),
+    (DartsCnnTrainConfig, ["model.channels=2048", "model.layers=100"], "model estimated memory"),
+    (AutoDeepLabSearchConfig, ["supernet.filter_multiplier=64", "data.crop_size=[2048,2048]",
+                               "data.image_size=[2048,2048]"], "supernet estimated memory"),
+    (DartsRnnSearchConfig, ["model.nhid=100000", "model.emsize=100000"], "model.nhid: 100,000 channels"),
+    (DartsRnnTrainConfig, ["model.ntokens=1000000000"], "the language model's estimated memory"),
+])
+def test_values_that_cannot_work_or_fit_are_refused_at_load(root, overrides, message):
+    with pytest.raises((ConfigError, LimitError)) as err:  # LimitError: a stated limit (seed range, sizes)
+        load_config(root, None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_smallest_working_values_load():
+    load_config(DartsCnnSearchConfig, None, ["model.layers=3", "data.image_size=1"])  # the supernet pads any size
+    load_config(DartsCnnTrainConfig, None, ["model.layers=1", "data.image_size=4"])
+    load_config(DartsCnnTrainConfig, None, ["model.net=imagenet", "data.image_size=32"])
+    load_config(DartsCnnSearchConfig, None, ["search.seed=0"])
+    load_config(DartsCnnSearchConfig, None, [f"search.seed={2 ** 32 - 1}"])
 
 
 def test_validators_refuse_nan_without_the_loader():

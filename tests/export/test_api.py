@@ -25,6 +25,7 @@ from nasdeploy.export.source import build_export_model
 from nasdeploy.genotypes import genotype_to_dict, get_genotype
 from nasdeploy.nets import build_network
 from nasdeploy.utils.checkpoint import save_checkpoint
+from nasdeploy.utils.ownership import mark_folder
 
 NET_KWARGS = {"channels": 8, "layers": 3, "num_classes": 5, "auxiliary": True}
 
@@ -110,8 +111,10 @@ def test_triton_repository_parses_with_tritons_schema(cli_export):
     repo = out / "triton"
     assert (repo / "darts_v2_cifar" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     # Triton's repository root holds only model folders; the README lives one level up.
-    assert sorted(p.name for p in repo.iterdir()) == ["darts_v2_cifar", "darts_v2_cifar_trt"]
-    assert all(p.is_dir() for p in repo.iterdir()) and (out / "TRITON_README.md").is_file()
+    # (and nasdeploy's ownership mark, a file: Triton loads every subfolder as a model and ignores files)
+    assert sorted(p.name for p in repo.iterdir()) == [".nasdeploy", "darts_v2_cifar", "darts_v2_cifar_trt"]
+    assert (repo / ".nasdeploy").is_file()
+    assert (out / "TRITON_README.md").is_file()
     assert len((repo / "darts_v2_cifar" / "labels.txt").read_text().splitlines()) == 5
     # The TensorRT model's config is written even though only trtexec.sh could be produced; the script
     # builds the plan where Triton looks for it.
@@ -156,7 +159,7 @@ def test_cli_missing_tensorrt_exit_code(tmp_path, capsys, monkeypatch):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: TensorRT engine not built") and "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "export.json", "model.onnx", "parity_onnx.json", "trtexec.sh"]
+        ".nasdeploy", "export.json", "model.onnx", "parity_onnx.json", "trtexec.sh"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -232,11 +235,16 @@ def test_failed_parity_fails_and_leaves_nothing(tmp_path):
 def test_existing_output_directory(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="already exists"):
-        export_target(ExportRequest("DARTS_V2", out_dir=tmp_path / "out"))
+    for overwrite in (False, True):  # a folder nasdeploy did not make is never replaced
+        with pytest.raises(ConfigError, match="did not make"):
+            export_target(ExportRequest("DARTS_V2", out_dir=tmp_path / "out", options=ExportOptions(overwrite=overwrite)))
+    mark_folder(tmp_path / "exported", "export")
+    with pytest.raises(ConfigError, match="already exists"):  # one it made, only with overwrite
+        export_target(ExportRequest("DARTS_V2", out_dir=tmp_path / "exported"))
     with pytest.raises(ConfigError, match="unknown export format"):
         export_target(ExportRequest("DARTS_V2", formats=("tflite",), out_dir=tmp_path / "new"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
 
 
 def test_options_validation():

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from nasdeploy.config.darts_cnn import DartsCnnSearchConfig, DartsCnnTrainConfig
-from nasdeploy.errors import ConfigError
+from nasdeploy.errors import ConfigError, LimitError
 from nasdeploy.utils.checkpoint import load_checkpoint, save_checkpoint
+from nasdeploy.utils.rundir import read_json
 from nasdeploy.utils.rng import capture_rng_state, restore_rng_state
 from nasdeploy.utils.runlog import JsonlLog
 from nasdeploy.utils.yamlconfig import apply_overrides, load_config, load_yaml
@@ -42,6 +43,23 @@ def test_jsonl_log_rewind_drops_later_epochs_and_torn_lines(tmp_path):
         f.write('{"epoch": 4, "tor')
     log.rewind(lambda r: r["epoch"] <= 2)
     assert log.read() == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_run_logs_and_records_are_read_within_the_limits(tmp_path):
+    log = JsonlLog(tmp_path / "log.jsonl")
+    log.write({"epoch": 1})
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write("[1, 2]\n")  # not a record: skipped like a torn line
+    assert log.read() == [{"epoch": 1}]
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write("[" * 10_000 + "]" * 10_000 + "\n")  # a planted line would exhaust the parser's stack
+    with pytest.raises(LimitError, match="nesting_depth"):
+        log.read()
+    (tmp_path / "done.json").write_text("[]")
+    assert read_json(tmp_path / "done.json") is None
+    (tmp_path / "done.json").write_text("{" * 10_000)
+    with pytest.raises(LimitError, match="nesting_depth"):
+        read_json(tmp_path / "done.json")
 
 
 def test_published_configs_hold_the_reference_hyperparameters():

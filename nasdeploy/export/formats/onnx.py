@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from nasdeploy.export.artifacts import StepContext, check_on_data, record_parity
 from nasdeploy.export.onnx import export_onnx, read_onnx_metadata
 from nasdeploy.export.onnx_parity import check_onnx_parity, onnxruntime_runner
 from nasdeploy.export.samples import is_classifier
+from nasdeploy.utils.limits import loads_json
 
 
 def write_onnx(ctx: StepContext) -> None:
@@ -26,7 +25,8 @@ def write_onnx(ctx: StepContext) -> None:
         ctx.result.files["onnx_data"] = "model.onnx.data"
     meta = read_onnx_metadata(path)
     ctx.result.onnx = {
-        "opset": int(meta["opset"]), "input_shape": meta["input_shape"], "dynamic_axes": json.loads(meta["dynamic_axes"]),
+        "opset": int(meta["opset"]), "input_shape": meta["input_shape"],
+        "dynamic_axes": loads_json(meta["dynamic_axes"], "ONNX metadata dynamic_axes"),
         "static_reason": meta.get("static_reason"), "simplified": opts.simplify,
         "size_bytes": sum(p.stat().st_size for p in ctx.stage.glob("model.onnx*")),
     }

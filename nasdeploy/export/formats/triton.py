@@ -8,14 +8,14 @@ from nasdeploy.export import triton
 from nasdeploy.export.artifacts import StepContext
 from nasdeploy.export.onnx import onnx_io
 from nasdeploy.utils.files import write_text_atomic
+from nasdeploy.utils.ownership import claim_folder
 
 
 def write_triton(ctx: StepContext) -> None:
     """triton/<name>/ (onnxruntime_onnx) and triton/<name>_trt/ (tensorrt_plan) with labels; README one level up."""
     onnx_path, opts = ctx.artifacts["onnx"], ctx.options.triton
     assert onnx_path is not None
-    repo = ctx.stage / triton.REPOSITORY
-    repo.mkdir()
+    repo = claim_folder(ctx.stage / triton.REPOSITORY, "triton")
     ctx.say(f"writing Triton model repository in {ctx.result.out_dir / triton.REPOSITORY}")
     hw = ctx.input_shape[1:]
     labels = ctx.labels
