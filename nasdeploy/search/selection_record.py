@@ -67,9 +67,9 @@ class SelectionRecord:
     """Every seed's result, the chosen seed, and the metric's mean and sample standard deviation over seeds."""
 
     space: str
-    metric: str
+    metric: str  # the key of the short training's done.json that was compared
     higher_is_better: bool
-    seeds: tuple[SeedResult, ...]
+    seeds: tuple[SeedResult, ...]  # in seed order
     chosen_seed: int
     mean: float
     std: float  # sample standard deviation (n - 1); 0 for a single seed
