@@ -58,8 +58,8 @@ class SelectionPlan:
     rules: SelectionRules
     out: Path
     data_dir: str | None
-    search_threads: Any  # a thread count for parallel children where the config leaves it to the machine, else None
-    train_threads: Any
+    search_threads: int | None  # a count for parallel children where the config leaves it to the machine
+    train_threads: int | None
     progress: bool  # echo each child's output (prefixed with its seed); the per-seed status lines always show
 
 
