@@ -4,9 +4,10 @@
 Every measurement runs in a child process of its own, so its peak RSS (the child's ru_maxrss) belongs
 to that configuration alone; the configurations alternate round by round (so load from other
 processes hits them alike) and the report gives medians over rounds and ratios against the first K
-(1 = plain DARTS). With --mem-cap-mib it also finds, per K, the largest batch whose search step stays
-under that peak RSS (doubling, then bisection, each probe a child process that is stopped as soon as
-its RSS passes the cap).
+(1 = plain DARTS), and the bytes one forward keeps for backward by the part of the supernet that keeps
+them. With --mem-cap-mib it also finds, per K, the largest batch whose search step stays under that
+peak RSS (doubling, then bisection, each probe a child process that is stopped as soon as its RSS
+passes the cap).
 
     python scripts/bench_pcdarts.py --threads 1 --json benchmarks/cpu/pcdarts_vs_darts_1thread.json
     python scripts/bench_pcdarts.py --threads 1 --mem-cap-mib 2048 --rounds 0      # only the batch search
@@ -38,6 +39,58 @@ def _rss_bytes() -> int:
     return 0
 
 
+# Which part of the supernet kept a tensor for backward: by the innermost module, else by the code that ran.
+PREPROCESS = "preprocess (ReLU-conv-BN, full width)"
+_CODE_PARTS = {"mixed_node.py": "mixer kernel (edge inputs, conv terms)", "fused_mixer.py": "mixer ReLU per edge",
+               "partial_channels.py": "PC-DARTS bypass and shuffle", "_MaxPool2x2": "PC-DARTS bypass and shuffle",
+               "_ReluConvNorm": PREPROCESS, "lean_preprocess": PREPROCESS, "mixing.py": "reference mixer"}
+
+
+def _part(module: str) -> str | None:
+    names = module.split(".")
+    if "preprocess0" in names or "preprocess1" in names:
+        return PREPROCESS
+    if "_ops" in names:
+        return "candidate op bodies"
+    return "stem and classifier" if names[0] in ("stem", "classifier") else None
+
+
+def saved_by_part(model: Any, images: Any) -> dict[str, int]:
+    """Bytes autograd keeps for backward in one training forward, by the part that kept them (each storage counted
+    once, for the first part that saved it)."""
+    import torch
+    from torch.nn import functional as F
+
+    stack: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, _i, name=name: stack.append(name)) for name, m in model.named_modules()]
+    hooks += [m.register_forward_hook(lambda _m, _i, _o: (stack.pop(), None)[1]) for m in model.modules()]
+    seen: dict[int, str] = {}
+    totals: dict[str, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            part = _part(stack[-1]) if stack else None
+            frame = sys._getframe(1)
+            while part is None and frame is not None:
+                code = frame.f_code
+                part = _CODE_PARTS.get(code.co_qualname.split(".")[0]) or _CODE_PARTS.get(Path(code.co_filename).name)
+                frame = frame.f_back
+            part = part or "other"
+            seen[storage.data_ptr()] = part
+            totals[part] = totals.get(part, 0) + storage.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(images[0]), images[1])
+        del loss
+    finally:
+        for h in hooks:
+            h.remove()
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `steps` search steps after `warmup` of one configuration in this process; its peak RSS."""
     import torch
@@ -57,6 +110,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if spec.get("saved_bytes"):
         out["saved_bytes"] = bench.saved_bytes()
+        out["saved_bytes_by_part"] = saved_by_part(bench.model, bench.batches[0][0])
     return out
 
 
@@ -111,7 +165,8 @@ def compare(spec: dict[str, Any], ks: list[int], rounds: int) -> dict[str, Any]:
         results.append({"partial_channels": k, "impl": runs[k][0]["impl"], "step_time_s_median": statistics.median(per_round),
                         "step_times_s": times, "peak_rss_bytes": int(statistics.median(res["peak_rss_bytes"] for res in runs[k])),
                         "peak_rss_bytes_max": max(res["peak_rss_bytes"] for res in runs[k]),
-                        "baseline_rss_bytes": runs[k][0]["baseline_rss_bytes"], "saved_bytes": runs[k][0]["saved_bytes"]})
+                        "baseline_rss_bytes": runs[k][0]["baseline_rss_bytes"], "saved_bytes": runs[k][0]["saved_bytes"],
+                        "saved_bytes_by_part": runs[k][0]["saved_bytes_by_part"]})
     base = results[0]
     for r in results[1:]:
         r["speedup_vs_k%d" % ks[0]] = base["step_time_s_median"] / r["step_time_s_median"]

@@ -114,7 +114,7 @@ class DartsCnnSearchOptions:
     seed: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resume on CPU)
-    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None (torch's default)
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the usable physical cores) or None (default)
     cost: Optional[CostOptions] = None  # a MAC / latency budget on the architecture (None: plain DARTS)
 
     def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ class DartsCnnTrainOptions:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
-    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None (torch's default)
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the usable physical cores) or None (default)
     # NHWC activations and weights. None: on CPU only, where depthwise/dilated conv backward runs 2-4x
     # faster in channels_last (measured on the demo network: 1.0 s -> 0.58 s a step, one thread).
     channels_last: Optional[bool] = None

@@ -78,7 +78,7 @@ class DartsRnnSearchOptions:
     arch_weight_decay: float = 1e-3
     max_batches_per_epoch: int | None = None  # cap for demos and smoke tests
     seed: int = 3
-    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the usable physical cores) or None
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda'
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class DartsRnnTrainOptions:
     beta_tar: float = 1e-3
     max_batches_per_epoch: int | None = None
     seed: int = 1267
-    threads: Threads = None  # torch CPU threads: a count, "auto" (the cores idle at the start) or None
+    threads: Threads = None  # torch CPU threads: a count, "auto" (the usable physical cores) or None
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -31,6 +31,9 @@ class DataConfig:
     data_dir: Optional[str] = None
     subset: Optional[int] = None  # use only the first N training images
     test_subset: Optional[int] = None  # evaluate on only the first N test images
+    # Hold out this fraction of the training images (a fixed random sample) and evaluate on them instead of the
+    # test split, which is then never read: validation for model selection that leaves the test set untouched.
+    holdout: float = 0.0
     num_workers: int = 0
     augment: str = "cifar"  # cifar (pad-4 crop + flip) | imagenet | none
     image_size: int = 32
@@ -51,6 +54,8 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key} must be a positive number of images, got {value}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"data.holdout must be a fraction in [0, 1), got {self.holdout}")
         for key in ("demo_train_size", "demo_test_size", "image_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be positive, got {getattr(self, key)}")
@@ -92,15 +97,17 @@ class DatasetInfo:
 def build_dataset(cfg: DataConfig, split: str, augment: bool, data_dir: str | None = None) -> tuple[Dataset, DatasetInfo]:
     """The 'train' or 'test' split with training augmentation (augment=True) or the eval transform.
 
-    `data_dir` overrides cfg.data_dir. `cfg.subset` / `cfg.test_subset` keep the first N images.
+    `data_dir` overrides cfg.data_dir. `cfg.subset` / `cfg.test_subset` keep the first N images. With
+    `cfg.holdout` both splits come from the (subset of the) training images: 'test' is the held-out part.
     """
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     root = data_dir if data_dir is not None else cfg.data_dir
+    source = "train" if cfg.holdout > 0 else split
     if cfg.dataset == "imagefolder":
-        dataset, info = _image_folder(cfg, split, augment, root)
+        dataset, info = _image_folder(cfg, source, augment, root)
     else:
-        images, labels, classes = _arrays(cfg, split, root)
+        images, labels, classes = _arrays(cfg, source, root)
         mean, std = _normalisation(cfg)
         native = images.shape[1]
         if augment:
@@ -109,10 +116,25 @@ def build_dataset(cfg: DataConfig, split: str, augment: bool, data_dir: str | No
             tf = eval_transform(cfg.augment, cfg.image_size, mean, std, native_size=native)
         dataset = ArrayImageDataset(images, labels, tf)
         info = DatasetInfo(cfg.dataset, len(classes), tuple(classes), cfg.image_size, mean, std)
-    limit = cfg.subset if split == "train" else cfg.test_subset
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
+    if source == "train" and cfg.subset is not None and cfg.subset < len(dataset):
+        dataset = Subset(dataset, range(cfg.subset))
+    if cfg.holdout > 0:
+        dataset = _holdout_part(dataset, cfg.holdout, split)
+    if split == "test" and cfg.test_subset is not None and cfg.test_subset < len(dataset):
+        dataset = Subset(dataset, range(cfg.test_subset))
     return dataset, info
+
+
+def _holdout_part(dataset: Dataset, fraction: float, split: str) -> Dataset:
+    """The training ('train') or held-out ('test') part of a training set: a fixed random sample (seed 0), so
+    that class-sorted folders split evenly; each part keeps the images' order."""
+    n = len(dataset)
+    held = max(1, round(n * fraction))
+    if held >= n:
+        raise ConfigError(f"data.holdout {fraction} leaves no training images out of {n}")
+    order = np.random.default_rng(0).permutation(n)
+    part = order[n - held:] if split == "test" else order[: n - held]
+    return Subset(dataset, np.sort(part).tolist())
 
 
 def _normalisation(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:

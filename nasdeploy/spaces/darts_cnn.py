@@ -20,6 +20,7 @@ from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype
 from nasdeploy.ops import FactorizedReduce, ReLUConvBN
 from nasdeploy.ops.layout import unsafe_channels_last_convs
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
+from nasdeploy.spaces.lean_ops import lean_preprocess, lean_preprocess_applies
 from nasdeploy.spaces.mixer_table import get_node_mixer
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
 from nasdeploy.spaces.partial_channels import node_softmax, partial_cell_nodes
@@ -73,7 +74,7 @@ class SearchCell(nn.Module):
         channels, the node-normalised edge weights `edge_weights` [num_edges]."""
         if self._nchw_s0 and s0.device.type == "cpu":
             s0 = s0.contiguous()
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = [_preprocess(self.preprocess0, s0), _preprocess(self.preprocess1, s1)]
         if self.partial_channels > 1:
             if edge_weights is None:
                 raise ValueError("a partial-channel cell needs edge weights (softmaxed betas)")
@@ -87,6 +88,11 @@ class SearchCell(nn.Module):
             offset += n
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def _preprocess(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # The same values, keeping fewer full-width tensors for backward where it applies (see spaces/lean_ops.py).
+    return lean_preprocess(module, x) if lean_preprocess_applies(module) else module(x)
 
 
 class DartsCnnSupernet(nn.Module):

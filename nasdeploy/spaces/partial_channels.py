@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
+from nasdeploy.spaces.lean_ops import bypass_max_pool
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer
 
 
@@ -80,7 +81,7 @@ def partial_cell_nodes(mixer: NodeMixer, s0: torch.Tensor, s1: torch.Tensor, edg
         if stride == 1:
             return tails[j]
         if j not in pooled:
-            pooled[j] = F.max_pool2d(tails[j], 2, 2)
+            pooled[j] = bypass_max_pool(tails[j])
         return pooled[j]
 
     add(s0)

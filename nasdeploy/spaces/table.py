@@ -15,7 +15,8 @@ Each space provides, with one vocabulary for all of them:
 - export_section / profile_section: the dataclasses of its pipeline file's export: and profile: sections;
 - export_target / profile_targets: what `nasdeploy export` and `nasdeploy profile` call for its genotypes and
   checkpoints (one signature each across spaces);
-- cost_cells: the cell description of its per-op cost tables (a deployment budget in the search).
+- cost_cells: the cell description of its per-op cost tables (a deployment budget in the search);
+- selection: its rules for the selection protocol over several seeds (nasdeploy.config.selection.SelectionRules).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class SearchSpace:
     config_sections: tuple[str, ...] = ()
     # The cell description its per-op cost tables use (nasdeploy.profile.cost_table.CellSpace); "" = none yet.
     cost_cells: str = ""
+    # Its rules for `nasdeploy search --seeds` (nasdeploy.config.selection.SelectionRules); "" = not supported yet.
+    selection: str = ""
 
     def load(self, part: str) -> Any:
         """The object behind one of this entry's references, e.g. load("search_loop")."""
@@ -93,6 +96,7 @@ SPACES: dict[str, SearchSpace] = {
         pipeline="nasdeploy.pipeline.darts_cnn_stages:DartsCnnStages",
         profile_nets=("cifar", "imagenet"),
         cost_cells="nasdeploy.profile.cost_table_build:DARTS_CNN_CELLS",
+        selection="nasdeploy.config.selection:DARTS_CNN_RULES",
     ),
     "darts_rnn": SearchSpace(
         name="darts_rnn",

@@ -7,7 +7,8 @@ from typing import Literal, Union
 from nasdeploy.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
-# A run's CPU threads: a count, "auto" (the cores idle when the run starts) or None (torch's default).
+# A run's CPU threads: a count, "auto" (the physical cores the process may use, whatever their load; see
+# utils/runtime.py) or None (torch's default).
 Threads = Union[int, Literal["auto"], None]
 
 

@@ -121,7 +121,8 @@ class EpochBar:
 class EpochLoop(ABC, Generic[R]):
     """A space's search or training loop: the hooks run_epochs calls (see the module docstring).
 
-    The driver sets `ctx` (the DDP context) and `out` (the run directory) before calling setup().
+    The driver sets `ctx` (the DDP context), `out` (the run directory) and `threads` (the CPU thread count the
+    run's setting resolved to, recorded in every log record, each checkpoint and done.json) before setup().
     Epoch arguments are 0-based (epoch 0 is the first); records carry the 1-based number.
     """
 
@@ -136,6 +137,7 @@ class EpochLoop(ABC, Generic[R]):
 
     ctx: DistContext
     out: Path
+    threads: int
     model: Any  # the torch.nn.Module the checkpoint holds, built by setup()
 
     def __init__(self, config: Any):
@@ -196,11 +198,11 @@ def run_epochs(loop: EpochLoop[R], out_dir: str | os.PathLike[str], *, force: bo
     out = Path(out_dir)
     s = loop.settings
     files = BASE_RUN_FILES + loop.run_files + loop.extra_logs
-    with process_group(s.device) as ctx, runtime_settings(s.deterministic, s.threads):
+    with process_group(s.device) as ctx, runtime_settings(s.deterministic, s.threads) as threads:
         if ctx.is_main:  # before the lock too, so that a folder nasdeploy did not make does not even get a .lock
             check_folder(out, "run")
         with open_run_directory(out, files, main=ctx.is_main):
-            loop.ctx, loop.out = ctx, out
+            loop.ctx, loop.out, loop.threads = ctx, out, threads
             return _drive(loop, files, force, stop_after_epoch, progress and ctx.is_main)
 
 
@@ -257,7 +259,8 @@ def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_e
     if end < epochs:
         return loop.result(RunOutcome(out, end, epochs, False, history=history))
 
-    done = {"finished": True, "epochs": epochs, **loop.finish(history), "time_s": round(elapsed, 3)}
+    done = {"finished": True, "epochs": epochs, **loop.finish(history), "threads": loop.threads,
+            "time_s": round(elapsed, 3)}
     if ctx.is_main:
         write_json_atomic(out / DONE_FILE, done)
     console(f"{noun} finished after {epochs} epochs ({elapsed:.1f} s): {out}", say)
@@ -276,6 +279,7 @@ def _run_epoch(loop: EpochLoop, logs: list[JsonlLog], epoch: int, talk: bool) ->
         bar.close()
     record.update(loop.evaluate(epoch))
     record["epoch_time_s"] = round(time.perf_counter() - t0, 3)
+    record["threads"] = loop.threads
     extra = loop.extra_records(epoch, record)
     logs[0].write(record)
     for log in logs[1:]:
@@ -291,7 +295,8 @@ def _save(loop: EpochLoop, epoch: int, elapsed: float) -> None:
     rng = gather_rng_states(loop.ctx)
     if loop.ctx.is_main:
         meta = {**loop.meta(), "space": loop.space, "epoch": epoch, "epochs": loop.settings.epochs,
-                "time_s": round(elapsed, 3), "world_size": loop.ctx.world_size, "config": to_dict(loop.config),
+                "time_s": round(elapsed, 3), "world_size": loop.ctx.world_size, "threads": loop.threads,
+                "config": to_dict(loop.config),
                 "fingerprint": loop.fingerprint()}
         states = {key: attrgetter(path)(loop).state_dict() for key, path in loop.checkpointed.items()}
         save_checkpoint(loop.out / CHECKPOINT_FILE, loop.model.state_dict(), kind=loop.kind, meta=meta, rng=rng,

@@ -24,10 +24,10 @@ from nasdeploy.utils.limits import loads_json
 MARK_NAME = ".nasdeploy"
 MARK_FORMAT = "nasdeploy.folder"
 MARK_VERSION = 1
-FolderKind = Literal["run", "export", "triton", "pipeline"]
-FOLDER_KINDS: tuple[str, ...] = ("run", "export", "triton", "pipeline")
+FolderKind = Literal["run", "export", "triton", "pipeline", "selection"]
+FOLDER_KINDS: tuple[str, ...] = ("run", "export", "triton", "pipeline", "selection")
 _KIND_NAMES = {"run": "a run directory", "export": "an export folder", "triton": "a Triton model repository",
-               "pipeline": "a pipeline run directory"}
+               "pipeline": "a pipeline run directory", "selection": "a selection over several seeds"}
 # Entries a folder may hold and still count as empty: the run lock, which the lock leaves behind by design.
 _HARMLESS = (".lock",)
 _MARK_BYTES = 4096

@@ -1,62 +1,105 @@
-"""Process-wide torch settings for one run, restored afterwards (determinism, CPU threads)."""
+"""Process-wide torch settings for one run, restored afterwards (determinism, CPU threads).
+
+`threads: auto` is a function of the machine alone, never of its load: the physical cores among the CPUs
+this process may run on (its affinity mask), capped by the CPU quota of its cgroup. The same command on the
+same machine therefore always runs with the same thread count, and so finds the same cell: a count taken
+from the cores idle at the start (the earlier rule) changed with whatever else ran, and with it the float
+reduction order and the genotype. A machine shared with other jobs should set a count (`threads: 1`): two
+OpenMP threads sharing a busy core spin-wait on each other (a search step ran 10x slower, measured).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import time
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from nasdeploy.utils.checks import Threads, check_threads
 
+_SYS_CPU = Path("/sys/devices/system/cpu")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
+
+def _read(path: Path) -> str | None:
+    """A small system file's text, or None where it cannot be read."""
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(idle, total) jiffies summed over all CPUs, from /proc/stat; None where there is no /proc."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return idle, sum(fields[:8])  # guest time is already inside user/nice
 
 
-def idle_cores(sample_s: float = 0.3) -> float:
-    """How many cores sat idle over the next `sample_s` seconds (/proc/stat; else from the load average)."""
-    cores = usable_cores()
-    before = _cpu_jiffies()
-    if before is not None:
-        time.sleep(sample_s)
-        after = _cpu_jiffies()
-        if after is not None and after[1] > before[1]:
-            total_cpus = os.cpu_count() or cores
-            idle = (after[0] - before[0]) / (after[1] - before[1]) * total_cpus
-            return max(0.0, min(float(cores), idle))
+def allowed_cpus() -> set[int]:
+    """The logical CPUs this process may run on (its affinity mask)."""
     try:
-        return max(0.0, cores - os.getloadavg()[0])
-    except OSError:
-        return float(cores)
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: set[int]) -> int:
+    """How many physical cores the logical `cpus` span (hyperthread siblings count once)."""
+    cores = set()
+    for cpu in cpus:
+        topology = _SYS_CPU / f"cpu{cpu}" / "topology"
+        package, core = _read(topology / "physical_package_id"), _read(topology / "core_id")
+        cores.add((package, core) if package is not None and core is not None else ("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def cgroup_cpu_limit() -> float | None:
+    """The CPUs the process's cgroup quota allows (cgroup v2 cpu.max or v1 cfs quota); None when unlimited."""
+    for group in _own_cgroups():
+        v2 = (_read(_CGROUP_ROOT / group / "cpu.max") or "").split()
+        if len(v2) == 2:
+            return _cpus(*v2)
+        for controller in ("cpu", "cpu,cpuacct"):
+            folder = _CGROUP_ROOT / controller / group
+            limit = _cpus(_read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us"))
+            if limit is not None:
+                return limit
+    return None
+
+
+def _cpus(quota: str | None, period: str | None) -> float | None:
+    """quota / period, or None for no limit ("max", -1) or unreadable values."""
+    try:
+        q, p = int(quota or ""), int(period or "")
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _own_cgroups() -> list[str]:
+    """The process's cgroup paths (relative, from /proc/self/cgroup), then the root's."""
+    groups = []
+    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
+        path = line.split(":", 2)[-1].strip("/")
+        if path and path not in groups:
+            groups.append(path)
+    return [*groups, ""]
+
+
+def auto_threads(share: int = 1) -> int:
+    """The thread count `threads: auto` means: the physical cores available to the process, over `share` runs.
+
+    `share` splits them between runs started side by side (e.g. parallel searches of several seeds).
+    """
+    cores = physical_cores(allowed_cpus())
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores // max(1, share))
 
 
 def resolve_threads(threads: Threads) -> int | None:
-    """The thread count a setting means; "auto" = the idle cores (at least 1).
-
-    On a busy machine OpenMP threads that share a core spin-wait on each other: a DARTS search step with two
-    threads ran 10x slower than with one when the other core was taken (measured), and 1.5x faster when it was free.
-    """
+    """The thread count a setting means: a count as given, "auto" = auto_threads(), None = torch's default."""
     check_threads("run", threads)
     if threads == "auto":
-        return max(1, min(usable_cores(), int(idle_cores() + 0.5)))
+        return auto_threads()
     return threads
 
 

@@ -45,7 +45,11 @@ def test_small_cnn_learns_the_demo_well_above_chance_and_a_linear_model_does_not
         nn.Flatten(), nn.Linear(32, len(DEMO_CLASSES)))
     cnn_acc = _fit(cnn, 3e-3)
     linear_acc = _fit(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, len(DEMO_CLASSES))), 1e-3)
-    # Chance is 10%. Measured: CNN 0.55, linear 0.17 (6 epochs of 3000 images, ~6 s of CPU).
-    assert cnn_acc > 0.35, cnn_acc
-    assert linear_acc < 0.25, linear_acc
-    assert cnn_acc > linear_acc + 0.15
+    # Chance is 10%. Thresholds from the spread over torch seeds 0-9 in place of this test's seed 0 (these
+    # settings, one thread; 2026-12-02), each the looser of mean -+ 4 sigma and the worst seen:
+    #   CNN     0.456 0.440 0.424 0.448 0.522 0.602 0.502 0.500 0.386 0.540  mean 0.482 sd 0.064: mean - 4 sd 0.228
+    #   linear  0.174 0.168 0.202 0.206 0.194 0.212 0.168 0.152 0.172 0.180  mean 0.183 sd 0.020: mean + 4 sd 0.261
+    #   CNN - linear                                                          mean 0.299 sd 0.061: mean - 4 sd 0.054
+    assert cnn_acc > 0.228, cnn_acc
+    assert linear_acc < 0.261, linear_acc
+    assert cnn_acc > linear_acc + 0.054, (cnn_acc, linear_acc)

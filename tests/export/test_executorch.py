@@ -118,7 +118,10 @@ def test_trained_checkpoint_on_data_parity_agreement_and_ort_int8(tmp_path, trai
     with torch.no_grad():
         eager = top1(lambda x: [model(torch.from_numpy(x)).numpy()], val)
     assert q.torch_metric == pytest.approx(eager) and abs(q.float_metric - eager) <= 1 / 128
-    assert eager > 0.15, "the fixture should have learned something (chance is 0.10)"
+    # The fixture's top-1 over torch seeds 0-9 in place of its seed 0 (one thread; 2026-12-02): 0.242 0.172 0.164
+    # 0.242 0.148 0.156 0.148 0.180 0.188 0.180, mean 0.182 sd 0.034. Mean - 4 sd (0.045) is below chance (0.10),
+    # so the threshold is the worst seen, 19/128: the fixture has learned something.
+    assert eager >= 19 / 128, "the fixture should have learned something (chance is 0.10)"
     assert q.delta == pytest.approx(q.int8_metric - q.float_metric) and abs(q.delta) < 0.2
     ops = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -126,10 +126,14 @@ def test_demo_training_beats_majority_class_and_exports(tmp_path):
                 "low_level_channels": 8, "dropout": 0.0},
         "data": {"dataset": "synthetic", "image_size": [64, 64], "num_train": 64, "num_val": 16,
                  "crop_size": [64, 64], "scale_range": [0.75, 1.25]},
-        "train": {"epochs": 8, "batch_size": 8, "lr": 0.2, "threads": 1},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 0.2, "threads": 1, "seed": 0},
     })
     result = run_training(cfg, None, tmp_path / "run", progress=False)
-    assert result.val_miou > result.majority_miou + 0.2, (result.val_miou, result.majority_miou)
+    # The margin over the majority class (0.200) over train.seed 0-9 in place of this test's seed 0 (one thread;
+    # 2026-12-02): 0.359 0.173 0.330 0.337 0.310 0.485 0.355 0.349 0.410 0.162, mean 0.327 sd 0.097. Mean - 4 sd
+    # (-0.063) is below the majority class itself, so the threshold is the worst seen (the old 0.2 failed for 2 of
+    # the 10 seeds; 12 epochs move the mean, not the spread: sd 0.105 over seeds 0-4).
+    assert result.val_miou > result.majority_miou + 0.16, (result.val_miou, result.majority_miou)
 
     model = load_segmentation_model(result.model_path)
     onnx_path = tmp_path / "model.onnx"

@@ -105,7 +105,9 @@ def run(out, config=ToyConfig(), progress=False, force=False, stop_after_epoch=N
 
 
 def records(path) -> list[dict[str, Any]]:
-    return [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in path.read_text().splitlines()]
+    """The log's records without what describes how they ran (time, thread count) rather than what they hold."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "threads")}
+            for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,14 @@ def test_a_folder_nasdeploy_did_not_make_is_refused_and_left_alone(tmp_path):
     with pytest.raises(ConfigError, match="is an export folder, not a run directory"):
         mark_folder(tmp_path / "exported", "export")
         run(tmp_path / "exported")
+
+
+def test_the_resolved_thread_count_is_recorded_in_the_run(tmp_path, monkeypatch):
+    from nasdeploy.utils import runtime
+
+    monkeypatch.setattr(runtime, "auto_threads", lambda share=1: 1)  # "auto" means 1 on this (fake) machine
+    run(tmp_path, ToyConfig(ToyOptions(epochs=2, threads="auto")))
+    logged = [json.loads(line)["threads"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 1]
+    assert json.loads((tmp_path / "done.json").read_text())["threads"] == 1
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["meta"]["threads"] == 1

@@ -42,6 +42,10 @@ def test_every_reference_of_every_space_resolves(name):
     for part in ("search_config", "search_loop", "train_config", "train_loop", "derive", "network", "pipeline",
                  "export_section", "profile_section"):
         assert resolve(getattr(space, part)) is not None, part
+    if space.selection:  # the rules of `nasdeploy search --seeds` (empty: not supported for the space yet)
+        from nasdeploy.config.selection import SelectionRules
+
+        assert isinstance(space.load("selection"), SelectionRules)
     stages = space.pipeline_stages()
     assert list(stages.stages()) == ["search", "derive", "train", "export", "executorch", "quantize", "profile"]
     assert callable(stages.report_figures) and callable(stages.reproduce_commands)

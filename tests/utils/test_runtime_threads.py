@@ -1,8 +1,8 @@
-"""threads: auto = the cores idle when a run starts; config validation of the threads setting."""
+"""threads: auto = the physical cores the process may use, whatever the load; config validation of the threads setting."""
 
 from __future__ import annotations
 
-import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,26 +11,60 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.utils import runtime
 
 
-def _fake_proc_stat(monkeypatch: pytest.MonkeyPatch, cpus: int, idle_fraction: float) -> None:
-    # Two /proc/stat samples 1000 jiffies apart per CPU, `idle_fraction` of them idle.
-    samples = itertools.cycle([(0, 0), (int(1000 * cpus * idle_fraction), 1000 * cpus)])
-    monkeypatch.setattr(runtime, "_cpu_jiffies", lambda: next(samples))
-    monkeypatch.setattr(runtime, "usable_cores", lambda: cpus)
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: cpus)
-    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+class FakeMachine:
+    """A machine's /proc and /sys files as `runtime._read` sees them, with a load that can be changed."""
+
+    def __init__(self, cpus: int, siblings: int = 1, quota: str | None = None):
+        self.cpus, self.siblings, self.quota = cpus, siblings, quota
+        self.load = 0.0
+
+    def read(self, path: Path) -> str | None:
+        text = str(path)
+        if text == "/proc/loadavg":
+            return f"{self.load:.2f} {self.load:.2f} {self.load:.2f} 3/200 1234"
+        if text == "/proc/stat":  # busy jiffies grow with the load
+            busy = int(1000 * self.load)
+            return f"cpu  {busy} 0 {busy} {max(0, 1000 * self.cpus - 2 * busy)} 0 0 0 0 0 0"
+        if text == "/proc/self/cgroup":
+            return "0::/job"
+        if text == "/sys/fs/cgroup/job/cpu.max":
+            return self.quota
+        if text.endswith("/topology/physical_package_id"):
+            return "0"
+        if text.endswith("/topology/core_id"):
+            return str(int(path.parent.parent.name[3:]) // self.siblings)
+        return None
 
 
-@pytest.mark.parametrize("idle_fraction, expected", [(1.0, 2), (0.5, 1), (0.02, 1), (0.8, 2)])
-def test_auto_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch, idle_fraction: float, expected: int) -> None:
-    _fake_proc_stat(monkeypatch, cpus=2, idle_fraction=idle_fraction)
-    assert runtime.resolve_threads("auto") == expected
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
+    fake = FakeMachine(cpus=8)
+    monkeypatch.setattr(runtime, "_read", fake.read)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(fake.cpus)))
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (fake.load,) * 3)
+    return fake
 
 
-def test_auto_threads_without_proc_use_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_cpu_jiffies", lambda: None)
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (5.2, 5.0, 5.0))
-    assert runtime.resolve_threads("auto") == 3
+def test_auto_threads_do_not_follow_the_load(machine: FakeMachine) -> None:
+    counts = []
+    for load in (0.0, 3.5, 7.9, 40.0):
+        machine.load = load
+        counts.append(runtime.resolve_threads("auto"))
+    assert counts == [8] * 4
+
+
+def test_auto_threads_follow_affinity_hyperthreads_and_quota(machine: FakeMachine,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runtime.auto_threads() == 8
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 2, 5})  # taskset / cpuset
+    assert runtime.auto_threads() == 3
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)))
+    machine.siblings = 2  # 8 logical CPUs on 4 cores
+    assert runtime.auto_threads() == 4
+    machine.quota = "250000 100000"  # a 2.5-CPU cgroup quota
+    assert runtime.auto_threads() == 2 and runtime.auto_threads(share=2) == 1
+    machine.quota = "max 100000"
+    assert runtime.auto_threads() == 4 and runtime.auto_threads(share=3) == 1
 
 
 def test_runtime_settings_sets_and_restores_threads() -> None:

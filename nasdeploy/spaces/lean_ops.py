@@ -1,0 +1,105 @@
+"""Search-cell pieces that keep fewer tensors for backward, recomputing the cheap parts instead.
+
+- The cells' preprocessing ReLU -> 1x1 conv -> BN (no affine, batch statistics) keeps its input and its output
+  only: the ReLU output (the conv's input) is recomputed in backward, and BN's backward is written in terms of
+  its output (without affine, the output is the normalised input). The input is the previous cell's output,
+  which both cells after it preprocess, so one tensor is kept where there were four (two ReLU outputs, two
+  conv outputs); the output is a state the cell keeps anyway (the mixer's or the PC-DARTS bypass's input).
+- The 2x2 max pool of a PC-DARTS stride-2 bypass keeps its input (a view of a state the cell keeps anyway)
+  instead of int64 argmax indices, twice the bytes of its output; backward finds the maxima again.
+
+Both are exact: values, gradients and BatchNorm running statistics equal the modules they stand for. Under
+create_graph (an exact Hessian-vector product) their backward differentiates the eager definition instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nasdeploy.ops import ReLUConvBN
+
+
+def _eager_grads(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad: torch.Tensor,
+                 needed: Sequence[bool]) -> list[torch.Tensor | None]:
+    """Gradients of fn(*inputs) by differentiating it (create_graph=True: these backwards have no derivative of
+    their own). Fresh views keep the partial gradient of each argument apart."""
+    views = [t.view_as(t) for t in inputs]
+    wanted = [v for v, need in zip(views, needed) if need]
+    found = iter(torch.autograd.grad(fn(*views), wanted, grad, create_graph=True, allow_unused=True))
+    return [next(found) if need else None for need in needed]
+
+
+def lean_preprocess_applies(module: nn.Module) -> bool:
+    """Whether `module` is a ReLU -> conv -> BN whose training forward lean_preprocess computes exactly."""
+    if not isinstance(module, ReLUConvBN):
+        return False
+    conv, bn = module.op[1], module.op[2]
+    return (isinstance(conv, nn.Conv2d) and conv.bias is None and conv.padding_mode == "zeros"
+            and isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.training and bn.track_running_stats
+            and bn.momentum is not None and bn.running_mean is not None and torch.is_grad_enabled())
+
+
+def lean_preprocess(module: ReLUConvBN, x: torch.Tensor) -> torch.Tensor:
+    """module(x) for a module lean_preprocess_applies to, keeping only x and the output for backward."""
+    conv, bn = module.op[1], module.op[2]
+    bn.num_batches_tracked.add_(1)
+    return _ReluConvNorm.apply(x, conv.weight, conv, bn)
+
+
+def _conv(conv: nn.Conv2d, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(r, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class _ReluConvNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+        c = _conv(conv, F.relu(x), weight)
+        y, _mean, invstd = torch.native_batch_norm(c, None, None, bn.running_mean, bn.running_var, True, bn.momentum,
+                                                   bn.eps)
+        ctx.save_for_backward(x, weight, y, invstd)
+        ctx.conv, ctx.eps = conv, bn.eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, y, invstd = ctx.saved_tensors
+        conv, needed = ctx.conv, ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            def eager(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return F.batch_norm(_conv(conv, F.relu(x), w), None, None, None, None, True, 0.0, ctx.eps)
+
+            return (*_eager_grads(eager, (x, weight), grad, needed), None, None)
+        dims = (0, 2, 3)
+        # BN backward without affine, from its output y (= the normalised input).
+        grad_c = (grad - grad.mean(dims, keepdim=True) - y * (grad * y).mean(dims, keepdim=True)) * invstd.view(1, -1, 1, 1)
+        grad_r, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_c, F.relu(x), weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0],
+            conv.groups, [needed[0], needed[1], False])
+        grad_x = torch.ops.aten.threshold_backward(grad_r, x, 0.0) if needed[0] else None
+        return grad_x, grad_w, None, None
+
+
+def bypass_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 2, 2), keeping x (not the argmax indices) for backward."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return F.max_pool2d(x, 2, 2)
+    return _MaxPool2x2.apply(x)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, 2, 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _eager_grads(lambda t: F.max_pool2d(t, 2, 2), (x,), grad, (True,))[0]
+        _, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)

@@ -1,0 +1,85 @@
+"""The lean search-cell pieces equal the modules they stand for: values, gradients, running statistics, and
+double backward; and they keep fewer bytes for backward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from nasdeploy.ops import ReLUConvBN
+from nasdeploy.spaces.lean_ops import bypass_max_pool, lean_preprocess, lean_preprocess_applies
+
+
+def _saved_bytes(fn) -> int:
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_preprocess_equals_relu_conv_bn(channels_last):
+    torch.manual_seed(0)
+    module = ReLUConvBN(12, 6, 1, 1, 0, affine=False).double()
+    twin = copy.deepcopy(module)
+    x = torch.randn(4, 12, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    assert lean_preprocess_applies(module)
+    ya, yb = lean_preprocess(module, xa), twin(xb)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    g = torch.randn_like(ya)
+    ga = torch.autograd.grad(ya, [xa, module.op[1].weight], g, create_graph=True)
+    gb = torch.autograd.grad(yb, [xb, twin.op[1].weight], g, create_graph=True)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(module.op[2], name), getattr(twin.op[2], name), rtol=0, atol=0)
+    # Double backward (exact Hessian-vector products differentiate through it).
+    v = torch.randn_like(x)
+    ha = torch.autograd.grad((ga[0] * v).sum(), [xa, module.op[1].weight])
+    hb = torch.autograd.grad((gb[0] * v).sum(), [xb, twin.op[1].weight])
+    for a, b in zip(ha, hb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # Plain backward (no create_graph): the lean path's own formulas.
+    ya, yb = lean_preprocess(module, xa), twin(xb)
+    for a, b in zip(torch.autograd.grad(ya, [xa, module.op[1].weight], g),
+                    torch.autograd.grad(yb, [xb, twin.op[1].weight], g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # It keeps the input and the output: fewer bytes than ReLU output + conv output + the BN's own.
+    lean = _saved_bytes(lambda: lean_preprocess(module, xa))
+    assert lean < _saved_bytes(lambda: twin(xb))
+
+
+def test_lean_preprocess_does_not_apply_outside_batch_statistics_training():
+    module = ReLUConvBN(4, 4, 1, 1, 0, affine=False)
+    assert lean_preprocess_applies(module)
+    assert not lean_preprocess_applies(ReLUConvBN(4, 4, 1, 1, 0, affine=True))
+    with torch.no_grad():
+        assert not lean_preprocess_applies(module)
+    assert not lean_preprocess_applies(module.eval())
+
+
+def test_bypass_max_pool_equals_max_pool_with_ties_and_keeps_no_indices():
+    torch.manual_seed(0)
+    x = torch.randint(0, 3, (2, 3, 6, 8)).double()  # many ties inside the 2x2 windows
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = bypass_max_pool(xa), F.max_pool2d(xb, 2, 2)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    g = torch.randn_like(ya)
+    torch.testing.assert_close(torch.autograd.grad(ya, xa, g)[0], torch.autograd.grad(yb, xb, g)[0], rtol=0, atol=0)
+    ga = torch.autograd.grad(bypass_max_pool(xa), xa, g, create_graph=True)[0]
+    assert ga.requires_grad  # differentiable again under create_graph
+    view = xa[:, 1:]  # a bypass part: a view of a state kept anyway
+    assert _saved_bytes(lambda: bypass_max_pool(view)) == xa.untyped_storage().nbytes()
+    assert _saved_bytes(lambda: F.max_pool2d(view, 2, 2)) > xa.untyped_storage().nbytes()
