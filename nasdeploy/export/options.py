@@ -14,6 +14,7 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.export.formats import check_int8_methods
 from nasdeploy.export.onnx import check_opset
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
+from nasdeploy.export.torch_reference import YARDSTICK
 
 # Times an exported file: (latency backend, path, (C, H, W)) -> a LatencyResult dict. The callers (CLI, pipeline)
 # pass nasdeploy.profile.latency.ModelFileTimer; export itself never imports the profiler.
@@ -27,12 +28,13 @@ class ParityOptions:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
+    yardstick: float = YARDSTICK  # atol_eff = max(atol, yardstick * float64 error); 0 = the plain atol
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"parity batch sizes must be positive integers, got {self.batch_sizes!r}")
-        if self.rtol < 0 or self.atol < 0:
-            raise ConfigError("parity tolerances must be >= 0")
+        if self.rtol < 0 or self.atol < 0 or self.yardstick < 0:
+            raise ConfigError("parity tolerances and the float64 yardstick must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class ExportOptions:
     input_size: tuple[int, int] | None = None  # (H, W); None = the network's default
     name: str | None = None
     overwrite: bool = False
-    seed: int | None = None  # random parity inputs, untrained BN statistics, data samples
+    seed: int = 0  # parity inputs; untrained weights and BN statistics; data samples (recorded in the reports)
     parity: ParityOptions = field(default_factory=ParityOptions)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)

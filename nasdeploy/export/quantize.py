@@ -21,7 +21,8 @@ from torch import nn
 
 from nasdeploy.errors import ConfigError, NasDeployError
 from nasdeploy.export.options import FileTimer
-from nasdeploy.export.parity import Runner, as_arrays
+from nasdeploy.export.parity import Runner
+from nasdeploy.export.torch_reference import as_arrays
 from nasdeploy.export.samples import Batch, ImageSample
 
 
