@@ -9,7 +9,7 @@ from dataclasses import replace
 import click
 
 from nasdeploy.errors import ConfigError, MissingDependencyError
-from nasdeploy.export.formats import FORMATS, INT8_METHODS
+from nasdeploy.export.formats import FORMATS, INT8_ACTIVATIONS, INT8_CALIBRATIONS, INT8_METHODS
 from nasdeploy.utils.limits import brief, check_input_size
 
 DATASETS = ("demo", "cifar10", "cifar100", "imagefolder")
@@ -61,10 +61,19 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--instances", "instance_count", default=1, show_default=True, help="Triton instances per model.")
 @click.option("--rtol", default=1e-3, show_default=True, help="Parity relative tolerance (ONNX).")
 @click.option("--atol", default=1e-5, show_default=True, help="Parity absolute tolerance (ONNX).")
-@click.option("--seed", type=int, help="Seed of the random parity inputs [default: fresh].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the parity inputs, the data samples and, without a checkpoint, the untrained weights.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the export succeeded).")
 @click.option("--int8", "int8", multiple=True, type=click.Choice(INT8_METHODS),
               help="INT8 method (repeatable): ort = onnxruntime static QDQ; executorch = PT2E XNNPACK -> int8 .pte. Needs data.")
+@click.option("--calibration", type=click.Choice(INT8_CALIBRATIONS), default="minmax", show_default=True,
+              help="onnxruntime INT8 calibration method (PT2E uses XNNPACKQuantizer's histogram observers).")
+@click.option("--int8-activations", type=click.Choice(INT8_ACTIVATIONS), default="auto", show_default=True,
+              help="onnxruntime INT8 activation type (auto: uint8 on x86, whose VNNI kernels take it; int8 elsewhere).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="INT8 accuracy guard: beyond this many points lost, keep the most sensitive layers in float.")
+@click.option("--max-float-layers", type=int, default=8, show_default=True,
+              help="INT8 accuracy guard: the most layers it may keep in float.")
 @click.option("--dataset", type=click.Choice(DATASETS),
               help="Dataset for parity on real images, calibration and validation [default: the checkpoint's, else cifar10 / imagefolder].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset directory (not needed for --dataset demo).")
@@ -76,8 +85,9 @@ def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[
            opset: int | None, dynamic_batch: bool | None, static_hw: bool, fp16: bool, simplify: bool,
            input_size: str | None, seq_len: int | None, batch_size: int, channels: int | None, layers: int | None,
            num_classes: int | None, name: str | None, max_batch: int, opt_batch: int, workspace_mib: int,
-           instance_kind: str, instance_count: int, rtol: float, atol: float, seed: int | None, overwrite: bool,
-           int8: tuple[str, ...], dataset: str | None, data_dir: str | None, calibration_images: int,
+           instance_kind: str, instance_count: int, rtol: float, atol: float, seed: int, overwrite: bool,
+           int8: tuple[str, ...], calibration: str, int8_activations: str, max_drop: float, max_float_layers: int,
+           dataset: str | None, data_dir: str | None, calibration_images: int,
            validation_images: int, parity_images: int, as_json: bool) -> None:
     """Export TARGET (registry name, genotype file or checkpoint) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
     from nasdeploy.export import options as opts
@@ -96,7 +106,8 @@ def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[
                                       opt_batch=min(opt_batch, max_batch) if dynamic else 1, workspace_mib=workspace_mib),
         triton=opts.TritonOptions(max_batch_size=max_batch if dynamic else 1, instance_kind=instance_kind,
                                   instance_count=instance_count),
-        int8=opts.Int8Options(tuple(int8), timer=ModelFileTimer(replace(FILE_TIMING, seed=seed or 0))),
+        int8=opts.Int8Options(tuple(int8), timer=ModelFileTimer(replace(FILE_TIMING, seed=seed)), calibration=calibration,
+                              activations=int8_activations, max_drop=max_drop, max_float_layers=max_float_layers),
         darts_rnn=opts.DartsRnnOptions(seq_len=seq_len, batch_size=batch_size, dynamic_batch=bool(dynamic_batch)),
     )
     resolved = deploy_target(target, checkpoint)

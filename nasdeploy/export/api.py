@@ -55,11 +55,11 @@ def input_shape(model: nn.Module, options: ExportOptions) -> tuple[int, int, int
     return channels, height, width
 
 
-def _exported_weights(model: nn.Module, weights: str | None, shape: tuple[int, int, int], seed: int | None) -> nn.Module:
+def _exported_weights(model: nn.Module, weights: str | None, shape: tuple[int, int, int], seed: int) -> nn.Module:
     """The model as exported: untrained weights get a copy with randomised BN statistics (seeded, so repeatable)."""
     if weights != "untrained":
         return model
-    return randomize_bn_statistics_(copy.deepcopy(model), shape, seed=seed or 0).eval()
+    return randomize_bn_statistics_(copy.deepcopy(model), shape, seed=seed).eval()
 
 
 def _complexity(model: nn.Module, shape: tuple[int, int, int]) -> tuple[dict[str, Any] | None, str | None]:
@@ -105,7 +105,7 @@ def export_model(
     if data is not None:
         data.check_fits(model, shape[1])
     model = _exported_weights(model, weights, shape, options.seed)
-    result = ExportResult(Path(out_dir), name, fmts, source=dict(source or {}), weights=weights)
+    result = ExportResult(Path(out_dir), name, fmts, source=dict(source or {}), weights=weights, seed=options.seed)
     if weights == "untrained":
         result.notes.append(UNTRAINED_NOTE)
     if labels is None and data is not None:
@@ -162,7 +162,7 @@ def quantize_model(
         raise ConfigError(NO_DATA)
     data.check_fits(model, shape[1])
     model = _exported_weights(model, weights, shape, options.seed)
-    result = ExportResult(Path(out_dir), name, (), source=dict(source or {}), weights=weights)
+    result = ExportResult(Path(out_dir), name, (), source=dict(source or {}), weights=weights, seed=options.seed)
     with staged_folder(out_dir, "export", overwrite=options.overwrite) as stage:
         if "executorch" in options.int8.methods:
             from nasdeploy.export.executorch import import_executorch
@@ -193,12 +193,13 @@ def export_target(request: ExportRequest, progress: Progress | None = None) -> E
     check_out_dir(out, options.overwrite)  # checked again when staging; this one saves building the model
     sizes = request.sizes
     src = build_export_model(resolved.genotype, net=net, checkpoint=resolved.checkpoint, channels=sizes.channels,
-                             layers=sizes.layers, num_classes=sizes.num_classes, input_size=options.input_size)
+                             layers=sizes.layers, num_classes=sizes.num_classes, input_size=options.input_size,
+                             seed=options.seed)
     prepared = None
     if request.wants_data:
         height = input_shape(src.model, options)[1]
         config = request.data or _dataset_config(src.dataset or {}, net, request.dataset, request.data_dir, height)
-        prepared = prepare_export_data(config, src.model, height, seed=options.seed or 0, sizes=request.samples,
+        prepared = prepare_export_data(config, src.model, height, seed=options.seed, sizes=request.samples,
                                        int8=bool(int8))
     source = {"target": resolved.given, "genotype": resolved.genotype.name, "net": net, "checkpoint": src.checkpoint,
               "net_kwargs": src.net_kwargs, "genotype_dict": genotype_to_dict(resolved.genotype), "dataset": src.dataset}

@@ -37,6 +37,7 @@ class ExportResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # method -> QuantizationResult
     weights: str | None = None  # "trained" | "untrained" | None (as given)
+    seed: int = 0  # parity inputs, untrained weights and BN statistics, data samples
 
     def to_dict(self, report: Path | None = None) -> dict[str, Any]:
         """JSON-ready dict; with `report` (where it is written: out_dir/export.json) its paths are relative to it."""
@@ -106,8 +107,8 @@ class StepContext:
 
     @property
     def seed(self) -> int:
-        """The export's seed (0 when none was given)."""
-        return self.options.seed if self.options.seed is not None else 0
+        """The export's seed."""
+        return self.options.seed
 
     def timed(self, key: str, fn: Callable[[], T]) -> T:
         """fn(), its wall time recorded in result.timings_s[key] (seconds, two decimals)."""
@@ -144,6 +145,6 @@ def check_on_data(ctx: StepContext, key: str, what: str, run: Runner, names: Seq
     report = compare_on_batches(
         ctx.model, run, ctx.data.parity.images, runtime=label, inputs=ctx.data.parity.label, model_path=str(model_path),
         output_names=names, rtol=ctx.options.parity.rtol, atol=ctx.options.parity.atol, seed=ctx.seed,
-        weights=ctx.result.weights,
+        weights=ctx.result.weights, yardstick=ctx.options.parity.yardstick,
     )
     record_parity(ctx, f"{key}_validation", report)

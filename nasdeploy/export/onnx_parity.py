@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -19,7 +20,9 @@ from nasdeploy.export.parity import (
     Runner,
     compare_with_torch,
     parity_shapes,
+    random_batches,
 )
+from nasdeploy.export.torch_reference import YARDSTICK
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ort_session
 
@@ -83,22 +86,46 @@ def check_onnx_parity(
     spatial_sizes: Sequence[tuple[int, int]] | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
-    seed: int | None = None,
+    seed: int = 0,
+    yardstick: float = YARDSTICK,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     raise_on_failure: bool = True,
 ) -> ParityReport:
-    """Compare the ONNX model in onnxruntime with `model` at every batch size and spatial size.
+    """Compare the ONNX model in onnxruntime with `model` at every batch size and spatial size (seeded inputs).
 
     spatial_sizes default to the export size plus a second (odd, non-square) size when H/W are dynamic;
-    a static-batch export is checked at batch 1 only.
+    a static-batch export is checked at batch 1 only. A failed check also names the first diverging node
+    (nasdeploy.export.onnx_divergence) on the worst case's input.
     Raises the report's typed ParityError on failure unless raise_on_failure is False.
     """
     shapes, notes = onnx_parity_plan(onnx_path, batch_sizes, spatial_sizes, getattr(model, "min_input_size", 1))
     run, names, label = onnxruntime_runner(onnx_path, providers)
     report = compare_with_torch(
         model, run, shapes, runtime=label, model_path=str(onnx_path),
-        output_names=names, rtol=rtol, atol=atol, seed=seed, notes=notes,
+        output_names=names, rtol=rtol, atol=atol, seed=seed, notes=notes, yardstick=yardstick,
     )
+    if not report.passed:
+        report = localise_failure(model, onnx_path, report, shapes)
     if raise_on_failure:
         report.raise_for_failure()
     return report
+
+
+def localise_failure(model: nn.Module, onnx_path: str | os.PathLike[str], report: ParityReport,
+                     shapes: Sequence[tuple[int, ...]]) -> ParityReport:
+    """The failed report with its first diverging node (or a note why none was found), on the worst case's input."""
+    from nasdeploy.export.onnx_divergence import first_divergence
+
+    bad = [c for c in report.cases if not c.passed and c.shape_ok]
+    if not bad:
+        return report
+    worst = report.worst_case if report.worst_case in bad else bad[0]
+    assert worst is not None
+    x = random_batches(shapes, report.seed)[list(shapes).index(worst.input_shape)]
+    try:
+        found, why = first_divergence(model, onnx_path, x, rtol=report.rtol, atol=report.atol,
+                                      yardstick=report.yardstick)
+    except Exception as exc:  # localising is a diagnosis: it must not hide the parity failure itself
+        found, why = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    notes = report.notes if found is not None else (*report.notes, f"first diverging node not found: {why}")
+    return dataclasses.replace(report, divergence=found, notes=notes)

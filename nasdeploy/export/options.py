@@ -8,17 +8,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.formats import check_int8_methods
+from nasdeploy.export.formats import INT8_ACTIVATIONS, INT8_CALIBRATIONS, check_int8_methods
 from nasdeploy.export.onnx import check_opset
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
+from nasdeploy.export.torch_reference import YARDSTICK
 from nasdeploy.utils.limits import check_input_size
 
-# Times an exported file: (latency backend, path, (C, H, W)) -> a LatencyResult dict. The callers (CLI, pipeline)
-# pass nasdeploy.profile.latency.ModelFileTimer; export itself never imports the profiler.
-FileTimer = Callable[[str, Path, tuple[int, int, int]], dict[str, Any]]
+# Times exported files together, alternated: ({label: (latency backend, path)}, (C, H, W)) -> {label: LatencyResult
+# dict}. The callers (CLI, pipeline) pass nasdeploy.profile.latency.ModelFileTimer; export never imports the profiler.
+FileTimer = Callable[[Mapping[str, tuple[str, Path]], tuple[int, int, int]], dict[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class ParityOptions:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
+    yardstick: float = YARDSTICK  # atol_eff = max(atol, yardstick * float64 error); 0 = the plain atol
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"parity batch sizes must be positive integers, got {self.batch_sizes!r}")
-        if self.rtol < 0 or self.atol < 0:
-            raise ConfigError("parity tolerances must be >= 0")
+        if self.rtol < 0 or self.atol < 0 or self.yardstick < 0:
+            raise ConfigError("parity tolerances and the float64 yardstick must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,31 @@ class TritonOptions:
 
 @dataclass(frozen=True)
 class Int8Options:
-    """The INT8 methods to run (ort, executorch) and what times the float and INT8 files (None: not timed)."""
+    """The INT8 methods (ort, executorch), onnxruntime's calibration, the accuracy guard, and what times the files.
+
+    calibration: onnxruntime's method (minmax, entropy, percentile; PT2E uses XNNPACKQuantizer's histogram
+    observers); activations: onnxruntime's activation type (auto: uint8 on x86, int8 elsewhere). max_drop: the
+    accuracy guard's limit in points of the metric (None: no guard): beyond it, up to max_float_layers of the
+    most sensitive layers are kept in float (nasdeploy.export.int8_guard). timer: None = not timed.
+    """
 
     methods: tuple[str, ...] = ()
     timer: FileTimer | None = None
+    calibration: str = "minmax"
+    activations: str = "auto"
+    max_drop: float | None = 1.0
+    max_float_layers: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", check_int8_methods(self.methods))
+        if self.calibration not in INT8_CALIBRATIONS:
+            raise ConfigError(f"unknown INT8 calibration {self.calibration!r}; choose from {', '.join(INT8_CALIBRATIONS)}")
+        if self.activations not in INT8_ACTIVATIONS:
+            raise ConfigError(f"unknown INT8 activation type {self.activations!r}; choose from {', '.join(INT8_ACTIVATIONS)}")
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise ConfigError(f"INT8 max_drop must be >= 0 points (or None for no guard), got {self.max_drop!r}")
+        if not isinstance(self.max_float_layers, int) or self.max_float_layers < 1:
+            raise ConfigError(f"INT8 max_float_layers must be a positive integer, got {self.max_float_layers!r}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +134,7 @@ class ExportOptions:
     input_size: tuple[int, int] | None = None  # (H, W); None = the network's default
     name: str | None = None
     overwrite: bool = False
-    seed: int | None = None  # random parity inputs, untrained BN statistics, data samples
+    seed: int = 0  # parity inputs; untrained weights and BN statistics; data samples (recorded in the reports)
     parity: ParityOptions = field(default_factory=ParityOptions)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)

@@ -76,13 +76,17 @@ def build_export_model(
     layers: int | None = None,
     num_classes: int | None = None,
     input_size: tuple[int, int] | None = None,
+    seed: int = 0,
 ) -> ExportSource:
     """Build the network for `target` (registry name, genotype file or object) and load checkpoint weights.
 
     A nasdeploy checkpoint's meta (genotype, net, net_kwargs) must agree with the target and the given
     sizes; a plain state_dict loads into a network of the given (or default) sizes. The sizes (a checkpoint's
     included) and the memory of one `input_size` (H, W) image are checked against the limits before building.
+    The network is built under `seed` (torch's RNG forked, the caller's left as it was), so untrained weights repeat.
     """
+    import torch
+
     from nasdeploy.genotypes import resolve_genotype
     from nasdeploy.nets import build_network, get_net_config
     from nasdeploy.utils.checkpoint import load_checkpoint, load_weights_into
@@ -110,7 +114,9 @@ def build_export_model(
             kwargs["auxiliary"] = bool(saved.get("auxiliary", has_aux))
     elif cfg.genotype_kind == "cnn_cell":
         kwargs["auxiliary"] = False
-    model = build_network(genotype, net, input_size=input_size, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_network(genotype, net, input_size=input_size, **kwargs)
     if ckpt is not None:
         load_weights_into(model, ckpt, source=f"checkpoint {checkpoint}")
     model.eval()

@@ -217,7 +217,7 @@ def check_tensorrt_parity(
     batch_sizes: Sequence[int] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    seed: int | None = None,
+    seed: int = 0,
     trt: Any = None,
     raise_on_failure: bool = True,
 ) -> ParityReport:

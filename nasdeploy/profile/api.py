@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +16,7 @@ from nasdeploy.profile.complexity import Complexity, model_complexity
 from nasdeploy.profile.environment import collect_environment
 from nasdeploy.export.onnx import export_onnx
 from nasdeploy.export.target import deploy_target, network_for
-from nasdeploy.profile.latency import ORT_BACKENDS, measure_latency, parse_backends
+from nasdeploy.profile.latency import ORT_BACKENDS, LatencySubject, compare_latency, parse_backends
 from nasdeploy.profile.mobile import MobileVerdict, mobile_verdict
 from nasdeploy.profile.protocol import LatencyConfig, LatencyResult
 from nasdeploy.utils.files import write_json_atomic
@@ -109,6 +110,42 @@ def _input_shape(input_size: int | Sequence[int] | None, default: Sequence[int] 
     return shape
 
 
+def _latency_subject(label: str, model: nn.Module | None, onnx_path: str | os.PathLike[str] | None,
+                     shape: tuple[int, ...], backends: Sequence[str], cfg: LatencyConfig,
+                     stack: contextlib.ExitStack) -> LatencySubject:
+    """What compare_latency times for one model: onnxruntime backends use onnx_path, else a temporary export."""
+    if model is not None and onnx_path is None and any(b in ORT_BACKENDS for b in backends):
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nasdeploy-profile-"))
+        if cfg.progress:
+            _note(f"exporting {label} to ONNX for onnxruntime timing")
+        # onnxruntime fuses Conv+BatchNorm when it loads the model, so folding first times the same graph;
+        # it makes the export of a DARTS ImageNet net ~20% faster (measured).
+        from nasdeploy.export.batchnorm_fold import fold_batchnorm
+
+        onnx_path = export_onnx(fold_batchnorm(model)[0], Path(tmp) / "model.onnx", input_size=shape,
+                                dynamic_spatial=False)
+    return LatencySubject(label, tuple(backends), model, onnx_path)
+
+
+def measure_models(items: Sequence[tuple[str, nn.Module | None, str | os.PathLike[str] | None, tuple[int, ...]]],
+                   backends: Sequence[str], cfg: LatencyConfig) -> list[dict[str, LatencyResult]]:
+    """Latency of several (label, model, onnx_path, input shape), compared models timed in turns (A B A B ...).
+
+    Models of the same input shape share one alternated window (nasdeploy.profile.latency.compare_latency).
+    """
+    if not backends:
+        return [{} for _ in items]
+    labels = [label if [i[0] for i in items].count(label) == 1 else f"{label} #{k + 1}"
+              for k, (label, *_rest) in enumerate(items)]
+    out: dict[str, dict[str, LatencyResult]] = {}
+    with contextlib.ExitStack() as stack:
+        subjects = [(shape, _latency_subject(label, model, onnx, shape, backends, cfg, stack))
+                    for label, (_, model, onnx, shape) in zip(labels, items)]
+        for shape in dict.fromkeys(shape for shape, _ in subjects):
+            out.update(compare_latency([s for sh, s in subjects if sh == shape], shape, cfg))
+    return [out[label] for label in labels]
+
+
 def profile_model(
     model: nn.Module,
     input_size: int | Sequence[int] | None = None,
@@ -126,36 +163,41 @@ def profile_model(
 
     onnxruntime backends use `onnx_path` when given, else a temporary export of the model.
     """
-    backends = parse_backends(latency)
-    cfg = latency_config or LatencyConfig()
+    result = _complexity_of_model(model, input_size, name, environment, _source, _net, activations)
+    return _with_latency([(result, model, onnx_path)], latency, latency_config)[0]
+
+
+def _complexity_of_model(model: nn.Module, input_size: int | Sequence[int] | None, name: str | None,
+                         environment: dict[str, Any] | None, source: str, net: dict[str, Any] | None,
+                         activations: bool = True) -> ProfileResult:
+    """A ProfileResult without latency: params, MACs, breakdowns, mobile verdict."""
     default = getattr(getattr(model, "default_cfg", None), "input_size", None)
     shape = _input_shape(input_size, default, name or type(model).__name__)
     complexity = model_complexity(model, shape, activations=activations)
-    results: dict[str, LatencyResult] = {}
-    if backends:
-        if onnx_path is None and any(b in ORT_BACKENDS for b in backends):
-            with tempfile.TemporaryDirectory(prefix="nasdeploy-profile-") as tmp:
-                if cfg.progress:
-                    _note(f"exporting {name or type(model).__name__} to ONNX for onnxruntime timing")
-                # onnxruntime fuses Conv+BatchNorm when it loads the model, so folding first times the same graph;
-                # it makes the export of a DARTS ImageNet net ~20% faster (measured).
-                from nasdeploy.export.batchnorm_fold import fold_batchnorm
+    return ProfileResult(name=name or type(model).__name__, source=source, net=net, complexity=complexity,
+                         mobile=mobile_verdict(complexity.macs, shape),
+                         environment=environment if environment is not None else collect_environment())
 
-                exported = export_onnx(fold_batchnorm(model)[0], Path(tmp) / "model.onnx", input_size=shape,
-                                       dynamic_spatial=False)
-                results = measure_latency(backends, shape, cfg, model=model, onnx_path=exported)
-        else:
-            results = measure_latency(backends, shape, cfg, model=model, onnx_path=onnx_path)
-    return ProfileResult(
-        name=name or type(model).__name__,
-        source=_source,
-        net=_net,
-        complexity=complexity,
-        mobile=mobile_verdict(complexity.macs, shape),
-        latency=results,
-        latency_config=cfg if backends else None,
-        environment=environment if environment is not None else collect_environment(),
-    )
+
+def _with_latency(built: Sequence[tuple[ProfileResult, nn.Module | None, str | os.PathLike[str] | None]],
+                  latency: str | Sequence[str] | None, cfg: LatencyConfig | None) -> list[ProfileResult]:
+    """The results with their latency, every model timed in one alternated measurement per input shape."""
+    backends = parse_backends(latency)
+    cfg = cfg or LatencyConfig()
+    measured = measure_models([(r.name, model, onnx, r.complexity.input_shape) for r, model, onnx in built],
+                              backends, cfg)
+    return [replace(r, latency=m, latency_config=cfg if backends else None) for (r, _, _), m in zip(built, measured)]
+
+
+def _complexity_of_onnx(path: str | os.PathLike[str], input_size: int | Sequence[int] | None, name: str | None,
+                        environment: dict[str, Any] | None) -> ProfileResult:
+    from nasdeploy.profile.onnx_complexity import onnx_complexity
+
+    shape_arg = (3, input_size, input_size) if isinstance(input_size, int) else input_size
+    complexity = onnx_complexity(path, shape_arg)
+    return ProfileResult(name=name or Path(path).name, source="onnx", net=None, complexity=complexity,
+                         mobile=mobile_verdict(complexity.macs, complexity.input_shape),
+                         environment=environment if environment is not None else collect_environment())
 
 
 def profile_onnx(
@@ -168,23 +210,8 @@ def profile_onnx(
     environment: dict[str, Any] | None = None,
 ) -> ProfileResult:
     """Profile an .onnx file: params from initializers, MACs from the graph, onnxruntime latency."""
-    from nasdeploy.profile.onnx_complexity import onnx_complexity
-
-    backends = parse_backends(latency)
-    cfg = latency_config or LatencyConfig()
-    shape_arg = (3, input_size, input_size) if isinstance(input_size, int) else input_size
-    complexity = onnx_complexity(path, shape_arg)
-    results = measure_latency(backends, complexity.input_shape, cfg, onnx_path=path) if backends else {}
-    return ProfileResult(
-        name=name or Path(path).name,
-        source="onnx",
-        net=None,
-        complexity=complexity,
-        mobile=mobile_verdict(complexity.macs, complexity.input_shape),
-        latency=results,
-        latency_config=cfg if backends else None,
-        environment=environment if environment is not None else collect_environment(),
-    )
+    result = _complexity_of_onnx(path, input_size, name, environment)
+    return _with_latency([(result, None, path)], latency, latency_config)[0]
 
 
 def is_onnx_target(target: object) -> bool:
@@ -192,26 +219,13 @@ def is_onnx_target(target: object) -> bool:
     return isinstance(target, (str, os.PathLike)) and os.fspath(target).lower().endswith(".onnx")
 
 
-def profile_target(
-    target: Any,
-    *,
-    net: str | None = None,
-    channels: int | None = None,
-    layers: int | None = None,
-    num_classes: int | None = None,
-    input_size: int | Sequence[int] | None = None,
-    latency: str | Sequence[str] | None = None,
-    latency_config: LatencyConfig | None = None,
-    environment: dict[str, Any] | None = None,
-    onnx_path: str | os.PathLike[str] | None = None,
-) -> ProfileResult:
-    """Profile a registry name, a genotype (file or object) or a checkpoint built as network `net`, or an .onnx file.
-
-    `net` defaults to a checkpoint's, else the ImageNet mobile setting for DARTS CNN genotypes; a checkpoint
-    gives the sizes. onnxruntime backends time `onnx_path` when given, else a temporary export.
-    """
+def _build_target(target: Any, *, net: str | None = None, channels: int | None = None, layers: int | None = None,
+                  num_classes: int | None = None, input_size: int | Sequence[int] | None = None,
+                  environment: dict[str, Any] | None = None, onnx_path: str | os.PathLike[str] | None = None,
+                  ) -> tuple[ProfileResult, nn.Module | None, str | os.PathLike[str] | None]:
+    """(result without latency, model or None, the ONNX file onnxruntime backends time) of one target."""
     if is_onnx_target(target):
-        return profile_onnx(target, input_size, latency=latency, latency_config=latency_config, environment=environment)
+        return _complexity_of_onnx(target, input_size, None, environment), None, target
     from nasdeploy.export.source import build_export_model
     from nasdeploy.nets import build_network, get_net_config
 
@@ -230,17 +244,29 @@ def profile_target(
     built = model.default_cfg
     net_info = {"family": built.name, "channels": built.channels, "layers": built.layers, "num_classes": built.num_classes}
     label = genotype.name or ("genotype" if hasattr(target, "kind") else Path(resolved.given).stem)
-    return profile_model(model, input_size, name=label, latency=latency, latency_config=latency_config,
-                         onnx_path=onnx_path, environment=environment, _source="genotype", _net=net_info)
+    return _complexity_of_model(model, input_size, label, environment, "genotype", net_info), model, onnx_path
 
 
-def profile_targets(targets: Sequence[Any], **kwargs: Any) -> list[ProfileResult]:
-    """profile_target for each target, with the environment collected once."""
+def profile_target(target: Any, *, latency: str | Sequence[str] | None = None,
+                   latency_config: LatencyConfig | None = None, **kwargs: Any) -> ProfileResult:
+    """Profile a registry name, a genotype (file or object) or a checkpoint built as network `net`, or an .onnx file.
+
+    Keywords: net (default: a checkpoint's, else the ImageNet mobile setting for DARTS CNN genotypes; a
+    checkpoint gives the sizes), channels, layers, num_classes, input_size, environment, onnx_path
+    (onnxruntime backends time it when given, else a temporary export).
+    """
+    return _with_latency([_build_target(target, **kwargs)], latency, latency_config)[0]
+
+
+def profile_targets(targets: Sequence[Any], *, latency: str | Sequence[str] | None = None,
+                    latency_config: LatencyConfig | None = None, **kwargs: Any) -> list[ProfileResult]:
+    """profile_target for each target, the environment collected once and the targets' latencies measured
+    together, in turns (A B A B ...: a change of load touches every compared model alike)."""
     if not targets:
         raise ConfigError("no targets to profile")
-    parse_backends(kwargs.get("latency"))  # fail on a bad backend name before any work
-    env = kwargs.pop("environment", None) or collect_environment()
-    return [profile_target(t, environment=env, **kwargs) for t in targets]
+    parse_backends(latency)  # fail on a bad backend name before any work
+    kwargs["environment"] = kwargs.get("environment") or collect_environment()
+    return _with_latency([_build_target(t, **kwargs) for t in targets], latency, latency_config)
 
 
 def report_dict(results: Sequence[ProfileResult]) -> dict[str, Any]:

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, Prepared, skipped, wall_clock_ms
 
 
-def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def time_pte(path: str | Path, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """Time an existing .pte (batch = the program's own batch); settings state ExecuTorch's threadpool size."""
     from nasdeploy.export.executorch import executorch_thread_count, load_pte
 
@@ -32,16 +32,16 @@ def time_pte(name: str, path: str | Path, shape: tuple[int, ...], cfg: LatencyCo
     rng = np.random.default_rng(cfg.seed)
     x = torch.from_numpy(rng.standard_normal((batch, *shape)).astype(np.float32))
     threads = executorch_thread_count()
-    times = timed_runs(wall_clock_ms(lambda: prog.method.execute([x])), cfg, name)
     # "intra_op_threads": the key the report table prints as threads=; ExecuTorch's pool is its intra-op pool.
     settings = {"runtime": prog.label, "program": Path(path).name,
                 "intra_op_threads": threads if threads is not None else "ExecuTorch default",
                 "delegate": "XNNPACK", "input": "host memory (no copies are timed beyond ExecuTorch's own)",
                 "model_bytes": Path(path).stat().st_size}
-    return summarize(name, times, cfg, settings)
+    return Prepared(wall_clock_ms(lambda: prog.method.execute([x])), settings)
 
 
-def _timed_from_model(name: str, model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig, int8: bool) -> LatencyResult:
+def _timed_from_model(name: str, model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig,
+                      int8: bool) -> Prepared | LatencyResult:
     from nasdeploy.errors import MissingDependencyError
     from nasdeploy.export import executorch as et
 
@@ -53,8 +53,9 @@ def _timed_from_model(name: str, model: nn.Module, shape: tuple[int, ...], cfg: 
         raise ConfigError(f"ExecuTorch timing needs a (C, H, W) image input, got {shape}")
     if cfg.batch != 1:
         raise ConfigError("ExecuTorch programs are exported at batch 1 (the mobile case); use --batch 1")
-    with tempfile.TemporaryDirectory(prefix="nasdeploy-et-") as tmp:
-        path = Path(tmp) / "model.pte"
+    tmp = tempfile.TemporaryDirectory(prefix="nasdeploy-et-")
+    try:
+        path = Path(tmp.name) / "model.pte"
         note = ""
         if int8:
             gen = torch.Generator().manual_seed(cfg.seed)
@@ -63,19 +64,23 @@ def _timed_from_model(name: str, model: nn.Module, shape: tuple[int, ...], cfg: 
             note = "PT2E INT8 calibrated on 8 random-normal images (timing only; accuracy needs the export's data)"
         else:
             et.lower_to_pte(model, path, shape)
-        result = time_pte(name, path, shape, cfg)
-    if note:
-        result = dataclasses.replace(result, note=note)
-    return result
+        prepared = time_pte(path, shape, cfg)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    # The program may be memory-mapped from the file: the folder goes only once the runs are done.
+    return dataclasses.replace(prepared, note=note, close=tmp.cleanup)
 
 
-def executorch_float(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def executorch_float(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+                     cfg: LatencyConfig) -> Prepared | LatencyResult:
     """The model lowered to a float32 XNNPACK .pte, timed in ExecuTorch."""
     assert model is not None
     return _timed_from_model("executorch-fp32", model, shape, cfg, int8=False)
 
 
-def executorch_int8(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def executorch_int8(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+                    cfg: LatencyConfig) -> Prepared | LatencyResult:
     """The model quantized with PT2E (XNNPACKQuantizer) and lowered to an INT8 .pte, timed in ExecuTorch."""
     assert model is not None
     return _timed_from_model("executorch-int8", model, shape, cfg, int8=True)

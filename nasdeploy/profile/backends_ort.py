@@ -1,4 +1,7 @@
-"""onnxruntime latency backends: CPU (all threads / the 1-thread mobile proxy), static INT8, CUDA and TensorRT."""
+"""onnxruntime latency backends: CPU (all threads / the 1-thread mobile proxy), static INT8, CUDA and TensorRT.
+
+Each prepares its measurement (protocol.Prepared: a session and its feed) or says why it cannot run here.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, Prepared, skipped, wall_clock_ms
 from nasdeploy.utils.optional import require
 from nasdeploy.utils.ort import ORT_OPT_LEVEL, ort_session
 
@@ -39,11 +42,10 @@ def _feed(session: Any, shape: tuple[int, ...], cfg: LatencyConfig) -> dict[str,
     return {inp.name: rng.standard_normal((cfg.batch, *shape)).astype(dtype)}
 
 
-def _cpu(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> LatencyResult:
+def _cpu(path: Path, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> Prepared:
     ort = _ort()
     session = _session(ort, path, threads, ["CPUExecutionProvider"])
     feed = _feed(session, shape, cfg)
-    times = timed_runs(wall_clock_ms(lambda: session.run(None, feed)), cfg, name)
     settings = {
         "providers": session.get_providers(),
         "intra_op_threads": threads if threads is not None else f"default (physical cores; {os.cpu_count()} logical CPUs)",
@@ -52,32 +54,32 @@ def _cpu(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig, thre
         "graph_optimization": ORT_OPT_LEVEL,
         "model_bytes": sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file()),
     }
-    return summarize(name, times, cfg, settings)
+    return Prepared(wall_clock_ms(lambda: session.run(None, feed)), settings)
 
 
-def ort_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def ort_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """onnxruntime CPUExecutionProvider with its default thread pool (all physical cores)."""
     assert onnx_path is not None
-    return _cpu("ort-cpu", onnx_path, shape, cfg, None)
+    return _cpu(onnx_path, shape, cfg, None)
 
 
-def ort_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def ort_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """onnxruntime CPU with the mobile-proxy settings: 1 intra-op thread, 1 inter-op thread, no spinning."""
     assert onnx_path is not None
-    return _cpu("ort-cpu-1t", onnx_path, shape, cfg, 1)
+    return _cpu(onnx_path, shape, cfg, 1)
 
 
 INT8_CALIBRATION_IMAGES = 8  # the same count executorch-int8 calibrates on
 
 
-def ort_int8_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def ort_int8_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """The ONNX model quantized by onnxruntime (static QDQ, per-channel INT8 weights), timed like ort-cpu-1t.
 
     Calibrated on seeded random-normal inputs: the timing does not depend on the calibration data, but the
     accuracy does, so this INT8 model is for latency only (the export's INT8 path calibrates on real images).
     """
     from nasdeploy.export.onnx import onnx_io
-    from nasdeploy.export.quantize import ort_static_int8
+    from nasdeploy.export.ort_int8 import OrtInt8Options, ort_static_int8
 
     assert onnx_path is not None
     ort = _ort()
@@ -86,23 +88,24 @@ def ort_int8_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tupl
     rng = np.random.default_rng(cfg.seed)
     calibration = [rng.standard_normal((batch, *shape)).astype(np.float32)
                    for _ in range(max(1, INT8_CALIBRATION_IMAGES // batch))]
+    options = OrtInt8Options()
     with tempfile.TemporaryDirectory(prefix="nasdeploy-ort-int8-") as tmp:
-        quantized = ort_static_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration)
-        result = _cpu("ort-int8-cpu-1t", quantized, shape, cfg, 1)
-    settings = {**result.settings, "quantization": "onnxruntime static QDQ, per-channel symmetric INT8 weights, "
-                f"INT8 activations, MinMax (onnxruntime {ort.__version__})"}
+        quantized = ort_static_int8(onnx_path, Path(tmp) / "model.int8.onnx", calibration, options=options)
+        prepared = _cpu(quantized, shape, cfg, 1)  # the session holds the model: the file may go
+    settings = {**prepared.settings, "quantization": f"{options.scheme()} (onnxruntime {ort.__version__})"}
     note = (f"onnxruntime static INT8 calibrated on {batch * len(calibration)} random-normal images "
             "(timing only; accuracy needs the export's data)")
-    return dataclasses.replace(result, settings=settings, note=note)
+    return dataclasses.replace(prepared, settings=settings, note=note)
 
 
-def time_int8_onnx(name: str, path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def time_int8_onnx(path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """An INT8 ONNX file that exists already (the export's model_int8.onnx), timed like ort-cpu-1t."""
-    result = _cpu(name, path, shape, cfg, 1)
-    return dataclasses.replace(result, settings={**result.settings, "program": path.name})
+    prepared = _cpu(path, shape, cfg, 1)
+    return dataclasses.replace(prepared, settings={**prepared.settings, "program": path.name})
 
 
-def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path, shape: tuple[int, ...],
+         cfg: LatencyConfig) -> Prepared | LatencyResult:
     ort = _ort()
     available = ort.get_available_providers()
     if provider not in available:
@@ -127,20 +130,21 @@ def _gpu(name: str, provider: str, provider_options: dict[str, Any], path: Path,
     once = wall_clock_ms(lambda: session.run_with_iobinding(binding))  # it synchronises the provider's stream
 
     once()  # untimed first run even with warmup=0: it builds the TensorRT engine / loads CUDA kernels
-    times = timed_runs(once, cfg, name)
     settings = {"providers": used, "io_binding": "input and outputs on cuda:0", "graph_optimization": ORT_OPT_LEVEL}
     if provider_options:
         settings["provider_options"] = provider_options
-    return summarize(name, times, cfg, settings)
+    return Prepared(once, settings)
 
 
-def ort_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def ort_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+             cfg: LatencyConfig) -> Prepared | LatencyResult:
     """onnxruntime CUDAExecutionProvider (checked active via session.get_providers())."""
     assert onnx_path is not None
     return _gpu("ort-cuda", "CUDAExecutionProvider", {}, onnx_path, shape, cfg)
 
 
-def ort_trt(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def ort_trt(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+            cfg: LatencyConfig) -> Prepared | LatencyResult:
     """onnxruntime TensorrtExecutionProvider (fp32; the engine is built during the warm-up runs)."""
     assert onnx_path is not None
     opts = {"trt_fp16_enable": False, "trt_engine_cache_enable": False}

@@ -1,4 +1,7 @@
-"""PyTorch latency backends: eager on CPU (all threads / 1 thread), eager on CUDA, CUDA graphs."""
+"""PyTorch latency backends: eager on CPU (all threads / 1 thread), eager on CUDA, CUDA graphs.
+
+Each prepares its measurement (protocol.Prepared) or says why it cannot run here; the dispatcher times them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, Prepared, skipped, wall_clock_ms
 
 
 @contextlib.contextmanager
@@ -30,26 +33,33 @@ def _input(input_shape: tuple[int, ...], cfg: LatencyConfig, device: str | torch
     return torch.randn((cfg.batch, *input_shape), generator=g).to(device=device, dtype=dtype)
 
 
-def _cpu_eager(name: str, model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> LatencyResult:
+def _cpu_eager(model: nn.Module, shape: tuple[int, ...], cfg: LatencyConfig, threads: int | None) -> Prepared:
     model = copy.deepcopy(model).cpu().eval()
     x = _input(shape, cfg)
-    with torch_threads(threads) as used, torch.inference_mode():
-        times = timed_runs(wall_clock_ms(lambda: model(x)), cfg, name)
+    timed = wall_clock_ms(lambda: model(x))
+
+    def once() -> float:
+        # The thread count is set around each run, outside its timed region: measurements of other
+        # backends are interleaved with this one's (protocol.run_alternated).
+        with torch_threads(threads), torch.inference_mode():
+            return timed()
+
+    with torch_threads(threads) as used:
         settings = {"device": "cpu", "intra_op_threads": used, "interop_threads": torch.get_num_interop_threads(),
                     "mode": "eager, inference_mode"}
-    return summarize(name, times, cfg, settings)
+    return Prepared(once, settings)
 
 
-def torch_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def torch_cpu(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """Eager PyTorch on CPU with torch's default (all physical cores) thread count."""
     assert model is not None
-    return _cpu_eager("torch-cpu", model, shape, cfg, None)
+    return _cpu_eager(model, shape, cfg, None)
 
 
-def torch_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def torch_cpu_1t(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared:
     """Eager PyTorch on CPU with torch.set_num_threads(1) (the mobile proxy)."""
     assert model is not None
-    return _cpu_eager("torch-cpu-1t", model, shape, cfg, 1)
+    return _cpu_eager(model, shape, cfg, 1)
 
 
 def _no_cuda(name: str, cfg: LatencyConfig) -> LatencyResult | None:
@@ -83,20 +93,25 @@ def _cuda_event_ms(fn: Callable[[], object]) -> Callable[[], float]:
     return once
 
 
-def torch_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def torch_cuda(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+               cfg: LatencyConfig) -> Prepared | LatencyResult:
     """Eager PyTorch on the GPU: input resident on the device, each run timed with CUDA events."""
     assert model is not None
     if (why := _no_cuda("torch-cuda", cfg)) is not None:
         return why
     model, x, device = _on_cuda(model, shape, cfg)
-    with torch.inference_mode():
-        once = _cuda_event_ms(lambda: model(x))
-        torch.cuda.synchronize(device)
-        times = timed_runs(once, cfg, "torch-cuda")
-    return summarize("torch-cuda", times, cfg, _cuda_settings("eager, inference_mode"))
+    timed = _cuda_event_ms(lambda: model(x))
+
+    def once() -> float:
+        with torch.inference_mode():
+            return timed()
+
+    torch.cuda.synchronize(device)
+    return Prepared(once, _cuda_settings("eager, inference_mode"))
 
 
-def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...], cfg: LatencyConfig) -> LatencyResult:
+def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tuple[int, ...],
+                     cfg: LatencyConfig) -> Prepared | LatencyResult:
     """PyTorch on the GPU replayed from a captured CUDA graph (no per-kernel launch overhead)."""
     assert model is not None
     if (why := _no_cuda("torch-cuda-graph", cfg)) is not None:
@@ -114,8 +129,6 @@ def torch_cuda_graph(model: nn.Module | None, onnx_path: Path | None, shape: tup
         torch.cuda.synchronize(device)
         with torch.cuda.graph(graph):
             static_out = model(static_x)  # kept alive: the graph replays into this buffer
-    once = _cuda_event_ms(graph.replay)
     torch.cuda.synchronize(device)
-    times = timed_runs(once, cfg, "torch-cuda-graph")
-    del static_out
-    return summarize("torch-cuda-graph", times, cfg, _cuda_settings("CUDA graph replay"))
+    keep = [static_out]  # the graph replays into this buffer: it must outlive the timed runs
+    return Prepared(_cuda_event_ms(graph.replay), _cuda_settings("CUDA graph replay"), close=keep.clear)

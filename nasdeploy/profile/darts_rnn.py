@@ -23,7 +23,7 @@ from nasdeploy.export.darts_rnn import build_darts_rnn_model
 from nasdeploy.export.target import DeployTarget, deploy_target
 from nasdeploy.nets.darts_rnn import DartsRnnLanguageModel
 from nasdeploy.profile.complexity import TORCH_COUNTER, forward_macs
-from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, summarize, timed_runs, wall_clock_ms
+from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, Prepared, measure_prepared, wall_clock_ms
 from nasdeploy.profile.request import ProfileRequest
 from nasdeploy.utils.ort import ort_session
 from nasdeploy.utils.runtime import runtime_settings
@@ -124,10 +124,9 @@ def profile_darts_rnn(model: DartsRnnLanguageModel, *, seq_len: int = 35, batch_
     hidden = model.init_hidden(batch_size)
     with runtime_settings(threads=threads):
         settings = {"device": str(device), "intra_op_threads": threads, "seq_len": seq_len, "mode": "eager, no_grad"}
-        window = summarize("torch-cpu", timed_runs(wall_clock_ms(lambda: model(tokens, hidden)), cfg, "torch window"),
-                           cfg, settings)
-        step = summarize("torch-cpu", timed_runs(wall_clock_ms(lambda: model(tokens[:1], hidden)), cfg, "torch step"),
-                         cfg, {**settings, "seq_len": 1})
+        window = measure_prepared("torch-cpu", Prepared(wall_clock_ms(lambda: model(tokens, hidden)), settings), cfg)
+        step = measure_prepared("torch-cpu", Prepared(wall_clock_ms(lambda: model(tokens[:1], hidden)),
+                                                      {**settings, "seq_len": 1}), cfg)
     torch_window, torch_step = _window_dict(window), _window_dict(step)
     onnx_window = onnx_per_token = None
     if onnx_path is not None:
@@ -140,8 +139,7 @@ def profile_darts_rnn(model: DartsRnnLanguageModel, *, seq_len: int = 35, batch_
         feed = {"tokens": tokens.cpu().numpy(), "hidden": hidden.cpu().numpy()}
         ort_settings = {"providers": session.get_providers(), "intra_op_threads": threads, "inter_op_threads": threads,
                         "allow_spinning": "0", "seq_len": seq_len}
-        result = summarize("ort-cpu", timed_runs(wall_clock_ms(lambda: session.run(None, feed)), cfg, "onnxruntime window"),
-                           cfg, ort_settings)
+        result = measure_prepared("ort-cpu", Prepared(wall_clock_ms(lambda: session.run(None, feed)), ort_settings), cfg)
         onnx_window = _window_dict(result)
         onnx_per_token = onnx_window["median_ms"] / tokens_per_window
     name = getattr(getattr(model, "genotype", None), "name", None)

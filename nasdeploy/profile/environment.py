@@ -51,9 +51,12 @@ def _versions() -> dict[str, str | None]:
 
 
 def collect_environment() -> dict[str, Any]:
-    """CPU model, core and thread counts, OS, Python and library versions, GPU name and CUDA versions."""
+    """CPU model and INT8 flags, core and thread counts, OS, Python and library versions, GPU name and CUDA versions."""
+    from nasdeploy.export.int8_cpu import cpu_int8_support
+
     env: dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_int8": cpu_int8_support().to_dict(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical_cores(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

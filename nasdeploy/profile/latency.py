@@ -1,13 +1,15 @@
-"""Latency backends by name (groups, INT8 twins) and the dispatcher that times a model or given model files.
+"""Latency backends by name (groups, INT8 twins) and the dispatcher that times models or given model files.
 
-The protocol itself (config, warm-up and timed runs, statistics) is nasdeploy.profile.protocol; the backends
-(profile/backends_*.py) implement it and import only that module, never this one.
+The protocol itself (config, warm-up and timed runs in alternating turns, statistics, the machine's load) is
+nasdeploy.profile.protocol; the backends (profile/backends_*.py) prepare measurements for it and import only
+that module, never this one. Everything compared in one call (backends of one model, several models, a
+float file and its INT8 twin) is prepared first and then timed in turns within one window.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,7 +20,16 @@ from nasdeploy.export.formats import INT8_METHODS
 from nasdeploy.profile.backends_executorch import executorch_float, executorch_int8, time_pte
 from nasdeploy.profile.backends_ort import ort_cpu, ort_cpu_1t, ort_cuda, ort_int8_cpu_1t, ort_trt, time_int8_onnx
 from nasdeploy.profile.backends_torch import torch_cpu, torch_cpu_1t, torch_cuda, torch_cuda_graph
-from nasdeploy.profile.protocol import LatencyConfig, LatencyResult, skipped
+from nasdeploy.profile.protocol import (
+    LatencyConfig,
+    LatencyResult,
+    Prepared,
+    close_all,
+    measure_prepared,
+    run_alternated,
+    skipped,
+    summarize,
+)
 
 CPU_BACKENDS = ("torch-cpu", "torch-cpu-1t", "ort-cpu", "ort-cpu-1t")
 GPU_BACKENDS = ("torch-cuda", "torch-cuda-graph", "ort-cuda", "ort-trt")
@@ -41,7 +52,7 @@ BACKEND_GROUPS: dict[str, tuple[str, ...]] = {
     "int8": tuple(INT8_LATENCY_BACKENDS.values()),
 }
 
-Runner = Callable[[nn.Module | None, Path | None, tuple[int, ...], LatencyConfig], LatencyResult]
+Runner = Callable[[nn.Module | None, Path | None, tuple[int, ...], LatencyConfig], Prepared | LatencyResult]
 RUNNERS: dict[str, Runner] = {
     "executorch-fp32": executorch_float,
     "executorch-int8": executorch_int8,
@@ -77,18 +88,97 @@ def parse_backends(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def time_model_file(backend: str, path: str | os.PathLike[str], input_shape: tuple[int, ...],
-                    cfg: LatencyConfig) -> LatencyResult:
-    """Time an existing model file with `backend`'s settings: .onnx in onnxruntime (an INT8 file for
+def prepare_model_file(backend: str, path: str | os.PathLike[str], input_shape: tuple[int, ...],
+                       cfg: LatencyConfig) -> Prepared:
+    """Prepare timing an existing model file with `backend`'s settings: .onnx in onnxruntime (an INT8 file for
     ort-int8-cpu-1t, nothing is re-quantized), .pte in ExecuTorch (float or INT8 program)."""
     path = Path(path)
     if backend in EXECUTORCH_BACKENDS:
-        return time_pte(backend, path, input_shape, cfg)
+        return time_pte(path, input_shape, cfg)
     if backend in ORT_INT8_BACKENDS:
-        return time_int8_onnx(backend, path, input_shape, cfg)
+        return time_int8_onnx(path, input_shape, cfg)
     if backend in ORT_BACKENDS:
-        return RUNNERS[backend](None, path, tuple(input_shape), cfg)
+        prepared = RUNNERS[backend](None, path, tuple(input_shape), cfg)
+        assert isinstance(prepared, Prepared), prepared.note if isinstance(prepared, LatencyResult) else prepared
+        return prepared
     raise ConfigError(f"latency backend '{backend}' times a PyTorch model, not a model file")
+
+
+def time_model_file(backend: str, path: str | os.PathLike[str], input_shape: tuple[int, ...],
+                    cfg: LatencyConfig) -> LatencyResult:
+    """Time one existing model file with `backend`'s settings (see prepare_model_file)."""
+    return measure_prepared(backend, prepare_model_file(backend, path, input_shape, cfg), cfg)
+
+
+@dataclass(frozen=True)
+class LatencySubject:
+    """One model to time: its label, backends, the PyTorch model and/or ONNX file, and files a backend times instead.
+
+    `model_files` maps a backend to an existing file it times (e.g. ort-int8-cpu-1t -> model_int8.onnx,
+    executorch-int8 -> model_int8.pte: nothing is lowered or quantized again).
+    """
+
+    label: str
+    backends: tuple[str, ...]
+    model: nn.Module | None = None
+    onnx_path: str | os.PathLike[str] | None = None
+    model_files: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
+
+
+def _error(name: str, cfg: LatencyConfig, exc: Exception) -> LatencyResult:
+    if isinstance(exc, NasDeployError):
+        return LatencyResult(name, "error", cfg.batch, note=str(exc))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return LatencyResult(name, "error", cfg.batch, note=f"{type(exc).__name__}: {first}")
+
+
+def _prepare(subject: LatencySubject, name: str, shape: tuple[int, ...], cfg: LatencyConfig) -> Prepared | LatencyResult:
+    """The prepared measurement of one backend of one subject, or the result that says why it cannot run."""
+    files = subject.model_files
+    try:
+        if name in files:
+            return prepare_model_file(name, files[name], shape, cfg)
+        if name in ORT_BACKENDS and subject.onnx_path is None:
+            return skipped(name, cfg, "needs an ONNX file")
+        if name not in ORT_BACKENDS and subject.model is None:
+            return skipped(name, cfg, "needs a PyTorch model (an .onnx target has none)")
+        onnx_path = Path(subject.onnx_path) if subject.onnx_path is not None else None
+        return RUNNERS[name](subject.model, onnx_path, tuple(shape), cfg)
+    except Exception as exc:  # a runtime failure in one backend must not hide the others
+        return _error(name, cfg, exc)
+
+
+def compare_latency(subjects: Sequence[LatencySubject], input_shape: tuple[int, ...],
+                    cfg: LatencyConfig) -> dict[str, dict[str, LatencyResult]]:
+    """Time every backend of every subject in one window, in turns (A B A B ...): label -> backend -> result.
+
+    Every record carries the machine's load over the window (contended or quiet) and what it alternated with.
+    A backend that cannot run here (no GPU, provider missing) is 'skipped' with the reason; one that fails is
+    'error' with the first line of the failure, so one bad backend never hides the others.
+    """
+    results: dict[str, dict[str, LatencyResult]] = {s.label: {} for s in subjects}
+    prepared: dict[tuple[str, str], Prepared] = {}
+    try:
+        for subject in subjects:
+            for name in parse_backends(list(subject.backends)):
+                outcome = _prepare(subject, name, tuple(input_shape), cfg)
+                if isinstance(outcome, Prepared):
+                    prepared[(subject.label, name)] = outcome
+                else:
+                    results[subject.label][name] = outcome
+        keys = {f"{label}: {name}" if label else name: (label, name) for label, name in prepared}
+        window = run_alternated({key: prepared[pair] for key, pair in keys.items()}, cfg) if keys else None
+    finally:
+        close_all(list(prepared.values()))
+    for key, (label, name) in keys.items():
+        assert window is not None
+        if key in window.errors:
+            results[label][name] = LatencyResult(name, "error", cfg.batch, note=window.errors[key], load=window.load)
+            continue
+        p = prepared[(label, name)]
+        others = tuple(k for k in keys if k != key)
+        results[label][name] = summarize(name, window.times[key], cfg, p.settings, p.note, window.load, others)
+    return results
 
 
 def measure_latency(
@@ -100,45 +190,27 @@ def measure_latency(
     onnx_path: str | Path | None = None,
     model_files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> dict[str, LatencyResult]:
-    """Time each backend; torch backends need `model`, onnxruntime backends need `onnx_path`.
+    """Time each backend of one model, alternating between them (compare_latency with one subject).
 
-    `model_files` maps a backend to an existing file it times instead (e.g. ort-int8-cpu-1t -> model_int8.onnx,
-    executorch-fp32 -> model.pte, executorch-int8 -> model_int8.pte: nothing is lowered or quantized again).
-    A backend that cannot run here (no GPU, provider missing) is 'skipped' with the reason; one that
-    fails is 'error' with the first line of the failure, so one bad backend never hides the others.
+    torch backends need `model`, onnxruntime backends need `onnx_path`; `model_files` maps a backend to an
+    existing file it times instead (see LatencySubject).
     """
-    files = dict(model_files or {})
-    results: dict[str, LatencyResult] = {}
-    for name in parse_backends(list(backends)):
-        if name in files:
-            run: Callable[[], LatencyResult] = lambda name=name: time_model_file(name, files[name], input_shape, cfg)
-        elif name in ORT_BACKENDS and onnx_path is None:
-            results[name] = skipped(name, cfg, "needs an ONNX file")
-            continue
-        elif name not in ORT_BACKENDS and model is None:
-            results[name] = skipped(name, cfg, "needs a PyTorch model (an .onnx target has none)")
-            continue
-        else:
-            run = lambda name=name: RUNNERS[name](model, Path(onnx_path) if onnx_path else None, tuple(input_shape), cfg)
-        try:
-            results[name] = run()
-        except NasDeployError as exc:
-            results[name] = LatencyResult(name, "error", cfg.batch, note=str(exc))
-        except Exception as exc:  # a runtime failure in one backend must not hide the others
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            results[name] = LatencyResult(name, "error", cfg.batch, note=f"{type(exc).__name__}: {first}")
-    return results
+    subject = LatencySubject("", tuple(backends), model, onnx_path, dict(model_files or {}))
+    return compare_latency([subject], input_shape, cfg)[""]
 
 
-FILE_TIMING = LatencyConfig(batch=1, warmup=5, runs=30)  # the export's INT8 report: batch 1, few runs
+FILE_TIMING = LatencyConfig(batch=1, warmup=5, runs=30, block=5)  # the export's INT8 report: batch 1, few runs
 
 
 @dataclass(frozen=True)
 class ModelFileTimer:
-    """Times exported files for the export's INT8 report with the profiler's protocol; a typed callable."""
+    """Times exported files together (alternated) for the export's INT8 report; a typed callable (export.options.FileTimer)."""
 
     config: LatencyConfig = FILE_TIMING
 
-    def __call__(self, backend: str, path: Path, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-        """The LatencyResult dict of `path` timed by `backend` (see time_model_file)."""
-        return time_model_file(backend, path, input_shape, self.config).to_dict()
+    def __call__(self, files: Mapping[str, tuple[str, Path]], input_shape: tuple[int, int, int]) -> dict[str, dict[str, Any]]:
+        """label -> the LatencyResult dict of its (backend, file), all timed in one alternated window."""
+        subjects = [LatencySubject(label, (backend,), model_files={backend: path})
+                    for label, (backend, path) in files.items()]
+        results = compare_latency(subjects, input_shape, self.config)
+        return {label: results[label][backend].to_dict() for label, (backend, _) in files.items()}

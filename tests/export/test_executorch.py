@@ -17,7 +17,7 @@ from nasdeploy.errors import ConfigError, MissingDependencyError
 from nasdeploy.export.api import export_target
 from nasdeploy.export.options import ExportOptions, Int8Options
 from nasdeploy.export.request import ExportRequest, NetSizes
-from nasdeploy.export.quantize import top1
+from nasdeploy.export.int8_guard import top1
 from nasdeploy.export.samples import SampleSizes, prepare_export_data, sample_batches
 from nasdeploy.export.untrained import randomize_bn_statistics_
 from nasdeploy.profile.latency import ModelFileTimer

@@ -26,7 +26,7 @@ def _convnet() -> nn.Module:
 
 
 def test_ort_int8_backend_times_a_qdq_per_channel_model(tmp_path, monkeypatch):
-    import nasdeploy.export.quantize as quantize
+    import nasdeploy.export.ort_int8 as quantize
 
     model = _convnet()
     float_path = export_onnx(model, tmp_path / "model.onnx", input_size=(3, 16, 16), dynamic_spatial=False)
@@ -82,7 +82,7 @@ def test_int8_group_and_cli(tmp_path):
 
 def test_existing_model_files_are_timed_not_rebuilt(tmp_path, monkeypatch):
     """The profiler times the files an export made (INT8 ONNX, .pte) as they are: nothing is quantized or lowered again."""
-    import nasdeploy.export.quantize as quantize
+    import nasdeploy.export.ort_int8 as quantize
 
     model = _convnet()
     float_path = export_onnx(model, tmp_path / "model.onnx", input_size=(3, 16, 16), dynamic_spatial=False)

@@ -35,6 +35,10 @@ FORMATS: tuple[str, ...] = tuple(name for name, step in STEPS.items() if step.is
 # scored against the float model.pte.
 INT8_FLOAT_FORMAT: dict[str, str] = {"ort": "onnx", "executorch": "executorch"}
 INT8_METHODS: tuple[str, ...] = tuple(INT8_FLOAT_FORMAT)
+# onnxruntime's calibration methods (CalibrationMethod MinMax, Entropy, Percentile) and activation types
+# (auto: uint8 on x86, int8 elsewhere; see nasdeploy.export.ort_int8).
+INT8_CALIBRATIONS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+INT8_ACTIVATIONS: tuple[str, ...] = ("auto", "uint8", "int8")
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:

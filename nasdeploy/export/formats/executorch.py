@@ -24,7 +24,7 @@ def write_executorch(ctx: StepContext) -> None:
         ctx.model, run, random_batches([(1, *ctx.input_shape)] * RANDOM_INPUTS, ctx.seed), runtime=label,
         inputs=f"{RANDOM_INPUTS} random-normal inputs of shape 1x{shape} (seed {ctx.seed})", model_path=str(pte),
         output_names=names, rtol=ctx.options.parity.rtol, atol=ctx.options.parity.atol, seed=ctx.seed,
-        notes=("batch 1 only: the program is exported at a static batch of 1 (the mobile case)",),
+        yardstick=ctx.options.parity.yardstick, notes=("batch 1 only: the program is exported at a static batch of 1 (the mobile case)",),
     )
     record_parity(ctx, "executorch", report)
     if ctx.data is not None:

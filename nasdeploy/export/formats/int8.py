@@ -11,6 +11,7 @@ from nasdeploy.export.executorch import write_pte_metadata
 from nasdeploy.export.formats import INT8_FLOAT_FORMAT, INT8_METHODS
 from nasdeploy.export.formats.executorch import pte_metadata
 from nasdeploy.utils.files import write_json_atomic
+from nasdeploy.utils.runtime import runtime_settings
 
 NO_DATA = "INT8 needs calibration and validation images: give a dataset (--data-dir, or --dataset demo)"
 
@@ -28,7 +29,7 @@ class _Method:
 
 _METHODS = {
     "ort": _Method(quantize.quantize_with_ort, "model_int8.onnx", "onnx_int8",
-                   "INT8 with onnxruntime static quantization (QDQ, per-channel)"),
+                   "INT8 with onnxruntime static quantization (QDQ, per-channel, accuracy and speed guards)"),
     "executorch": _Method(quantize.quantize_with_executorch, "model_int8.pte", "executorch_int8",
                           "INT8 with PT2E (XNNPACKQuantizer) -> .pte", program=True),
 }
@@ -43,15 +44,19 @@ def write_int8(ctx: StepContext) -> None:
         method, float_path = _METHODS[name], ctx.artifacts[INT8_FLOAT_FORMAT[name]]
         assert float_path is not None
         ctx.say(f"{method.what}, calibrated on {data.calibration.label}")
-        res = ctx.timed(f"int8_{name}", lambda: method.quantizer(
-            ctx.model, float_path, ctx.stage / method.file, data.calibration, data.validation,
-            input_shape=ctx.input_shape, timer=ctx.options.int8.timer,
-        ))
+        # The guard runs the PyTorch model many times: on the idle cores only (OpenMP threads sharing a busy
+        # core spin-wait; see nasdeploy.utils.runtime.resolve_threads).
+        with runtime_settings(threads="auto"):
+            res = ctx.timed(f"int8_{name}", lambda: method.quantizer(
+                ctx.model, float_path, ctx.stage / method.file, data.calibration, data.validation,
+                input_shape=ctx.input_shape, options=ctx.options.int8, say=ctx.say,
+            ))
         ctx.result.quantization[name] = res
         if res.status == "ok":
             ctx.result.files[method.role] = res.file
             if method.program:
-                meta = pte_metadata(ctx, {"scheme": res.scheme, "calibration": res.calibration})
+                meta = pte_metadata(ctx, {"scheme": res.scheme, "calibration": res.calibration,
+                                          "kept_in_float": list(res.kept_in_float)})
                 ctx.result.files[f"{method.role}_metadata"] = write_pte_metadata(ctx.stage / res.file, meta).name
         ctx.say(res.summary())
     write_json_atomic(ctx.stage / "quantization.json", {k: v.to_dict() for k, v in ctx.result.quantization.items()})

@@ -32,8 +32,8 @@ def write_onnx(ctx: StepContext) -> None:
     }
     ctx.say("checking ONNX parity in onnxruntime")
     report = ctx.timed("onnx_parity", lambda: check_onnx_parity(
-        ctx.model, path, batch_sizes=parity.batch_sizes, rtol=parity.rtol, atol=parity.atol, seed=ctx.options.seed,
-        raise_on_failure=False,
+        ctx.model, path, batch_sizes=parity.batch_sizes, rtol=parity.rtol, atol=parity.atol, seed=ctx.seed,
+        yardstick=parity.yardstick, raise_on_failure=False,
     ))
     record_parity(ctx, "onnx", report)
     if ctx.data is not None:

@@ -46,7 +46,7 @@ def write_tensorrt(ctx: StepContext) -> None:
     ctx.say("checking TensorRT parity")
     batch_sizes = sorted({b for b in (*ctx.options.parity.batch_sizes, profile.max_batch) if b <= profile.max_batch})
     report = trt_export.check_tensorrt_parity(model=ctx.model, plan_path=build.plan_path, profile=profile,
-                                              fp16=opts.fp16, seed=ctx.options.seed, trt=trt, raise_on_failure=False,
+                                              fp16=opts.fp16, seed=ctx.seed, trt=trt, raise_on_failure=False,
                                               batch_sizes=batch_sizes)
     record_parity(ctx, "tensorrt", report)
     ctx.artifacts["tensorrt"] = build.plan_path

@@ -127,6 +127,17 @@ def _environment_line(env: dict[str, Any] | None) -> str:
             f"{env.get('physical_cores')} physical cores, torch threads {env.get('torch_threads')}); GPU {gpu}; {libs}")
 
 
+def _load_lines(result: ProfileResult) -> list[str]:
+    """How the latencies were taken: in turns with which others, and the machine's load (contended or quiet)."""
+    timed = [r for r in result.latency.values() if r.load is not None]
+    if not timed:
+        return []
+    keys = {r.backend for r in timed}
+    others = sorted({o for r in timed for o in r.alternated_with if o not in keys})
+    turns = f"Timed in turns (A B A B ...) with {', '.join(others)}. " if others else ""
+    return [f"{turns}Machine: {timed[0].load.line()}.", ""]
+
+
 def render_report(results: Sequence[ProfileResult], breakdown: bool | None = None) -> str:
     """The full text report; breakdown tables by default only for a single target."""
     breakdown = len(results) == 1 if breakdown is None else breakdown
@@ -140,7 +151,7 @@ def render_report(results: Sequence[ProfileResult], breakdown: bool | None = Non
         if r.latency:
             cfg = r.latency_config
             how = f" (warm-up {cfg.warmup}, {cfg.runs} timed runs, batch {cfg.batch})" if cfg else ""
-            parts += [f"### Latency{how}", "", latency_table(r), ""]
+            parts += [f"### Latency{how}", "", latency_table(r), ""] + _load_lines(r)
         else:
             parts += ["Latency: not measured (use --latency cpu, gpu, mobile, all or backend names).", ""]
     env = _environment_line(results[0].environment if results else None)
