@@ -38,6 +38,7 @@ from nasdeploy.config.cost import AUTO_TABLE, CostOptions
 from nasdeploy.config.darts_cnn import DartsCnnCostOptions
 from nasdeploy.errors import ConfigError
 from nasdeploy.profile.cost_table import CostTable, load_cost_table
+from nasdeploy.spaces.darts_cnn_budget import COST_UNITS
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 
 NONE_OP = "none"
@@ -68,6 +69,27 @@ class CostTerm(ABC):
             return loss + (o.weight * torch.relu(cost / o.target - 1.0)).to(loss.dtype)
         factor = o.weight * torch.log(cost / FBNET_UNITS[self.metric]).clamp_min(1e-12) ** o.beta
         return loss * factor.to(loss.dtype)
+
+
+def budget_record(cost: CostTerm, *, expected: float, unconstrained: float, derived: float, binding: bool,
+                  method: str) -> dict[str, Any]:
+    """The budget record of a derivation (logs, done.json, the genotype's meta): target, expected, unconstrained
+    (the space's own rule) and derived (published) cost, whether the budget changed the result, and how."""
+    return {"metric": cost.metric, "unit": COST_UNITS.get(cost.metric, cost.metric), "target": cost.options.target,
+            "expected": expected, "unconstrained": unconstrained, "derived": derived, "binding": binding,
+            "method": method}
+
+
+def budget_log_fields(budget: dict[str, Any] | None) -> dict[str, Any]:
+    """An epoch's flat log fields of a budget record: expected_M, unconstrained_M, derived_M, cost_target, budget_binds."""
+    if budget is None:
+        return {}
+    m = budget["metric"]
+    out = {f"expected_{m}": budget["expected"], f"unconstrained_{m}": budget["unconstrained"],
+           f"derived_{m}": budget["derived"], "cost_target": budget["target"], "budget_binds": budget["binding"]}
+    if "derived_macs" in budget:
+        out["derived_macs"] = budget["derived_macs"]
+    return out
 
 
 class ExpectedCost(CostTerm):

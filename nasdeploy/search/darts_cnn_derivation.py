@@ -19,8 +19,8 @@ import torch
 
 from nasdeploy.config.darts_cnn import CollapseGuards
 from nasdeploy.genotypes import CNNGenotype, genotype_to_dict
-from nasdeploy.search.cost import ExpectedCost
-from nasdeploy.spaces.darts_cnn_budget import COST_UNITS, DartsCnnCellCosts, derive_genotype_under_budget
+from nasdeploy.search.cost import ExpectedCost, budget_log_fields, budget_record
+from nasdeploy.spaces.darts_cnn_budget import DartsCnnCellCosts, derive_genotype_under_budget
 from nasdeploy.spaces.darts_cnn_derive import derive_genotype, edge_op_weights
 from nasdeploy.spaces.darts_cnn_guards import collapse_warning, parameter_free_ops, skip_connections
 
@@ -53,13 +53,7 @@ class DartsCnnDerivation:
                                "parameter_free_ops": parameter_free_ops(self.genotype)}
         if self.unconstrained != self.genotype:
             out["unconstrained_genotype"] = genotype_to_dict(self.unconstrained)
-        b = self.budget
-        if b is not None:
-            m = b["metric"]
-            out.update({f"expected_{m}": b["expected"], f"unconstrained_{m}": b["unconstrained"],
-                        f"derived_{m}": b["derived"], "cost_target": b["target"], "budget_binds": b["binding"]})
-            if "derived_macs" in b:
-                out["derived_macs"] = b["derived_macs"]
+        out.update(budget_log_fields(self.budget))
         if "p_darts" in self.guards:
             out["skip_cap_acted"] = self.guards["p_darts"]["acted"]
         if self.warnings:
@@ -112,9 +106,9 @@ class DartsCnnDeriver:
             return None
         with torch.no_grad():
             expected = float(cost.expected(core.alphas_normal.detach(), core.alphas_reduce.detach()))
-        out = {"metric": cost.metric, "unit": COST_UNITS.get(cost.metric, cost.metric), "target": cost.options.target,
-               "expected": expected, "unconstrained": cost.derived_cost(free), "derived": cost.derived_cost(genotype),
-               "binding": binding, "method": BUDGET_METHOD if cost.options.budgeted else UNCONSTRAINED_METHOD}
+        out = budget_record(cost, expected=expected, unconstrained=cost.derived_cost(free),
+                            derived=cost.derived_cost(genotype), binding=binding,
+                            method=BUDGET_METHOD if cost.options.budgeted else UNCONSTRAINED_METHOD)
         if cost.metric != "macs":
             out["derived_macs"] = cost.table.genotype_cost(genotype, "macs")
         return out
