@@ -66,19 +66,21 @@ class DartsCnnDeriver:
 
     def __init__(self, cost: ExpectedCost | None, guards: CollapseGuards):
         self.cost, self.guards = cost, guards
+        budgeted = cost is not None and cost.options.budgeted
+        # The table's entries summed per cell type: what the budgeted derivation weighs (None: no budget).
+        self.costs = DartsCnnCellCosts.from_table(cost.table, cost.metric) if budgeted else None
 
     def derive(self, model: Any) -> DartsCnnDerivation:
         """The genotype to publish now (ConfigError naming the cheapest cost when the budget cannot be met)."""
         core = model.module if hasattr(model, "module") else model
         free = core.genotype()
-        budgeted = self.cost is not None and self.cost.options.budgeted
+        budgeted = self.costs is not None
         max_skips = self.guards.max_skips if self.guards.p_darts else None
         genotype, binding, uncapped = free, False, free
         if budgeted or max_skips is not None:
             normal, reduce = edge_op_weights(core.alphas_normal, core.alphas_reduce, core.steps,
                                              core.betas_normal, core.betas_reduce)
-            costs = (DartsCnnCellCosts.from_table(self.cost.table, self.cost.metric) if budgeted
-                     else DartsCnnCellCosts.zeros(core.steps, core.primitives))
+            costs = self.costs if self.costs is not None else DartsCnnCellCosts.zeros(core.steps, core.primitives)
             budget = self.cost.options.target if budgeted else math.inf
 
             def solve(cap: int | None) -> Any:
