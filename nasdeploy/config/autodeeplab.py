@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
+from nasdeploy.config.cost import CostOptions
 from nasdeploy.data.segmentation import SegDataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import AUTODEEPLAB_PRIMITIVES
@@ -35,6 +36,33 @@ class AutoDeepLabSupernetConfig:
 
 
 @dataclass(frozen=True)
+class AutoDeepLabCostOptions(CostOptions):
+    """search.cost of the Auto-DeepLab search: a MAC budget on the deployment segmentation network (cell and path).
+
+    The cost table (spaces/autodeeplab_cost_table.py) describes the static network the genotype becomes:
+    the supernet's layers and blocks, the dataset's classes and the widths and input size below (the train
+    config's net section; the published Auto-DeepLab-S: F=20, 1024x2048). table: auto builds it once and
+    caches it per spec (~/.cache/nasdeploy); a file is a run's cost_table.json.
+    """
+
+    TABLE_HINT: ClassVar[str] = " (auto: built from this section's network; a file: a search run's cost_table.json)"
+
+    input_size: tuple[int, int] = (1024, 2048)  # (H, W) the cost is counted at
+    filter_multiplier: int = 20
+    aspp_channels: int = 256
+    decoder_channels: int = 256
+    low_level_channels: int = 48
+    separable_heads: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("search.cost", filter_multiplier=self.filter_multiplier, aspp_channels=self.aspp_channels,
+                       decoder_channels=self.decoder_channels, low_level_channels=self.low_level_channels)
+        if len(self.input_size) != 2 or min(self.input_size) < 2:
+            raise ConfigError(f"search.cost.input_size must be [H, W] with H, W >= 2, got {list(self.input_size)}")
+
+
+@dataclass(frozen=True)
 class AutoDeepLabSearchOptions:
     """Search protocol (paper: 40 epochs, batch 2, SGD 0.025 -> 0.001 cosine, wd 3e-4; Adam 3e-3, wd 1e-3 after epoch 20)."""
 
@@ -54,6 +82,7 @@ class AutoDeepLabSearchOptions:
     threads: int = 0  # 0: leave torch's default
     workers: int = 0
     device: str = "cpu"
+    cost: Optional[AutoDeepLabCostOptions] = None  # a MAC budget on the deployment network (None: none)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Optional
 
+from nasdeploy.config.cost import CostOptions
 from nasdeploy.data.factory import DataConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES
@@ -52,46 +53,42 @@ class DartsCnnSupernetConfig:
             raise ConfigError(f"model.channels ({self.channels}) must be divisible by model.partial_channels ({k})")
 
 
-COST_METRICS = ("macs", "latency")
-COST_FORMS = ("hinge", "fbnet")
-COST_VALUES = ("expected", "derived")
+@dataclass(frozen=True)
+class DartsCnnCostOptions(CostOptions):
+    """search.cost of the DARTS CNN search: a MAC or latency budget read from a cost table (search/cost.py)."""
+
+    METRICS: ClassVar[tuple[str, ...]] = ("macs", "latency")
+    TABLE_HINT: ClassVar[str] = (" (auto under `nasdeploy pipeline`; build a file with: "
+                                 "nasdeploy profile --cost-table darts_cnn --json table.json)")
+
+    backend: str = "ort-cpu-1t"  # the latency backend `table: auto` measures (nasdeploy pipeline)
 
 
 @dataclass(frozen=True)
-class CostOptions:
-    """search.cost: a differentiable MAC or latency budget read from a cost table (see search/cost.py).
+class CollapseGuards:
+    """search.collapse: guards against DARTS's collapse to skip connections and pooling; each is off by default.
 
-    form hinge: loss = CE + weight * max(0, E[cost] / target - 1);
-    form fbnet: loss = CE * weight * log(E[cost] / unit) ** beta (FBNet; unit: 1 ms or 1M MACs; no target).
-    value derived: E[cost] is replaced by E + (cost of the currently derived genotype - E).detach(), so the
-    hinge is active exactly while the derived network is over the budget (gradient unchanged).
+    darts_minus: DARTS- (Chu et al. 2020, "DARTS-: Robustly Stepping out of Performance Collapse Without
+      Indicators"): an auxiliary skip connection on every edge, added outside the softmax (not a candidate
+      op), with a weight decaying linearly from aux_skip_weight at the first epoch towards 0 at the end.
+    darts_plus: DARTS+ (Liang et al. 2019, "DARTS+: Improved Differentiable Architecture Search with Early
+      Stopping"): the search stops after the first epoch whose derived normal cell holds stop_skips or more
+      skip connections; that epoch's genotype is published.
+    p_darts: P-DARTS (Chen et al. 2019, "Progressive Differentiable Architecture Search"): the derivation keeps
+      the best genotype whose normal cell holds at most max_skips skip connections (with a budget, both in
+      one exact derivation).
     """
 
-    table: str = ""  # cost table JSON (nasdeploy profile --cost-table darts_cnn --json FILE); auto: the pipeline builds it
-    metric: str = "macs"  # macs | latency (ms)
-    target: float = 600e6  # the budget, in the metric's unit (MACs per sample, or ms)
-    weight: float = 1.0
-    form: str = "hinge"  # hinge | fbnet
-    beta: float = 0.6  # FBNet's exponent
-    value: str = "expected"  # expected: E[cost] | derived: the derived genotype's table cost, E[cost]'s gradient
-    backend: str = "ort-cpu-1t"  # the latency backend `table: auto` measures (nasdeploy pipeline)
+    darts_minus: bool = False
+    aux_skip_weight: float = 1.0  # DARTS-'s beta_0 (the paper's 1.0)
+    darts_plus: bool = False
+    stop_skips: int = 2  # DARTS+'s criterion: 2 skip connections in the normal cell
+    p_darts: bool = False
+    max_skips: int = 2  # P-DARTS's M
 
     def __post_init__(self) -> None:
-        if not isinstance(self.table, str) or not self.table.strip():
-            raise ConfigError("search.cost.table must name a cost table file (build one with: "
-                              "nasdeploy profile --cost-table darts_cnn -o table.json)")
-        if self.metric not in COST_METRICS:
-            raise ConfigError(f"search.cost.metric must be one of {', '.join(COST_METRICS)}, got {self.metric!r}")
-        if self.form not in COST_FORMS:
-            raise ConfigError(f"search.cost.form must be one of {', '.join(COST_FORMS)}, got {self.form!r}")
-        if not self.target > 0:
-            raise ConfigError(f"search.cost.target must be positive, got {self.target}")
-        if not self.weight >= 0:
-            raise ConfigError(f"search.cost.weight must be >= 0, got {self.weight}")
-        if self.value not in COST_VALUES:
-            raise ConfigError(f"search.cost.value must be one of {', '.join(COST_VALUES)}, got {self.value!r}")
-        if not self.beta > 0:
-            raise ConfigError(f"search.cost.beta must be positive, got {self.beta}")
+        check_positive("search.collapse", aux_skip_weight=self.aux_skip_weight, stop_skips=self.stop_skips)
+        check_non_negative("search.collapse", max_skips=self.max_skips)
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,8 @@ class DartsCnnSearchOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise resume on CPU)
     threads: Threads = None  # torch CPU threads: a count, "auto" (the usable physical cores) or None (default)
-    cost: Optional[CostOptions] = None  # a MAC / latency budget on the architecture (None: plain DARTS)
+    cost: Optional[DartsCnnCostOptions] = None  # a MAC / latency budget on the architecture (None: plain DARTS)
+    collapse: CollapseGuards = field(default_factory=CollapseGuards)  # DARTS- / DARTS+ / P-DARTS guards
 
     def __post_init__(self) -> None:
         if self.order not in ("first", "second"):
@@ -155,6 +153,9 @@ class DartsCnnSearchConfig:
         check_network("model (the search supernet)", CellNetworkShape(
             m.channels, m.layers, (self.data.image_size, self.data.image_size), nodes=m.steps, multiplier=m.multiplier,
             stem_multiplier=m.stem_multiplier, ops_per_edge=ops))
+        if self.search.collapse.darts_minus and self.model.partial_channels > 1:
+            raise ConfigError("search.collapse.darts_minus (DARTS-'s auxiliary skip) runs on plain DARTS supernets only; "
+                              "set model.partial_channels: 1 or turn darts_minus off")
 
 
 @dataclass(frozen=True)

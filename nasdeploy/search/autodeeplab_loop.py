@@ -2,6 +2,9 @@
 
 Run directory (the driver's files, nasdeploy.utils.epoch_driver): config.yaml, checkpoint.pt, log.jsonl
 (with the decoded genotype and network path of each epoch), done.json; and genotype.json once finished.
+With search.cost the architecture loss carries E[cost](alpha, beta), the published genotype is decoded
+under the budget, done.json and the genotype's meta hold its `budget` record, and cost_table.json is the
+table the search used (search/autodeeplab_cost.py).
 
 DDP: `torchrun --nproc_per_node 2 -m nasdeploy search --config CONFIG --out OUT` (gloo on CPU, NCCL on
 GPU with search.device auto/cuda). search.batch_size is the global batch; each rank trains on its shard
@@ -26,12 +29,19 @@ from nasdeploy.data.segmentation import IGNORE_INDEX, build_segmentation_dataset
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import AutoDeepLabGenotype, genotype_from_dict, genotype_to_dict, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
+from nasdeploy.search.autodeeplab_cost import (
+    COST_TABLE_FILE,
+    AutoDeepLabDerivation,
+    build_autodeeplab_cost,
+    derive_autodeeplab,
+    keep_cost_table,
+)
 from nasdeploy.spaces.autodeeplab import AutoDeepLabSupernet
-from nasdeploy.spaces.autodeeplab_decode import beta_probabilities, decode_genotype, viterbi_path
 from nasdeploy.tasks.segmentation import evaluate_miou
 from nasdeploy.utils.distributed import all_reduce_sum, local_batch_size, shard_loader, shared_shuffle_loader, wrap_ddp
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
 from nasdeploy.utils.rng import seed_everything
+from nasdeploy.utils.runlog import format_metrics
 
 
 @dataclass(kw_only=True)
@@ -66,7 +76,7 @@ class AutoDeepLabSearch(EpochLoop[AutoDeepLabSearchResult]):
     """The Auto-DeepLab search's alternating step and mIoU evaluation (the driver runs the rest)."""
 
     kind, space = "search", "autodeeplab"
-    run_files = ("genotype.json",)
+    run_files = ("genotype.json", COST_TABLE_FILE)
     console_keys = ("lr", "train_loss", "arch_loss", "val_miou", "path")
     checkpointed = {"optimizer": "optimizer", "arch_optimizer": "architect.optimizer", "scheduler": "scheduler"}
 
@@ -97,10 +107,12 @@ class AutoDeepLabSearch(EpochLoop[AutoDeepLabSearchResult]):
                                          weight_decay=opts.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=opts.epochs, eta_min=opts.lr_min)
         # Given the DDP wrapper, the architect computes alpha/beta gradients on the bare module and all-reduces them.
+        self.cost = build_autodeeplab_cost(opts.cost, cfg.supernet, self.out)
         self.architect = Architect(self.wrapped, segmentation_loss, self.optimizer,
                                    ArchitectConfig(order="first", lr=opts.arch_lr, betas=opts.arch_betas,
-                                                   weight_decay=opts.arch_weight_decay))
+                                                   weight_decay=opts.arch_weight_decay), cost=self.cost)
         self.steps = opts.steps_per_epoch or len(self.loaders[0])
+        self.derivation = self._derive()  # an unmeetable budget fails here, before the first epoch
 
     def describe(self) -> str:
         s = self.config.supernet
@@ -108,10 +120,12 @@ class AutoDeepLabSearch(EpochLoop[AutoDeepLabSearchResult]):
                 f"{self.steps} steps an epoch, {self.ctx.world_size} process(es) on {self.ctx.device}")
 
     def meta(self) -> dict[str, Any]:
-        return {"genotype": genotype_to_dict(self._decoded()[0])}
+        return {"genotype": genotype_to_dict(self.derivation.genotype)}
 
     def train_epoch(self, epoch: int, bar: EpochBar) -> dict[str, Any]:
         opts, device, model = self.config.search, self.ctx.device, self.model
+        if self.ctx.is_main:
+            keep_cost_table(self.cost, self.out)
         model.train()
         arch_on = epoch >= opts.arch_start_epoch
         lr = self.scheduler.get_last_lr()[0]
@@ -150,35 +164,40 @@ class AutoDeepLabSearch(EpochLoop[AutoDeepLabSearchResult]):
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
         metrics = evaluate_miou(self.model, self.val_loader, self.config.supernet.num_classes, self.ctx.device, self.ctx)
-        genotype, path, log_prob = self._decoded()
-        return {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"], "path": list(path),
-                "path_log_prob": log_prob, "genotype": genotype_to_dict(genotype)}
+        self.derivation = self._derive()
+        return {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_acc"], **self.derivation.log_record()}
+
+    def epoch_lines(self, record: dict[str, Any]) -> list[str]:
+        if self.cost is None:
+            return []
+        keys = tuple(k for k in record if k.startswith(("expected_", "unconstrained_", "derived_")))
+        return ["  cost: " + format_metrics(record, keys + ("cost_target", "budget_binds"))]
 
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        genotype, _, log_prob = self._decoded(name="autodeeplab_search")
+        derived = self._derive(name="autodeeplab_search")
         val_miou = history[-1]["val_miou"] if history else float("nan")
         if self.ctx.is_main:
-            save_genotype(genotype, self.out / "genotype.json", meta={"epochs": self.settings.epochs, "val_miou": val_miou})
-        return {"genotype": genotype_to_dict(genotype), "val_miou": val_miou, "path_log_prob": log_prob}
+            save_genotype(derived.genotype, self.out / "genotype.json",
+                          meta={"epochs": self.settings.epochs, "val_miou": val_miou, "budget": derived.budget})
+        return {"genotype": genotype_to_dict(derived.genotype), "val_miou": val_miou,
+                "path_log_prob": derived.path_log_prob, "budget": derived.budget}
 
     def result(self, outcome: RunOutcome) -> AutoDeepLabSearchResult:
         if outcome.done is not None:
             genotype = genotype_from_dict(outcome.done["genotype"], "autodeeplab")
             val_miou, log_prob = outcome.done["val_miou"], outcome.done["path_log_prob"]
         else:
-            genotype, _, log_prob = self._decoded(name="autodeeplab_search")
+            derived = self._derive(name="autodeeplab_search")
+            genotype, log_prob = derived.genotype, derived.path_log_prob
             val_miou = outcome.history[-1]["val_miou"] if outcome.history else float("nan")
         return AutoDeepLabSearchResult(out_dir=outcome.out_dir, epochs_done=outcome.epochs_done, epochs=outcome.epochs,
                                        finished=outcome.finished, was_finished=outcome.was_finished, genotype=genotype,
                                        genotype_path=outcome.out_dir / "genotype.json", val_miou=float(val_miou),
                                        path=tuple(genotype.path), path_log_prob=log_prob)
 
-    def _decoded(self, name: str | None = None) -> tuple[AutoDeepLabGenotype, tuple[int, ...], float]:
-        """The genotype (cell top-2 + Viterbi path) of the current alpha/beta, its path and log-probability."""
-        betas = self.model.betas.detach().cpu().numpy()
-        genotype = decode_genotype(self.model.alphas.detach().cpu().numpy(), betas, self.config.supernet.blocks, name=name)
-        path, log_prob = viterbi_path(beta_probabilities(betas))
-        return genotype, path, log_prob
+    def _derive(self, name: str | None = None) -> AutoDeepLabDerivation:
+        """The genotype of the current alpha/beta (under the budget when there is one), with its records."""
+        return derive_autodeeplab(self.model, self.cost, name=name)
 
 
 def run_search(config: AutoDeepLabSearchConfig, out_dir: str | os.PathLike[str], *, data_dir: str | None = None,

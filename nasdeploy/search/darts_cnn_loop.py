@@ -2,7 +2,10 @@
 
 Run directory (the driver's files, nasdeploy.utils.epoch_driver): config.yaml, checkpoint.pt, log.jsonl,
 done.json; and alphas.jsonl (per epoch: softmaxed alphas and the genotype so far) and genotype.json once
-finished. Under torchrun the global batch is split over the ranks and the alpha gradient is all-reduced.
+finished. The genotype of each epoch and the one published are derived under the budget and the collapse
+guards (search/darts_cnn_derivation.py); done.json and genotype.json's meta carry its `budget` record,
+`guards` and `warnings`. Under torchrun the global batch is split over the ranks and the alpha gradient is
+all-reduced.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.genotypes import CNNGenotype, genotype_from_dict, genotype_to_dict, load_genotype, save_genotype
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.cost import build_expected_cost
+from nasdeploy.search.darts_cnn_derivation import DartsCnnDerivation, DartsCnnDeriver
 from nasdeploy.search.step import classification_loss, search_step
 from nasdeploy.spaces.darts_cnn import DartsCnnSupernet
+from nasdeploy.spaces.darts_cnn_guards import aux_skip_weight
 from nasdeploy.utils.checkpoint import load_checkpoint
 from nasdeploy.utils.distributed import broadcast_buffers, local_batch_size, shard_loader, train_sampler, wrap_ddp
 from nasdeploy.utils.epoch_driver import EpochBar, EpochLoop, RunOutcome, RunResult, RunSettings, run_epochs
@@ -61,7 +66,7 @@ def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsCnnSu
     return DartsCnnSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
                          alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
-                         partial_channels=m.partial_channels)
+                         partial_channels=m.partial_channels, aux_skip=config.search.collapse.darts_minus)
 
 
 class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
@@ -101,9 +106,13 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
         self.weight_params = self.model.weight_parameters()
         self.optimizer = torch.optim.SGD(self.weight_params, opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, opts.epochs, eta_min=opts.lr_min)
+        cost = build_expected_cost(opts.cost, self.model)
         self.architect = Architect(self.wrapped, classification_loss, self.optimizer,
                                    ArchitectConfig(opts.order, opts.arch_lr, tuple(opts.arch_betas), opts.arch_weight_decay),
-                                   cost=build_expected_cost(opts.cost, self.model))
+                                   cost=cost)
+        self.deriver = DartsCnnDeriver(cost, opts.collapse)
+        self.derivation: DartsCnnDerivation = self.deriver.derive(self.model)  # an unmeetable budget fails here
+        self.stopped: tuple[int, str] | None = None
         weight_half, arch_half = Subset(train_set, weight_idx), Subset(train_set, arch_idx)
         self.samplers = (train_sampler(weight_half, ctx, opts.seed), train_sampler(arch_half, ctx, opts.seed + 1))
         loader_args: dict[str, Any] = dict(batch_size=local_batch, drop_last=True, num_workers=config.data.num_workers,
@@ -122,13 +131,16 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
                 + (f", {torch.get_num_threads()} CPU thread(s)" if ctx.device.type == "cpu" else ""))
 
     def meta(self) -> dict[str, Any]:
-        return {"genotype": genotype_to_dict(self.model.genotype())}
+        return {"genotype": genotype_to_dict(self.derivation.genotype)}
 
     def train_epoch(self, epoch: int, bar: EpochBar) -> dict[str, Any]:
         device = self.ctx.device
         for sampler in self.samplers:
             sampler.set_epoch(epoch)
         lr = self.scheduler.get_last_lr()[0]
+        guards = self.config.search.collapse
+        if guards.darts_minus:
+            self.model.aux_skip_weight = aux_skip_weight(guards.aux_skip_weight, epoch, self.settings.epochs)
         self.model.train()
         meter = Meter()
         bar.expect(min(len(loader) for loader in self.loaders))
@@ -141,8 +153,9 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
             meter.update(loss, logits, train_batch[1])
         self.scheduler.step()
         train = meter.reduce(self.ctx)
-        return {"epochs": self.settings.epochs, "lr": lr, "train_loss": train["loss"], "train_acc": train["top1"],
-                "mixed_op": self.model.mixed_op}
+        record = {"epochs": self.settings.epochs, "lr": lr, "train_loss": train["loss"], "train_acc": train["top1"],
+                  "mixed_op": self.model.mixed_op}
+        return {**record, "aux_skip_weight": self.model.aux_skip_weight} if guards.darts_minus else record
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
         model = self.model
@@ -156,11 +169,8 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
                 meter.update(F.cross_entropy(logits, y), logits, y)
         model.train()
         valid = meter.reduce(self.ctx)
-        genotype = model.genotype()
-        record = {"valid_loss": valid["loss"], "valid_acc": valid["top1"], "genotype": genotype_to_dict(genotype)}
-        if self.architect.cost is not None:  # expected cost of the alphas and the derived genotype's table cost
-            record.update(self.architect.cost.log_record(model.alphas_normal, model.alphas_reduce, genotype))
-        return record
+        self.derivation = self.deriver.derive(model)  # the genotype, its costs and what the guards did
+        return {"valid_loss": valid["loss"], "valid_acc": valid["top1"], **self.derivation.log_record()}
 
     def extra_records(self, epoch: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
         normal, reduce = self.model.softmaxed_alphas()
@@ -171,22 +181,38 @@ class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):
         genotype = genotype_from_dict(record["genotype"])
         lines = [f"  normal: {_cell_text(genotype.normal)}\n  reduce: {_cell_text(genotype.reduce)}"]
         if self.architect.cost is not None:
-            lines.append("  cost: " + format_metrics(record, tuple(k for k in record if k.startswith(("expected_", "derived_")))))
+            keys = tuple(k for k in record if k.startswith(("expected_", "unconstrained_", "derived_")))
+            lines.append("  cost: " + format_metrics(record, keys + ("cost_target", "budget_binds")))
+        if "skip_cap_acted" in record:
+            lines.append(f"  P-DARTS skip cap: {'acted' if record['skip_cap_acted'] else 'not needed'}")
+        if "warning" in record:
+            lines.append(f"  warning: {record['warning']}")
         return lines
 
+    def stop_reason(self, record: dict[str, Any]) -> str | None:
+        reason = self.deriver.stop_reason(int(record.get("normal_skips", 0)))
+        if reason is not None:
+            self.stopped = (int(record["epoch"]), reason)
+        return reason
+
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        genotype = self.model.genotype()
+        derivation = self.deriver.derive(self.model)
+        summary = derivation.summary()
+        if self.stopped is not None:
+            summary["guards"]["darts_plus"].update(acted=True, epoch=self.stopped[0])
+        epochs_run = history[-1]["epoch"] if history else 0
         if self.ctx.is_main:
-            save_genotype(genotype, self.out / "genotype.json",
-                          meta={"source": "nasdeploy search", "epochs": self.settings.epochs, "dataset": self.info.name})
-        return {"final": _without_genotype(history[-1] if history else {}), "genotype": genotype_to_dict(genotype)}
+            save_genotype(derivation.genotype, self.out / "genotype.json",
+                          meta={"source": "nasdeploy search", "epochs": epochs_run, "dataset": self.info.name, **summary})
+        return {"final": _without_genotype(history[-1] if history else {}),
+                "genotype": genotype_to_dict(derivation.genotype), **summary}
 
     def result(self, outcome: RunOutcome) -> DartsCnnSearchResult:
         if outcome.was_finished:
             return load_search_result(outcome.out_dir, was_finished=True)
         arch = {name: getattr(self.model, name) for name in ARCH_STATE}
         return DartsCnnSearchResult(out_dir=outcome.out_dir, epochs_done=outcome.epochs_done, epochs=outcome.epochs,
-                                    finished=outcome.finished, genotype=self.model.genotype(),
+                                    finished=outcome.finished, genotype=self.deriver.derive(self.model).genotype,
                                     metrics=_without_genotype(outcome.history[-1] if outcome.history else {}),
                                     **{k: None if v is None else v.detach().cpu().clone() for k, v in arch.items()})
 
@@ -199,7 +225,7 @@ def run_search(config: DartsCnnSearchConfig, out_dir: str | os.PathLike[str], *,
 
 
 def _without_genotype(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "genotype"}
+    return {k: v for k, v in record.items() if k not in ("genotype", "unconstrained_genotype")}
 
 
 def _cell_text(edges: tuple[tuple[str, int], ...]) -> str:

@@ -5,6 +5,10 @@ implementation (get_node_mixer("fused")) can replace the whole node. Module name
 reference search model (stem, cells.N.preprocess0, cells.N._ops.M._ops.K, classifier).
 With partial_channels K > 1 it is the PC-DARTS supernet: ops on C/K channels, channel shuffle, and
 edge-normalisation parameters betas_normal / betas_reduce (see spaces/partial_channels.py).
+With aux_skip it is DARTS-'s supernet (Chu et al. 2020): every edge also adds aux_skip_weight * skip(x)
+outside the softmax (identity, or FactorizedReduce on a stride-2 edge as in its reference code); the
+search loop decays the weight (spaces/darts_cnn_guards.py). The auxiliary skip is no candidate op: it has
+no alpha and the derivation never sees it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class SearchCell(nn.Module):
         primitives: Sequence[str],
         mixer: NodeMixer,
         partial_channels: int = 1,
+        aux_skip: bool = False,
     ):
         super().__init__()
         self.reduction = reduction
@@ -67,11 +72,15 @@ class SearchCell(nn.Module):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(MixedEdge(primitives, channels // partial_channels, stride))
+        # DARTS-'s auxiliary skip of each edge (absent, and no state_dict entries, without it).
+        self._aux_skips = nn.ModuleList([
+            FactorizedReduce(channels, channels, affine=False) if reduction and j < 2 else nn.Identity()
+            for i in range(steps) for j in range(2 + i)]) if aux_skip else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None = None, aux_weight: float = 0.0) -> torch.Tensor:
         """Cell output for softmaxed op weights `weights` [num_edges, num_primitives] and, with partial
-        channels, the node-normalised edge weights `edge_weights` [num_edges]."""
+        channels, the node-normalised edge weights `edge_weights` [num_edges]; aux_weight: DARTS-'s skip weight."""
         if self._nchw_s0 and s0.device.type == "cpu":
             s0 = s0.contiguous()
         states = [_preprocess(self.preprocess0, s0), _preprocess(self.preprocess1, s1)]
@@ -85,9 +94,20 @@ class SearchCell(nn.Module):
         for _ in range(self.steps):
             n = len(states)
             node = self.mixer(states, self._ops[offset:offset + n], weights[offset:offset + n])
+            if aux_weight and self._aux_skips is not None:
+                node = node + aux_weight * self._aux_sum(states, offset)
             offset += n
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _aux_sum(self, states: list[torch.Tensor], offset: int) -> torch.Tensor:
+        """The sum of a node's auxiliary skips; a strided one sees NCHW input on the CPU (see ops.layout)."""
+        total = None
+        for x, skip in zip(states, self._aux_skips[offset:offset + len(states)]):
+            if isinstance(skip, FactorizedReduce) and x.device.type == "cpu":
+                x = x.contiguous()
+            total = skip(x) if total is None else total + skip(x)
+        return total
 
 
 def _preprocess(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -112,10 +132,13 @@ class DartsCnnSupernet(nn.Module):
         alpha_init: AlphaInit = "normal",
         alpha_init_scale: float = 1e-3,
         partial_channels: int = 1,
+        aux_skip: bool = False,
     ):
         super().__init__()
         _check_sizes(channels, num_classes, layers, steps, multiplier, stem_multiplier, primitives)
         _check_partial_channels(channels, partial_channels)
+        if aux_skip and partial_channels > 1:
+            raise ConfigError("DARTS-'s auxiliary skip runs on plain DARTS supernets only (partial_channels 1)")
         if alpha_init not in ("normal", "zeros"):
             raise ConfigError(f"alpha_init must be 'normal' or 'zeros', got {alpha_init!r}")
         self.channels = channels
@@ -125,6 +148,7 @@ class DartsCnnSupernet(nn.Module):
         self.multiplier = multiplier
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
+        self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
         self.mixed_op, mixer = get_node_mixer(mixed_op)
 
         c_curr = stem_multiplier * channels
@@ -137,7 +161,7 @@ class DartsCnnSupernet(nn.Module):
             if reduction:
                 c_curr *= 2
             cell = SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev,
-                              self.primitives, mixer, partial_channels)
+                              self.primitives, mixer, partial_channels, aux_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, multiplier * c_curr
@@ -183,9 +207,9 @@ class DartsCnnSupernet(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce)
+                s0, s1 = s1, cell(s0, s1, weights_reduce, edges_reduce, self.aux_skip_weight)
             else:
-                s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal)
+                s0, s1 = s1, cell(s0, s1, weights_normal, edges_normal, self.aux_skip_weight)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     # -- derivation -------------------------------------------------------------------------------

@@ -19,6 +19,13 @@ a multiple-choice knapsack by the exact Pareto-frontier DP of spaces.cell_knapsa
 pruning, exactness and tie-breaking). Exact up to float64 rounding of score sums; MAC costs are integers
 and are summed exactly. Milliseconds for 2 x 4 nodes and 8 ops; well under a second for 2 x 5 nodes.
 
+Skip cap (P-DARTS, Chen et al. 2019: at most M skip connections in the normal cell, M = 2). Given
+max_skips, the same single knapsack also carries a count per (edge, op) -- 1 for skip_connect in the
+normal cell, 0 elsewhere -- and keeps the total <= M (spaces.cell_knapsack, "Count cap"): the result is
+the highest-scoring genotype within the budget *and* the cap, exactly (P-DARTS's own rule -- drop the
+weakest skip connections and re-derive -- is a greedy approximation of it). Without a budget (budget
+inf, zero costs) it is the best genotype under the cap alone.
+
 Edges of a node are listed strongest first (by the chosen op's weight, ties to the lower input), as the
 DARTS rule lists them.
 """
@@ -28,11 +35,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import math
+
 import numpy as np
 
 from nasdeploy.errors import ConfigError, GenotypeError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype, validate_cnn_genotype
 from nasdeploy.spaces.cell_knapsack import CellChoice, best_unconstrained, cheapest_cost, solve_cell
+from nasdeploy.spaces.darts_cnn_guards import SKIP_OP, skip_connections
 
 NONE_OP = "none"
 COST_UNITS = {"macs": "MACs", "latency": "ms"}
@@ -54,6 +64,12 @@ class DartsCnnCellCosts:
         return cls(np.asarray(normal, dtype=np.float64), np.asarray(reduce, dtype=np.float64),
                    float(table.fixed_total(metric)), metric)
 
+    @classmethod
+    def zeros(cls, steps: int, primitives: Sequence[str]) -> DartsCnnCellCosts:
+        """No cost at all (a derivation with a skip cap and no budget)."""
+        shape = (sum(2 + i for i in range(steps)), len(primitives))
+        return cls(np.zeros(shape), np.zeros(shape), 0.0)
+
 
 @dataclass(frozen=True)
 class BudgetedCnnGenotype:
@@ -65,19 +81,25 @@ class BudgetedCnnGenotype:
     unconstrained: CNNGenotype
     unconstrained_score: float
     unconstrained_cost: float
-    budget: float
+    budget: float  # inf: no budget
     metric: str
+    max_skips: int | None = None  # the skip cap on the normal cell (None: none)
 
     @property
     def binding(self) -> bool:
         """True when the DARTS rule's genotype is over the budget, so the budget changed the result."""
         return self.unconstrained_cost > self.budget
 
+    @property
+    def capped(self) -> bool:
+        """True when the DARTS rule's normal cell holds more skip connections than the cap allows."""
+        return self.max_skips is not None and skip_connections(self.unconstrained) > self.max_skips
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (for logs and the report)."""
         return {"metric": self.metric, "budget": self.budget, "cost": self.cost, "score": self.score,
                 "unconstrained_cost": self.unconstrained_cost, "unconstrained_score": self.unconstrained_score,
-                "binding": self.binding}
+                "binding": self.binding, "max_skips": self.max_skips, "capped": self.capped}
 
 
 def derive_genotype_under_budget(
@@ -89,10 +111,13 @@ def derive_genotype_under_budget(
     steps: int = 4,
     multiplier: int = 4,
     name: str | None = None,
+    max_skips: int | None = None,
 ) -> BudgetedCnnGenotype:
-    """The highest-scoring genotype whose cost is <= budget (ConfigError naming the cheapest cost when none is).
+    """The highest-scoring genotype whose cost is <= budget and, given max_skips, whose normal cell holds at
+    most that many skip connections (ConfigError naming the cheapest such cost when none fits).
 
     weights_*: final per-edge op weights [edges, primitives] (after softmax and any edge weighting), not logits.
+    budget may be math.inf (no budget: the skip cap alone).
     """
     w_n = _weights(weights_normal, "normal", steps, primitives)
     w_r = _weights(weights_reduce, "reduce", steps, primitives)
@@ -102,29 +127,58 @@ def derive_genotype_under_budget(
         raise GenotypeError(f"multiplier must be in 1..steps ({steps}), got {multiplier}")
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget > 0:
         raise ConfigError(f"the cost budget must be a positive number, got {budget!r}")
+    if max_skips is not None and (isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0):
+        raise ConfigError(f"the skip cap must be an integer >= 0, got {max_skips!r}")
     columns = [k for k, p in enumerate(primitives) if p != NONE_OP]
     if not columns:
         raise GenotypeError("derivation needs at least one primitive other than 'none'")
     scores = _per_node(w_n, steps) + _per_node(w_r, steps)
     node_costs = _per_node(c_n, steps) + _per_node(c_r, steps)
 
+    counts = None if max_skips is None else _skip_counts(primitives, steps)
     free = best_unconstrained(scores, node_costs, columns)
     free_cost = costs.fixed + free.cost
-    if free_cost <= budget:
+    free_skips = 0 if counts is None else sum(int(k[n.inputs, n.columns].sum()) for n, k in zip(free.nodes, counts))
+    if free_cost <= budget and (max_skips is None or free_skips <= max_skips):
         chosen = free
     else:
-        found = solve_cell(scores, node_costs, columns, budget - costs.fixed)
+        found = solve_cell(scores, node_costs, columns, budget - costs.fixed, counts, max_skips)
         if found is None:
-            cheapest = costs.fixed + cheapest_cost(node_costs, columns)
-            unit = COST_UNITS.get(costs.metric, costs.metric)
-            raise ConfigError(f"no genotype fits the {costs.metric} budget {_fmt(budget)} {unit}: the cheapest one "
-                              f"this space and network allow costs {_fmt(cheapest)} {unit}")
+            raise ConfigError(_infeasible(costs, budget, node_costs, columns, counts, max_skips))
         chosen = found
     concat = tuple(range(2 + steps - multiplier, 2 + steps))
     genotype = _genotype(chosen, scores, primitives, steps, concat, name)
     unconstrained = _genotype(free, scores, primitives, steps, concat, name)
     return BudgetedCnnGenotype(genotype, chosen.score, costs.fixed + chosen.cost, unconstrained, free.score,
-                               free_cost, float(budget), costs.metric)
+                               free_cost, float(budget), costs.metric, max_skips)
+
+
+def _skip_counts(primitives: Sequence[str], steps: int) -> list[np.ndarray]:
+    """Per node (normal then reduce): 1 at skip_connect on every input of a normal node, else 0."""
+    out = []
+    for t in range(2 * steps):
+        k = np.zeros((2 + t % steps, len(primitives)), dtype=np.int64)
+        if t < steps and SKIP_OP in primitives:
+            k[:, list(primitives).index(SKIP_OP)] = 1
+        out.append(k)
+    return out
+
+
+def _infeasible(costs: DartsCnnCellCosts, budget: float, node_costs: list[np.ndarray], columns: list[int],
+                counts: list[np.ndarray] | None, max_skips: int | None) -> str:
+    """The one-line reason no genotype fits, naming the cheapest cost this space allows (under the cap too)."""
+    unit = COST_UNITS.get(costs.metric, costs.metric)
+    if counts is None:
+        cheapest = cheapest_cost(node_costs, columns)
+        return (f"no genotype fits the {costs.metric} budget {_fmt(budget)} {unit}: the cheapest one this space "
+                f"and network allow costs {_fmt(costs.fixed + cheapest)} {unit}")
+    # The cheapest genotype under the cap: the same knapsack with score = -cost and no budget.
+    least = solve_cell([-c for c in node_costs], node_costs, columns, math.inf, counts, max_skips)
+    cap = f"at most {max_skips} skip connection(s) in the normal cell"
+    if least is None:
+        return f"no genotype of this space has {cap}"
+    return (f"no genotype with {cap} fits the {costs.metric} budget {_fmt(budget)} {unit}: the cheapest one "
+            f"costs {_fmt(costs.fixed + least.cost)} {unit}")
 
 
 def genotype_score(genotype: CNNGenotype, weights_normal: Any, weights_reduce: Any,

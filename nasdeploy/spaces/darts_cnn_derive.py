@@ -83,12 +83,7 @@ def derive_genotype(
     """
     if multiplier > steps or multiplier < 1:
         raise GenotypeError(f"multiplier must be in 1..steps ({steps}), got {multiplier}")
-    if (betas_normal is None) != (betas_reduce is None):
-        raise GenotypeError("betas must be given for both cell types or for neither")
-    normal, reduce = softmax_rows(alphas_normal), softmax_rows(alphas_reduce)
-    if betas_normal is not None:
-        normal = normal * node_softmax_rows(betas_normal, steps)[:, None]
-        reduce = reduce * node_softmax_rows(betas_reduce, steps)[:, None]
+    normal, reduce = edge_op_weights(alphas_normal, alphas_reduce, steps, betas_normal, betas_reduce)
     concat = tuple(range(2 + steps - multiplier, 2 + steps))
     genotype = CNNGenotype(
         normal=derive_cell(normal, primitives, steps),
@@ -99,6 +94,19 @@ def derive_genotype(
     )
     validate_cnn_genotype(genotype)
     return genotype
+
+
+def edge_op_weights(alphas_normal: Any, alphas_reduce: Any, steps: int, betas_normal: Any = None,
+                    betas_reduce: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The final per-edge op weights (normal, reduce) the derivation ranks: softmax(alpha) per edge, times the
+    node-normalised betas with PC-DARTS edge normalisation."""
+    if (betas_normal is None) != (betas_reduce is None):
+        raise GenotypeError("betas must be given for both cell types or for neither")
+    normal, reduce = softmax_rows(alphas_normal), softmax_rows(alphas_reduce)
+    if betas_normal is not None:
+        normal = normal * node_softmax_rows(betas_normal, steps)[:, None]
+        reduce = reduce * node_softmax_rows(betas_reduce, steps)[:, None]
+    return normal, reduce
 
 
 def _as_array(alphas: Any) -> np.ndarray:

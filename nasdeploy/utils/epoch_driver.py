@@ -13,6 +13,8 @@ what its checkpoint holds besides the model, and its final artifacts. run_epochs
   resume so no epoch appears twice), one console line, and an atomic checkpoint with the optimiser and
   scheduler states and every rank's RNG state (bitwise resume); only rank 0 writes;
 - stop_after_epoch (an unfinished, resumable result) and Ctrl-C (the last completed epoch stays resumable);
+- a loop's own early stop (EpochLoop.stop_reason, e.g. a search criterion): the run finishes after that
+  epoch, its done.json records `stopped_early` (epoch, planned epochs, reason) and `epochs` the epochs run;
 - done.json once the last epoch is done, and a typed result.
 """
 
@@ -183,6 +185,10 @@ class EpochLoop(ABC, Generic[R]):
         """Console lines after the epoch's line (e.g. the genotype so far)."""
         return []
 
+    def stop_reason(self, record: dict[str, Any]) -> str | None:
+        """Why the run finishes after this epoch, before its last (None: it goes on); every rank must agree."""
+        return None
+
     @abstractmethod
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Write the final artifacts (rank 0 only) and return done.json's content (the same on every rank)."""
@@ -246,26 +252,35 @@ def _drive(loop: EpochLoop[R], files: tuple[str, ...], force: bool, stop_after_e
 
     end = max(start, epochs if stop_after_epoch is None else min(epochs, stop_after_epoch))
     saved = start
+    # A resumed run whose last epoch met the loop's stop criterion (the crash came before done.json) stops there.
+    stopped = loop.stop_reason(history[-1]) if history and start < epochs else None
     try:
-        for epoch in range(start, end):
+        for epoch in range(start, end if stopped is None else start):
             history.append(_run_epoch(loop, logs, epoch, talk))
             elapsed += history[-1]["epoch_time_s"]
             _save(loop, epoch + 1, elapsed)
             saved = epoch + 1
+            stopped = loop.stop_reason(history[-1]) if saved < epochs else None
+            if stopped is not None:
+                break
     except KeyboardInterrupt:  # the checkpoint of the last completed epoch is intact (written atomically)
         console(f"interrupted: the {noun} in {out} resumes after epoch {saved}/{epochs} (run the same command again)",
                 say)
         raise
-    if end < epochs:
+    if stopped is None and end < epochs:
         return loop.result(RunOutcome(out, end, epochs, False, history=history))
 
-    done = {"finished": True, "epochs": epochs, **loop.finish(history), "threads": loop.threads,
+    early = {} if stopped is None else {"stopped_early": {"epoch": saved, "epochs": epochs, "reason": stopped}}
+    done = {"finished": True, "epochs": saved, **early, **loop.finish(history), "threads": loop.threads,
             "time_s": round(elapsed, 3)}
     if ctx.is_main:
         write_json_atomic(out / DONE_FILE, done)
-    console(f"{noun} finished after {epochs} epochs ({elapsed:.1f} s): {out}", say)
+    if stopped is None:
+        console(f"{noun} finished after {epochs} epochs ({elapsed:.1f} s): {out}", say)
+    else:
+        console(f"{noun} stopped early after epoch {saved}/{epochs} ({stopped}; {elapsed:.1f} s): {out}", say)
     barrier(ctx)
-    return loop.result(RunOutcome(out, epochs, epochs, True, history=history, done=done))
+    return loop.result(RunOutcome(out, saved, saved, True, history=history, done=done))
 
 
 def _run_epoch(loop: EpochLoop, logs: list[JsonlLog], epoch: int, talk: bool) -> dict[str, Any]:

@@ -147,3 +147,68 @@ def test_demo_training_beats_majority_class_and_exports(tmp_path):
             ref = model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+COST = {"table": "auto", "input_size": [32, 48], "filter_multiplier": 2, "aspp_channels": 8, "decoder_channels": 8,
+        "low_level_channels": 4, "weight": 0.0}
+
+
+def with_cost(**cost):
+    return from_dict(AutoDeepLabSearchConfig, {**SEARCH, "search": {**SEARCH["search"], "cost": {**COST, **cost}}})
+
+
+def logs(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_budgeted_search_publishes_the_budgeted_decode_and_resumes(tmp_path, monkeypatch):
+    from nasdeploy.profile.autodeeplab_cost_table_build import load_autodeeplab_cost_table
+    from nasdeploy.spaces.autodeeplab_budget import decode_under_budget
+
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    free_cfg = from_dict(AutoDeepLabSearchConfig, SEARCH)
+    free = run_search(free_cfg, tmp_path / "free", progress=False)
+    # A loose budget first, to learn the table and the unconstrained cost (weight 0: the alphas are the free run's).
+    loose = run_search(with_cost(target=1e12), tmp_path / "loose", progress=False)
+    table = load_autodeeplab_cost_table(tmp_path / "loose" / "cost_table.json")
+    assert loose.genotype == free.genotype and len(list((tmp_path / "cache").rglob("*.json"))) == 1
+    budget = json.loads((tmp_path / "loose" / "done.json").read_text())["budget"]
+    assert not budget["binding"] and budget["unconstrained"] == budget["derived"] == table.genotype_cost(free.genotype)
+    records = logs(tmp_path / "loose")
+    assert [r["arch_updates"] for r in records] == [False, True] and all("expected_macs" in r for r in records)
+
+    target = budget["unconstrained"] - 1
+    out = tmp_path / "tight"
+    part = run_search(with_cost(target=target), out, stop_after_epoch=1, progress=False)
+    assert (out / "cost_table.json").is_file() and not part.finished
+    result = run_search(with_cost(target=target), out, progress=False)
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
+    want = decode_under_budget(state["alphas"], state["betas"], table, target, name="autodeeplab_search")
+    assert want.binding and result.genotype == want.genotype and result.path == tuple(want.genotype.path)
+    assert load_genotype(out / "genotype.json", "autodeeplab") == want.genotype
+    done = json.loads((out / "done.json").read_text())
+    assert done["budget"]["binding"] and done["budget"]["derived"] == want.cost <= target
+    assert done["budget"]["method"].startswith("exact")
+    assert json.loads((out / "genotype.json").read_text())["meta"]["budget"] == done["budget"]
+    assert all(r["derived_macs"] <= target and r["budget_binds"] == (r["unconstrained_macs"] > target)
+               for r in logs(out))
+
+
+def test_the_cost_term_acts_only_once_architecture_updates_run(tmp_path, monkeypatch):
+    """arch_loss with the hinge minus without it: 0 before arch_start_epoch, weight * max(0, E / target - 1) after."""
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    free = logs(run_search(from_dict(AutoDeepLabSearchConfig, SEARCH), tmp_path / "free", progress=False).out_dir)
+    probe = logs(run_search(with_cost(target=1e12), tmp_path / "probe", progress=False).out_dir)
+    expected = probe[0]["expected_macs"]  # after epoch 1: the initial alpha/beta (no update yet)
+    target = 0.9 * expected
+    costed = logs(run_search(with_cost(target=target, weight=2.0, derive="unconstrained"), tmp_path / "cost",
+                             progress=False).out_dir)
+    assert costed[0]["arch_loss"] is None and free[0]["arch_loss"] is None
+    assert costed[1]["arch_loss"] - free[1]["arch_loss"] == pytest.approx(2.0 * (expected / target - 1.0), rel=1e-5)
+
+
+def test_an_unmeetable_autodeeplab_budget_fails_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"no Auto-DeepLab genotype fits the macs budget 1,000 MACs: the cheapest"):
+        run_search(with_cost(target=1000), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -46,9 +46,10 @@ class ToyTraining(EpochLoop[ToyResult]):
     checkpointed = {"optimizer": "optimizer"}  # momentum buffers: a resume without them would differ
 
     def __init__(self, config: ToyConfig, *, stop_in_epoch: int | None = None, nan_in_epoch: int | None = None,
-                 tag: str = "a"):
+                 tag: str = "a", finish_after: int | None = None):
         super().__init__(config)
         self.stop_in_epoch, self.nan_in_epoch, self.tag = stop_in_epoch, nan_in_epoch, tag
+        self.finish_after = finish_after  # the loop's own early-stop criterion: after this (1-based) epoch
 
     @property
     def settings(self) -> RunSettings:
@@ -88,6 +89,9 @@ class ToyTraining(EpochLoop[ToyResult]):
 
     def extra_records(self, epoch: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {"weights.jsonl": {"norm": float(self.model[0].weight.detach().norm())}}
+
+    def stop_reason(self, record: dict[str, Any]) -> str | None:
+        return "enough" if self.finish_after is not None and record["epoch"] >= self.finish_after else None
 
     def finish(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         (self.out / "final.txt").write_text("done\n")
@@ -222,3 +226,25 @@ def test_the_resolved_thread_count_is_recorded_in_the_run(tmp_path, monkeypatch)
     assert logged == [1, 1]
     assert json.loads((tmp_path / "done.json").read_text())["threads"] == 1
     assert load_checkpoint(tmp_path / "checkpoint.pt")["meta"]["threads"] == 1
+
+
+def test_a_loops_early_stop_finishes_the_run_and_says_why(tmp_path, straight, capsys):
+    out, full = straight
+    stopped = run(tmp_path / "a", finish_after=2, progress=True)
+    assert stopped.finished and stopped.epochs_done == stopped.epochs == 2
+    assert "stopped early after epoch 2/3 (enough" in capsys.readouterr().out
+    done = json.loads((tmp_path / "a" / "done.json").read_text())
+    assert done["epochs"] == 2 and done["stopped_early"] == {"epoch": 2, "epochs": 3, "reason": "enough"}
+    assert (tmp_path / "a" / "final.txt").is_file() and len(records(tmp_path / "a" / "log.jsonl")) == 2
+    assert records(tmp_path / "a" / "log.jsonl") == records(out / "log.jsonl")[:2]  # the same epochs as a full run
+    again = run(tmp_path / "a", finish_after=2)
+    assert again.was_finished and again.epochs_done == 2
+    # A criterion met by the last epoch before an interruption stops the resumed run at once; a criterion
+    # on the last epoch is no early stop; without one, done.json has no stopped_early.
+    run(tmp_path / "b", stop_after_epoch=2)
+    resumed = run(tmp_path / "b", finish_after=2)
+    assert resumed.epochs_done == 2 and len(records(tmp_path / "b" / "log.jsonl")) == 2
+    assert json.loads((tmp_path / "b" / "done.json").read_text())["stopped_early"]["epoch"] == 2
+    run(tmp_path / "c", finish_after=3)
+    assert "stopped_early" not in json.loads((tmp_path / "c" / "done.json").read_text())
+    assert "stopped_early" not in json.loads((out / "done.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nasdeploy.config.darts_cnn import CostOptions, DartsCnnSearchConfig
+from nasdeploy.config.darts_cnn import DartsCnnCostOptions, DartsCnnSearchConfig
 from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import CNN_PRIMITIVES
 from nasdeploy.profile import cost_table_build as ctb
@@ -53,10 +53,11 @@ def hand_expected(table, a_normal, a_reduce, metric="macs"):
 
 def test_config_section_is_validated_at_load(table_file):
     cfg = load_config(DartsCnnSearchConfig, None, [f"search.cost.table={table_file}", "search.cost.target=5000000"])
-    assert cfg.search.cost == CostOptions(table=table_file, target=5e6)
+    assert cfg.search.cost == DartsCnnCostOptions(table=table_file, target=5e6)
     assert load_config(DartsCnnSearchConfig, None, []).search.cost is None
     for bad, match in (("search.cost.metric=flops", "metric"), ("search.cost.form=square", "form"),
-                       ("search.cost.target=-1", "target"), ("search.cost.value=mean", "value"), ("search.cost.weight=-0.5", "weight")):
+                       ("search.cost.target=-1", "target"), ("search.cost.value=mean", "value"),
+                       ("search.cost.weight=-0.5", "weight"), ("search.cost.derive=greedy", "derive")):
         with pytest.raises(ConfigError, match=match):
             load_config(DartsCnnSearchConfig, None, [f"search.cost.table={table_file}", bad])
     with pytest.raises(ConfigError, match="table"):
@@ -64,7 +65,7 @@ def test_config_section_is_validated_at_load(table_file):
 
 
 def test_expected_cost_matches_hand_computation_and_one_hot_sums(table):
-    cost = ExpectedCost(table, CostOptions(table="x"), CNN_PRIMITIVES, 4, 4)
+    cost = ExpectedCost(table, DartsCnnCostOptions(table="x"), CNN_PRIMITIVES, 4, 4)
     g = torch.Generator().manual_seed(1)
     a_n, a_r = torch.randn(14, 8, generator=g), torch.randn(14, 8, generator=g)
     torch.testing.assert_close(cost.expected(a_n, a_r), hand_expected(table, a_n, a_r), rtol=1e-12, atol=0)
@@ -85,14 +86,13 @@ def test_latency_metric_uses_the_latency_entries(table):
     rng = np.random.default_rng(0)
     timed = dataclasses.replace(table, latency_ms=rng.uniform(0.01, 0.2, table.macs.shape),
                                 fixed=tuple(dataclasses.replace(f, latency_ms=0.05) for f in table.fixed))
-    cost = ExpectedCost(timed, CostOptions(table="x", metric="latency", target=3.0), CNN_PRIMITIVES, 4, 4)
+    cost = ExpectedCost(timed, DartsCnnCostOptions(table="x", metric="latency", target=3.0), CNN_PRIMITIVES, 4, 4)
     a_n, a_r = torch.randn(14, 8), torch.randn(14, 8)
     torch.testing.assert_close(cost.expected(a_n, a_r), hand_expected(timed, a_n, a_r, "latency"), rtol=1e-12, atol=0)
-    record = cost.log_record(a_n, a_r, derive_genotype(a_n, a_r))
-    assert record["derived_macs"] == table.genotype_cost(derive_genotype(a_n, a_r), "macs")
-    assert record["derived_latency"] == pytest.approx(timed.genotype_cost(derive_genotype(a_n, a_r), "latency"))
+    assert cost.derived_cost(derive_genotype(a_n, a_r)) == pytest.approx(
+        timed.genotype_cost(derive_genotype(a_n, a_r), "latency"))
     with pytest.raises(ConfigError, match="MACs only"):
-        ExpectedCost(table, CostOptions(table="x", metric="latency"), CNN_PRIMITIVES, 4, 4)
+        ExpectedCost(table, DartsCnnCostOptions(table="x", metric="latency"), CNN_PRIMITIVES, 4, 4)
 
 
 def test_derived_value_hinge_follows_the_derived_genotype(table):
@@ -100,13 +100,13 @@ def test_derived_value_hinge_follows_the_derived_genotype(table):
     derived = table.genotype_cost(derive_genotype(a_n, a_r))
     zero = torch.zeros((), dtype=torch.float64)
     for target, want in ((2.0 * derived, 0.0), (0.5 * derived, 2.0 * (derived / (0.5 * derived) - 1.0))):
-        cost = ExpectedCost(table, CostOptions(table="x", target=target, weight=2.0, value="derived"), CNN_PRIMITIVES, 4, 4)
+        cost = ExpectedCost(table, DartsCnnCostOptions(table="x", target=target, weight=2.0, value="derived"), CNN_PRIMITIVES, 4, 4)
         assert float(cost.combine(zero, [a_n, a_r])) == pytest.approx(want, rel=1e-9)
 
 
 def test_supernet_mismatch_is_one_line_error(table):
     with pytest.raises(ConfigError, match="supernet has 2 nodes"):
-        ExpectedCost(table, CostOptions(table="x"), CNN_PRIMITIVES, 2, 2)
+        ExpectedCost(table, DartsCnnCostOptions(table="x"), CNN_PRIMITIVES, 2, 2)
 
 
 def _architect_setup(cost, order):
@@ -129,7 +129,7 @@ def test_architect_adds_the_hinge_gradient_in_both_orders(table, order, value, o
     model, plain, batches = _architect_setup(None, order)
     a_n, a_r = (p.detach().clone().requires_grad_(True) for p in model.arch_parameters())
     target = 0.2 * float(hand_expected(table, a_n, a_r).detach())
-    opts = CostOptions(table="x", target=target, weight=3.0, form="hinge", value=value)
+    opts = DartsCnnCostOptions(table="x", target=target, weight=3.0, form="hinge", value=value)
     _, with_cost, _ = _architect_setup(ExpectedCost(table, opts, CNN_PRIMITIVES, 4, 4), order)
     base = _grads(plain, order, batches)
     total = _grads(with_cost, order, batches)
@@ -141,7 +141,7 @@ def test_architect_adds_the_hinge_gradient_in_both_orders(table, order, value, o
 
 
 def test_architect_fbnet_form_first_order(table, one_thread):
-    opts = CostOptions(table="x", weight=0.2, beta=0.6, form="fbnet")
+    opts = DartsCnnCostOptions(table="x", weight=0.2, beta=0.6, form="fbnet")
     model, arch, (_, val) = _architect_setup(ExpectedCost(table, opts, CNN_PRIMITIVES, 4, 4), "first")
     grads = arch.first_order_grad(val)
     a_n, a_r = model.arch_parameters()
