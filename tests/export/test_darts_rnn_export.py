@@ -45,7 +45,7 @@ def exported(tmp_path_factory):
 
 def test_export_folder_reports_and_graph_interface(exported):
     out = exported / "export"
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "parity_onnx.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".nasdeploy", "export.json", "model.onnx", "parity_onnx.json"]
     parity = json.loads((out / "parity_onnx.json").read_text())
     assert parity["passed"] and parity["rtol"] == 1e-3 and parity["atol"] == 1e-5 and parity["model_path"] == "model.onnx"
     assert sorted({tuple(c["input_shape"]) for c in parity["cases"]}) == [(SEQ_LEN, 2), (SEQ_LEN, 4)]
