@@ -16,7 +16,7 @@ from nasdeploy.pipeline.image_profile import (
 )
 from nasdeploy.pipeline.results import ClassifierTrainResult, ProfileStageResult
 from nasdeploy.pipeline.skeleton import SpaceStages
-from nasdeploy.pipeline.stages import StageContext, environment_line, last_log_record, quote_path
+from nasdeploy.pipeline.stages import StageContext, environment_line, quote_path
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rundir import read_json
 
@@ -81,15 +81,23 @@ class DartsCnnStages(SpaceStages):
 
         With `profile.int8`, the INT8 files the quantize stage wrote are timed next to their float twins.
         """
-        from nasdeploy.profile.api import profile_target
+        from nasdeploy.profile.api import profile_targets as measure_targets
         from nasdeploy.profile.environment import collect_environment
 
         section, environment = ctx.config.profile, collect_environment()
+        targets = profile_targets(ctx)
+        # The rows with latency columns are timed together, in turns (A B A B), so a change of load during the
+        # window touches the found network and the published ones alike; the others get params and MACs only.
+        results: dict[str, Any] = {}
+        for backends in dict.fromkeys(t.backends for t in targets):
+            group = [t for t in targets if t.backends == backends]
+            measured = measure_targets([t.target for t in group], net=section.net, channels=section.channels,
+                                       layers=section.layers, latency=",".join(backends) or "none",
+                                       latency_config=latency_config(ctx), environment=environment)
+            results.update({t.name: r for t, r in zip(group, measured)})
         rows, threads = [], {}
-        for t in profile_targets(ctx):
-            result = profile_target(t.target, net=section.net, channels=section.channels, layers=section.layers,
-                                    latency=",".join(t.backends) or "none", latency_config=latency_config(ctx),
-                                    environment=environment)
+        for t in targets:
+            result = results[t.name]
             threads.update({b: r.settings["intra_op_threads"] for b, r in result.latency.items()
                             if r.ok and r.settings.get("intra_op_threads") is not None})
             rows.append({"name": t.name, "found": t.found, "params": result.params, "macs": result.macs,
@@ -110,7 +118,8 @@ class DartsCnnStages(SpaceStages):
         return ProfileStageResult(table="mobile", found_params=rows[0]["params"], found_macs=rows[0]["macs"])
 
     def budget_verdict(self, ctx: StageContext, found: dict[str, Any]) -> dict[str, Any] | None:
-        """The search budget next to what the found network measures (and the search's last expected cost)."""
+        """The search budget: target, expected, unconstrained and derived cost (the search's budget record, kept in
+        the published genotype's meta) next to what the profiler measures on the found network."""
         cost = ctx.config.search.search.cost
         if cost is None:
             return None
@@ -119,10 +128,11 @@ class DartsCnnStages(SpaceStages):
         else:
             cell = found["latency"].get(cost.backend) or {}
             measured, unit = cell.get("median_ms"), f"ms ({cost.backend} median)"
-        last = last_log_record(ctx.path("search", "log.jsonl"))
+        record = ((read_json(ctx.path("genotype.json")) or {}).get("meta") or {}).get("budget") or {}
         return {"metric": cost.metric, "target": cost.target, "unit": unit, "measured": measured,
                 "meets": bool(measured is not None and measured <= cost.target),
-                "expected_at_end": last.get(f"expected_{cost.metric}"), "derived_at_end": last.get(f"derived_{cost.metric}")}
+                "expected": record.get("expected"), "unconstrained": record.get("unconstrained"),
+                "derived": record.get("derived"), "binding": record.get("binding"), "method": record.get("method")}
 
     def profile_command(self, ctx: StageContext) -> str:
         """The profile command of the cost table, and a second line timing the INT8 comparison's ONNX pair."""

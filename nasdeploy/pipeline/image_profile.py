@@ -49,7 +49,8 @@ def latency_summary(results: Mapping[str, Any], backends: Sequence[str] | None =
         if (backends is not None and backend not in backends) or not res.ok:
             continue
         latency[backend] = {"median_ms": res.median_ms, "p90_ms": res.p90_ms, "p99_ms": res.p99_ms,
-                            "mean_ms": res.mean_ms}
+                            "mean_ms": res.mean_ms, "contended": res.contended,
+                            "load": res.load.line() if res.load is not None else None}
         if res.settings.get("model_bytes") is not None:
             latency[backend]["model_bytes"] = res.settings["model_bytes"]
     return latency

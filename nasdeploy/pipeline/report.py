@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nasdeploy.pipeline.report_tables import cost_table, fmt_mb, fmt_ms, int8_files_table
+from nasdeploy.pipeline.report_tables import contention_lines, cost_table, fmt_mb, fmt_ms, int8_files_table
 from nasdeploy.pipeline.results import ParityVerdict
 from nasdeploy.pipeline.summary import RunSummary
 from nasdeploy.utils.files import write_json_atomic, write_text_atomic
@@ -81,6 +81,7 @@ def _int8_lines(run: RunSummary) -> list[str]:
             delta = f"{100 * q.delta:+.1f} pts" if key == "int8" and q.delta is not None else ""
             lines.append(f"| {label} | {q.runtime or '-'} | {q.metric} {_pct(metric)} | {delta} | {fmt_mb(size)} | "
                          f"{fmt_ms(timing.get('median_ms'))} / {fmt_ms(timing.get('p90_ms'))} |")
+    lines += [""] + [f"- {q.verdict}" for q in quant.values()]
     lines += ["", "INT8: calibrated on " + "; ".join(sorted({q.calibration for q in quant.values()}))
               + "; scored on " + "; ".join(sorted({q.validation for q in quant.values()})) + "."]
     return lines
@@ -121,10 +122,16 @@ def _budget_line(budget: dict[str, Any]) -> str:
             return "-"
         return f"{v / scale:.1f}M" if scale > 1 else f"{v:.2f}"
 
-    return (f"Search budget: {budget['metric']} <= {show(budget['target'])} {budget['unit']}. The found network "
-            f"measures {show(budget['measured'])}: **{'meets the budget' if budget['meets'] else 'OVER the budget'}** "
-            f"(expected cost at the end of the search {show(budget.get('expected_at_end'))}, table cost of "
-            f"its derived cell {show(budget.get('derived_at_end'))}).")
+    line = (f"Search budget: {budget['metric']} <= {show(budget['target'])} {budget['unit']}. Expected cost of the "
+            f"final architecture weights {show(budget.get('expected'))}, the DARTS rule's genotype "
+            f"{show(budget.get('unconstrained'))}, the published (derived) genotype {show(budget.get('derived'))}; the "
+            f"profiler measures the found network at {show(budget['measured'])}: "
+            f"**{'meets the budget' if budget['meets'] else 'OVER the budget'}**.")
+    if budget.get("binding"):
+        line += " The budget changed the genotype (the DARTS rule's was over it)."
+    if budget.get("method"):
+        line += f" Derivation: {budget['method']}."
+    return line
 
 
 def _cost(run: RunSummary) -> list[str]:
@@ -136,6 +143,8 @@ def _cost(run: RunSummary) -> list[str]:
             "", *cost_table(profile), ""]
     if profile.get("int8_files"):
         out += [*int8_files_table(profile["int8_files"]), ""]
+    contention = contention_lines(profile)
+    out += [*contention, ""] if contention else []
     if profile.get("budget"):
         out += [_budget_line(profile["budget"]), ""]
     if profile.get("environment"):

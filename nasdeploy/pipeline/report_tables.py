@@ -45,7 +45,11 @@ def _fmt_g(value: Any) -> str:
 
 
 def _median_p90(cell: Mapping[str, Any] | None) -> str:
-    return f"{fmt_ms(cell.get('median_ms'))} / {fmt_ms(cell.get('p90_ms'))}" if cell else "-"
+    """median / p90 ms, marked when other processes competed during the measurement."""
+    if not cell:
+        return "-"
+    busy = " (busy)" if cell.get("contended") else ""
+    return f"{fmt_ms(cell.get('median_ms'))} / {fmt_ms(cell.get('p90_ms'))}{busy}"
 
 
 def _latency_cell(row: dict[str, Any], backend: str) -> str:
@@ -134,3 +138,17 @@ def int8_files_table(timings: Mapping[str, Any]) -> list[str]:
         if row.get("note"):
             notes.append(f"INT8 {row['method']}: {row['note']}")
     return lines + ([""] + notes if notes else [])
+
+
+def contention_lines(profile: dict[str, Any]) -> list[str]:
+    """Whether other processes competed while the cost table's latencies were measured (the load rule stated)."""
+    cells = [(row["name"], backend, cell) for row in profile.get("rows", [])
+             for backend, cell in (row.get("latency") or {}).items() if isinstance(cell, dict)]
+    busy = [(name, backend, cell) for name, backend, cell in cells if cell.get("contended")]
+    if not cells or all(cell.get("contended") is None for _, _, cell in cells):
+        return []
+    if not busy:
+        return [f"Machine load during the latency measurements: quiet ({next(c for _, _, c in cells).get('load')})."]
+    return ["**Latency measured while other processes competed** (" + "; ".join(
+        f"{name} {backend}: {cell.get('load')}" for name, backend, cell in busy) + "). Rerun the profile stage "
+        "(`--force profile`) on a quiet machine before trusting these numbers."]

@@ -154,7 +154,7 @@ def test_executorch_alone_writes_no_onnx(tmp_path):
     result = export_target(ExportRequest(TINY, net="cifar", formats=("executorch",), out_dir=out,
                                          options=ExportOptions(seed=1), sizes=NetSizes(**SIZES)))
     assert result.parity["executorch"].passed and "onnx" not in result.parity and result.onnx == {}
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pte", "model.pte.json", "parity_executorch.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".nasdeploy", "export.json", "model.pte", "model.pte.json", "parity_executorch.json"]
     assert result.complexity["params"] > 0  # still counted without the ONNX step
 
 
@@ -176,7 +176,7 @@ def test_quantize_model_runs_int8_on_its_own_from_an_earlier_export(tmp_path, tr
     alone = quantize_model(source.model, out, onnx_path=float_dir / "model.onnx", options=options, data=data,
                            weights="trained")
     q, ref = alone.quantization["ort"], combined.quantization["ort"]
-    assert q.status == "ok" and sorted(p.name for p in out.iterdir()) == ["model_int8.onnx", "quantization.json"]
+    assert q.status == "ok" and sorted(p.name for p in out.iterdir()) == [".nasdeploy", "model_int8.onnx", "quantization.json"]
     # The same calibration and validation samples as the all-in-one export: the same INT8 model and scores.
     assert (q.float_metric, q.int8_metric, q.torch_metric) == (ref.float_metric, ref.int8_metric, ref.torch_metric)
     assert q.float_size_bytes == (float_dir / "model.onnx").stat().st_size
@@ -213,7 +213,7 @@ def test_quantize_model_pt2e_from_a_float_pte_exported_without_onnx(tmp_path, tr
     assert q.status == "ok", q.note
     assert q.float_size_bytes == (float_dir / "model.pte").stat().st_size and q.int8_size_bytes < q.float_size_bytes
     assert q.float_metric == pytest.approx(q.torch_metric, abs=1 / 64) and abs(q.delta) < 0.2
-    assert sorted(p.name for p in out.iterdir()) == ["model_int8.pte", "model_int8.pte.json", "quantization.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".nasdeploy", "model_int8.pte", "model_int8.pte.json", "quantization.json"]
     assert json.loads((out / "model_int8.pte.json").read_text())["quantization"]["scheme"].startswith("PT2E")
 
 

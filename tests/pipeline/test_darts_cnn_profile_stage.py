@@ -15,7 +15,7 @@ from nasdeploy.errors import ConfigError
 from nasdeploy.genotypes import resolve_genotype, save_genotype
 from nasdeploy.pipeline.config import pipeline_config_from_dict
 from nasdeploy.pipeline.darts_cnn_stages import DartsCnnStages
-from nasdeploy.pipeline.report_tables import cost_table
+from nasdeploy.pipeline.report_tables import contention_lines, cost_table
 from nasdeploy.pipeline.results import ExportStageResult, ProfileStageResult
 from nasdeploy.pipeline.stages import StageContext
 from nasdeploy.pipeline.state import PipelineState
@@ -66,7 +66,8 @@ def test_executorch_column(tmp_path):
     assert data["latency_protocol"]["runs"] == 2 and data["latency_protocol"]["threads"]["ort-cpu-1t"] == 1
     assert "executorch-fp32 median / p90 ms" in table.splitlines()[0]
     cell = found["latency"]["executorch-fp32"]
-    assert _row_line(table, "tiny (found)")[-1] == f"{cell['median_ms']:.2f} / {cell['p90_ms']:.2f}"
+    assert _row_line(table, "tiny (found)")[-1] == (f"{cell['median_ms']:.2f} / {cell['p90_ms']:.2f}"
+                                                    + (" (busy)" if cell["contended"] else ""))
     assert "2 timed runs per backend" in table
 
 
@@ -100,3 +101,28 @@ def test_reproduce_command_of_the_cost_table(tmp_path):
     table, int8 = DartsCnnStages().reproduce_commands(ctx)["profile"].splitlines()
     assert int8.endswith("quantize/model_int8.onnx --input-size 32x32 --latency ort-cpu-1t --warmup 0 --runs 2")
     assert_commands_parse(DartsCnnStages().reproduce_commands(ctx))
+
+
+def test_compared_networks_are_timed_in_one_alternated_window_and_the_load_is_reported(tmp_path):
+    data, table, _ = _run_stage(tmp_path, {"backends": ["torch-cpu-1t"], "latency_for": ["found", "DARTS_V2"]})
+    found, darts = data["rows"]
+    cells = [found["latency"]["torch-cpu-1t"], darts["latency"]["torch-cpu-1t"]]
+    # One measurement window for both (A B A B): the same load record, so a change of load touches both alike.
+    assert cells[0]["load"] == cells[1]["load"] and isinstance(cells[0]["contended"], bool)
+    lines = contention_lines(data)
+    assert len(lines) == 1 and ("quiet (" in lines[0] or "while other processes competed" in lines[0])
+
+
+def test_a_contended_measurement_is_flagged_in_the_table_and_under_it():
+    quiet = {"median_ms": 1.0, "p90_ms": 1.5, "contended": False, "load": "quiet during the 1.0 s measurement: x"}
+    busy = {**quiet, "contended": True, "load": "CONTENDED: other processes competed during the 1.0 s measurement: y"}
+    profile = {"backends": ["ort-cpu-1t"], "rows": [{"name": "found", "found": True, "params": 1, "macs": 1e6,
+                                                     "latency": {"ort-cpu-1t": busy}},
+                                                    {"name": "DARTS_V2", "params": 2, "macs": 2e6,
+                                                     "latency": {"ort-cpu-1t": quiet}}]}
+    table = "\n".join(cost_table(profile))
+    assert "1.00 / 1.50 (busy)" in _row_line(table, "found")[-1] and "(busy)" not in _row_line(table, "DARTS_V2")[-1]
+    (line,) = contention_lines(profile)
+    assert line.startswith("**Latency measured while other processes competed**") and "found ort-cpu-1t: CONTENDED" in line
+    assert "DARTS_V2" not in line
+    assert contention_lines({"rows": [{"name": "x", "latency": {"b": {"median_ms": 1.0}}}]}) == []  # no load recorded
