@@ -54,13 +54,13 @@ def selection_section(search: SearchStageResult) -> list[str]:
 
 
 def short_genotype(genotype: Mapping[str, Any]) -> str:
-    """A genotype's cells in one short line, e.g. `N: sep3<-0 skip<-1 ... | R: max3<-0 ...`."""
+    """A genotype's cells in one short line, e.g. `N: sep3<-0 skip<-1 ...; R: max3<-0 ...` (no pipe: it sits in a table cell)."""
     parts = []
     for key, label in _CELLS:
         edges = genotype.get(key)
         if isinstance(edges, list):
             parts.append(f"{label}: " + " ".join(f"{_short_op(str(op))}<-{i}" for op, i in edges))
-    return " | ".join(parts) or str(genotype.get("name", "?"))
+    return "; ".join(parts) or str(genotype.get("name", "?"))
 
 
 def _short_op(op: str) -> str:

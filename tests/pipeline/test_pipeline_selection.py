@@ -4,15 +4,18 @@ processes), the chosen genotype published and trained, the report's per-seed tab
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import CONFIGS, TINY_PIPELINE, one_error_line, run_cli, tree_snapshot
 
+from nasdeploy.config.selection import SelectionOptions
 from nasdeploy.genotypes import genotype_to_dict, load_genotype
+from nasdeploy.pipeline.config import load_pipeline_config
 from nasdeploy.pipeline.results import SearchStageResult, stage_result_from_dict
-from nasdeploy.pipeline.runner import STAGE_ORDER
+from nasdeploy.pipeline.runner import STAGE_ORDER, run_pipeline
 from nasdeploy.pipeline.state import PipelineState
 from nasdeploy.search.selection_record import load_selection
 
@@ -21,7 +24,6 @@ def tiny_selection_config(tmp_path: Path) -> Path:
     """The tiny pipeline with a selection block (seed 5 only: --seeds must win) and a one-epoch short training."""
     data = json.loads(json.dumps(TINY_PIPELINE))
     data["search"]["selection"] = {"seeds": [5], "epochs": 1, "parallel": 1, "train": {"train": {"batch_size": 8}}}
-    data["train"]["train"]["epochs"] = 1
     path = tmp_path / "tiny_seeds.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -29,12 +31,19 @@ def tiny_selection_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def selected_run(tmp_path_factory):
+    """Search over seeds 0 and 1, derive, and one epoch of the full training (stopped there: the deployment stages
+    add nothing here); then the report alone, by the command line with --seeds (its config must be the run's)."""
     from nasdeploy.cli.main import main
 
     tmp = tmp_path_factory.mktemp("selection")
     run_dir, config = tmp / "run", tiny_selection_config(tmp)
+    loaded = load_pipeline_config(config)
+    assert loaded.selection == SelectionOptions(seeds=(5,), epochs=1, train={"train": {"batch_size": 8}})
+    first = run_pipeline(replace(loaded, selection=replace(loaded.selection, seeds=(0, 1))), run_dir, progress=False,
+                         stop_after_epoch=1)
+    assert first.ran == ["search", "derive"] and first.interrupted == "train"
     try:
-        main(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1", "--quiet"])
+        main(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1", "--only", "report", "--quiet"])
     except SystemExit as exc:
         assert not exc.code, exc.code
     return config, run_dir
@@ -50,10 +59,12 @@ def test_the_chosen_seed_is_published_trained_and_reported(selected_run):
     searched = load_genotype(run_dir / "search" / f"seed-{chosen.seed}" / "search" / "genotype.json", "cnn_cell")
     published = load_genotype(run_dir / "genotype.json", "cnn_cell")
     assert (published.normal, published.reduce) == (searched.normal, searched.reduce)
-    assert json.loads((run_dir / "train" / "done.json").read_text())["finished"] is True
+    assert (run_dir / "train" / "checkpoint.pt").is_file()  # the full training started on it
+    train = yaml.safe_load((run_dir / "search" / "train.yaml").read_text())
+    assert train["train"]["epochs"] == 1 and train["train"]["batch_size"] == 8  # the config's selection block
 
     state = PipelineState.load(run_dir)
-    assert all(state.is_done(stage) for stage in STAGE_ORDER)
+    assert [s for s in STAGE_ORDER if state.is_done(s)] == ["search", "derive", "report"]
     search = state.result("search")
     assert isinstance(search, SearchStageResult) and search.selection is not None
     assert search.run_folder == f"search/seed-{chosen.seed}/search"
@@ -77,24 +88,21 @@ def test_the_chosen_seed_is_published_trained_and_reported(selected_run):
     assert f"{100 * record.mean:.2f}% +- {100 * record.std:.2f}%" in section
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["search"]["selection"]["chosen_seed"] == chosen.seed
-    assert "--seeds 0,1" in summary["commands"]["pipeline"]
+    assert "--seeds 0,1" in summary["commands"]["pipeline"] and "--seeds 0,1" in summary["commands"]["derive"]
 
 
 def test_a_rerun_resumes_without_redoing_the_seeds(selected_run, capsys):
     config, run_dir = selected_run
     seeds = tree_snapshot(run_dir / "search")
-    # A pipeline killed after its seeds finished but before the search stage was recorded: the stage runs again.
-    state = PipelineState.load(run_dir)
-    state.stages["search"]["status"] = "running"
-    state.save()
-    code, _, err = run_cli(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1"], capsys)
+    # The search stage again (as after a pipeline killed before it recorded its end): every seed is finished.
+    code, _, err = run_cli(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1", "--only", "search"],
+                           capsys)
     assert code == 0, err
-    assert "[pipeline] search: running" in err
+    assert "[pipeline] search: running" in err and "[pipeline] search: done" in err
     after = tree_snapshot(run_dir / "search")
-    for name in seeds:  # no seed's search or short training was touched (logs and records as they were)
-        if name.startswith("seed-") and "/" in name and name.split("/")[1] in ("search", "train"):
-            assert after.get(name) == seeds[name], name
-    assert PipelineState.load(run_dir).is_done("search")
+    touched = [name for name in seeds if name.startswith("seed-") and after.get(name) != seeds[name]]
+    assert touched == [] and sorted(after) == sorted(seeds)  # no seed's search or short training ran again
+    assert PipelineState.load(run_dir).result("search") is not None
 
 
 def test_a_space_without_selection_rules_is_one_error_line(tmp_path, capsys):
