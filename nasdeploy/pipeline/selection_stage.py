@@ -3,10 +3,13 @@ derived genotype trained briefly, the best kept (nasdeploy.search.selection); it
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
 from nasdeploy.errors import ConfigError
+from nasdeploy.genotypes import genotype_to_dict
 from nasdeploy.pipeline.config import PipelineConfig
 from nasdeploy.pipeline.results import SearchStageResult, SeedRow, SelectionSummary
 from nasdeploy.pipeline.stages import StageContext, last_log_record, numeric_metrics
@@ -31,8 +34,10 @@ def run_selection_stage(ctx: StageContext, search_config: Any, order: str) -> Se
     config = ctx.config
     assert config.selection is not None
     folder = ctx.path("search")
-    record = run_selection(get_space(config.space), to_dict(search_config), config.selection, folder,
-                           data_dir=config.data_dir, progress=ctx.progress)
+    # run_selection always prints its per-seed status lines; a quiet pipeline prints nothing (its logs keep them).
+    with contextlib.nullcontext() if ctx.progress else contextlib.redirect_stdout(io.StringIO()):
+        record = run_selection(get_space(config.space), to_dict(search_config), config.selection, folder,
+                               data_dir=config.data_dir, progress=ctx.progress)
     summary = selection_summary(record, folder)
     chosen = folder / record.chosen.search_dir
     done = read_done(chosen) or {}
@@ -46,7 +51,7 @@ def selection_summary(record: SelectionRecord, folder: Path) -> SelectionSummary
     rows = []
     for result in record.seeds:
         done = read_done(folder / result.search_dir) or {}
-        rows.append(SeedRow(seed=result.seed, genotype=result.to_dict()["genotype"], metric=result.metric,
+        rows.append(SeedRow(seed=result.seed, genotype=genotype_to_dict(result.genotype), metric=result.metric,
                             derived_macs=derived_macs(done.get("budget")), normal_skips=done.get("normal_skips"),
                             parameter_free_ops=done.get("parameter_free_ops"),
                             warnings=tuple(done.get("warnings") or ()), search_time_s=result.search_time_s,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CONFIGS, TINY_PIPELINE, one_error_line, run_cli, tree_snapshot
+from helpers import CONFIGS, TINY_PIPELINE, assert_commands_parse, one_error_line, run_cli, tree_snapshot
 
 from nasdeploy.config.selection import SelectionOptions
 from nasdeploy.genotypes import genotype_to_dict, load_genotype
@@ -89,15 +89,17 @@ def test_the_chosen_seed_is_published_trained_and_reported(selected_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["search"]["selection"]["chosen_seed"] == chosen.seed
     assert "--seeds 0,1" in summary["commands"]["pipeline"] and "--seeds 0,1" in summary["commands"]["derive"]
+    assert_commands_parse(summary["commands"])  # search: `nasdeploy search` over the selection folder's config
 
 
 def test_a_rerun_resumes_without_redoing_the_seeds(selected_run, capsys):
     config, run_dir = selected_run
     seeds = tree_snapshot(run_dir / "search")
     # The search stage again (as after a pipeline killed before it recorded its end): every seed is finished.
-    code, _, err = run_cli(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1", "--only", "search"],
-                           capsys)
+    code, out, err = run_cli(["pipeline", str(config), "--out", str(run_dir), "--seeds", "0,1", "--only", "search"],
+                             capsys)
     assert code == 0, err
+    assert out.count("finished earlier") == 4 and "search in" not in out  # 2 seeds x (search, short training)
     assert "[pipeline] search: running" in err and "[pipeline] search: done" in err
     after = tree_snapshot(run_dir / "search")
     touched = [name for name in seeds if name.startswith("seed-") and after.get(name) != seeds[name]]
@@ -117,4 +119,12 @@ def test_a_space_without_selection_rules_is_one_error_line(tmp_path, capsys):
     line = one_error_line(capsys, ["pipeline", str(CONFIGS / "darts_rnn_demo_pipeline.yaml"), "--out",
                                    str(tmp_path / "b"), "--seeds", "0,1"])
     assert "not supported for the darts_rnn space" in line
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    bad = yaml.safe_load(tiny_selection_config(tmp_path).read_text())
+    bad["search"]["selection"]["epochs"] = 0
+    config.write_text(yaml.safe_dump(bad))
+    line = one_error_line(capsys, ["pipeline", str(config), "--out", str(tmp_path / "c"), "--seeds", "0,1"])
+    assert "section search: selection.epochs must be >= 1" in line
+    line = one_error_line(capsys, ["pipeline", str(tiny_selection_config(tmp_path)), "--out", str(tmp_path / "d"),
+                                   "--seeds", "0,0"])
+    assert "--seeds must not repeat a seed" in line
+    assert not any((tmp_path / name).exists() for name in "abcd")
