@@ -88,6 +88,8 @@ def test_the_chosen_seed_is_published_trained_and_reported(selected_run):
     assert f"{100 * record.mean:.2f}% +- {100 * record.std:.2f}%" in section
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["search"]["selection"]["chosen_seed"] == chosen.seed
+    # the alpha and curve figures come from the chosen seed's search (the selection folder logs no epochs itself)
+    assert {"alphas", "alphas_final", "curves"} <= set(summary["figures"]) and not (run_dir / "search" / "log.jsonl").exists()
     assert "--seeds 0,1" in summary["commands"]["pipeline"] and "--seeds 0,1" in summary["commands"]["derive"]
     assert_commands_parse(summary["commands"])  # search: `nasdeploy search` over the selection folder's config
 
