@@ -8,10 +8,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nasdeploy.config.selection import SECTION as SELECTION
+from nasdeploy.config.selection import SelectionOptions
 from nasdeploy.errors import ConfigError
 from nasdeploy.pipeline.sections import ExportSection, ProfileSection
 from nasdeploy.spaces.table import DEFAULT_SPACE, resolve, space_of_pipeline
-from nasdeploy.utils.yamlconfig import apply_overrides, load_yaml, to_dict
+from nasdeploy.utils.yamlconfig import apply_overrides, from_dict, load_yaml, to_dict
 
 DEMO_CONFIG = "demo.yaml"
 _SECTIONS = ("name", "space", "data_dir", "search", "train", "export", "profile")
@@ -35,10 +37,15 @@ class PipelineConfig:
     data_dir: str | None = None
     source: str = "(built-in demo)"
     space: str = DEFAULT_SPACE
+    # The search section's `selection:` block (or --seeds): the search stage runs the selection protocol over seeds.
+    selection: SelectionOptions | None = None
 
     def record(self) -> dict[str, Any]:
         """The plain form stored as the run's pipeline.yaml (and compared to refuse mixing two configs in one run)."""
-        return {"name": self.name, "space": self.space, "data_dir": self.data_dir, "search": to_dict(self.search),
+        search = to_dict(self.search)
+        if self.selection is not None:
+            search[SELECTION] = to_dict(self.selection)
+        return {"name": self.name, "space": self.space, "data_dir": self.data_dir, "search": search,
                 "train": to_dict(self.train), "export": to_dict(self.export), "profile": to_dict(self.profile)}
 
 
@@ -101,15 +108,19 @@ def pipeline_config_from_dict(data: dict[str, Any], base_dir: Path, source: str)
     if space.profile_nets and profile.net not in space.profile_nets:
         raise ConfigError(f"pipeline config: profile.net must be one of {', '.join(space.profile_nets)} for the "
                           f"{space.name} space, got {profile.net!r}")
+    search = _stage_dict(data, "search", base_dir, space.name)
+    selection = search.pop(SELECTION, None)
     return PipelineConfig(
         space=space.name,
         name=_run_name(data, source),
-        search=_validated(space.load_search_config, _stage_dict(data, "search", base_dir, space.name), "search", source),
+        search=_validated(space.load_search_config, search, "search", source),
         train=_validated(space.load_train_config, _stage_dict(data, "train", base_dir, space.name), "train", source),
         export=export,
         profile=profile,
         data_dir=data.get("data_dir"),
         source=source,
+        selection=None if selection is None else _validated(
+            lambda block: from_dict(SelectionOptions, block, f"search.{SELECTION}"), selection, "search", source),
     )
 
 

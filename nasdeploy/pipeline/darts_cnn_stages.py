@@ -16,7 +16,7 @@ from nasdeploy.pipeline.image_profile import (
 )
 from nasdeploy.pipeline.results import ClassifierTrainResult, ProfileStageResult
 from nasdeploy.pipeline.skeleton import SpaceStages
-from nasdeploy.pipeline.stages import StageContext, environment_line, quote_path
+from nasdeploy.pipeline.stages import StageContext, environment_line, quote_path, search_folder
 from nasdeploy.utils.files import write_json_atomic
 from nasdeploy.utils.rundir import read_json
 
@@ -60,7 +60,8 @@ class DartsCnnStages(SpaceStages):
             backend = None if cost.metric == "macs" else cost.backend
             table = build_or_load_cost_table(ctx.config.space, backend, net=prof.net, channels=prof.channels,
                                              layers=prof.layers, progress=ctx.progress)
-            claim_folder(path.parent, "run")  # the search's run directory: the table is written into it first
+            # The search's run directory (a selection folder over seeds): the table is written into it first.
+            claim_folder(path.parent, "run" if ctx.config.selection is None else "selection")
             save_cost_table(table, path)
         return replace(config, search=replace(config.search, cost=replace(cost, table=str(path))))
 
@@ -128,7 +129,7 @@ class DartsCnnStages(SpaceStages):
         else:
             cell = found["latency"].get(cost.backend) or {}
             measured, unit = cell.get("median_ms"), f"ms ({cost.backend} median)"
-        record = ((read_json(ctx.path("genotype.json")) or {}).get("meta") or {}).get("budget") or {}
+        record = (read_json(ctx.path(search_folder(ctx), "done.json")) or {}).get("budget") or {}
         return {"metric": cost.metric, "target": cost.target, "unit": unit, "measured": measured,
                 "meets": bool(measured is not None and measured <= cost.target),
                 "expected": record.get("expected"), "unconstrained": record.get("unconstrained"),

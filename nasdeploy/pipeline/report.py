@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nasdeploy.pipeline.report_selection import selection_lines
 from nasdeploy.pipeline.report_tables import contention_lines, cost_table, fmt_mb, fmt_ms, int8_files_table
 from nasdeploy.pipeline.results import ParityVerdict
 from nasdeploy.pipeline.summary import RunSummary
@@ -155,7 +156,7 @@ def _cost(run: RunSummary) -> list[str]:
 def render_report(run: RunSummary) -> str:
     """The Markdown report of a pipeline run."""
     out = [f"# nasdeploy pipeline report: {run.name}", "", f"Created {run.created} with nasdeploy {run.version}.", ""]
-    out += _architecture(run) + _search(run) + _training(run) + _export(run) + _cost(run)
+    out += _architecture(run) + _search(run) + selection_lines(run) + _training(run) + _export(run) + _cost(run)
     if run.commands:
         out += ["## Reproduce", "", "```bash"] + [f"# {stage}\n{cmd}" for stage, cmd in run.commands.items()] + ["```", ""]
     if run.times:

@@ -50,15 +50,55 @@ class SkippedStage(StageResult):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SeedRow:
+    """One seed of a selection: its search's derived genotype and cost, and its short training's metric."""
+
+    seed: int
+    genotype: Mapping[str, Any]  # the seed's search/genotype.json (nasdeploy.genotypes.genotype_to_dict)
+    metric: float  # the short training's validation metric (SelectionSummary.metric names it)
+    derived_macs: float | None = None  # the derived genotype's MACs by the search's cost table (None: no budget)
+    normal_skips: int | None = None
+    parameter_free_ops: int | None = None
+    warnings: tuple[str, ...] = ()  # the search's collapse warnings (done.json)
+    search_time_s: float | None = None
+    train_time_s: float | None = None
+    search_dir: str = ""  # relative to the selection folder (the search stage's dir), e.g. seed-0/search
+    chosen: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionSummary:
+    """The selection over seeds the search stage ran: every seed's row, the chosen seed, the metric's spread."""
+
+    metric: str
+    higher_is_better: bool
+    chosen_seed: int
+    mean: float
+    std: float  # sample standard deviation over the seeds
+    seeds: tuple[SeedRow, ...]  # in seed order
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchStageResult(StageResult):
-    """The finished search: its folder, epochs, architecture-gradient order, mixed-op and last metrics."""
+    """The finished search: its folder, epochs, architecture-gradient order, mixed-op and last metrics; with
+    `selection`, the search folder is a selection over seeds and the rest describes the chosen seed's search."""
 
     epochs: int
     order: str
     mixed_op: str
     final: Mapping[str, float] = field(default_factory=dict)  # the space's own metric names
     dir: str = "search"
+    warnings: tuple[str, ...] = ()  # the (chosen) search's collapse warnings (done.json)
+    selection: SelectionSummary | None = None
     kind: ClassVar[str] = "search"
+
+    @property
+    def run_folder(self) -> str:
+        """The search run whose logs the report draws (run-relative): the chosen seed's under a selection."""
+        if self.selection is None:
+            return self.dir
+        chosen = next(r for r in self.selection.seeds if r.chosen)
+        return f"{self.dir}/{chosen.search_dir}"
 
 
 @dataclass(frozen=True, kw_only=True)

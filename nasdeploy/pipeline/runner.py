@@ -14,7 +14,16 @@ from nasdeploy.pipeline.config import PipelineConfig
 from nasdeploy.pipeline.plots import plot_curves, read_jsonl
 from nasdeploy.pipeline.report import write_report
 from nasdeploy.pipeline.results import DeriveStageResult, ReportStageResult, SkippedStage, StageResult
-from nasdeploy.pipeline.stages import PipelineStages, StageContext, StageFn, StageInterrupted, quote_path, source_arg
+from nasdeploy.pipeline.selection_stage import check_selection
+from nasdeploy.pipeline.stages import (
+    PipelineStages,
+    StageContext,
+    StageFn,
+    StageInterrupted,
+    quote_path,
+    search_folder,
+    source_arg,
+)
 from nasdeploy.pipeline.state import STATE_FILE, PipelineState
 from nasdeploy.pipeline.summary import StageTime, run_summary
 from nasdeploy.spaces.table import get_space
@@ -71,6 +80,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | os.PathLike[str], *, for
     for name in (*force, *only):
         if name not in STAGE_ORDER:
             raise ConfigError(f"unknown pipeline stage '{name}'; stages: {', '.join(STAGE_ORDER)}")
+    check_selection(config)
     run_dir = Path(out_dir)
     if (force or only) and not (run_dir / STATE_FILE).is_file():
         option = "--force" if force else "--only"
@@ -142,7 +152,8 @@ def write_pipeline_report(ctx: StageContext, state: PipelineState, stages: Pipel
     derive = results.get("derive")
     figures = dict(derive.figures) if isinstance(derive, DeriveStageResult) else {}
     figures.update(stages.report_figures(ctx))
-    curves = {"search": read_jsonl(run_dir / "search" / "log.jsonl"), "train": read_jsonl(run_dir / "train" / "log.jsonl")}
+    curves = {"search": read_jsonl(run_dir / search_folder(ctx) / "log.jsonl"),
+              "train": read_jsonl(run_dir / "train" / "log.jsonl")}
     if plot_curves(curves, ctx.path("figures", "curves.png")):
         figures["curves"] = "figures/curves.png"
     commands = stages.reproduce_commands(ctx)

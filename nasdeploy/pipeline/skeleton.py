@@ -34,19 +34,25 @@ from nasdeploy.pipeline.results import (
     SkippedStage,
     TrainStageResult,
 )
-from nasdeploy.pipeline.stages import StageContext, StageFn, StageInterrupted, last_log_record, quote_path, source_arg
+from nasdeploy.pipeline.selection_stage import run_selection_stage
+from nasdeploy.pipeline.stages import (
+    StageContext,
+    StageFn,
+    StageInterrupted,
+    last_log_record,
+    numeric_metrics,
+    quote_path,
+    search_folder,
+    source_arg,
+)
 from nasdeploy.spaces.table import get_space
+from nasdeploy.utils.rundir import read_done
 
 
 def _finished(result: Any, what: str) -> None:
     """StageInterrupted unless a search/train loop's result is finished (stop_after_epoch stopped it)."""
     if not result.finished:
         raise StageInterrupted(f"{what} stopped after epoch {result.epochs_done}/{result.epochs}")
-
-
-def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a log record (flags, lists and names left out)."""
-    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class SpaceStages:
@@ -105,13 +111,17 @@ class SpaceStages:
     # The stages.
 
     def search(self, ctx: StageContext) -> SearchStageResult:
-        """Search the supernet (resuming an interrupted search)."""
+        """Search the supernet (resuming an interrupted search); with seeds, once per seed, keeping the best."""
         config = self.search_config(ctx)
+        if ctx.config.selection is not None:
+            return run_selection_stage(ctx, config, self.search_order(config))
         result = get_space(ctx.config.space).load("search_loop")(config, ctx.path("search"), **ctx.loop_options())
         _finished(result, "search")
         last = last_log_record(ctx.path("search", "log.jsonl"))
+        warnings = (read_done(ctx.path("search")) or {}).get("warnings") or ()  # a collapse the search saw
         return SearchStageResult(epochs=result.epochs, order=self.search_order(config),
-                                 mixed_op=str(last.get("mixed_op", "unknown")), final=self.search_metrics(result, last))
+                                 mixed_op=str(last.get("mixed_op", "unknown")), final=self.search_metrics(result, last),
+                                 warnings=tuple(warnings))
 
     def derive(self, ctx: StageContext) -> DeriveStageResult:
         """Publish the genotype the search wrote (search/genotype.json) as genotype.json and draw it."""
@@ -164,8 +174,8 @@ class SpaceStages:
     # The report's parts.
 
     def alpha_history(self, ctx: StageContext) -> list[dict[str, Any]]:
-        """The per-epoch softmaxed alphas the search logged, one key per cell type of alpha_cells."""
-        return read_jsonl(ctx.path("search", "alphas.jsonl"))
+        """The per-epoch softmaxed alphas the (chosen) search logged, one key per cell type of alpha_cells."""
+        return read_jsonl(ctx.path(search_folder(ctx), "alphas.jsonl"))
 
     def report_figures(self, ctx: StageContext) -> dict[str, str]:
         """The alpha evolution and final alphas figures, with the op names the supernet mixed."""

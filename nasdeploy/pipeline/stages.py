@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 from nasdeploy.pipeline.config import PipelineConfig
-from nasdeploy.pipeline.results import StageResult
+from nasdeploy.pipeline.results import SearchStageResult, StageResult
 from nasdeploy.pipeline.state import PipelineState
 
 R = TypeVar("R", bound=StageResult)
@@ -101,6 +101,17 @@ def last_log_record(path: Path) -> dict[str, Any]:
     return records[-1] if records else {}
 
 
+def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a log record (flags, lists and names left out)."""
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def search_folder(ctx: StageContext) -> str:
+    """The run-relative folder of the search whose logs the report draws: the chosen seed's under a selection."""
+    result = ctx.earlier("search", SearchStageResult)
+    return result.run_folder if result is not None else "search"
+
+
 def quote_path(path: str | os.PathLike[str]) -> str:
     """A path quoted for a shell command line."""
     import shlex
@@ -109,5 +120,6 @@ def quote_path(path: str | os.PathLike[str]) -> str:
 
 
 def source_arg(config: PipelineConfig) -> str:
-    """The pipeline file argument of a reproducing command ('' for the built-in demo)."""
-    return "" if config.source == "(built-in demo)" else " " + quote_path(config.source)
+    """The pipeline file argument of a reproducing command ('' for the built-in demo), and its --seeds if any."""
+    seeds = f" --seeds {','.join(map(str, config.selection.seeds))}" if config.selection is not None else ""
+    return ("" if config.source == "(built-in demo)" else " " + quote_path(config.source)) + seeds
