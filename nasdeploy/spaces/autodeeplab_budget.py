@@ -44,7 +44,7 @@ from nasdeploy.genotypes.autodeeplab import AUTODEEPLAB_PRIMITIVES, AutoDeepLabG
 from nasdeploy.spaces.autodeeplab_cost_table import NONE_OP, AutoDeepLabCostTable
 from nasdeploy.spaces.autodeeplab_decode import (beta_probabilities, decode_cell, path_log_probability, softmax,
                                                  viterbi_path)
-from nasdeploy.spaces.cell_knapsack import CellChoice, best_unconstrained, cheapest_cost, solve_cell
+from nasdeploy.spaces.cell_knapsack import CellChoice, best_unconstrained, cheapest_cost, rows_per_node, solve_cell
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def decode_under_budget(alphas: Any, betas: Any, table: AutoDeepLabCostTable, bu
         log_w = np.log(softmax(a))
         logp = np.log(beta_probabilities(b))
     columns = [k for k, p in enumerate(table.primitives) if p != NONE_OP]
-    scores = _per_block(log_w, table.blocks)
+    scores = rows_per_node(log_w, table.blocks)
 
     free_path, free_path_score = viterbi_path(beta_probabilities(b))
     free = make_autodeeplab_genotype(decode_cell(a, table.blocks, table.primitives), free_path, name=name)
@@ -197,12 +197,12 @@ def decode_under_budget(alphas: Any, betas: Any, table: AutoDeepLabCostTable, bu
 
     # Per context the cheapest cell there: a lower bound on a cell's cost (min of a sum >= sum of mins), exact
     # when one op is cheapest in every context (pools, for MACs). Paths that cannot fit even so are never expanded.
-    context_floor = np.array([cheapest_cost(_per_block(ops, table.blocks), columns) for ops in table.cell_ops])
+    context_floor = np.array([cheapest_cost(rows_per_node(ops, table.blocks), columns) for ops in table.cell_ops])
     best: tuple[float, CellChoice, PathGroup, float] | None = None
     for group in groups_by_score(table, logp, context_floor, budget):
         if best is not None and group.score + free_cell.score <= best[0]:
             break  # groups come in decreasing path score: none left can beat the best found
-        costs = _per_block(table.cell_cost_matrix(np.asarray(group.counts)), table.blocks)
+        costs = rows_per_node(table.cell_cost_matrix(np.asarray(group.counts)), table.blocks)
         if group.fixed + cheapest_cost(costs, columns) > budget:
             continue
         found = solve_cell(scores, costs, columns, budget - group.fixed)
@@ -230,8 +230,8 @@ def _cheapest(table: AutoDeepLabCostTable, logp: np.ndarray, context_floor: np.n
         if bounds[i] >= best:
             break
         g = groups[i]
-        best = min(best, g.fixed + cheapest_cost(_per_block(table.cell_cost_matrix(np.asarray(g.counts)), table.blocks),
-                                                 columns))
+        costs = rows_per_node(table.cell_cost_matrix(np.asarray(g.counts)), table.blocks)
+        best = min(best, g.fixed + cheapest_cost(costs, columns))
     return float(best)
 
 
@@ -244,14 +244,6 @@ def genotype_log_score(genotype: AutoDeepLabGenotype, alphas: Any, betas: Any) -
     for k, (op, source) in enumerate(genotype.cell):
         total += float(log_w[sum(2 + i for i in range(k // 2)) + source, col[op]])
     return total + path_log_probability(genotype.path, beta_probabilities(_array(betas)))
-
-
-def _per_block(matrix: np.ndarray, blocks: int) -> list[np.ndarray]:
-    out, start = [], 0
-    for i in range(blocks):
-        out.append(matrix[start:start + 2 + i])
-        start += 2 + i
-    return out
 
 
 def _array(values: Any) -> np.ndarray:

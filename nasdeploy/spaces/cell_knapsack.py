@@ -246,3 +246,12 @@ def cheapest_cost(costs: Sequence[np.ndarray], columns: Sequence[int]) -> float:
         best = np.sort(np.asarray(c, dtype=np.float64)[:, cols].min(axis=1))
         total += float(best[0] + best[1])
     return total
+
+
+def rows_per_node(matrix: np.ndarray, nodes: int) -> list[np.ndarray]:
+    """A cell's per-edge rows split by node: node i reads the 2 + i edges that follow node i - 1's."""
+    out, start = [], 0
+    for i in range(nodes):
+        out.append(matrix[start:start + 2 + i])
+        start += 2 + i
+    return out

@@ -41,7 +41,7 @@ import numpy as np
 
 from nasdeploy.errors import ConfigError, GenotypeError
 from nasdeploy.genotypes import CNN_PRIMITIVES, CNNGenotype, validate_cnn_genotype
-from nasdeploy.spaces.cell_knapsack import CellChoice, best_unconstrained, cheapest_cost, solve_cell
+from nasdeploy.spaces.cell_knapsack import CellChoice, best_unconstrained, cheapest_cost, rows_per_node, solve_cell
 from nasdeploy.spaces.darts_cnn_guards import SKIP_OP, skip_connections
 
 NONE_OP = "none"
@@ -132,8 +132,8 @@ def derive_genotype_under_budget(
     columns = [k for k, p in enumerate(primitives) if p != NONE_OP]
     if not columns:
         raise GenotypeError("derivation needs at least one primitive other than 'none'")
-    scores = _per_node(w_n, steps) + _per_node(w_r, steps)
-    node_costs = _per_node(c_n, steps) + _per_node(c_r, steps)
+    scores = rows_per_node(w_n, steps) + rows_per_node(w_r, steps)
+    node_costs = rows_per_node(c_n, steps) + rows_per_node(c_r, steps)
 
     counts = None if max_skips is None else _skip_counts(primitives, steps)
     free = best_unconstrained(scores, node_costs, columns)
@@ -208,14 +208,6 @@ def _genotype(choice: CellChoice, scores: list[np.ndarray], primitives: Sequence
     genotype = CNNGenotype(cells[0], concat, cells[1], concat, name=name)
     validate_cnn_genotype(genotype)
     return genotype
-
-
-def _per_node(matrix: np.ndarray, steps: int) -> list[np.ndarray]:
-    out, start = [], 0
-    for i in range(steps):
-        out.append(matrix[start:start + 2 + i])
-        start += 2 + i
-    return out
 
 
 def _weights(values: Any, label: str, steps: int, primitives: Sequence[str]) -> np.ndarray:
