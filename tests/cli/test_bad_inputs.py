@@ -21,8 +21,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_SEARCH = str(CONFIGS / "darts_cnn_demo_search.yaml")
 DEMO_TRAIN = str(CONFIGS / "darts_cnn_demo_train.yaml")
 IMAGENET_TRAIN = str(CONFIGS / "darts_cnn_imagenet_mobile_train.yaml")
-ADL_SEARCH = str(CONFIGS / "autodeeplab_demo_search.yaml")
-RNN_DEMO = str(CONFIGS / "darts_rnn_demo_pipeline.yaml")
+AUTODEEPLAB_SEARCH = str(CONFIGS / "autodeeplab_demo_search.yaml")
+DARTS_RNN_DEMO = str(CONFIGS / "darts_rnn_demo_pipeline.yaml")
 
 
 class _Reduce:
@@ -99,7 +99,7 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("search-out-parent-is-file", _file, ["search", "--config", DEMO_SEARCH, "--out", "{X}/run", "search.epochs=1"], ["afile"]),
     ("search-no-config", None, ["search"], ["--config"]),
     ("search-unknown-space", file_maker("c.yaml", "space: nasnet\n"), ["search", "--config", "{X}", "--out", "run"], ["nasnet"]),
-    ("adl-crop-below-stride-32", None, ["search", "--config", ADL_SEARCH, "--out", "run", "data.crop_size=[16,16]",
+    ("autodeeplab-crop-below-stride-32", None, ["search", "--config", AUTODEEPLAB_SEARCH, "--out", "run", "data.crop_size=[16,16]",
                                         "data.image_size=[16,16]"], ["crop"]),
     ("train-unknown-genotype", None, ["train", "--genotype", "NOPE", "--config", DEMO_TRAIN, "--out", "run"], ["NOPE"]),
     ("train-genotype-binary", file_maker("g.json", BINARY), ["train", "--genotype", "{X}", "--config", DEMO_TRAIN, "--out", "run"], ["g.json"]),
@@ -153,7 +153,7 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("pipeline-only-report-empty-dir", _empty_dir, ["pipeline", "--out", "{X}", "--only", "report"], ["emptydir"]),
     ("pipeline-force-on-foreign-dir", _not_a_pipeline_dir, ["pipeline", "--out", "{X}", "--force", "train", "--only", "report"],
      ["pipeline_state.json"]),
-    ("pipeline-rnn-bad-override", None, ["pipeline", RNN_DEMO, "--out", "run", "--set", "search.search.lr=.nan"], ["lr"]),
+    ("pipeline-rnn-bad-override", None, ["pipeline", DARTS_RNN_DEMO, "--out", "run", "--set", "search.search.lr=.nan"], ["lr"]),
 ]
 
 

@@ -132,7 +132,7 @@ def test_rnn_values(cls, override, message):
     ("data", {"downsample": 0.0}, "data.downsample must be positive"),
     ("data", {"scale_range": [1.5, 1.0]}, "data.scale_range must satisfy 0 < min <= max"),
 ])
-def test_adl_search_values(section, values, message):
+def test_autodeeplab_search_values(section, values, message):
     with pytest.raises(ConfigError) as err:
         from_dict(AutoDeepLabSearchConfig, {section: values})
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -147,7 +147,7 @@ def test_adl_search_values(section, values, message):
     ("net", {"dropout": math.inf}, "net.dropout must be a finite number, got inf"),
     ("data", {"crop_size": [31, 64]}, "data.crop_size [31, 64] is smaller than Auto-DeepLab's output stride 32"),
 ])
-def test_adl_train_values(section, values, message):
+def test_autodeeplab_train_values(section, values, message):
     with pytest.raises(ConfigError) as err:
         from_dict(AutoDeepLabTrainConfig, {section: values})
     assert message in str(err.value)

@@ -41,7 +41,7 @@ def test_published_architecture_in_registry():
 
 def test_json_round_trip(tmp_path):
     g = get_genotype("AutoDeepLab")
-    path = save_genotype(g, tmp_path / "adl.json")
+    path = save_genotype(g, tmp_path / "autodeeplab.json")
     data = json.loads(path.read_text())
     assert data["kind"] == "autodeeplab" and data["schema_version"] == 1
     back = load_genotype(path, expected_kind="autodeeplab")

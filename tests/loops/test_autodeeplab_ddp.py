@@ -90,7 +90,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adl_ddp")
+    root = tmp_path_factory.mktemp("autodeeplab_ddp")
     mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
     return root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
 

@@ -108,7 +108,7 @@ def test_onnx_parity_at_two_sizes_and_batches(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     g = make_autodeeplab_genotype(get_genotype("AutoDeepLab").cell, [0, 1, 2, 1])  # a down and an up move
     model = build_network(g, "segmentation", filter_multiplier=4, num_classes=5, **SMALL).eval()
-    path = tmp_path / "adl.onnx"
+    path = tmp_path / "autodeeplab.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 65, 97),), str(path), dynamo=False, opset_version=17,
                       input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}})

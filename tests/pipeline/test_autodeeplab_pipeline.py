@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_dir = tmp_path_factory.mktemp("adl_pipeline") / "run"
+        run_dir = tmp_path_factory.mktemp("autodeeplab_pipeline") / "run"
         config = pipeline_config_from_dict(TINY, Path("."), "tiny.yaml")
         first = run_pipeline(config, run_dir, progress=False, stop_after_epoch=1)
         second = run_pipeline(config, run_dir, progress=False)
@@ -120,7 +120,7 @@ def test_pipeline_config_errors_name_the_problem():
 
 
 @pytest.mark.parametrize("name", ["autodeeplab_demo_pipeline.yaml", "autodeeplab_cityscapes_pipeline.yaml"])
-def test_shipped_adl_pipeline_configs_validate(name):
+def test_shipped_autodeeplab_pipeline_configs_validate(name):
     from nasdeploy.config.autodeeplab import AutoDeepLabSearchConfig, AutoDeepLabTrainConfig
 
     cfg = load_pipeline_config(CONFIGS / name)
@@ -137,9 +137,9 @@ def test_shipped_adl_pipeline_configs_validate(name):
 def test_search_and_train_commands_run_auto_deeplab_configs(tmp_path, capsys):
     from nasdeploy.utils.yamlconfig import dump_yaml, load_yaml
 
-    search_cfg = tmp_path / "adl_search.yaml"
+    search_cfg = tmp_path / "autodeeplab_search.yaml"
     search_cfg.write_text(dump_yaml(SEARCH))
-    train_cfg = tmp_path / "adl_train.yaml"
+    train_cfg = tmp_path / "autodeeplab_train.yaml"
     train_cfg.write_text(dump_yaml({"space": "autodeeplab", **TRAIN}))
     search_dir, train_dir = tmp_path / "s", tmp_path / "t"
 

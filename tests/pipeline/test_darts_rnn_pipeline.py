@@ -104,8 +104,8 @@ def test_a_stage_file_of_another_space_is_refused(tmp_path):
     path = tmp_path / "mixed.yaml"
     path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": str(CONFIGS / "autodeeplab_demo_search.yaml")},
                                "train": {"config": str(CONFIGS / "darts_rnn_demo_train.yaml")}}))
-    (tmp_path / "adl.yaml").write_text(dump_yaml({"space": "autodeeplab", **load_yaml(CONFIGS / "autodeeplab_demo_search.yaml")}))
-    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": "adl.yaml"},
+    (tmp_path / "autodeeplab.yaml").write_text(dump_yaml({"space": "autodeeplab", **load_yaml(CONFIGS / "autodeeplab_demo_search.yaml")}))
+    path.write_text(dump_yaml({"space": "darts_rnn", "search": {"config": "autodeeplab.yaml"},
                                "train": {"config": str(CONFIGS / "darts_rnn_demo_train.yaml")}}))
     with pytest.raises(ConfigError, match="another space"):
         load_pipeline_config(path)

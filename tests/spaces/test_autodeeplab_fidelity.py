@@ -114,11 +114,11 @@ def test_bn_momentum_and_eps_reach_every_batchnorm():
 
 
 def test_scheduled_drop_path_is_layer_scaled_and_off_in_eval(monkeypatch):
-    import nasdeploy.nets.autodeeplab as adl_net
+    import nasdeploy.nets.autodeeplab as autodeeplab_net
 
     calls: list[float] = []
-    real = adl_net.drop_path
-    monkeypatch.setattr(adl_net, "drop_path", lambda x, p: calls.append(p) or real(x, p))
+    real = autodeeplab_net.drop_path
+    monkeypatch.setattr(autodeeplab_net, "drop_path", lambda x, p: calls.append(p) or real(x, p))
     torch.manual_seed(0)
     net = _small_net()
     net.drop_path_prob = 0.24
@@ -137,12 +137,12 @@ def test_scheduled_drop_path_is_layer_scaled_and_off_in_eval(monkeypatch):
 def test_training_ramps_drop_path_and_stores_bn_settings(tmp_path, monkeypatch):
     import json
 
-    import nasdeploy.nets.autodeeplab as adl_net
+    import nasdeploy.nets.autodeeplab as autodeeplab_net
     from nasdeploy.train.autodeeplab_loop import load_segmentation_model, run_training
 
     seen: list[float] = []
-    real = adl_net.drop_path
-    monkeypatch.setattr(adl_net, "drop_path", lambda x, p: seen.append(p) or real(x, p))
+    real = autodeeplab_net.drop_path
+    monkeypatch.setattr(autodeeplab_net, "drop_path", lambda x, p: seen.append(p) or real(x, p))
     cfg = from_dict(AutoDeepLabTrainConfig, {
         "net": {"filter_multiplier": 2, "aspp_channels": 4, "decoder_channels": 4, "low_level_channels": 4,
                 "bn_momentum": 3e-4, "bn_eps": 1e-3},

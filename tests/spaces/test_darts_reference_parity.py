@@ -128,7 +128,7 @@ def test_cnn_alpha_gradients_match_reference(cnn_setup, order):
 
 # -- recurrent supernet ----------------------------------------------------------------------------------
 
-def rnn_setup(clip: float | None = None):
+def darts_rnn_setup(clip: float | None = None):
     ref = load("darts_reference_rnn_supernet.pt")
     s = ref["settings"]
     model = DartsRnnSupernet(s["ntokens"], emsize=s["emsize"], nhid=s["nhid"], steps=s["steps"], dropout=0.0,
@@ -149,13 +149,13 @@ def rnn_setup(clip: float | None = None):
 
 
 def test_rnn_first_order_alpha_gradient_matches_reference():
-    _, _, architect, _, val, ref = rnn_setup()
+    _, _, architect, _, val, ref = darts_rnn_setup()
     (grad,) = architect.first_order_grad(val)
     assert relative_error(grad, ref["first_order"]) < RTOL
 
 
 def test_rnn_second_order_alpha_gradient_matches_reference_at_published_clip_and_lr():
-    _, _, architect, train, val, ref = rnn_setup()
+    _, _, architect, train, val, ref = darts_rnn_setup()
     (grad,) = architect.second_order_grad(train, val, eta=ref["settings"]["lr"])
     assert relative_error(grad, ref["second_order"]) < RTOL
 
@@ -163,7 +163,7 @@ def test_rnn_second_order_alpha_gradient_matches_reference_at_published_clip_and
 def test_unclipped_cnn_architect_is_far_from_the_recurrent_reference():
     # The deviation this module fixes: the CNN architect has no clipping, and at lr 20 / clip 0.25 its
     # recurrent alpha gradient is off by more than the gradient itself.
-    model, opt, _, train, val, ref = rnn_setup()
+    model, opt, _, train, val, ref = darts_rnn_setup()
     (grad,) = Architect(model, architect_loss, opt, ArchitectConfig(order="second")).second_order_grad(
         train, val, eta=ref["settings"]["lr"])
     assert relative_error(grad, ref["second_order"]) > 1.0
@@ -174,7 +174,7 @@ def test_clip_coefficient_is_capped_at_one():
     # (The reference's coefficient max_norm / norm would scale the implicit term up by ~1e6 here.)
     assert clip_coefficient([torch.tensor([3.0, 4.0])], 1e6) == 1.0
     assert clip_coefficient([torch.tensor([3.0, 4.0])], 1.0) == pytest.approx(1.0 / (5.0 + 1e-6), rel=1e-12)
-    model, opt, architect, train, val, ref = rnn_setup(clip=1e6)
+    model, opt, architect, train, val, ref = darts_rnn_setup(clip=1e6)
     (clipped,) = architect.second_order_grad(train, val, eta=ref["settings"]["lr"])
     (plain,) = Architect(model, architect_loss, opt, ArchitectConfig(order="second")).second_order_grad(
         train, val, eta=ref["settings"]["lr"])
