@@ -146,17 +146,22 @@ class AccuracyGuard:
     def line(self) -> str:
         """One line: within the limit or not, and which layers stayed in float."""
         if not self.kept_in_float and self.within:
-            return f"accuracy: INT8 loses {self.drop:.2f} points, within the {self.max_drop:g}-point limit"
+            return f"accuracy: INT8 {_change(self.drop)}, within the {self.max_drop:g}-point limit"
         kept = f"{len(self.kept_in_float)} layer(s) kept in float ({', '.join(self.kept_in_float)})"
         if self.within:
-            return (f"accuracy: INT8 lost {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} it loses "
-                    f"{self.drop:.2f} points")
+            return (f"accuracy: INT8 lost {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} it "
+                    f"{_change(self.drop)}")
         return (f"accuracy: INT8 loses {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} still "
                 f"{self.drop:.2f} points: over the limit, use the float model")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the one-line verdict."""
         return {**asdict(self), "line": self.line()}
+
+
+def _change(drop: float) -> str:
+    """A drop in points as words: 'loses 0.40 points' or, for a negative drop, 'gains 0.20 points'."""
+    return f"loses {drop:.2f} points" if drop >= 0 else f"gains {-drop:.2f} points"
 
 
 def points(float_metric: float, int8_metric: float) -> float:

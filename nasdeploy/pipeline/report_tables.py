@@ -149,6 +149,9 @@ def contention_lines(profile: dict[str, Any]) -> list[str]:
         return []
     if not busy:
         return [f"Machine load during the latency measurements: quiet ({next(c for _, _, c in cells).get('load')})."]
+    windows: dict[str, list[str]] = {}  # one load record per measurement window; the cells timed in it
+    for name, backend, cell in busy:
+        windows.setdefault(str(cell.get("load")), []).append(f"{name} {backend}")
     return ["**Latency measured while other processes competed** (" + "; ".join(
-        f"{name} {backend}: {cell.get('load')}" for name, backend, cell in busy) + "). Rerun the profile stage "
+        f"{', '.join(where)}: {load}" for load, where in windows.items()) + "). Rerun the profile stage "
         "(`--force profile`) on a quiet machine before trusting these numbers."]

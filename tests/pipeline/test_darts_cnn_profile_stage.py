@@ -123,6 +123,6 @@ def test_a_contended_measurement_is_flagged_in_the_table_and_under_it():
     table = "\n".join(cost_table(profile))
     assert "1.00 / 1.50 (busy)" in _row_line(table, "found")[-1] and "(busy)" not in _row_line(table, "DARTS_V2")[-1]
     (line,) = contention_lines(profile)
-    assert line.startswith("**Latency measured while other processes competed**") and "found ort-cpu-1t: CONTENDED" in line
+    assert line.startswith("**Latency measured while other processes competed**") and "(found ort-cpu-1t: CONTENDED" in line
     assert "DARTS_V2" not in line
     assert contention_lines({"rows": [{"name": "x", "latency": {"b": {"median_ms": 1.0}}}]}) == []  # no load recorded
