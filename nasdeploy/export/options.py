@@ -17,6 +17,8 @@ from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_R
 from nasdeploy.export.torch_reference import YARDSTICK
 from nasdeploy.utils.limits import check_input_size
 
+MAX_QAT_EPOCHS = 50  # "a few epochs" of fine-tuning on a calibration-sized sample; more is a training run
+
 # Times exported files together, alternated: ({label: (latency backend, path)}, (C, H, W)) -> {label: LatencyResult
 # dict}. The callers (CLI, pipeline) pass nasdeploy.profile.latency.ModelFileTimer; export never imports the profiler.
 FileTimer = Callable[[Mapping[str, tuple[str, Path]], tuple[int, int, int]], dict[str, dict[str, Any]]]
@@ -90,7 +92,9 @@ class Int8Options:
     calibration: onnxruntime's method (minmax, entropy, percentile; PT2E uses XNNPACKQuantizer's histogram
     observers); activations: onnxruntime's activation type (auto: uint8 on x86, int8 elsewhere). max_drop: the
     accuracy guard's limit in points of the metric (None: no guard): beyond it, up to max_float_layers of the
-    most sensitive layers are kept in float (nasdeploy.export.int8_guard). timer: None = not timed.
+    most sensitive layers are kept in float (nasdeploy.export.int8_guard). qat_epochs: when PT2E is still over
+    max_drop after that, this many epochs of quantization-aware fine-tuning (0 = off) with Adam at qat_lr
+    (nasdeploy.export.int8_qat). timer: None = not timed.
     """
 
     methods: tuple[str, ...] = ()
@@ -99,6 +103,8 @@ class Int8Options:
     activations: str = "auto"
     max_drop: float | None = 1.0
     max_float_layers: int = 8
+    qat_epochs: int = 0
+    qat_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", check_int8_methods(self.methods))
@@ -110,6 +116,15 @@ class Int8Options:
             raise ConfigError(f"INT8 max_drop must be >= 0 points (or None for no guard), got {self.max_drop!r}")
         if not isinstance(self.max_float_layers, int) or self.max_float_layers < 1:
             raise ConfigError(f"INT8 max_float_layers must be a positive integer, got {self.max_float_layers!r}")
+        check_qat(self.qat_epochs, self.qat_lr)
+
+
+def check_qat(epochs: object, lr: object, where: str = "INT8 ") -> None:
+    """One ConfigError line unless 0 <= epochs <= MAX_QAT_EPOCHS (an int) and 0 < lr <= 1."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= MAX_QAT_EPOCHS:
+        raise ConfigError(f"{where}qat_epochs must be a whole number from 0 (off) to {MAX_QAT_EPOCHS}, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+        raise ConfigError(f"{where}qat_lr must be a learning rate in (0, 1], got {lr!r}")
 
 
 @dataclass(frozen=True)
