@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.formats import INT8_ACTIVATIONS, INT8_CALIBRATIONS, check_int8_methods
+from nasdeploy.export.formats import (
+    DEFAULT_QAT_LR,
+    INT8_ACTIVATIONS,
+    INT8_CALIBRATIONS,
+    check_int8_methods,
+    check_qat,
+)
 from nasdeploy.export.onnx import check_opset
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
 from nasdeploy.export.torch_reference import YARDSTICK
 from nasdeploy.utils.limits import check_input_size
-
-MAX_QAT_EPOCHS = 50  # "a few epochs" of fine-tuning on a calibration-sized sample; more is a training run
 
 # Times exported files together, alternated: ({label: (latency backend, path)}, (C, H, W)) -> {label: LatencyResult
 # dict}. The callers (CLI, pipeline) pass nasdeploy.profile.latency.ModelFileTimer; export never imports the profiler.
@@ -104,7 +108,7 @@ class Int8Options:
     max_drop: float | None = 1.0
     max_float_layers: int = 8
     qat_epochs: int = 0
-    qat_lr: float = 1e-4
+    qat_lr: float = DEFAULT_QAT_LR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", check_int8_methods(self.methods))
@@ -117,14 +121,6 @@ class Int8Options:
         if not isinstance(self.max_float_layers, int) or self.max_float_layers < 1:
             raise ConfigError(f"INT8 max_float_layers must be a positive integer, got {self.max_float_layers!r}")
         check_qat(self.qat_epochs, self.qat_lr)
-
-
-def check_qat(epochs: object, lr: object, where: str = "INT8 ") -> None:
-    """One ConfigError line unless 0 <= epochs <= MAX_QAT_EPOCHS (an int) and 0 < lr <= 1."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= MAX_QAT_EPOCHS:
-        raise ConfigError(f"{where}qat_epochs must be a whole number from 0 (off) to {MAX_QAT_EPOCHS}, got {epochs!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
-        raise ConfigError(f"{where}qat_lr must be a learning rate in (0, 1], got {lr!r}")
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.formats import FORMATS, INT8_METHODS
-from nasdeploy.export.options import Int8Options, check_qat
-
-DEFAULT_QAT_LR = Int8Options.qat_lr
+from nasdeploy.export.formats import DEFAULT_QAT_LR, FORMATS, INT8_METHODS, check_qat
 
 
 @dataclass(frozen=True)

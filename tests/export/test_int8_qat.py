@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.options import MAX_QAT_EPOCHS, Int8Options
+from nasdeploy.export.formats import MAX_QAT_EPOCHS
+from nasdeploy.export.options import Int8Options
 from nasdeploy.export.samples import ImageSample
 from nasdeploy.pipeline.sections import ExportSection
 
