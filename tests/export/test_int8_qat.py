@@ -124,3 +124,47 @@ def test_qat_follows_a_guard_over_the_limit_and_keeps_the_better_model(tmp_path,
     assert "QAT 1 epoch(s), Adam lr 0.0001" in res.verdict and "model is kept" in res.verdict
     report = res.to_dict()
     assert report["qat"]["kept"] == qat.kept and report["qat"]["line"] == qat.line() and json.dumps(report)
+
+
+def test_a_better_qat_model_replaces_the_ptq_file_and_a_failed_one_leaves_it(tmp_path, monkeypatch):
+    pytest.importorskip("executorch")
+    from nasdeploy.export import executorch as et
+    from nasdeploy.export import int8_qat
+    from nasdeploy.export.int8_guard import AccuracyGuard, top1
+    from nasdeploy.export.quantize import QuantizationResult, fine_tune_executorch
+
+    model = _TwoFragile().eval()
+    val = ImageSample(_labelled(model, 1, 1), "32 labelled random images")
+    train = ImageSample(_labelled(model, 1, 2), "32 labelled training images")
+    out = tmp_path / "model_int8.pte"
+    out.write_bytes(b"the PTQ program")
+    res = QuantizationResult("executorch", "ok", "PT2E", float_metric=1.0, int8_metric=0.0,
+                             guard=AccuracyGuard(1.0, 1.0, 100.0, (), 0.0, 100.0, False))
+    options = Int8Options(("executorch",), qat_epochs=2, qat_lr=3e-4)
+
+    def fails(*_args, **_kwargs):
+        raise RuntimeError("no gradient\nsecond line")
+
+    monkeypatch.setattr(int8_qat, "qat_pt2e_xnnpack", fails)
+    failed = fine_tune_executorch(model, res, out, train, val, SHAPE, options, lambda _m: None)
+    assert failed.drop_after is None and failed.note == "RuntimeError: no gradient" and failed.kept == "ptq"
+    assert "failed (RuntimeError: no gradient); the PTQ model is kept" in failed.line()
+    assert out.read_bytes() == b"the PTQ program" and sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.pte"]
+
+    # A "fine-tuned" model that is INT8 except for both fragile layers: it keeps the float model's predictions.
+    good = et.quantize_pt2e_xnnpack(model, SHAPE, [torch.from_numpy(x) for x, _ in train.batches],
+                                    float_modules=("conv2", "conv3"))
+    calls = []
+
+    def better(model_, shape, batches, **kwargs):
+        calls.append(kwargs)
+        return good, (0.5, 0.25)
+
+    monkeypatch.setattr(int8_qat, "qat_pt2e_xnnpack", better)
+    record = fine_tune_executorch(model, res, out, train, val, SHAPE, options, lambda _m: None)
+    assert calls == [{"epochs": 2, "lr": 3e-4, "seed": int8_qat.SEED, "float_modules": ()}]
+    assert record.kept == "qat" and record.drop_before == 100.0 and record.drop_after < 100.0
+    assert record.losses == (0.5, 0.25) and record.images == 32 and record.training == train.label
+    assert out.read_bytes() != b"the PTQ program" and sorted(p.name for p in tmp_path.iterdir()) == ["model_int8.pte"]
+    assert record.int8_metric == pytest.approx(top1(et.executorch_runner(out)[0], val.batches))
+    assert "the QAT model is kept" in record.line()
