@@ -74,6 +74,9 @@ def parse_input_size(text: str | None) -> tuple[int, int] | None:
               help="INT8 accuracy guard: beyond this many points lost, keep the most sensitive layers in float.")
 @click.option("--max-float-layers", type=int, default=8, show_default=True,
               help="INT8 accuracy guard: the most layers it may keep in float.")
+@click.option("--qat-epochs", type=int, default=0, show_default=True,
+              help="--int8 executorch: epochs of quantization-aware fine-tuning (PT2E QAT, Adam) on the training-split "
+                   "sample when the guard still loses more than --max-drop; the better of PTQ and QAT is kept (0: off).")
 @click.option("--dataset", type=click.Choice(DATASETS),
               help="Dataset for parity on real images, calibration and validation [default: the checkpoint's, else cifar10 / imagefolder].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset directory (not needed for --dataset demo).")
@@ -86,7 +89,7 @@ def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[
            input_size: str | None, seq_len: int | None, batch_size: int, channels: int | None, layers: int | None,
            num_classes: int | None, name: str | None, max_batch: int, opt_batch: int, workspace_mib: int,
            instance_kind: str, instance_count: int, rtol: float, atol: float, seed: int, overwrite: bool,
-           int8: tuple[str, ...], calibration: str, int8_activations: str, max_drop: float, max_float_layers: int,
+           int8: tuple[str, ...], calibration: str, int8_activations: str, max_drop: float, max_float_layers: int, qat_epochs: int,
            dataset: str | None, data_dir: str | None, calibration_images: int,
            validation_images: int, parity_images: int, as_json: bool) -> None:
     """Export TARGET (registry name, genotype file or checkpoint) as verified ONNX, ExecuTorch, INT8, TensorRT and/or Triton artifacts."""
@@ -96,6 +99,8 @@ def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[
     from nasdeploy.export.target import deploy_target
     from nasdeploy.profile.latency import FILE_TIMING, ModelFileTimer
 
+    if qat_epochs and "executorch" not in int8:
+        raise ConfigError("--qat-epochs fine-tunes the PT2E model: add --int8 executorch")
     dynamic = dynamic_batch is not False
     options = opts.ExportOptions(
         input_size=parse_input_size(input_size), name=name, overwrite=overwrite, seed=seed,
@@ -107,7 +112,8 @@ def export(target: str, net: str | None, checkpoint: str | None, formats: tuple[
         triton=opts.TritonOptions(max_batch_size=max_batch if dynamic else 1, instance_kind=instance_kind,
                                   instance_count=instance_count),
         int8=opts.Int8Options(tuple(int8), timer=ModelFileTimer(replace(FILE_TIMING, seed=seed)), calibration=calibration,
-                              activations=int8_activations, max_drop=max_drop, max_float_layers=max_float_layers),
+                              activations=int8_activations, max_drop=max_drop, max_float_layers=max_float_layers,
+                              qat_epochs=qat_epochs),
         darts_rnn=opts.DartsRnnOptions(seq_len=seq_len, batch_size=batch_size, dynamic_batch=bool(dynamic_batch)),
     )
     resolved = deploy_target(target, checkpoint)

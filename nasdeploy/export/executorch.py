@@ -69,29 +69,39 @@ def lower_to_pte(model: nn.Module, path: str | os.PathLike[str], input_shape: tu
     return write_bytes_atomic(path, data)
 
 
-def quantize_pt2e_xnnpack(
-    model: nn.Module, input_shape: tuple[int, int, int], calibration: Iterable[torch.Tensor], *, per_channel: bool = True,
-    float_modules: Sequence[str] = (),
-) -> nn.Module:
-    """PT2E INT8 (XNNPACKQuantizer, symmetric, per-channel weights) calibrated on `calibration` batches of 1..N images.
+def xnnpack_quantizer(*, per_channel: bool = True, float_modules: Sequence[str] = (), is_qat: bool = False) -> Any:
+    """ExecuTorch's XNNPACKQuantizer, symmetric INT8 (QAT: fake-quantize nodes), with `float_modules` left in float.
 
-    `float_modules` (module paths) stay in float: the quantizer's filter skips every node they exported
-    (XNNPACKQuantizer.set_module_name cannot take None yet, so its filter function does it, with torchao's
-    own module-name filter).
+    XNNPACKQuantizer.set_module_name cannot take None yet, so a filter function skips every node the
+    float modules exported (with torchao's own module-name filter).
     """
     import_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
     quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=is_qat))
     in_float = [get_module_name_filter(name) for name in float_modules]
     if in_float:
         quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float))
+    return quantizer
+
+
+def quantize_pt2e_xnnpack(
+    model: nn.Module, input_shape: tuple[int, int, int], calibration: Iterable[torch.Tensor], *, per_channel: bool = True,
+    float_modules: Sequence[str] = (),
+) -> nn.Module:
+    """PT2E INT8 (XNNPACKQuantizer, symmetric, per-channel weights) calibrated on `calibration` batches of 1..N images.
+
+    `float_modules` (module paths) stay in float (see xnnpack_quantizer).
+    """
+    import_executorch()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = xnnpack_quantizer(per_channel=per_channel, float_modules=float_modules)
     example = (torch.zeros(1, *input_shape),)
     # Folded first, as PTQ does anyway: with no BatchNorm node left, convert_pt2e skips its conv-BN QAT
     # pattern matching, which took 23 s of a 31 s quantization of the demo network (measured).

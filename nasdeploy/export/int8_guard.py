@@ -143,8 +143,8 @@ class AccuracyGuard:
     shortlist: tuple[tuple[str, float], ...] = ()  # (layer, logits MSE when left in float alone), best first
     method: str = METHOD
 
-    def line(self) -> str:
-        """One line: within the limit or not, and which layers stayed in float."""
+    def line(self, advice: bool = True) -> str:
+        """One line: within the limit or not, and which layers stayed in float (advice: say to use float if not)."""
         if not self.kept_in_float and self.within:
             return f"accuracy: INT8 {_change(self.drop)}, within the {self.max_drop:g}-point limit"
         kept = f"{len(self.kept_in_float)} layer(s) kept in float ({', '.join(self.kept_in_float)})"
@@ -152,7 +152,7 @@ class AccuracyGuard:
             return (f"accuracy: INT8 lost {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} it "
                     f"{_change(self.drop)}")
         return (f"accuracy: INT8 loses {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} still "
-                f"{self.drop:.2f} points: over the limit, use the float model")
+                f"{self.drop:.2f} points: over the limit" + (", use the float model" if advice else ""))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the one-line verdict."""

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.formats import INT8_ACTIVATIONS, INT8_CALIBRATIONS, check_int8_methods
+from nasdeploy.export.formats import (
+    DEFAULT_QAT_LR,
+    INT8_ACTIVATIONS,
+    INT8_CALIBRATIONS,
+    check_int8_methods,
+    check_qat,
+)
 from nasdeploy.export.onnx import check_opset
 from nasdeploy.export.parity import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, DEFAULT_RTOL
 from nasdeploy.export.torch_reference import YARDSTICK
@@ -90,7 +96,9 @@ class Int8Options:
     calibration: onnxruntime's method (minmax, entropy, percentile; PT2E uses XNNPACKQuantizer's histogram
     observers); activations: onnxruntime's activation type (auto: uint8 on x86, int8 elsewhere). max_drop: the
     accuracy guard's limit in points of the metric (None: no guard): beyond it, up to max_float_layers of the
-    most sensitive layers are kept in float (nasdeploy.export.int8_guard). timer: None = not timed.
+    most sensitive layers are kept in float (nasdeploy.export.int8_guard). qat_epochs: when PT2E is still over
+    max_drop after that, this many epochs of quantization-aware fine-tuning (0 = off) with Adam at qat_lr
+    (nasdeploy.export.int8_qat). timer: None = not timed.
     """
 
     methods: tuple[str, ...] = ()
@@ -99,6 +107,8 @@ class Int8Options:
     activations: str = "auto"
     max_drop: float | None = 1.0
     max_float_layers: int = 8
+    qat_epochs: int = 0
+    qat_lr: float = DEFAULT_QAT_LR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", check_int8_methods(self.methods))
@@ -110,6 +120,7 @@ class Int8Options:
             raise ConfigError(f"INT8 max_drop must be >= 0 points (or None for no guard), got {self.max_drop!r}")
         if not isinstance(self.max_float_layers, int) or self.max_float_layers < 1:
             raise ConfigError(f"INT8 max_float_layers must be a positive integer, got {self.max_float_layers!r}")
+        check_qat(self.qat_epochs, self.qat_lr)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
 
 Each path reports top-1 of the float and the INT8 model on a sample of the validation split and their
 difference; when INT8 loses more than Int8Options.max_drop points, the accuracy guard keeps the most
-sensitive layers in float (nasdeploy.export.int8_guard) and says which. Float and INT8 are timed together
+sensitive layers in float (nasdeploy.export.int8_guard) and says which; when PT2E is still over the limit and
+Int8Options.qat_epochs > 0, quantization-aware fine-tuning on the training-split sample follows
+(nasdeploy.export.int8_qat) and the better of the two by validation drop is kept. Float and INT8 are timed together
 (alternated), and the speed guard says whether INT8 pays on this machine and, if not, why
 (nasdeploy.export.int8_speed). A network a path cannot quantize gives one line, not a traceback.
 """
@@ -14,6 +16,7 @@ sensitive layers in float (nasdeploy.export.int8_guard) and says which. Float an
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from torch import nn
 from nasdeploy.errors import NasDeployError
 from nasdeploy.export.int8_cpu import CpuInt8Support, cpu_int8_support
 from nasdeploy.export.int8_guard import AccuracyGuard, keep_in_float, points, rank_layers, top1
+from nasdeploy.export.int8_qat import QatRecord
 from nasdeploy.export.int8_speed import SpeedVerdict, profile_reason, speed_verdict
 from nasdeploy.export.options import Int8Options
 from nasdeploy.export.parity import Runner
@@ -73,6 +77,7 @@ class QuantizationResult:
     guard: AccuracyGuard | None = None
     speed: SpeedVerdict | None = None
     cpu: CpuInt8Support | None = None
+    qat: QatRecord | None = None  # quantization-aware fine-tuning, when PTQ stayed over the guard's limit
     note: str = ""
 
     @property
@@ -92,7 +97,10 @@ class QuantizationResult:
         """The INT8 verdict in one line: accuracy (and layers kept in float), speed and its reason."""
         if self.status != "ok":
             return f"INT8 {self.method}: not quantized: {self.note}"
-        parts = [self.guard.line() if self.guard is not None else f"accuracy: delta {100 * (self.delta or 0):+.2f} points"]
+        parts = [self.guard.line(advice=self.qat is None) if self.guard is not None
+                 else f"accuracy: delta {100 * (self.delta or 0):+.2f} points"]
+        if self.qat is not None:
+            parts.append(self.qat.line())
         parts.append(self.speed.line() if self.speed is not None else "speed: not measured")
         return f"INT8 {self.method}: " + "; ".join(parts)
 
@@ -102,7 +110,8 @@ class QuantizationResult:
         out.update(delta=self.delta, kept_in_float=list(self.kept_in_float), verdict=self.verdict,
                    guard=self.guard.to_dict() if self.guard is not None else None,
                    speed=self.speed.to_dict() if self.speed is not None else None,
-                   cpu=self.cpu.to_dict() if self.cpu is not None else None)
+                   cpu=self.cpu.to_dict() if self.cpu is not None else None,
+                   qat=self.qat.to_dict() if self.qat is not None else None)
         return out
 
     def summary(self) -> str:
@@ -265,6 +274,10 @@ def quantize_with_executorch(
             guard = dataclasses.replace(guard, int8_metric=final, drop=points(res.float_metric, final),
                                         within=points(res.float_metric, final) <= guard.max_drop)
         res.guard, res.int8_metric = guard, guard.int8_metric
+        if options.qat_epochs and not guard.within:
+            res.qat = fine_tune_executorch(model, res, out_path, calibration, validation, input_shape, options, say)
+            if res.qat.kept == "qat":
+                res.int8_metric = res.qat.int8_metric
     except Exception as exc:
         out_path.unlink(missing_ok=True)
         res.note = str(exc) if isinstance(exc, NasDeployError) else (
@@ -274,6 +287,43 @@ def quantize_with_executorch(
     _time_and_judge(res, {"float executorch-fp32": ("executorch-fp32", float_pte),
                           "int8 executorch": ("executorch-int8", out_path)}, input_shape, options, lambda: "")
     return res
+
+
+def fine_tune_executorch(model: nn.Module, res: QuantizationResult, out_path: Path, training: ImageSample,
+                         validation: ImageSample, input_shape: tuple[int, int, int], options: Int8Options,
+                         say: Say) -> QatRecord:
+    """PT2E QAT after a guard that stayed over the limit; its .pte replaces `out_path` only when its drop is smaller.
+
+    `training` is the run's labelled training-split sample (the calibration images); the validation images
+    only score the result, as they score PTQ.
+    """
+    from nasdeploy.export import executorch as et
+    from nasdeploy.export import int8_qat as qat
+
+    guard = res.guard
+    assert guard is not None and res.float_metric is not None
+    record = QatRecord(options.qat_epochs, options.qat_lr, qat.OPTIMIZER, qat.SEED, guard.max_drop, training.label,
+                       _count(training), guard.kept_in_float, guard.drop)
+    say(f"INT8 executorch still loses {guard.drop:.2f} points: {options.qat_epochs} epoch(s) of quantization-aware "
+        f"fine-tuning on {training.label}")
+    candidate = out_path.with_name(out_path.stem + "_qat" + out_path.suffix)
+    try:
+        converted, losses = qat.qat_pt2e_xnnpack(model, input_shape, training.batches, epochs=options.qat_epochs,
+                                                 lr=options.qat_lr, seed=qat.SEED, float_modules=guard.kept_in_float)
+        et.lower_quantized_to_pte(converted, candidate, input_shape)
+        metric = top1(et.executorch_runner(candidate)[0], validation.batches)
+    except Exception as exc:  # QAT is a last resort: its failure leaves the PTQ model and says why
+        candidate.unlink(missing_ok=True)
+        why = str(exc) if isinstance(exc, NasDeployError) else f"{type(exc).__name__}: {_first_line(exc)}"
+        return dataclasses.replace(record, note=why)
+    drop = points(res.float_metric, metric)
+    kept = "qat" if drop < guard.drop else "ptq"
+    if kept == "qat":
+        os.replace(candidate, out_path)
+    else:
+        candidate.unlink()
+    say(f"QAT: drop {guard.drop:.2f} -> {drop:.2f} points; the {kept.upper()} model is kept")
+    return dataclasses.replace(record, drop_after=drop, int8_metric=metric, kept=kept, losses=losses)
 
 
 Quantizer = Callable[..., QuantizationResult]  # quantize_with_ort / quantize_with_executorch

@@ -74,7 +74,8 @@ def export_options(ctx: StageContext, input_size: tuple[int, int] | None, int8: 
 
     section = ctx.config.export
     return ExportOptions(input_size=input_size, overwrite=True, onnx=OnnxOptions(opset=section.opset),
-                         tensorrt=TensorRTOptions(fp16=section.fp16), int8=Int8Options(int8, timer=ModelFileTimer()))
+                         tensorrt=TensorRTOptions(fp16=section.fp16),
+                         int8=Int8Options(int8, timer=ModelFileTimer(), qat_epochs=section.qat_epochs))
 
 
 def build_trained_network(ctx: StageContext, spec: DeploySpec) -> TrainedNetwork:

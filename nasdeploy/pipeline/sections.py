@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nasdeploy.errors import ConfigError
-from nasdeploy.export.formats import FORMATS, INT8_METHODS
+from nasdeploy.export.formats import DEFAULT_QAT_LR, FORMATS, INT8_METHODS, check_qat
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class ExportSection:
     int8: tuple[str, ...] = ()  # INT8 paths: ort (onnxruntime static QDQ) and/or executorch (PT2E for XNNPACK)
     calibration_images: int = 128  # INT8 calibration images from the run's training split
     validation_images: int = 500  # float vs INT8 accuracy on the run's validation split
+    qat_epochs: int = 0  # int8 executorch still over the accuracy guard's limit: PT2E QAT epochs (0: off)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS] + [m for m in self.int8 if m not in INT8_METHODS]
@@ -30,6 +31,9 @@ class ExportSection:
                               f"{', '.join(FORMATS)}; int8: {', '.join(INT8_METHODS)}")
         if min(self.calibration_images, self.validation_images) < 1:
             raise ConfigError("pipeline config: export.calibration_images and export.validation_images must be positive")
+        check_qat(self.qat_epochs, DEFAULT_QAT_LR, where="pipeline config: export.")
+        if self.qat_epochs and "executorch" not in self.int8:
+            raise ConfigError("pipeline config: export.qat_epochs fine-tunes the PT2E model: list executorch in export.int8")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,10 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
                                              "--max-drop", "-1", "--out", "e"], ["max_drop", "-1"]),
     ("export-int8-no-float-layers", None, ["export", "DARTS_V2", "--net", "cifar", "--int8", "ort", "--dataset", "demo",
                                            "--max-float-layers", "0", "--out", "e"], ["max_float_layers"]),
+    ("export-qat-without-executorch", None, ["export", "DARTS_V2", "--net", "cifar", "--int8", "ort", "--dataset", "demo",
+                                            "--qat-epochs", "2", "--out", "e"], ["--qat-epochs", "--int8 executorch"]),
+    ("export-qat-negative-epochs", None, ["export", "DARTS_V2", "--net", "cifar", "--int8", "executorch", "--dataset", "demo",
+                                         "--qat-epochs", "-1", "--out", "e"], ["qat_epochs", "-1"]),
     ("export-cnn-genotype-as-segmentation", None, ["export", "DARTS_V2", "--net", "segmentation", "--out", "e"], ["DARTS_V2"]),
     ("profile-json-in-proc", None, ["profile", "DARTS_V2", "--net", "cifar", "--channels", "4", "--layers", "2",
                                     "--json", "/proc/nasdeploy/p.json"], ["/proc/nasdeploy"]),
@@ -153,6 +157,10 @@ CASES: list[tuple[str, Callable[[Path], str] | None, list[str], list[str]]] = [
     ("pipeline-only-report-empty-dir", _empty_dir, ["pipeline", "--out", "{X}", "--only", "report"], ["emptydir"]),
     ("pipeline-force-on-foreign-dir", _not_a_pipeline_dir, ["pipeline", "--out", "{X}", "--force", "train", "--only", "report"],
      ["pipeline_state.json"]),
+    ("pipeline-qat-epochs-over-the-bound", None, ["pipeline", "--out", "run", "--set", "export.qat_epochs=1000"],
+     ["export.qat_epochs", "1000"]),
+    ("pipeline-qat-without-executorch", None, ["pipeline", "--out", "run", "--set", "export.qat_epochs=2",
+                                              "--set", "export.int8=[ort]"], ["export.qat_epochs", "executorch"]),
     ("pipeline-rnn-bad-override", None, ["pipeline", DARTS_RNN_DEMO, "--out", "run", "--set", "search.search.lr=.nan"], ["lr"]),
 ]
 

@@ -39,6 +39,10 @@ INT8_METHODS: tuple[str, ...] = tuple(INT8_FLOAT_FORMAT)
 # (auto: uint8 on x86, int8 elsewhere; see nasdeploy.export.ort_int8).
 INT8_CALIBRATIONS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 INT8_ACTIVATIONS: tuple[str, ...] = ("auto", "uint8", "int8")
+# PT2E quantization-aware fine-tuning (nasdeploy.export.int8_qat): "a few epochs" on a calibration-sized
+# training sample; more is a training run. Adam's lr: a fraction of an INT8 weight step per update.
+MAX_QAT_EPOCHS = 50
+DEFAULT_QAT_LR = 1e-4
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -69,3 +73,11 @@ def planned_steps(formats: Sequence[str], int8: Sequence[str] = ()) -> tuple[str
 def needs_onnx(formats: Sequence[str], int8: Sequence[str] = ()) -> bool:
     """Whether an export of `formats` with INT8 methods `int8` has to write the ONNX model."""
     return "onnx" in planned_steps(formats, int8)
+
+
+def check_qat(epochs: object, lr: object, where: str = "INT8 ") -> None:
+    """One ConfigError line unless 0 <= epochs <= MAX_QAT_EPOCHS (an int) and 0 < lr <= 1."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= MAX_QAT_EPOCHS:
+        raise ConfigError(f"{where}qat_epochs must be a whole number from 0 (off) to {MAX_QAT_EPOCHS}, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+        raise ConfigError(f"{where}qat_lr must be a learning rate in (0, 1], got {lr!r}")

@@ -56,7 +56,8 @@ def write_int8(ctx: StepContext) -> None:
             ctx.result.files[method.role] = res.file
             if method.program:
                 meta = pte_metadata(ctx, {"scheme": res.scheme, "calibration": res.calibration,
-                                          "kept_in_float": list(res.kept_in_float)})
+                                          "kept_in_float": list(res.kept_in_float),
+                                          "qat": res.qat.to_dict() if res.qat is not None and res.qat.kept == "qat" else None})
                 ctx.result.files[f"{method.role}_metadata"] = write_pte_metadata(ctx.stage / res.file, meta).name
         ctx.say(res.summary())
     write_json_atomic(ctx.stage / "quantization.json", {k: v.to_dict() for k, v in ctx.result.quantization.items()})
