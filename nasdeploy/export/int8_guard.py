@@ -151,8 +151,12 @@ class AccuracyGuard:
         if self.within:
             return (f"accuracy: INT8 lost {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} it "
                     f"{_change(self.drop)}")
+        tail = ": over the limit" + (", use the float model" if advice else "")
+        if not self.kept_in_float:  # no layer left in float brought the drop down
+            return (f"accuracy: INT8 loses {self.first_drop:.2f} points (limit {self.max_drop:g}); no layer kept in "
+                    f"float helped" + tail)
         return (f"accuracy: INT8 loses {self.first_drop:.2f} points (limit {self.max_drop:g}); with {kept} still "
-                f"{self.drop:.2f} points: over the limit" + (", use the float model" if advice else ""))
+                f"{self.drop:.2f} points" + tail)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the one-line verdict."""
