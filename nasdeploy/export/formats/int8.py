@@ -44,8 +44,8 @@ def write_int8(ctx: StepContext) -> None:
         method, float_path = _METHODS[name], ctx.artifacts[INT8_FLOAT_FORMAT[name]]
         assert float_path is not None
         ctx.say(f"{method.what}, calibrated on {data.calibration.label}")
-        # The guard runs the PyTorch model many times: on the idle cores only (OpenMP threads sharing a busy
-        # core spin-wait; see nasdeploy.utils.runtime.resolve_threads).
+        # The guard runs the PyTorch model many times: one thread per usable physical core (threads: auto, a
+        # function of the machine; torch's default counts hyper-threads, whose OpenMP threads spin-wait).
         with runtime_settings(threads="auto"):
             res = ctx.timed(f"int8_{name}", lambda: method.quantizer(
                 ctx.model, float_path, ctx.stage / method.file, data.calibration, data.validation,
