@@ -149,7 +149,9 @@ class DartsCnnSupernet(nn.Module):
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
-        self.mixed_op, mixer = get_node_mixer(mixed_op)
+        # PC-DARTS's narrow conv candidates recompute their cheap parts in backward (a third of the memory their
+        # activations took, little time); plain DARTS keeps them (its numbers stay as they were measured).
+        self.mixed_op, mixer = get_node_mixer(mixed_op, recompute_bodies=partial_channels > 1)
 
         c_curr = stem_multiplier * channels
         self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
