@@ -7,9 +7,13 @@
   conv outputs); the output is a state the cell keeps anyway (the mixer's or the PC-DARTS bypass's input).
 - The 2x2 max pool of a PC-DARTS stride-2 bypass keeps its input (a view of a state the cell keeps anyway)
   instead of int64 argmax indices, twice the bytes of its output; backward finds the maxima again.
+- The conv candidates of PC-DARTS's narrow parts (the fused mixer with FusionOptions.recompute_bodies): a
+  SepConv body keeps its input (the edge's ReLU, kept anyway) and its middle BN's output instead of four
+  intermediates, a DilConv body its input only; backward recomputes the depthwise convs (cheap at C/K channels).
 
-Both are exact: values, gradients and BatchNorm running statistics equal the modules they stand for. Under
-create_graph (an exact Hessian-vector product) their backward differentiates the eager definition instead.
+Values and BatchNorm running statistics equal the modules they stand for, gradients too (up to rounding where BN's
+backward is taken from its output). Under create_graph (an exact Hessian-vector product) their backward
+differentiates the eager definition instead.
 """
 
 from __future__ import annotations
@@ -108,8 +112,8 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 def lean_conv_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The body of a SepConv ([dw, pw, BN, ReLU, dw, pw]) or DilConv ([dw, pw]) after its first ReLU and before its
-    last BN, as a function that keeps for backward only its input and (SepConv) its middle BN's output (None: not
+    """The body of a SepConv ([dw, pw, BN, ReLU, dw, pw]) or DilConv ([dw, pw]: any two bias-free convs) after its
+    first ReLU and before its last BN, as a function that keeps for backward only its input and (SepConv) its middle BN's output (None: not
     such a body, or not a training forward it computes exactly)."""
     if not (torch.is_grad_enabled() and len(layers) in (2, 6) and _plain_conv(layers[0]) and _plain_conv(layers[1])):
         return None
