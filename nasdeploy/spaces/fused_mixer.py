@@ -89,9 +89,14 @@ def _sequential_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], to
     return body
 
 
-def _factorized_body(op: FactorizedReduce) -> Callable[[torch.Tensor], torch.Tensor]:
-    # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module).
+def _factorized_body(op: FactorizedReduce, lean: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module). lean: on even sizes
+    # the shifted branch's stride-2 1x1 conv reads the odd rows and columns of r as a stride-1 conv on a view, so
+    # backward keeps no padded copy (the same sums; recompute_bodies).
     def body(r: torch.Tensor) -> torch.Tensor:
+        if lean and r.shape[2] % 2 == 0 and r.shape[3] % 2 == 0:
+            odd = F.conv2d(r[:, :, 1::2, 1::2], op.conv_2.weight, op.conv_2.bias)
+            return torch.cat([op.conv_1(r), odd], dim=1)
         shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
         return torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1)
 
@@ -123,7 +128,7 @@ def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | Non
             lean = lean_conv_body(layers) if options.recompute_bodies else None
             return _Part(TermKind.BATCH_NORM, lean or _sequential_body(layers), seq[-1])
         if isinstance(op, FactorizedReduce) and _foldable(op.bn):
-            return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn)
+            return _Part(TermKind.BATCH_NORM, _factorized_body(op, options.recompute_bodies), op.bn)
         if isinstance(op, AtrousConv) and _foldable(op.bn):
             return _Part(TermKind.BATCH_NORM, _atrous_body(op), op.bn)
     return _Part(TermKind.RAW, op)

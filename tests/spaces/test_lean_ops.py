@@ -142,3 +142,27 @@ def test_lean_conv_body_leaves_other_bodies_to_the_eager_path():
     assert lean_conv_body(list(op.op)[1:-1]) is None
     with torch.no_grad():
         assert lean_conv_body(list(build_op("dil_conv_3x3", 4, 1, affine=False).op)[1:-1]) is None
+
+
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("lean", [False, True])
+def test_factorized_body_equals_factorized_reduce_without_relu_and_bn(size, lean):
+    """The fused mixer's FactorizedReduce body (the lean one reads the shifted branch as a view on even sizes)."""
+    from nasdeploy.ops import FactorizedReduce
+    from nasdeploy.spaces.fused_mixer import _factorized_body
+
+    torch.manual_seed(0)
+    op = FactorizedReduce(4, 6, affine=False).double()
+    body = _factorized_body(op, lean)
+    r = F.relu(torch.randn(2, 4, size, size, dtype=torch.float64)).requires_grad_()
+    shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
+    want = torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1)
+    got = body(r)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    g = torch.randn_like(want)
+    params = [r, op.conv_1.weight, op.conv_2.weight]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if lean and size % 2 == 0:  # no padded copy kept: only r's storage (and the weights)
+        kept = _saved_bytes(lambda: body(r))
+        assert kept <= r.numel() * r.element_size() + 2 * op.conv_2.weight.numel() * 8
