@@ -43,7 +43,8 @@ def _rss_bytes() -> int:
 PREPROCESS = "preprocess (ReLU-conv-BN, full width)"
 _CODE_PARTS = {"mixed_node.py": "mixer kernel (edge inputs, conv terms)", "fused_mixer.py": "mixer ReLU per edge",
                "partial_channels.py": "PC-DARTS bypass and shuffle", "_MaxPool2x2": "PC-DARTS bypass and shuffle",
-               "lean_conv_body": "candidate op bodies", "_ReluConvNorm": PREPROCESS, "lean_preprocess": PREPROCESS, "mixing.py": "reference mixer"}
+               "lean_conv_body": "candidate op bodies", "_ReluConvNorm": PREPROCESS, "lean_preprocess": PREPROCESS,
+               "mixing.py": "reference mixer"}
 
 
 def _part(module: str) -> str | None:

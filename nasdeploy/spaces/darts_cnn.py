@@ -149,8 +149,8 @@ class DartsCnnSupernet(nn.Module):
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
-        # PC-DARTS's narrow conv candidates recompute their cheap parts in backward (a third of the memory their
-        # activations took, little time); plain DARTS keeps them (its numbers stay as they were measured).
+        # PC-DARTS's narrow SepConv candidates recompute their depthwise convs in backward (cheap at C/K channels);
+        # plain DARTS keeps every intermediate (its numerics and speed stay as they were).
         self.mixed_op, mixer = get_node_mixer(mixed_op, recompute_bodies=partial_channels > 1)
 
         c_curr = stem_multiplier * channels

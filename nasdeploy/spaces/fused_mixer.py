@@ -41,8 +41,9 @@ class FusionOptions:
     # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
-    # Conv candidates keep only their input and their middle BN's input for backward, recomputing the rest
-    # there (spaces/lean_ops.py; exact): less memory for a little time, worth it on narrow nodes (PC-DARTS).
+    # SepConv candidates keep only their input and their middle BN's output for backward, recomputing the rest
+    # there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory for
+    # a little time, worth it on narrow nodes (PC-DARTS).
     recompute_bodies: bool = False
 
     def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:

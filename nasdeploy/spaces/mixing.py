@@ -17,11 +17,10 @@ from torch import nn
 from nasdeploy.ops import build_op
 
 
-
 class NodeMixer(Protocol):
-    """mixer(inputs, edges, weights[, relus]) -> the node; `relus`, a list indexed like `inputs` (it may be longer) that the
-    caller keeps across the nodes of one cell, lets a mixer that needs ReLU(inputs[e]) compute it once per state (it fills the
-    empty entries); a mixer may ignore it."""
+    """mixer(inputs, edges, weights[, relus]) -> the node. `relus`, a list indexed like `inputs` (it may be
+    longer) that the caller keeps across the nodes of one cell, lets a mixer that needs ReLU(inputs[e]) make
+    it once per state (it fills the empty entries); a mixer may ignore it."""
 
     def __call__(self, inputs: Sequence[torch.Tensor], edges: Sequence["MixedEdge"], weights: torch.Tensor,
                  relus: list[torch.Tensor | None] | None = None) -> torch.Tensor: ...

@@ -1,5 +1,5 @@
 """A PC-DARTS forward keeps fewer bytes for backward than its ops' eager bodies would: the narrow conv candidates
-recompute their depthwise convs and ReLU (spaces/lean_ops.py) and each state's ReLU is made once per cell."""
+(SepConv) recompute their depthwise convs and ReLU (spaces/lean_ops.py) and each state's ReLU is made once per cell."""
 
 from __future__ import annotations
 
@@ -49,11 +49,9 @@ def test_pcdarts_forward_keeps_fewer_bytes_than_the_eager_op_bodies():
         h.remove()
     full = _saved_bytes(eager, x, y)
 
-    # A lower bound of what the lean bodies drop: per SepConv candidate its ReLU and second depthwise outputs, per
-    # DilConv its depthwise output, each at least one node's narrow part (its 3 dropped tensors, the shared ReLUs and
-    # the first depthwise outputs of the SepConvs are not counted).
-    per_edge_parts = 2 * sum(p.startswith("sep_conv") for p in CNN_PRIMITIVES) + sum(
-        p.startswith("dil_conv") for p in CNN_PRIMITIVES)
+    # A lower bound of what the lean bodies drop: per SepConv candidate its ReLU and second depthwise outputs, each
+    # one node's narrow part (its first depthwise output and the ReLUs shared per state are not counted).
+    per_edge_parts = 2 * sum(p.startswith("sep_conv") for p in CNN_PRIMITIVES)
     bound = 0
     for shape in outputs:
         n, c, h, w = shape
