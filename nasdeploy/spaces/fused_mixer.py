@@ -44,7 +44,7 @@ class FusionOptions:
     # SepConv candidates keep only their input and their middle BN's output for backward, recomputing the rest
     # there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory for
     # a little time, worth it on narrow nodes (PC-DARTS).
-    recompute_bodies: bool = False
+    recompute_op_bodies: bool = False
 
     def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
         """Whether the mixer turns a node of `channels` channels on `device` into channels-last (a narrow node
@@ -93,7 +93,7 @@ def _sequential_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], to
 def _factorized_body(op: FactorizedReduce, lean: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module). lean: on even sizes
     # the shifted branch's stride-2 1x1 conv reads the odd rows and columns of r as a stride-1 conv on a view, so
-    # backward keeps no padded copy (the same sums; recompute_bodies).
+    # backward keeps no padded copy (the same sums; recompute_op_bodies).
     def body(r: torch.Tensor) -> torch.Tensor:
         if lean and r.shape[2] % 2 == 0 and r.shape[3] % 2 == 0:
             odd = F.conv2d(r[:, :, 1::2, 1::2], op.conv_2.weight, op.conv_2.bias)
@@ -126,10 +126,10 @@ def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | Non
         seq = getattr(op, "op", None)
         if isinstance(seq, nn.Sequential) and len(seq) >= 3 and isinstance(seq[0], nn.ReLU) and _foldable(seq[-1]):
             layers = list(seq)[1:-1]
-            lean = lean_conv_body(layers) if options.recompute_bodies else None
+            lean = lean_conv_body(layers) if options.recompute_op_bodies else None
             return _Part(TermKind.BATCH_NORM, lean or _sequential_body(layers), seq[-1])
         if isinstance(op, FactorizedReduce) and _foldable(op.bn):
-            return _Part(TermKind.BATCH_NORM, _factorized_body(op, options.recompute_bodies), op.bn)
+            return _Part(TermKind.BATCH_NORM, _factorized_body(op, options.recompute_op_bodies), op.bn)
         if isinstance(op, AtrousConv) and _foldable(op.bn):
             return _Part(TermKind.BATCH_NORM, _atrous_body(op), op.bn)
     return _Part(TermKind.RAW, op)

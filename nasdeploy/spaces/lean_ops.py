@@ -7,7 +7,7 @@
   conv outputs); the output is a state the cell keeps anyway (the mixer's or the PC-DARTS bypass's input).
 - The 2x2 max pool of a PC-DARTS stride-2 bypass keeps its input (a view of a state the cell keeps anyway)
   instead of int64 argmax indices, twice the bytes of its output; backward finds the maxima again.
-- The SepConv candidates of PC-DARTS's narrow parts (the fused mixer with FusionOptions.recompute_bodies) keep
+- The SepConv candidates of PC-DARTS's narrow parts (the fused mixer with FusionOptions.recompute_op_bodies) keep
   their input (the state's ReLU, kept anyway) and their middle BN's output instead of four intermediates; backward
   recomputes the depthwise convs (cheap at C/K channels). DilConv keeps its depthwise output: recomputing a
   dilated depthwise conv cost 2.7% of a K=4 forward+backward for 59 MB (C=16, 8 cells, batch 32).
@@ -164,6 +164,9 @@ class _LeanSepBody(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         r, w1, w2, w3, w4, y, invstd = ctx.saved_tensors
         convs, needed = ctx.convs, ctx.needs_input_grad[:5]
+        # Under autograd.grad(loss, alphas) (the first-order architect) the conv weights need no gradient; the
+        # eager convs skip theirs, and so does this.
+        needed = (needed[0], *(need and _engine_needs(w) for need, w in zip(needed[1:], (w1, w2, w3, w4))))
         if torch.is_grad_enabled():
             grads = _eager_grads(lambda *t: _sep_body_eager(*t, convs, ctx.eps), (r, w1, w2, w3, w4), grad, needed)
             return (*grads, None, None)
@@ -179,6 +182,14 @@ class _LeanSepBody(torch.autograd.Function):
                                   needed[2])
         grad_r, g1 = _conv_backward(convs[0], grad, r, w1, needed[0], needed[1])
         return grad_r, g1, g2, g3, g4, None, None
+
+def _engine_needs(t: torch.Tensor) -> bool:
+    """Whether the running backward uses t's gradient (True when it cannot tell: t is an input of autograd.grad)."""
+    try:
+        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
+    except (RuntimeError, AttributeError):
+        return True
+
 
 def _conv_backward(conv: nn.Conv2d, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool,
                    need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:

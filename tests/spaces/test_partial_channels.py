@@ -145,7 +145,7 @@ def test_the_mixer_gets_the_partial_channels_once_per_node(monkeypatch):
         return mix_node_reference(inputs, edges, weights)
 
     monkeypatch.setattr(mixer_table, "MIXERS",
-                        MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda _recompute_bodies: spy}))
+                        MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda _recompute_op_bodies: spy}))
     model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="spy_for_test")
     model(torch.randn(2, 3, 8, 8))
     assert calls == [(2, 2), (2, 2, 2), (4, 4), (4, 4, 4), (8, 8), (8, 8, 8)]  # C, 2C, 4C over K = 4

@@ -1,5 +1,5 @@
-"""A PC-DARTS forward keeps fewer bytes for backward than its ops' eager bodies would: the narrow conv candidates
-(SepConv) recompute their depthwise convs and ReLU (spaces/lean_ops.py) and each state's ReLU is made once per cell."""
+"""A PC-DARTS forward with recompute_op_bodies keeps fewer bytes for backward than with its ops' eager bodies: the
+narrow SepConv candidates recompute their depthwise convs and ReLU (spaces/lean_ops.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _saved_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> in
 def test_pcdarts_forward_keeps_fewer_bytes_than_the_eager_op_bodies():
     torch.manual_seed(0)
     k = 4
-    model = DartsCnnSupernet(channels=16, layers=3, partial_channels=k, mixed_op="fused")
+    model = DartsCnnSupernet(channels=16, layers=3, partial_channels=k, mixed_op="fused", recompute_op_bodies=True)
     eager = copy.deepcopy(model)
     mixer = make_fused_mixer(FusionOptions())  # every op body as its modules run it, one ReLU per edge
 
