@@ -43,7 +43,8 @@ def _rss_bytes() -> int:
 PREPROCESS = "preprocess (ReLU-conv-BN, full width)"
 _CODE_PARTS = {"mixed_node.py": "mixer kernel (edge inputs, conv terms)", "fused_mixer.py": "mixer ReLU per edge",
                "partial_channels.py": "PC-DARTS bypass and shuffle", "_MaxPool2x2": "PC-DARTS bypass and shuffle",
-               "_ReluConvNorm": PREPROCESS, "lean_preprocess": PREPROCESS, "mixing.py": "reference mixer"}
+               "lean_conv_body": "candidate op bodies", "_ReluConvNorm": PREPROCESS, "lean_preprocess": PREPROCESS,
+               "mixing.py": "reference mixer"}
 
 
 def _part(module: str) -> str | None:
@@ -103,7 +104,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     bench = _StepBench(spec["order"], spec["impl"], batch_size=spec["batch_size"], channels=spec["channels"],
                        layers=spec["layers"], image_size=spec["image_size"], num_classes=10, device="cpu",
                        seed=spec["seed"], batches_needed=spec["steps"] + spec["warmup"],
-                       partial_channels=spec["partial_channels"])
+                       partial_channels=spec["partial_channels"],
+                       recompute_op_bodies=spec.get("recompute_op_bodies", False) and spec["partial_channels"] > 1)
     for i in range(spec["warmup"] + spec["steps"]):
         bench.step(timed=i >= spec["warmup"])
     out = {"times_s": bench.times, "impl": bench.impl, "baseline_rss_bytes": baseline,
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--partial-channels", type=int, nargs="+", default=[1, 4],
                    help="the Ks to compare; the first is the baseline (1 = plain DARTS)")
     p.add_argument("--order", default="first", choices=["first", "second"])
+    p.add_argument("--recompute-op-bodies", action="store_true",
+                   help="PC-DARTS (K > 1) with model.recompute_op_bodies (plain DARTS as it is)")
     p.add_argument("--impl", default="auto", choices=["reference", "fused", "auto"])
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
@@ -245,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     spec = {"order": args.order, "impl": args.impl, "channels": args.channels, "layers": args.layers,
             "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
-            "warmup": args.warmup, "threads": args.threads, "seed": args.seed}
+            "warmup": args.warmup, "threads": args.threads, "seed": args.seed,
+            "recompute_op_bodies": args.recompute_op_bodies}
     report: dict[str, Any] = {
         "benchmark": "pcdarts_vs_darts_search_step",
         "environment": {"device": "cpu", "device_name": platform.processor() or platform.machine(),

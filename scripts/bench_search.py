@@ -56,14 +56,14 @@ def _cpu_peak_bytes() -> int:
 
 
 def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int,
-                   partial_channels: int = 1) -> torch.nn.Module:
+                   partial_channels: int = 1, recompute_op_bodies: bool = False) -> torch.nn.Module:
     """The supernet to time: DARTS CNN (C = channels; PC-DARTS with partial_channels > 1) or Auto-DeepLab
     (F = channels, B = blocks)."""
     if space == "autodeeplab":
         return AutoDeepLabSupernet(AutoDeepLabSupernetConfig(layers=layers, filter_multiplier=channels, blocks=blocks,
                                                      num_classes=num_classes, mixed_op=impl))
     return DartsCnnSupernet(channels=channels, num_classes=num_classes, layers=layers, mixed_op=impl,
-                         partial_channels=partial_channels)
+                         partial_channels=partial_channels, recompute_op_bodies=recompute_op_bodies)
 
 
 class _StepBench:
@@ -71,11 +71,12 @@ class _StepBench:
 
     def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
                  num_classes: int, device: str, seed: int, batches_needed: int, space: str = "darts_cnn",
-                 blocks: int = 5, partial_channels: int = 1):
+                 blocks: int = 5, partial_channels: int = 1, recompute_op_bodies: bool = False):
         self.dev = resolve_device(device)
         self.order, self.batch_size, self.space = order, batch_size, space
         torch.manual_seed(seed)  # the same initial weights and alphas for every implementation
-        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes, partial_channels).to(self.dev)
+        self.model = build_supernet(space, impl, channels, layers, blocks, num_classes, partial_channels,
+                                    recompute_op_bodies).to(self.dev)
         self.impl = getattr(self.model, "mixed_op", None) or self.model.mixer_name
         self.weight_params = list(self.model.weight_parameters())
         self.w_opt = torch.optim.SGD(self.weight_params, 0.025, momentum=0.9, weight_decay=3e-4)

@@ -66,7 +66,8 @@ def build_supernet(config: DartsCnnSearchConfig, num_classes: int) -> DartsCnnSu
     return DartsCnnSupernet(channels=m.channels, num_classes=num_classes, layers=m.layers, steps=m.steps,
                          multiplier=m.multiplier, stem_multiplier=m.stem_multiplier, mixed_op=m.mixed_op,
                          alpha_init=m.alpha_init, alpha_init_scale=m.alpha_init_scale,
-                         partial_channels=m.partial_channels, aux_skip=config.search.collapse.darts_minus)
+                         partial_channels=m.partial_channels, aux_skip=config.search.collapse.darts_minus,
+                         recompute_op_bodies=m.recompute_op_bodies)
 
 
 class DartsCnnSearch(EpochLoop[DartsCnnSearchResult]):

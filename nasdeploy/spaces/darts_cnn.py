@@ -117,7 +117,8 @@ def _preprocess(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class DartsCnnSupernet(nn.Module):
     """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3);
-    partial_channels K > 1 makes it PC-DARTS's (K=4 in its reference code)."""
+    partial_channels K > 1 makes it PC-DARTS's (K=4 in its reference code); recompute_op_bodies trades time for memory
+    (spaces/lean_ops.py)."""
 
     def __init__(
         self,
@@ -133,6 +134,7 @@ class DartsCnnSupernet(nn.Module):
         alpha_init_scale: float = 1e-3,
         partial_channels: int = 1,
         aux_skip: bool = False,
+        recompute_op_bodies: bool = False,
     ):
         super().__init__()
         _check_sizes(channels, num_classes, layers, steps, multiplier, stem_multiplier, primitives)
@@ -149,7 +151,9 @@ class DartsCnnSupernet(nn.Module):
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
-        self.mixed_op, mixer = get_node_mixer(mixed_op)
+        # recompute_op_bodies: SepConv candidates keep 1 of their 4 intermediates for backward and recompute the
+        # rest, a strided skip keeps no padded copy (fused mixer only; values equal, gradients up to rounding).
+        self.mixed_op, mixer = get_node_mixer(mixed_op, recompute_op_bodies=recompute_op_bodies)
 
         c_curr = stem_multiplier * channels
         self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))

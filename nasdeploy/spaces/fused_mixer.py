@@ -21,6 +21,7 @@ from nasdeploy.kernels import MAX_EDGES, MAX_TERMS, Term, TermKind, mixed_node
 from nasdeploy.ops import FactorizedReduce, Identity, Zero
 from nasdeploy.ops.layout import MIN_CPU_CHANNELS_LAST
 from nasdeploy.ops.autodeeplab import AtrousConv, downsample2
+from nasdeploy.spaces.lean_ops import lean_conv_body
 from nasdeploy.spaces.mixing import MixedEdge, NodeMixer, mix_node_reference
 
 BN_EPS = 1e-5
@@ -40,6 +41,10 @@ class FusionOptions:
     # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
+    # SepConv candidates keep only their input and their middle BN's output for backward, recomputing the rest
+    # there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory for
+    # a little time, worth it on narrow nodes (PC-DARTS).
+    recompute_op_bodies: bool = False
 
     def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
         """Whether the mixer turns a node of `channels` channels on `device` into channels-last (a narrow node
@@ -85,9 +90,14 @@ def _sequential_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], to
     return body
 
 
-def _factorized_body(op: FactorizedReduce) -> Callable[[torch.Tensor], torch.Tensor]:
-    # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module).
+def _factorized_body(op: FactorizedReduce, lean: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    # FactorizedReduce.forward without its ReLU and BN (a test checks it against the module). lean: on even sizes
+    # the shifted branch's stride-2 1x1 conv reads the odd rows and columns of r as a stride-1 conv on a view, so
+    # backward keeps no padded copy (the same sums; recompute_op_bodies).
     def body(r: torch.Tensor) -> torch.Tensor:
+        if lean and r.shape[2] % 2 == 0 and r.shape[3] % 2 == 0:
+            odd = F.conv2d(r[:, :, 1::2, 1::2], op.conv_2.weight, op.conv_2.bias)
+            return torch.cat([op.conv_1(r), odd], dim=1)
         shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
         return torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1)
 
@@ -115,9 +125,11 @@ def decompose(op: nn.Module, stride: int, options: FusionOptions) -> _Part | Non
     if options.fold_bn:
         seq = getattr(op, "op", None)
         if isinstance(seq, nn.Sequential) and len(seq) >= 3 and isinstance(seq[0], nn.ReLU) and _foldable(seq[-1]):
-            return _Part(TermKind.BATCH_NORM, _sequential_body(list(seq)[1:-1]), seq[-1])
+            layers = list(seq)[1:-1]
+            lean = lean_conv_body(layers) if options.recompute_op_bodies else None
+            return _Part(TermKind.BATCH_NORM, lean or _sequential_body(layers), seq[-1])
         if isinstance(op, FactorizedReduce) and _foldable(op.bn):
-            return _Part(TermKind.BATCH_NORM, _factorized_body(op), op.bn)
+            return _Part(TermKind.BATCH_NORM, _factorized_body(op, options.recompute_op_bodies), op.bn)
         if isinstance(op, AtrousConv) and _foldable(op.bn):
             return _Part(TermKind.BATCH_NORM, _atrous_body(op), op.bn)
     return _Part(TermKind.RAW, op)
@@ -162,12 +174,16 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
     larger than the kernel's fixed argument tables take the reference path."""
     devices = tuple(devices)
 
-    def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> torch.Tensor:
+    def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor,
+                       relus: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
         if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
-            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+            converted = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+            if any(c is not x for c, x in zip(converted, inputs)):
+                relus = None  # the cache holds ReLUs of the inputs as given
+            inputs = converted
         zs: list[torch.Tensor] = []
         terms: list[Term] = []
         stat_bns: list[nn.BatchNorm2d] = []
@@ -184,6 +200,8 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
                     zs.append(part.body(x))
                 elif part.kind == TermKind.BATCH_NORM:
                     if options.shared_relu:
+                        if relu_x is None and relus is not None:
+                            relu_x = relus[e] = F.relu(x) if relus[e] is None else relus[e]
                         relu_x = F.relu(x) if relu_x is None else relu_x
                         zs.append(part.body(relu_x))
                     else:

@@ -9,14 +9,22 @@ nasdeploy.spaces.mixer_table (this module knows none but the reference).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from nasdeploy.ops import build_op
 
-NodeMixer = Callable[[Sequence[torch.Tensor], Sequence["MixedEdge"], torch.Tensor], torch.Tensor]
+
+class NodeMixer(Protocol):
+    """mixer(inputs, edges, weights[, relus]) -> the node. `relus`, a list indexed like `inputs` (it may be
+    longer) that the caller keeps across the nodes of one cell, lets a mixer that needs ReLU(inputs[e]) make
+    it once per state (it fills the empty entries); a mixer may ignore it."""
+
+    def __call__(self, inputs: Sequence[torch.Tensor], edges: Sequence["MixedEdge"], weights: torch.Tensor,
+                 relus: list[torch.Tensor | None] | None = None) -> torch.Tensor: ...
+
 
 OpFactory = Callable[[str, int, int, bool], nn.Module]
 
@@ -45,8 +53,10 @@ class MixedEdge(nn.Module):
         return mix_node_reference([x], [self], weights.unsqueeze(0))
 
 
-def mix_node_reference(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor) -> torch.Tensor:
-    """Eager reference: sum over edges and non-'none' ops of weight * op(input).
+def mix_node_reference(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor,
+                       relus: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Eager reference: sum over edges and non-'none' ops of weight * op(input) (each op applies its own ReLU:
+    `relus` is ignored).
 
     'none' contributes exactly zero to the value and to every gradient, so it is skipped.
     """

@@ -66,6 +66,7 @@ def partial_cell_nodes(mixer: NodeMixer, s0: torch.Tensor, s1: torch.Tensor, edg
     """
     heads: list[torch.Tensor] = []
     tails: list[torch.Tensor] = []
+    relus: list[torch.Tensor | None] = []  # ReLU(head), made once per state by a mixer that needs it
     pooled: dict[int, torch.Tensor] = {}
 
     strided = any(edge.stride > 1 for edge in edges)
@@ -76,6 +77,7 @@ def partial_cell_nodes(mixer: NodeMixer, s0: torch.Tensor, s1: torch.Tensor, edg
         # Dense once per state: every op (and every node) reads it as it is.
         heads.append(head.contiguous(memory_format=_head_layout(state, width, strided)))
         tails.append(tail)
+        relus.append(None)
 
     def bypass(j: int, stride: int) -> torch.Tensor:
         if stride == 1:
@@ -90,7 +92,7 @@ def partial_cell_nodes(mixer: NodeMixer, s0: torch.Tensor, s1: torch.Tensor, edg
     for _ in range(steps):
         n = len(heads)
         node_edges, w = edges[offset:offset + n], edge_weights[offset:offset + n]
-        partial = mixer(heads[:n], node_edges, weights[offset:offset + n] * w[:, None])
+        partial = mixer(heads[:n], node_edges, weights[offset:offset + n] * w[:, None], relus)
         rest = torch.mul(w[0], bypass(0, node_edges[0].stride))
         for j in range(1, n):
             rest = torch.addcmul(rest, w[j], bypass(j, node_edges[j].stride))

@@ -85,6 +85,7 @@ def test_float_keys_cover_the_tuples():
     ("search.grad_clip=0", "search.grad_clip must be positive, got 0.0"),
     ("search.train_portion=1", "search.train_portion must be strictly between 0 and 1"),
     ("model.alpha_init_scale=0", "model.alpha_init_scale must be positive, got 0.0"),
+    ("model.recompute_op_bodies=3", "model.recompute_op_bodies"),
     ("search.lr=1e999", "search.lr must be a finite number, got inf"),
 ])
 def test_darts_search_values(override, message):

@@ -402,7 +402,7 @@ def test_env_var_and_auto_choose_the_implementation(ext, monkeypatch):
 def test_auto_falls_back_to_reference_with_one_warning_when_the_build_fails(monkeypatch):
     from types import MappingProxyType
 
-    def broken():
+    def broken(_recompute_op_bodies):
         raise RuntimeError("no C++ compiler or ninja on PATH\ndetails")
 
     monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "fused": broken}))

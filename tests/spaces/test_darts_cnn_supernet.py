@@ -55,7 +55,8 @@ def test_every_node_calls_the_mixer_once_with_all_incoming_edges(monkeypatch):
         assert len(inputs) == len(edges) == weights.shape[0]
         return mix_node_reference(inputs, edges, weights)
 
-    monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda: spy}))
+    monkeypatch.setattr(mixer_table, "MIXERS",
+                        MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda _recompute_op_bodies: spy}))
     model = DartsCnnSupernet(channels=4, layers=3, steps=3, multiplier=2, mixed_op="spy_for_test")
     assert model.mixed_op == "spy_for_test"
     model(torch.randn(2, 3, 8, 8))

@@ -83,3 +83,85 @@ def test_bypass_max_pool_equals_max_pool_with_ties_and_keeps_no_indices():
     view = xa[:, 1:]  # a bypass part: a view of a state kept anyway
     assert _saved_bytes(lambda: bypass_max_pool(view)) == xa.untyped_storage().nbytes()
     assert _saved_bytes(lambda: F.max_pool2d(view, 2, 2)) > xa.untyped_storage().nbytes()
+
+
+@pytest.mark.parametrize("name,stride,channels_last", [("sep_conv_3x3", 1, True), ("sep_conv_5x5", 2, False),
+                                                       ("sep_conv_3x3", 2, True), ("sep_conv_5x5", 1, False)])
+def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
+    from nasdeploy.ops import build_op
+    from nasdeploy.spaces.lean_ops import lean_conv_body
+
+    torch.manual_seed(0)
+    op = build_op(name, 6, stride, affine=False).double()
+    twin = copy.deepcopy(op)
+    layers, twin_layers = list(op.op)[1:-1], list(twin.op)[1:-1]
+    body = lean_conv_body(layers)
+    assert body is not None
+
+    def eager(r):
+        for layer in twin_layers:
+            r = layer(r)
+        return r
+
+    x = torch.randn(4, 6, 9, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ra, rb = F.relu(x).requires_grad_(), F.relu(x).requires_grad_()
+    za, zb = body(ra), eager(rb)
+    torch.testing.assert_close(za, zb, rtol=0, atol=0)
+    for a, b in zip(op.buffers(), twin.buffers()):  # BN running statistics and its counter
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    g = torch.randn_like(za)
+    params_a, params_b = [ra, *op.parameters()], [rb, *twin.parameters()]
+    for a, b in zip(torch.autograd.grad(za, params_a, g, retain_graph=True),
+                    torch.autograd.grad(zb, params_b, g, retain_graph=True)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # Double backward differentiates the eager definition.
+    ga = torch.autograd.grad(za, params_a, g, create_graph=True)
+    gb = torch.autograd.grad(zb, params_b, g, create_graph=True)
+    v = torch.randn_like(x)
+    ha = torch.autograd.grad((ga[0] * v).sum(), params_a)
+    hb = torch.autograd.grad((gb[0] * v).sum(), params_b)
+    for a, b in zip(ha, hb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # It keeps its input and its middle BN's output: fewer bytes than the op's four intermediates.
+    lean, full = _saved_bytes(lambda: body(ra)), _saved_bytes(lambda: eager(rb))
+    out = za.numel() * za.element_size()
+    assert lean <= ra.numel() * ra.element_size() + out + 4096
+    assert full >= lean + 2 * out
+
+
+def test_lean_conv_body_leaves_other_bodies_to_the_eager_path():
+    from nasdeploy.ops import build_op
+    from nasdeploy.spaces.lean_ops import lean_conv_body
+
+    assert lean_conv_body(list(build_op("sep_conv_3x3", 4, 1, affine=True).op)[1:-1]) is None  # affine BN
+    op = build_op("sep_conv_3x3", 4, 1, affine=False).eval()  # BN in eval mode: not batch statistics
+    assert lean_conv_body(list(op.op)[1:-1]) is None
+    assert lean_conv_body(list(build_op("dil_conv_3x3", 4, 1, affine=False).op)[1:-1]) is None  # two convs only
+    with torch.no_grad():
+        assert lean_conv_body(list(build_op("sep_conv_3x3", 4, 1, affine=False).op)[1:-1]) is None
+
+
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("lean", [False, True])
+def test_factorized_body_equals_factorized_reduce_without_relu_and_bn(size, lean):
+    """The fused mixer's FactorizedReduce body (the lean one reads the shifted branch as a view on even sizes)."""
+    from nasdeploy.ops import FactorizedReduce
+    from nasdeploy.spaces.fused_mixer import _factorized_body
+
+    torch.manual_seed(0)
+    op = FactorizedReduce(4, 6, affine=False).double()
+    body = _factorized_body(op, lean)
+    r = F.relu(torch.randn(2, 4, size, size, dtype=torch.float64)).requires_grad_()
+    shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
+    want = torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1)
+    got = body(r)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    g = torch.randn_like(want)
+    params = [r, op.conv_1.weight, op.conv_2.weight]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if lean and size % 2 == 0:  # no padded copy kept: only r's storage (and the weights)
+        kept = _saved_bytes(lambda: body(r))
+        assert kept <= r.numel() * r.element_size() + 2 * op.conv_2.weight.numel() * 8

@@ -140,11 +140,12 @@ def test_cell_equals_the_edge_by_edge_definition(mixed_op, groups):
 def test_the_mixer_gets_the_partial_channels_once_per_node(monkeypatch):
     calls: list[tuple[int, ...]] = []
 
-    def spy(inputs, edges, weights):
+    def spy(inputs, edges, weights, relus=None):
         calls.append(tuple(x.shape[1] for x in inputs))
         return mix_node_reference(inputs, edges, weights)
 
-    monkeypatch.setattr(mixer_table, "MIXERS", MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda: spy}))
+    monkeypatch.setattr(mixer_table, "MIXERS",
+                        MappingProxyType({**mixer_table.MIXERS, "spy_for_test": lambda _recompute_op_bodies: spy}))
     model = DartsCnnSupernet(channels=8, layers=3, steps=2, multiplier=2, partial_channels=4, mixed_op="spy_for_test")
     model(torch.randn(2, 3, 8, 8))
     assert calls == [(2, 2), (2, 2, 2), (4, 4), (4, 4, 4), (8, 8), (8, 8, 8)]  # C, 2C, 4C over K = 4
@@ -240,7 +241,7 @@ def test_narrow_ops_parts_run_channels_last_only_in_cells_without_a_strided_edge
         edges = [MixedEdge(("skip_connect",), 4, stride if j < 2 else 1) for i in range(2) for j in range(2 + i)]
         s0 = torch.randn(2, 16, 8, 8)
 
-        def mixer(inputs, e, w, size=8 // stride):
+        def mixer(inputs, e, w, relus=None, size=8 // stride):
             spy(inputs, e, w)
             return torch.zeros(2, 4, size, size)
 

@@ -24,8 +24,9 @@ from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RTOL = 1e-10
 ARCH = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
-MIXERS = ["reference", pytest.param("fused", marks=pytest.mark.skipif(not compiler_available(),
-                                                                     reason="no C++ compiler for the fused kernels"))]
+_NEEDS_KERNEL = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for the fused kernels")
+# fused+recompute: the fused mixer with model.recompute_op_bodies (SepConv intermediates recomputed in backward).
+MIXERS = ["reference", pytest.param("fused", marks=_NEEDS_KERNEL), pytest.param("fused+recompute", marks=_NEEDS_KERNEL)]
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -56,7 +57,8 @@ def build(ref: dict, mixed_op: str) -> tuple[DartsCnnSupernet, torch.optim.Optim
     s = ref["settings"]
     model = DartsCnnSupernet(channels=s["channels"], num_classes=s["num_classes"], layers=s["layers"], steps=s["steps"],
                           multiplier=s["multiplier"], partial_channels=s["partial_channels"],
-                          mixed_op=mixed_op).double()
+                          mixed_op=mixed_op.removesuffix("+recompute"),
+                          recompute_op_bodies=mixed_op.endswith("+recompute")).double()
     shapes = [(n, list(shape)) for n, shape in ref["parameter_shapes"]]
     weights = seeded_tensors(shapes, **s["weights"])
     momentum = seeded_tensors(shapes, **s["momentum_buffer"])
@@ -77,7 +79,7 @@ def build(ref: dict, mixed_op: str) -> tuple[DartsCnnSupernet, torch.optim.Optim
 @pytest.mark.parametrize("mixed_op", MIXERS)
 def test_forward_matches_reference(ref, mixed_op):
     model, _ = build(ref, mixed_op)
-    assert model.mixed_op == mixed_op
+    assert model.mixed_op == mixed_op.removesuffix("+recompute")
     with torch.no_grad():
         logits = model(ref["x_valid"])
     assert relative_error(logits, ref["logits_valid"]) < RTOL
