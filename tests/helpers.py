@@ -136,3 +136,14 @@ def _bomb_bytes(width: int, height: int) -> bytes:
 def bomb_png(path: Path, width: int = 20_000, height: int = 20_000) -> None:
     """A 50 KB PNG whose header claims width x height 1-bit pixels (400 MP by default: 1.2 GB once RGB)."""
     path.write_bytes(_bomb_bytes(width, height))
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours - reference| / max |reference|."""
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def seeded_tensors(names_shapes, seed: int, scale: float) -> dict[str, torch.Tensor]:
+    """A fixture script's seeded draw: scale * N(0, 1) per tensor, in order, from one generator (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: scale * torch.randn(shape, generator=g, dtype=torch.float64) for n, shape in names_shapes}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import relative_error, seeded_tensors
 from nasdeploy.nets import build_network
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.darts_rnn_architect import RecurrentArchitect, clip_coefficient
@@ -23,29 +24,11 @@ from nasdeploy.tasks.language_model import LanguageModelBatch, architect_loss
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RTOL = 1e-10
+pytestmark = pytest.mark.usefixtures("one_thread")  # float64 fixtures: one thread, as the fixture script ran
 
 
 def load(name: str) -> dict:
     return torch.load(FIXTURES / name, weights_only=True)
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |ours - reference| / max |reference|."""
-    return float((ours - reference).abs().max() / reference.abs().max())
-
-
-def seeded_tensors(names_shapes, seed: int, scale: float) -> dict[str, torch.Tensor]:
-    """The fixture script's seeded draw: scale * N(0, 1) per tensor, in order, from one generator."""
-    g = torch.Generator().manual_seed(seed)
-    return {n: scale * torch.randn(shape, generator=g, dtype=torch.float64) for n, shape in names_shapes}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- static networks -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import relative_error, seeded_tensors
 from nasdeploy.kernels.build import compiler_available
 from nasdeploy.search.architect import Architect, ArchitectConfig
 from nasdeploy.search.step import classification_loss
@@ -23,29 +24,11 @@ from nasdeploy.spaces.darts_cnn_derive import derive_genotype
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RTOL = 1e-10
+pytestmark = pytest.mark.usefixtures("one_thread")  # float64 fixtures: one thread, as the fixture script ran
 ARCH = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
 _NEEDS_KERNEL = pytest.mark.skipif(not compiler_available(), reason="no C++ compiler for the fused kernels")
 # fused+recompute: the fused mixer with model.recompute_op_bodies (SepConv intermediates recomputed in backward).
 MIXERS = ["reference", pytest.param("fused", marks=_NEEDS_KERNEL), pytest.param("fused+recompute", marks=_NEEDS_KERNEL)]
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |ours - reference| / max |reference|."""
-    return float((ours - reference).abs().max() / reference.abs().max())
-
-
-def seeded_tensors(names_shapes, seed: int, scale: float) -> dict[str, torch.Tensor]:
-    """The fixture script's seeded draw: scale * N(0, 1) per tensor, in order, from one generator."""
-    g = torch.Generator().manual_seed(seed)
-    return {n: scale * torch.randn(shape, generator=g, dtype=torch.float64) for n, shape in names_shapes}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
