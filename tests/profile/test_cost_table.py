@@ -131,15 +131,25 @@ def test_cli_writes_a_mac_table(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_ort_1t_latency_table_sum_tracks_end_to_end_darts_v2(tmp_path, one_thread):
-    """Tolerance 30% on a shared machine (measured about +10% on an idle 2-core Xeon)."""
+    """Tolerance 30% (measured about +10% on an idle 2-core Xeon). The table and the end-to-end run are timed
+    minutes apart, so the comparison means something only on a quiet machine: when other processes competed
+    (the profiler's own load rule, nasdeploy.profile.load), the test skips and says so instead of failing by
+    chance (under load 3-5 it measured 8.4 vs 15.2 ms)."""
+    from nasdeploy.profile.load import LoadMonitor
+
+    monitor = LoadMonitor()
+    monitor.start()
     table = ctb.build_cost_table("darts_cnn", "ort-cpu-1t", net="imagenet", latency_config=LatencyConfig(warmup=3, runs=15))
     genotype = resolve_genotype("DARTS_V2")
     summed = table.genotype_cost(genotype, "latency")
     model = build_network(genotype, "imagenet")
     measured = profile_model(model, latency="ort-cpu-1t", latency_config=LatencyConfig(warmup=5, runs=30),
                              activations=False).latency["ort-cpu-1t"].median_ms
-    assert table.measurement["settings"]["intra_op_threads"] == 1
-    assert abs(summed / measured - 1) < 0.30, (summed, measured)
+    load = monitor.stop()
+    assert table.measurement["settings"]["intra_op_threads"] == 1 and summed > 0 and measured > 0
+    if load.contended:
+        pytest.skip(f"the latency comparison needs a quiet machine: {load.line()}")
+    assert abs(summed / measured - 1) < 0.30, (summed, measured, load.line())
 
 
 def test_cost_table_modules_load_no_search_code():
