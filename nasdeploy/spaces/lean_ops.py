@@ -7,10 +7,12 @@
   conv outputs); the output is a state the cell keeps anyway (the mixer's or the PC-DARTS bypass's input).
 - The 2x2 max pool of a PC-DARTS stride-2 bypass keeps its input (a view of a state the cell keeps anyway)
   instead of int64 argmax indices, twice the bytes of its output; backward finds the maxima again.
-- The SepConv candidates of PC-DARTS's narrow parts (the fused mixer with FusionOptions.recompute_op_bodies) keep
-  their input (the state's ReLU, kept anyway) and their middle BN's output instead of four intermediates; backward
-  recomputes the depthwise convs (cheap at C/K channels). DilConv keeps its depthwise output: recomputing a
-  dilated depthwise conv cost 2.7% of a K=4 forward+backward for 59 MB (C=16, 8 cells, batch 32).
+- The conv candidates of PC-DARTS's narrow parts (the fused mixer with FusionOptions.recompute_op_bodies) keep only
+  their input (the state's ReLU, kept anyway) and, for SepConv, their middle BN's output: four intermediates of a
+  SepConv and one of a DilConv are not kept. A depthwise output is read only by the next 1x1 conv's weight
+  gradient, so backward recomputes it only when that gradient is wanted: the weight step, not the first-order
+  architecture step (autograd.grad over the alphas), which passes a tensor of the same shape whose values
+  convolution_backward does not read.
 
 Values and BatchNorm running statistics equal the modules they stand for, gradients too (up to rounding where BN's
 backward is taken from its output). Under create_graph (an exact Hessian-vector product) their backward
@@ -114,9 +116,13 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 def lean_conv_body(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The body of a SepConv ([dw, pw, BN, ReLU, dw, pw]) after its first ReLU and before its last BN, as a function
-    that keeps for backward only its input and its middle BN's output (None: not such a body, or not a training
-    forward it computes exactly)."""
+    """The body of a SepConv ([dw, pw, BN, ReLU, dw, pw]) or a DilConv ([dw, pw]) after its first ReLU and before its
+    last BN, as a function that keeps for backward only its input (and a SepConv's middle BN output); None: not such
+    a body, or not a training forward it computes exactly."""
+    if (torch.is_grad_enabled() and len(layers) == 2 and all(_plain_conv(m) for m in layers)
+            and layers[1].in_channels == layers[1].out_channels):
+        dw, pw = layers
+        return lambda r: _LeanDilBody.apply(r, dw.weight, pw.weight, (dw, pw))
     if not (torch.is_grad_enabled() and len(layers) == 6 and isinstance(layers[3], nn.ReLU)
             and _batch_stats_norm(layers[2]) and all(_plain_conv(layers[i]) for i in (0, 1, 4, 5))):
         return None
@@ -166,29 +172,62 @@ class _LeanSepBody(torch.autograd.Function):
         convs, needed = ctx.convs, ctx.needs_input_grad[:5]
         # Under autograd.grad(loss, alphas) (the first-order architect) the conv weights need no gradient; the
         # eager convs skip theirs, and so does this.
-        needed = (needed[0], *(need and _engine_needs(w) for need, w in zip(needed[1:], (w1, w2, w3, w4))))
+        needed = _engine_needs(ctx, needed)
         if torch.is_grad_enabled():
             grads = _eager_grads(lambda *t: _sep_body_eager(*t, convs, ctx.eps), (r, w1, w2, w3, w4), grad, needed)
             return (*grads, None, None)
         d = F.relu(y)
-        grad, g4 = _conv_backward(convs[3], grad, _conv(convs[2], d, w3), w4, True, needed[4])
+        # The 1x1 convs' inputs (the depthwise outputs) are read only for their weight gradients; otherwise y and d,
+        # of the same shapes and layouts, stand in for them.
+        grad, g4 = _conv_backward(convs[3], grad, _conv(convs[2], d, w3) if needed[4] else d, w4, True, needed[4])
         grad, g3 = _conv_backward(convs[2], grad, d, w3, True, needed[3])
         grad = torch.ops.aten.threshold_backward(grad, d, 0.0)
         # BN's backward in terms of its output: y as the input with mean 0 and invstd 1, then the real invstd.
         grad = torch.ops.aten.native_batch_norm_backward(grad, y, None, None, None, torch.zeros_like(invstd),
                                                          torch.ones_like(invstd), True, ctx.eps,
                                                          [True, False, False])[0]
-        grad, g2 = _conv_backward(convs[1], grad * invstd.view(1, -1, 1, 1), _conv(convs[0], r, w1), w2, True,
-                                  needed[2])
+        grad, g2 = _conv_backward(convs[1], grad * invstd.view(1, -1, 1, 1), _conv(convs[0], r, w1) if needed[2] else y,
+                                  w2, True, needed[2])
         grad_r, g1 = _conv_backward(convs[0], grad, r, w1, needed[0], needed[1])
         return grad_r, g1, g2, g3, g4, None, None
 
-def _engine_needs(t: torch.Tensor) -> bool:
-    """Whether the running backward uses t's gradient (True when it cannot tell: t is an input of autograd.grad)."""
-    try:
-        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
-    except (RuntimeError, AttributeError):
-        return True
+
+class _LeanDilBody(torch.autograd.Function):
+    """A DilConv's dilated depthwise -> 1x1 conv keeping only its input r; backward recomputes the depthwise output
+    when the 1x1 conv's weight gradient is wanted (the same values and gradients as the eager convs)."""
+
+    @staticmethod
+    def forward(ctx: Any, r: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, convs: tuple[nn.Conv2d, ...]
+                ) -> torch.Tensor:
+        ctx.convs = convs
+        ctx.save_for_backward(r, w1, w2)
+        return _conv(convs[1], _conv(convs[0], r, w1), w2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        r, w1, w2 = ctx.saved_tensors
+        convs, needed = ctx.convs, ctx.needs_input_grad[:3]
+        needed = _engine_needs(ctx, needed)
+        if torch.is_grad_enabled():
+            eager = lambda *t: _conv(convs[1], _conv(convs[0], t[0], t[1]), t[2])  # noqa: E731
+            return (*_eager_grads(eager, (r, w1, w2), grad, needed), None)
+        # The 1x1 conv keeps channels and size, so grad has its input's shape: it stands in when only grad_r is wanted.
+        grad, g2 = _conv_backward(convs[1], grad, _conv(convs[0], r, w1) if needed[2] else grad, w2, True, needed[2])
+        grad_r, g1 = _conv_backward(convs[0], grad, r, w1, needed[0], needed[1])
+        return grad_r, g1, g2, None
+
+def _engine_needs(ctx: Any, needed: Sequence[bool]) -> tuple[bool, ...]:
+    """needed (ctx.needs_input_grad), with the weights (inputs 1, 2, ...) whose gradients the running backward does not
+    use turned off; a weight counts as used when this cannot tell (it is an input of autograd.grad)."""
+    edges = ctx.next_functions  # the node's own edges: no view per weight, as get_gradient_edge would make
+
+    def used(i: int) -> bool:
+        try:
+            return bool(torch._C._will_engine_execute_node(edges[i][0]))
+        except (RuntimeError, AttributeError, TypeError):
+            return True
+
+    return (needed[0], *(need and used(i) for i, need in enumerate(needed) if i > 0))
 
 
 def _conv_backward(conv: nn.Conv2d, grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool,

@@ -86,7 +86,9 @@ def test_bypass_max_pool_equals_max_pool_with_ties_and_keeps_no_indices():
 
 
 @pytest.mark.parametrize("name,stride,channels_last", [("sep_conv_3x3", 1, True), ("sep_conv_5x5", 2, False),
-                                                       ("sep_conv_3x3", 2, True), ("sep_conv_5x5", 1, False)])
+                                                       ("sep_conv_3x3", 2, True), ("sep_conv_5x5", 1, False),
+                                                       ("dil_conv_3x3", 1, True), ("dil_conv_5x5", 2, False),
+                                                       ("dil_conv_5x5", 2, True), ("dil_conv_3x3", 1, False)])
 def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
     from nasdeploy.ops import build_op
     from nasdeploy.spaces.lean_ops import lean_conv_body
@@ -116,19 +118,28 @@ def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
     for a, b in zip(torch.autograd.grad(za, params_a, g, retain_graph=True),
                     torch.autograd.grad(zb, params_b, g, retain_graph=True)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # The input's gradient alone (as the first-order architecture step asks): backward skips the depthwise
+    # recomputation, passing a stand-in whose values convolution_backward must not read.
+    torch.testing.assert_close(torch.autograd.grad(za, ra, g, retain_graph=True)[0],
+                               torch.autograd.grad(zb, rb, g, retain_graph=True)[0], rtol=1e-12, atol=1e-12)
     # Double backward differentiates the eager definition.
     ga = torch.autograd.grad(za, params_a, g, create_graph=True)
     gb = torch.autograd.grad(zb, params_b, g, create_graph=True)
     v = torch.randn_like(x)
-    ha = torch.autograd.grad((ga[0] * v).sum(), params_a)
-    hb = torch.autograd.grad((gb[0] * v).sum(), params_b)
+    # (A DilConv body is linear: its input's gradient does not depend on its input.)
+    ha = torch.autograd.grad((ga[0] * v).sum(), params_a, allow_unused=True)
+    hb = torch.autograd.grad((gb[0] * v).sum(), params_b, allow_unused=True)
+    assert [a is None for a in ha] == [b is None for b in hb] and ha[-1] is not None
     for a, b in zip(ha, hb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    # It keeps its input and its middle BN's output: fewer bytes than the op's four intermediates.
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # A SepConv keeps its input and its middle BN's output (fewer bytes than its four intermediates), a DilConv
+    # its input only (not its depthwise output).
     lean, full = _saved_bytes(lambda: body(ra)), _saved_bytes(lambda: eager(rb))
     out = za.numel() * za.element_size()
-    assert lean <= ra.numel() * ra.element_size() + out + 4096
-    assert full >= lean + 2 * out
+    middle = out if name.startswith("sep") else 0
+    assert lean <= ra.numel() * ra.element_size() + middle + 4096
+    assert full >= lean + (2 * out if middle else out)
 
 
 def test_lean_conv_body_leaves_other_bodies_to_the_eager_path():
@@ -138,7 +149,10 @@ def test_lean_conv_body_leaves_other_bodies_to_the_eager_path():
     assert lean_conv_body(list(build_op("sep_conv_3x3", 4, 1, affine=True).op)[1:-1]) is None  # affine BN
     op = build_op("sep_conv_3x3", 4, 1, affine=False).eval()  # BN in eval mode: not batch statistics
     assert lean_conv_body(list(op.op)[1:-1]) is None
-    assert lean_conv_body(list(build_op("dil_conv_3x3", 4, 1, affine=False).op)[1:-1]) is None  # two convs only
+    assert lean_conv_body(list(build_op("dil_conv_3x3", 4, 1, affine=False).op)[1:-1]) is not None
+    widening = build_op("dil_conv_3x3", 4, 1, affine=False)
+    widening.op[2] = torch.nn.Conv2d(4, 8, 1, bias=False)  # its 1x1 conv's input would differ from grad's shape
+    assert lean_conv_body(list(widening.op)[1:-1]) is None
     with torch.no_grad():
         assert lean_conv_body(list(build_op("sep_conv_3x3", 4, 1, affine=False).op)[1:-1]) is None
 
