@@ -92,6 +92,9 @@ def saved_by_part(model: Any, images: Any) -> dict[str, int]:
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+RECOMPUTE = {"auto": None, "on": True, "off": False}
+
+
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `steps` search steps after `warmup` of one configuration in this process; its peak RSS."""
     import torch
@@ -105,7 +108,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
                        layers=spec["layers"], image_size=spec["image_size"], num_classes=10, device="cpu",
                        seed=spec["seed"], batches_needed=spec["steps"] + spec["warmup"],
                        partial_channels=spec["partial_channels"],
-                       recompute_op_bodies=spec.get("recompute_op_bodies", False) and spec["partial_channels"] > 1)
+                       recompute_op_bodies=RECOMPUTE[spec.get("recompute_op_bodies", "auto")]
+                       if spec["partial_channels"] > 1 else None)
     for i in range(spec["warmup"] + spec["steps"]):
         bench.step(timed=i >= spec["warmup"])
     out = {"times_s": bench.times, "impl": bench.impl, "baseline_rss_bytes": baseline,
@@ -222,8 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--partial-channels", type=int, nargs="+", default=[1, 4],
                    help="the Ks to compare; the first is the baseline (1 = plain DARTS)")
     p.add_argument("--order", default="first", choices=["first", "second"])
-    p.add_argument("--recompute-op-bodies", action="store_true",
-                   help="PC-DARTS (K > 1) with model.recompute_op_bodies (plain DARTS as it is)")
+    p.add_argument("--recompute-op-bodies", choices=list(RECOMPUTE), default="auto",
+                   help="model.recompute_op_bodies for PC-DARTS (K > 1): auto (the model's default: on for K > 1 on "
+                        "the CPU), on or off; plain DARTS always runs with its default (off)")
     p.add_argument("--impl", default="auto", choices=["reference", "fused", "auto"])
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)

@@ -56,7 +56,7 @@ def _cpu_peak_bytes() -> int:
 
 
 def build_supernet(space: str, impl: str, channels: int, layers: int, blocks: int, num_classes: int,
-                   partial_channels: int = 1, recompute_op_bodies: bool = False) -> torch.nn.Module:
+                   partial_channels: int = 1, recompute_op_bodies: bool | None = None) -> torch.nn.Module:
     """The supernet to time: DARTS CNN (C = channels; PC-DARTS with partial_channels > 1) or Auto-DeepLab
     (F = channels, B = blocks)."""
     if space == "autodeeplab":
@@ -71,7 +71,7 @@ class _StepBench:
 
     def __init__(self, order: str, impl: str, *, batch_size: int, channels: int, layers: int, image_size: int,
                  num_classes: int, device: str, seed: int, batches_needed: int, space: str = "darts_cnn",
-                 blocks: int = 5, partial_channels: int = 1, recompute_op_bodies: bool = False):
+                 blocks: int = 5, partial_channels: int = 1, recompute_op_bodies: bool | None = None):
         self.dev = resolve_device(device)
         self.order, self.batch_size, self.space = order, batch_size, space
         torch.manual_seed(seed)  # the same initial weights and alphas for every implementation

@@ -31,8 +31,9 @@ class DartsCnnSupernetConfig:
     alpha_init_scale: float = 1e-3
     mixed_op: Optional[str] = None  # reference | fused | auto; None: $NASDEPLOY_MIXED_OP, else auto
     partial_channels: int = 1  # PC-DARTS K: ops on channels/K, channel shuffle, edge-normalisation betas; 1 = plain DARTS
-    # SepConv candidates recompute 3 of their 4 intermediates in backward (fused mixed op): less memory, a little time
-    recompute_op_bodies: bool = False
+    # Conv candidates recompute their intermediates in backward (fused mixed op): less memory, a little time.
+    # None: on for PC-DARTS (partial_channels > 1) on the CPU, off otherwise.
+    recompute_op_bodies: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.alpha_init not in ("normal", "zeros"):
@@ -48,8 +49,9 @@ class DartsCnnSupernetConfig:
         if self.layers < MIN_SEARCH_LAYERS:
             raise ConfigError(f"model.layers must be >= {MIN_SEARCH_LAYERS}, got {self.layers}: the reduction cells sit at "
                               "layers // 3 and 2 * layers // 3, and the search needs a normal cell besides them")
-        if not isinstance(self.recompute_op_bodies, bool):
-            raise ConfigError(f"model.recompute_op_bodies must be true or false, got {self.recompute_op_bodies!r}")
+        if self.recompute_op_bodies is not None and not isinstance(self.recompute_op_bodies, bool):
+            raise ConfigError("model.recompute_op_bodies must be true, false or null (on for PC-DARTS on the CPU), "
+                              f"got {self.recompute_op_bodies!r}")
         k = self.partial_channels
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"model.partial_channels must be an integer >= 1 (1 = plain DARTS), got {k!r}")

@@ -118,7 +118,7 @@ def _preprocess(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class DartsCnnSupernet(nn.Module):
     """The DARTS CNN supernet (CIFAR search: C=16, 8 layers, 4 steps, multiplier 4, stem multiplier 3);
     partial_channels K > 1 makes it PC-DARTS's (K=4 in its reference code); recompute_op_bodies trades time for memory
-    (spaces/lean_ops.py)."""
+    (spaces/lean_ops.py; None: on for PC-DARTS on the CPU, where it was measured, off otherwise)."""
 
     def __init__(
         self,
@@ -134,7 +134,7 @@ class DartsCnnSupernet(nn.Module):
         alpha_init_scale: float = 1e-3,
         partial_channels: int = 1,
         aux_skip: bool = False,
-        recompute_op_bodies: bool = False,
+        recompute_op_bodies: bool | None = None,
     ):
         super().__init__()
         _check_sizes(channels, num_classes, layers, steps, multiplier, stem_multiplier, primitives)
@@ -151,8 +151,13 @@ class DartsCnnSupernet(nn.Module):
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
-        # recompute_op_bodies: SepConv candidates keep 1 of their 4 intermediates for backward and recompute the
-        # rest, a strided skip keeps no padded copy (fused mixer only; values equal, gradients up to rounding).
+        # recompute_op_bodies: conv candidates keep their input (a SepConv also its middle BN's output) for backward and
+        # recompute the rest, a strided skip keeps no padded copy (fused mixer only; values equal, gradients up to
+        # rounding). By default on for PC-DARTS on CPU tensors, where its narrow parts gain the most memory for the
+        # least time (scripts/bench_pcdarts.py); not measured on a GPU, so off there.
+        if recompute_op_bodies is None:
+            recompute_op_bodies = None if partial_channels > 1 else False
+        self.recompute_op_bodies = recompute_op_bodies
         self.mixed_op, mixer = get_node_mixer(mixed_op, recompute_op_bodies=recompute_op_bodies)
 
         c_curr = stem_multiplier * channels

@@ -10,7 +10,7 @@ so the result always equals mix_node_reference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -41,10 +41,10 @@ class FusionOptions:
     # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
-    # SepConv candidates keep only their input and their middle BN's output for backward, recomputing the rest
-    # there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory for
-    # a little time, worth it on narrow nodes (PC-DARTS).
-    recompute_op_bodies: bool = False
+    # Conv candidates keep only their input (and a SepConv its middle BN's output) for backward, recomputing the
+    # rest there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory
+    # for a little time, worth it on narrow nodes (PC-DARTS). None: on for CPU tensors, off for CUDA (measure there).
+    recompute_op_bodies: bool | None = False
 
     def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:
         """Whether the mixer turns a node of `channels` channels on `device` into channels-last (a narrow node
@@ -52,6 +52,12 @@ class FusionOptions:
         if device.type == "cpu" and channels is not None and 1 < channels < MIN_CPU_CHANNELS_LAST:
             return False
         return self.channels_last if self.channels_last is not None else device.type == "cpu"
+
+    def on_device(self, device: torch.device) -> "FusionOptions":
+        """These options with recompute_op_bodies settled for `device`."""
+        if self.recompute_op_bodies is not None:
+            return self
+        return replace(self, recompute_op_bodies=device.type == "cpu")
 
 
 @dataclass(frozen=True)
@@ -173,12 +179,14 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
     """A NodeMixer using the fused kernel on `devices`; other devices, dtypes, autocast and nodes
     larger than the kernel's fixed argument tables take the reference path."""
     devices = tuple(devices)
+    settled = {device: options.on_device(torch.device(device)) for device in ("cpu", "cuda")}
 
     def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor,
                        relus: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
+        node_options = settled.get(weights.device.type) or options.on_device(weights.device)
         if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
             converted = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
             if any(c is not x for c, x in zip(converted, inputs)):
@@ -190,7 +198,7 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
         for e, (x, edge) in enumerate(zip(inputs, edges)):
             relu_x = None
             for k, op in enumerate(edge._ops):
-                part = decompose(op, edge.stride, options)
+                part = decompose(op, edge.stride, node_options)
                 if part is None:
                     continue
                 terms.append(Term(part.kind, e, e * n_cols + k))

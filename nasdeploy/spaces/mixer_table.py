@@ -18,11 +18,11 @@ from nasdeploy.spaces.mixing import NodeMixer, mix_node_reference
 ENV_VAR = "NASDEPLOY_MIXED_OP"
 
 
-def _reference(recompute_op_bodies: bool) -> NodeMixer:
+def _reference(recompute_op_bodies: bool | None) -> NodeMixer:
     return mix_node_reference
 
 
-def _fused(recompute_op_bodies: bool) -> NodeMixer:
+def _fused(recompute_op_bodies: bool | None) -> NodeMixer:
     info = load_mixed_node()  # RuntimeError/OSError/ImportError when it cannot be built: 'auto' falls back
     return make_fused_mixer(FusionOptions(recompute_op_bodies=recompute_op_bodies),
                             devices=("cpu", "cuda") if info.cuda else ("cpu",))
@@ -30,7 +30,7 @@ def _fused(recompute_op_bodies: bool) -> NodeMixer:
 
 # name -> factory(recompute_op_bodies); a factory raises ImportError/RuntimeError/OSError when its implementation is
 # unavailable.
-MIXERS: Mapping[str, Callable[[bool], NodeMixer]] = MappingProxyType({"reference": _reference, "fused": _fused})
+MIXERS: Mapping[str, Callable[[bool | None], NodeMixer]] = MappingProxyType({"reference": _reference, "fused": _fused})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -38,9 +38,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def get_node_mixer(name: str | None = None, recompute_op_bodies: bool = False) -> tuple[str, NodeMixer]:
+def get_node_mixer(name: str | None = None, recompute_op_bodies: bool | None = False) -> tuple[str, NodeMixer]:
     """Resolve 'reference' | 'fused' | 'auto' (or None: $NASDEPLOY_MIXED_OP, default auto) to (name, mixer);
-    recompute_op_bodies: conv candidates keep less for backward and recompute the rest (fused_mixer.FusionOptions)."""
+    recompute_op_bodies: conv candidates keep less for backward and recompute the rest (fused_mixer.FusionOptions;
+    None: on CPU tensors only)."""
     mixers = MIXERS
     choice = (name or os.environ.get(ENV_VAR) or "auto").lower()
     if choice == "auto":

@@ -1,5 +1,5 @@
-"""A PC-DARTS forward with recompute_op_bodies keeps fewer bytes for backward than with its ops' eager bodies: the
-narrow SepConv candidates recompute their depthwise convs and ReLU (spaces/lean_ops.py)."""
+"""A PC-DARTS forward with recompute_op_bodies (its default on the CPU) keeps fewer bytes for backward than with its
+ops' eager bodies: the narrow conv candidates recompute their depthwise convs and ReLU (spaces/lean_ops.py)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,22 @@ def test_pcdarts_forward_keeps_fewer_bytes_than_the_eager_op_bodies():
     assert full - lean >= bound, (full, lean, bound)
     # The same network: equal values.
     torch.testing.assert_close(model(x), eager(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not compiler_available(), reason="needs a C++ compiler and ninja for the fused kernel")
+def test_pcdarts_recomputes_by_default_on_the_cpu_and_plain_darts_does_not():
+    """model.recompute_op_bodies left unset (None): on for PC-DARTS's CPU nodes (the memory its benchmark counts on),
+    off for plain DARTS and on CUDA tensors (not measured there)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = FusionOptions(recompute_op_bodies=None)
+    assert auto.on_device(cpu).recompute_op_bodies is True and auto.on_device(cuda).recompute_op_bodies is False
+    assert FusionOptions(recompute_op_bodies=False).on_device(cpu).recompute_op_bodies is False
+    assert DartsCnnSupernet(channels=8, layers=3, partial_channels=1, mixed_op="fused").recompute_op_bodies is False
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    kept = {}
+    for setting in (None, True, False):
+        torch.manual_seed(0)
+        model = DartsCnnSupernet(channels=16, layers=3, partial_channels=4, mixed_op="fused",
+                                 recompute_op_bodies=setting)
+        kept[setting] = _saved_bytes(model, x, y)
+    assert kept[None] == kept[True] < kept[False]
