@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="child processes per K for the timing (0: no timing)")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per child")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per child")
+    # A fresh process's first steps also pay the page faults of a heap still growing; a search runs thousands.
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per child before the timed ones")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mem-cap-mib", type=int, default=None, help="also find the largest batch under this peak RSS")
