@@ -216,6 +216,7 @@ class _LeanDilBody(torch.autograd.Function):
         grad_r, g1 = _conv_backward(convs[0], grad, r, w1, needed[0], needed[1])
         return grad_r, g1, g2, None
 
+
 def _engine_needs(ctx: Any, needed: Sequence[bool]) -> tuple[bool, ...]:
     """needed (ctx.needs_input_grad), with the weights (inputs 1, 2, ...) whose gradients the running backward does not
     use turned off; a weight counts as used when this cannot tell (it is an input of autograd.grad)."""
