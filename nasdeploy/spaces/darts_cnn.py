@@ -155,8 +155,8 @@ class DartsCnnSupernet(nn.Module):
         # recompute the rest, a strided skip keeps no padded copy (fused mixer only; values equal, gradients up to
         # rounding). By default on for PC-DARTS on CPU tensors, where its narrow parts gain the most memory for the
         # least time (scripts/bench_pcdarts.py); not measured on a GPU, so off there.
-        if recompute_op_bodies is None:
-            recompute_op_bodies = None if partial_channels > 1 else False
+        if recompute_op_bodies is None and partial_channels == 1:
+            recompute_op_bodies = False
         self.recompute_op_bodies = recompute_op_bodies
         self.mixed_op, mixer = get_node_mixer(mixed_op, recompute_op_bodies=recompute_op_bodies)
 

@@ -179,14 +179,13 @@ def make_fused_mixer(options: FusionOptions = FusionOptions(), devices: Sequence
     """A NodeMixer using the fused kernel on `devices`; other devices, dtypes, autocast and nodes
     larger than the kernel's fixed argument tables take the reference path."""
     devices = tuple(devices)
-    settled = {device: options.on_device(torch.device(device)) for device in ("cpu", "cuda")}
 
     def mix_node_fused(inputs: Sequence[torch.Tensor], edges: Sequence[MixedEdge], weights: torch.Tensor,
                        relus: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         if not _fusable(inputs, edges, weights) or weights.device.type not in devices:
             return mix_node_reference(inputs, edges, weights)
         n_cols = weights.shape[1]
-        node_options = settled.get(weights.device.type) or options.on_device(weights.device)
+        node_options = options.on_device(weights.device)
         if options.use_channels_last(weights.device, min(x.shape[1] for x in inputs)):
             converted = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
             if any(c is not x for c, x in zip(converted, inputs)):
