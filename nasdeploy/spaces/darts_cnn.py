@@ -151,10 +151,10 @@ class DartsCnnSupernet(nn.Module):
         self.primitives = tuple(primitives)
         self.partial_channels = partial_channels
         self.aux_skip_weight = 0.0  # DARTS-'s current weight (set by the search loop each epoch; 0: off)
-        # recompute_op_bodies: conv candidates keep their input (a SepConv also its middle BN's output) for backward and
-        # recompute the rest, a strided skip keeps no padded copy (fused mixer only; values equal, gradients up to
-        # rounding). By default on for PC-DARTS on CPU tensors, where its narrow parts gain the most memory for the
-        # least time (scripts/bench_pcdarts.py); not measured on a GPU, so off there.
+        # recompute_op_bodies: conv candidates keep only their input for backward and recompute the rest, a strided skip
+        # keeps no padded copy (fused mixer only; values equal, gradients up to rounding). By default on for PC-DARTS on
+        # CPU tensors, where its narrow parts gain the most memory for the least time (scripts/bench_pcdarts.py); not
+        # measured on a GPU, so off there.
         if recompute_op_bodies is None and partial_channels == 1:
             recompute_op_bodies = False
         self.recompute_op_bodies = recompute_op_bodies

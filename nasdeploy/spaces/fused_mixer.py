@@ -41,9 +41,9 @@ class FusionOptions:
     # Run the node in channels-last (the convolutions follow their input's layout; CPU depthwise
     # convolutions are much faster so). None: on for CPU tensors, off for CUDA (measure there).
     channels_last: bool | None = None
-    # Conv candidates keep only their input (and a SepConv its middle BN's output) for backward, recomputing the
-    # rest there, and a strided skip keeps no padded copy (spaces/lean_ops.py; equal up to rounding): less memory
-    # for a little time, worth it on narrow nodes (PC-DARTS). None: on for CPU tensors, off for CUDA (measure there).
+    # Conv candidates keep only their input for backward, recomputing the rest there, and a strided skip keeps no
+    # padded copy (spaces/lean_ops.py; equal up to rounding): less memory for a little time, worth it on narrow nodes
+    # (PC-DARTS). None: on for CPU tensors, off for CUDA (measure there).
     recompute_op_bodies: bool | None = False
 
     def use_channels_last(self, device: torch.device, channels: int | None = None) -> bool:

@@ -56,6 +56,10 @@ def test_lean_preprocess_equals_relu_conv_bn(channels_last):
     for a, b in zip(torch.autograd.grad(ya, [xa, module.op[1].weight], g),
                     torch.autograd.grad(yb, [xb, twin.op[1].weight], g)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # The input's gradient alone (the first-order architecture step): backward passes x for the ReLU it skips.
+    ya, yb = lean_preprocess(module, xa), twin(xb)
+    torch.testing.assert_close(torch.autograd.grad(ya, xa, g)[0], torch.autograd.grad(yb, xb, g)[0],
+                               rtol=1e-12, atol=1e-12)
     # It keeps the input and the output: fewer bytes than ReLU output + conv output + the BN's own.
     lean = _saved_bytes(lambda: lean_preprocess(module, xa))
     assert lean < _saved_bytes(lambda: twin(xb))
@@ -85,11 +89,13 @@ def test_bypass_max_pool_equals_max_pool_with_ties_and_keeps_no_indices():
     assert _saved_bytes(lambda: F.max_pool2d(view, 2, 2)) > xa.untyped_storage().nbytes()
 
 
-@pytest.mark.parametrize("name,stride,channels_last", [("sep_conv_3x3", 1, True), ("sep_conv_5x5", 2, False),
-                                                       ("sep_conv_3x3", 2, True), ("sep_conv_5x5", 1, False),
-                                                       ("dil_conv_3x3", 1, True), ("dil_conv_5x5", 2, False),
-                                                       ("dil_conv_5x5", 2, True), ("dil_conv_3x3", 1, False)])
-def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
+# (8, 10): a stride-2 DilConv on even sizes runs as an undilated conv on the even rows and columns.
+@pytest.mark.parametrize("name,stride,channels_last,size", [
+    ("sep_conv_3x3", 1, True, (9, 8)), ("sep_conv_5x5", 2, False, (9, 8)), ("sep_conv_3x3", 2, True, (9, 8)),
+    ("sep_conv_5x5", 1, False, (9, 8)), ("dil_conv_3x3", 1, True, (9, 8)), ("dil_conv_5x5", 2, False, (9, 8)),
+    ("dil_conv_5x5", 2, True, (9, 8)), ("dil_conv_3x3", 1, False, (9, 8)), ("dil_conv_5x5", 1, True, (9, 8)),
+    ("dil_conv_3x3", 2, True, (8, 10)), ("dil_conv_5x5", 2, False, (8, 10)), ("dil_conv_5x5", 2, True, (8, 10))])
+def test_lean_conv_body_equals_the_op_body(name, stride, channels_last, size):
     from nasdeploy.ops import build_op
     from nasdeploy.spaces.lean_ops import lean_conv_body
 
@@ -105,7 +111,7 @@ def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
             r = layer(r)
         return r
 
-    x = torch.randn(4, 6, 9, 8, dtype=torch.float64)
+    x = torch.randn(4, 6, *size, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ra, rb = F.relu(x).requires_grad_(), F.relu(x).requires_grad_()
@@ -133,13 +139,11 @@ def test_lean_conv_body_equals_the_op_body(name, stride, channels_last):
     for a, b in zip(ha, hb):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    # A SepConv keeps its input and its middle BN's output (fewer bytes than its four intermediates), a DilConv
-    # its input only (not its depthwise output).
+    # It keeps its input only, not a SepConv's five intermediates or a DilConv's depthwise output.
     lean, full = _saved_bytes(lambda: body(ra)), _saved_bytes(lambda: eager(rb))
     out = za.numel() * za.element_size()
-    middle = out if name.startswith("sep") else 0
-    assert lean <= ra.numel() * ra.element_size() + middle + 4096
-    assert full >= lean + (2 * out if middle else out)
+    assert lean <= ra.numel() * ra.element_size() + 4096
+    assert full >= lean + (4 * out if name.startswith("sep") else out)
 
 
 def test_lean_conv_body_leaves_other_bodies_to_the_eager_path():
