@@ -293,9 +293,10 @@ def _conv_backward(conv: nn.Conv2d, grad: torch.Tensor, x: torch.Tensor, weight:
         # A 1x1 conv on channels-last tensors is a matrix product over the pixels: its gradients are two GEMMs on
         # views, 1.6-2.7x faster than convolution_backward at PC-DARTS's narrow widths.
         g2 = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
-        gx = (g2 @ weight.view(weight.shape[0], -1)).view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+        gx = ((g2 @ weight.view(weight.shape[0], -1)).view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+              if need_x else None)
         gw = (g2.t() @ x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])).view_as(weight) if need_w else None
-        return (gx if need_x else None), gw
+        return gx, gw
     gx, gw, _ = torch.ops.aten.convolution_backward(grad, x, weight, None, list(conv.stride), list(conv.padding),
                                                     list(conv.dilation), False, [0, 0], conv.groups,
                                                     [need_x, need_w, False])
