@@ -13,9 +13,10 @@
   when that gradient is wanted: the weight step, not the first-order architecture step (autograd.grad over the
   alphas), which passes a tensor of the same shape whose values convolution_backward does not read (the
   preprocessing skips its ReLU recomputation there too).
-- Their backward avoids oneDNN's slow depthwise paths on the CPU: the input gradient of a stride-1 depthwise conv is
-  the forward conv of the gradient with the kernel flipped, and a reduction edge's DilConv (stride 2, dilation 2)
-  runs on inputs of even size as an undilated stride-1 conv of the even rows and columns.
+- Their backward avoids oneDNN's slow paths on the CPU: the input gradient of a stride-1 depthwise conv is the
+  forward conv of the gradient with the kernel flipped, a reduction edge's DilConv (stride 2, dilation 2) runs on
+  inputs of even size as an undilated stride-1 conv of the even rows and columns, and a 1x1 conv's gradients on
+  channels-last tensors are two matrix products.
 
 Values and BatchNorm running statistics equal the modules they stand for, gradients too (up to rounding where BN's
 backward is taken from its output or a conv's input gradient from a flipped kernel). Under create_graph (an exact
